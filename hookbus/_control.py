@@ -1,0 +1,120 @@
+"""``hooks_control``: which hook categories run, held in a context variable.
+
+The innermost ``with hooks_control(...)`` block decides for its duration; the enclosing
+state comes back on exit. Tasks started inside a block inherit its state (a copy of the
+context); a block in one task never changes what another task sees.
+"""
+
+from __future__ import annotations
+
+import enum
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Final, final
+
+from ._exceptions import RegistrationError
+
+__all__ = ["ALLOW_ALL", "DENY_ALL", "Control", "ControlMode", "current_control", "hooks_control"]
+
+
+class ControlMode(enum.Enum):
+    """Whether the named categories are the exceptions to "all on" or to "all off"."""
+
+    ALLOW_ALL = "allow_all"
+    DENY_ALL = "deny_all"
+
+
+ALLOW_ALL: Final = ControlMode.ALLOW_ALL
+DENY_ALL: Final = ControlMode.DENY_ALL
+
+# Categories some Bus declared protected: refused in ALLOW_ALL, kept on under DENY_ALL.
+_PROTECTED: set[str] = set()
+
+
+@final
+class Control:
+    """An interned, immutable category state: equal states are the same object.
+
+    Being interned, it serves as part of the dispatch cache key at the cost of an identity
+    hash.
+    """
+
+    __slots__ = ("categories", "mode")
+    _interned: dict[tuple[ControlMode, frozenset[str]], Control] = {}  # noqa: RUF012
+
+    mode: ControlMode
+    categories: frozenset[str]
+
+    def __new__(cls, mode: ControlMode, categories: frozenset[str]) -> Control:
+        state = cls._interned.get((mode, categories))
+        if state is None:
+            state = object.__new__(cls)
+            state.mode, state.categories = mode, categories
+            cls._interned[mode, categories] = state
+        return state
+
+    def enabled(self, category: str, protected: frozenset[str]) -> bool:
+        """Whether a hook of ``category`` runs under this state on a bus with ``protected``."""
+        if category in protected:
+            return True
+        return (category in self.categories) is (self.mode is DENY_ALL)
+
+    def __repr__(self) -> str:
+        return f"hooks_control({self.mode.name}, {', '.join(sorted(self.categories))})"
+
+
+_CONTROL: Final[ContextVar[Control | None]] = ContextVar("hookbus_control", default=None)
+
+
+def current_control() -> Control | None:
+    """The category state in force here, or ``None`` when every category is enabled."""
+    return _CONTROL.get()
+
+
+@final
+class hooks_control:  # a context manager, named as CubicWeb names it
+    """Run a block with only some hook categories enabled.
+
+    ``hooks_control(ALLOW_ALL, "integrity")`` enables every category but ``integrity``;
+    ``hooks_control(DENY_ALL, "integrity")`` enables none but ``integrity``. Protected
+    categories stay enabled under ``DENY_ALL``; naming one in ``ALLOW_ALL`` is an error.
+
+    >>> with hooks_control(DENY_ALL, "integrity"):
+    ...     pass
+    """
+
+    __slots__ = ("_state", "_token")
+
+    def __init__(self, mode: ControlMode, *categories: str) -> None:
+        if not isinstance(mode, ControlMode):
+            raise RegistrationError(f"hooks_control() takes ALLOW_ALL or DENY_ALL, not {mode!r}")
+        for category in categories:
+            if not isinstance(category, str) or not category:
+                raise RegistrationError(f"a category is a non-empty string, not {category!r}")
+        if mode is ALLOW_ALL and (refused := _PROTECTED.intersection(categories)):
+            raise RegistrationError(
+                f"protected categories cannot be disabled: {', '.join(sorted(refused))}"
+            )
+        self._state = Control(mode, frozenset(categories))
+        self._token: Token[Control | None] | None = None
+
+    def __enter__(self) -> Control:
+        if self._token is not None:
+            raise RuntimeError("this hooks_control block is already entered")
+        self._token = _CONTROL.set(self._state)
+        return self._state
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._token is not None
+        _CONTROL.reset(self._token)
+        self._token = None
+
+
+def protect(categories: frozenset[str]) -> None:
+    """Record categories a bus declared protected (called by ``Bus``)."""
+    _PROTECTED.update(categories)

@@ -1,0 +1,88 @@
+"""What a registered hook is: its record, and the base class of class-based hooks."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar, final
+
+import msgspec
+
+from ._exceptions import RegistrationError
+from ._selectors import Selector
+
+__all__ = ["Hook", "HookInfo", "describe", "hook_name"]
+
+#: The category of a hook registered without one.
+DEFAULT_CATEGORY = "default"
+
+
+@final
+class HookInfo(msgspec.Struct, frozen=True):
+    """A registered hook, as ``bus.hooks_for()`` and the CLI listing show it.
+
+    Hooks run by ``priority`` (lower first), then by registration ``order``.
+    """
+
+    name: str
+    fn: Callable[[Any], Any]
+    events: tuple[str, ...]
+    select: Selector | None
+    category: str
+    priority: int
+    order: int
+    is_async: bool
+
+
+class Hook:
+    """Base class of class-based hooks (CubicWeb style).
+
+    >>> class PersonAge(Hook):
+    ...     events = ("before_add_entity",)
+    ...     category = "integrity"
+    ...     async def __call__(self, event): ...
+
+    ``bus.register(PersonAge)`` instantiates the class once, with no arguments, and calls
+    the instance for each matching dispatch.
+    """
+
+    events: ClassVar[tuple[str, ...]] = ()
+    select: ClassVar[Selector | None] = None
+    category: ClassVar[str] = DEFAULT_CATEGORY
+    priority: ClassVar[int] = 0
+
+    def __call__(self, event: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__qualname__} must implement __call__")
+
+
+def hook_name(fn: object) -> str:
+    """A readable name for a hook: module and qualified name of the function or class."""
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    func = getattr(target, "__func__", target)  # bound methods
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(fn))}"
+
+
+def describe(fn: object) -> tuple[str, bool]:
+    """Check ``fn`` is usable as a hook; return its name and whether it is a coroutine function.
+
+    Settled here, at registration, so that dispatch never inspects a hook.
+    """
+    name = hook_name(fn)
+    if not callable(fn):
+        raise RegistrationError(f"a hook must be callable, not {fn!r}")
+    call = fn if inspect.isroutine(fn) or isinstance(fn, type) else type(fn).__call__
+    is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(fn)
+    if inspect.isasyncgenfunction(call):
+        raise RegistrationError(f"hook {name} is an async generator, not a coroutine function")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have none: trust them
+        return name, is_async
+    try:
+        signature.bind(object())
+    except TypeError:
+        raise RegistrationError(
+            f"hook {name} must accept exactly one positional argument, the event payload "
+            f"(its signature is {signature})"
+        ) from None
+    return name, is_async

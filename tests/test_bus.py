@@ -1,0 +1,371 @@
+"""The bus: registration, order, dispatch, Break, collect, errors, recursion."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+import hookbus
+from hookbus import (
+    Break,
+    Bus,
+    EntityEvent,
+    RegistrationError,
+    RelationEvent,
+    ServerEvent,
+    UnknownEventError,
+    is_instance,
+    match_rtype,
+    where,
+)
+
+
+@pytest.fixture
+def bus() -> Bus:
+    return Bus()
+
+
+def added(etype: str = "Person", eid: int = 1, **edited: Any) -> EntityEvent:
+    return EntityEvent("after_add_entity", etype, eid, edited)
+
+
+async def test_hooks_run_by_priority_then_registration_order_mixing_sync_and_async(
+    bus: Bus,
+) -> None:
+    calls: list[str] = []
+
+    @bus.hook("after_add_entity", priority=10)
+    async def late(event: EntityEvent) -> None:
+        calls.append("late")
+
+    @bus.hook("after_add_entity")
+    def first_sync(event: EntityEvent) -> None:
+        calls.append("first_sync")
+
+    @bus.hook("after_add_entity")
+    async def second_async(event: EntityEvent) -> None:
+        calls.append("second_async")
+
+    @bus.hook("after_add_entity", priority=-5)
+    def earliest(event: EntityEvent) -> None:
+        calls.append("earliest")
+
+    assert await bus.emit("after_add_entity", added()) is None
+    assert calls == ["earliest", "first_sync", "second_async", "late"]
+    assert [h.name.rsplit(".", 1)[1] for h in bus.hooks_for("after_add_entity", "Person")] == [
+        "earliest",
+        "first_sync",
+        "second_async",
+        "late",
+    ]
+
+
+async def test_every_hook_gets_the_same_payload_object(bus: Bus) -> None:
+    seen: list[object] = []
+    bus.hook("after_add_entity")(seen.append)
+    bus.hook("after_add_entity")(lambda event: seen.append(event))
+    payload = added()
+    await bus.emit("after_add_entity", payload)
+    assert len(seen) == 2
+    assert all(item is payload for item in seen)
+
+
+async def test_selectors_pick_hooks_by_entity_type(bus: Bus) -> None:
+    calls: list[str] = []
+
+    @bus.hook("after_add_entity", select=is_instance("Person"))
+    async def person(event: EntityEvent) -> None:
+        calls.append(f"person:{event.eid}")
+
+    @bus.hook("after_add_entity", select=is_instance("Company", "Person"))
+    async def either(event: EntityEvent) -> None:
+        calls.append(f"either:{event.eid}")
+
+    await bus.emit("after_add_entity", added("Person", 1))
+    await bus.emit("after_add_entity", added("Company", 2))
+    await bus.emit("after_add_entity", added("Invoice", 3))
+    assert calls == ["person:1", "either:1", "either:2"]
+
+
+async def test_a_hook_registered_after_a_dispatch_is_seen_by_the_next_one(bus: Bus) -> None:
+    calls: list[str] = []
+    bus.hook("after_add_entity", select=is_instance("Person"))(lambda e: calls.append("one"))
+    await bus.emit("after_add_entity", added())
+    await bus.emit("server_startup", ServerEvent("server_startup"))
+    bus.hook("after_add_entity", select=is_instance("Person"))(lambda e: calls.append("two"))
+    bus.hook("server_startup")(lambda e: calls.append("startup"))
+    await bus.emit("after_add_entity", added())
+    await bus.emit("server_startup", ServerEvent("server_startup"))
+    assert calls == ["one", "one", "two", "startup"]
+
+
+async def test_unregistered_hook_stops_running(bus: Bus) -> None:
+    calls: list[str] = []
+
+    @bus.hook("after_add_entity")
+    async def gone(event: EntityEvent) -> None:
+        calls.append("gone")
+
+    info = bus.hook("after_add_entity")(lambda e: calls.append("kept"))
+    await bus.emit("after_add_entity", added())
+    bus.unregister(gone)
+    await bus.emit("after_add_entity", added())
+    assert calls == ["gone", "kept", "kept"]
+    assert info is not None
+    with pytest.raises(LookupError):
+        bus.unregister(gone)
+
+
+async def test_dynamic_selector_is_checked_per_dispatch(bus: Bus) -> None:
+    calls: list[int] = []
+    adult = where(lambda event: event.edited.get("age", 0) >= 18)
+
+    @bus.hook("after_add_entity", select=is_instance("Person") & adult)
+    async def greet_adult(event: EntityEvent) -> None:
+        calls.append(event.eid)
+
+    await bus.emit("after_add_entity", added("Person", 1, age=30))
+    await bus.emit("after_add_entity", added("Person", 2, age=3))
+    await bus.emit("after_add_entity", added("Company", 3, age=99))
+    assert calls == [1]
+
+
+async def test_break_stops_the_remaining_hooks_and_reaches_the_emitter(bus: Bus) -> None:
+    calls: list[str] = []
+
+    @bus.hook("before_delete_entity")
+    async def soft_delete(event: EntityEvent) -> None:
+        calls.append("soft_delete")
+        raise Break("soft-deleted")
+
+    @bus.hook("before_delete_entity", priority=1)
+    async def never(event: EntityEvent) -> None:
+        calls.append("never")
+
+    broken = await bus.emit("before_delete_entity", EntityEvent("before_delete_entity", "P", 1))
+    assert isinstance(broken, Break)
+    assert broken.value == "soft-deleted"
+    assert calls == ["soft_delete"]
+
+
+async def test_collect_returns_results_in_order_and_the_break(bus: Bus) -> None:
+    bus.hook("after_add_entity")(lambda e: 1)
+
+    @bus.hook("after_add_entity")
+    async def two(event: EntityEvent) -> int:
+        return 2
+
+    @bus.hook("after_add_entity", select=where(lambda e: e.eid == 7))
+    def stop(event: EntityEvent) -> None:
+        raise Break("enough")
+
+    bus.hook("after_add_entity")(lambda e: 4)
+
+    results = await bus.collect("after_add_entity", added(eid=1))
+    assert results == [1, 2, 4]
+    assert results.broken is None
+    results = await bus.collect("after_add_entity", added(eid=7))
+    assert results == [1, 2]
+    assert results.broken is not None and results.broken.value == "enough"
+
+
+async def test_hook_exception_propagates_with_a_note_naming_hook_and_event(bus: Bus) -> None:
+    @bus.hook("after_add_entity", select=is_instance("Person"))
+    async def explode(event: EntityEvent) -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom") as info:
+        await bus.emit("after_add_entity", added())
+    assert info.value.__notes__ == [
+        f"raised by hook {__name__}.test_hook_exception_propagates_with_a_note_naming_hook_and_"
+        "event.<locals>.explode on event 'after_add_entity'"
+    ]
+    with pytest.raises(ValueError, match="boom"):
+        await bus.collect("after_add_entity", added())
+
+
+async def test_validation_error_serialises_for_a_web_api(bus: Bus) -> None:
+    @bus.hook("before_add_entity", select=is_instance("Person"), category="integrity")
+    async def person_age_range(event: EntityEvent) -> None:
+        if "age" in event.edited and not 0 <= event.edited["age"] <= 120:
+            raise hookbus.ValidationError(event.eid, {"age": "age must be between 0 and 120"})
+
+    with pytest.raises(hookbus.ValidationError) as info:
+        await bus.emit(
+            "before_add_entity", EntityEvent("before_add_entity", "Person", 5, {"age": 130})
+        )
+    assert msgspec.json.decode(info.value.to_json()) == {
+        "eid": 5,
+        "errors": {"age": "age must be between 0 and 120"},
+    }
+
+
+async def test_endless_hook_loop_raises_hook_recursion_error_naming_the_chain(bus: Bus) -> None:
+    @bus.hook("after_update_entity")
+    async def touch_again(event: EntityEvent) -> None:
+        await bus.emit("after_add_entity", EntityEvent("after_add_entity", "P", event.eid))
+
+    @bus.hook("after_add_entity")
+    async def and_again(event: EntityEvent) -> None:
+        await bus.emit("after_update_entity", EntityEvent("after_update_entity", "P", event.eid))
+
+    with pytest.raises(hookbus.HookRecursionError) as info:
+        await bus.emit("after_update_entity", EntityEvent("after_update_entity", "P", 1))
+    chain = info.value.chain
+    assert chain[0] == "after_update_entity"
+    assert set(chain) == {"after_update_entity", "after_add_entity"}
+    assert len(chain) > 50
+    assert "after_update_entity -> after_add_entity -> after_update_entity" in str(info.value)
+    # the bus is usable afterwards
+    bus.unregister(and_again)
+    assert await bus.emit("after_update_entity", EntityEvent("after_update_entity", "P", 1)) is None
+
+
+async def test_hooks_may_re_enter_the_bus(bus: Bus) -> None:
+    calls: list[str] = []
+
+    @bus.hook("after_add_relation", select=match_rtype("boss"))
+    async def promote(event: RelationEvent) -> None:
+        calls.append("relation")
+        await bus.emit("after_update_entity", EntityEvent("after_update_entity", "P", event.eidto))
+
+    @bus.hook("after_update_entity")
+    async def updated(event: EntityEvent) -> None:
+        calls.append(f"updated:{event.eid}")
+
+    await bus.emit("after_add_relation", RelationEvent("after_add_relation", "boss", 1, 2))
+    assert calls == ["relation", "updated:2"]
+
+
+def test_typo_in_event_name_is_refused_at_registration_with_suggestions(bus: Bus) -> None:
+    with pytest.raises(UnknownEventError) as info:
+
+        @bus.hook("after_add_entiy")
+        async def typo(event: EntityEvent) -> None: ...
+
+    assert "after_add_entity" in info.value.suggestions
+    assert "did you mean 'after_add_entity'" in str(info.value)
+    assert bus.registered() == ()
+
+
+async def test_emitting_an_undeclared_event_or_a_wrong_payload_fails_clearly(bus: Bus) -> None:
+    with pytest.raises(UnknownEventError):
+        await bus.emit("after_ad_entity", added())
+    with pytest.raises(TypeError, match=r"keyed by 'etype'.*EntityEvent, not ServerEvent"):
+        await bus.emit("after_add_entity", ServerEvent("server_startup"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"select": "Person"}, "select must be a Selector"),
+        ({"category": ""}, "a category is a non-empty string"),
+        ({"priority": "high"}, "priority must be an int"),
+        ({"priority": True}, "priority must be an int"),
+        ({"select": match_rtype("boss")}, "can never match 'after_add_entity'"),
+    ],
+)
+def test_bad_registrations_are_refused(bus: Bus, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(RegistrationError, match=message):
+        bus.register(lambda event: None, "after_add_entity", **kwargs)
+    assert bus.registered() == ()
+
+
+def test_hooks_must_take_one_positional_argument(bus: Bus) -> None:
+    with pytest.raises(RegistrationError, match="exactly one positional argument"):
+        bus.register(lambda: None, "after_add_entity")
+    with pytest.raises(RegistrationError, match="exactly one positional argument"):
+        bus.register(lambda a, b: None, "after_add_entity")
+    with pytest.raises(RegistrationError, match="must be callable"):
+        bus.register(42, "after_add_entity")  # type: ignore[call-overload]
+
+
+def test_registering_the_same_function_twice_is_refused(bus: Bus) -> None:
+    def once(event: Any) -> None: ...
+
+    bus.register(once, "after_add_entity")
+    with pytest.raises(RegistrationError, match="already registered"):
+        bus.register(once, "after_update_entity")
+
+
+async def test_class_based_hooks(bus: Bus) -> None:
+    calls: list[tuple[str, int]] = []
+
+    @bus.register
+    class PersonAge(hookbus.Hook):
+        events = ("before_add_entity", "before_update_entity")
+        select = is_instance("Person")
+        category = "integrity"
+        priority = 3
+
+        async def __call__(self, event: EntityEvent) -> None:
+            calls.append((event.event, event.eid))
+
+    await bus.emit("before_add_entity", EntityEvent("before_add_entity", "Person", 1))
+    await bus.emit("before_update_entity", EntityEvent("before_update_entity", "Company", 2))
+    assert calls == [("before_add_entity", 1)]
+    (info,) = bus.hooks_for("before_add_entity", "Person")
+    assert (info.category, info.priority, info.is_async) == ("integrity", 3, True)
+    assert info.name.endswith("PersonAge")
+    bus.unregister(info)
+    assert bus.hooks_for("before_add_entity", "Person") == ()
+
+
+async def test_application_events_are_declared_with_their_payload_and_key(bus: Bus) -> None:
+    class InvoicePaid(msgspec.Struct):
+        customer: str
+        amount: int
+
+    bus.declare("invoice_paid", InvoicePaid, key="customer")
+    assert bus.declare("invoice_paid", InvoicePaid, key="customer").key == "customer"
+    seen: list[int] = []
+    bus.hook("invoice_paid", select=hookbus.match_key("acme"))(lambda e: seen.append(e.amount))
+    await bus.emit("invoice_paid", InvoicePaid("acme", 10))
+    await bus.emit("invoice_paid", InvoicePaid("other", 20))
+    assert seen == [10]
+    assert msgspec.json.encode(InvoicePaid("acme", 1)) == b'{"customer":"acme","amount":1}'
+    with pytest.raises(RegistrationError, match="already declared"):
+        bus.declare("invoice_paid", InvoicePaid)
+    with pytest.raises(RegistrationError, match="no field 'client'"):
+        bus.declare("invoice_refunded", InvoicePaid, key="client")
+    with pytest.raises(RegistrationError, match=r"msgspec\.Struct"):
+        bus.declare("plain", dict)
+    with pytest.raises(RegistrationError, match="identifier"):
+        bus.declare("not an event", InvoicePaid)
+
+
+async def test_unkeyed_application_event(bus: Bus) -> None:
+    class Tick(msgspec.Struct):
+        n: int
+
+    bus.declare("tick", Tick)
+    seen: list[int] = []
+    bus.hook("tick")(lambda e: seen.append(e.n))
+    with pytest.raises(RegistrationError, match="can never match"):
+        bus.hook("tick", select=is_instance("Person"))(lambda e: None)
+    await bus.emit("tick", Tick(1))
+    assert seen == [1]
+
+
+async def test_emit_returns_a_real_coroutine_for_tasks(bus: Bus) -> None:
+    seen: list[int] = []
+    bus.hook("after_add_entity")(lambda e: seen.append(e.eid))
+    await asyncio.create_task(bus.emit("after_add_entity", added(eid=1)))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bus.emit, "after_add_entity", added(eid=2))
+    assert seen == [1, 2]
+
+
+async def test_edited_gives_old_and_new_values_and_after_hooks_get_a_read_only_view() -> None:
+    edited = hookbus.Edited({"age": 41}, old={"age": 40, "name": "Ann"})
+    assert edited.oldnewvalue("age") == (40, 41)
+    view = edited.readonly()
+    assert view.oldnewvalue("age") == (40, 41)
+    with pytest.raises(TypeError):
+        view["age"] = 3  # type: ignore[index]
+    del edited["age"]
+    assert "age" not in view
