@@ -66,9 +66,8 @@ class Control:
 _CONTROL: Final[ContextVar[Control | None]] = ContextVar("hookbus_control", default=None)
 
 
-def current_control() -> Control | None:
-    """The category state in force here, or ``None`` when every category is enabled."""
-    return _CONTROL.get()
+#: The category state in force here, or ``None`` when every category is enabled.
+current_control: Final = _CONTROL.get
 
 
 @final

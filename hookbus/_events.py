@@ -159,11 +159,13 @@ class SessionEvent(msgspec.Struct):
     session: Any = None
 
 
-# Alias the key field's slot descriptor as ``key``: the dispatcher reads ``payload.key`` for
-# every keyed event at the cost of a plain slot read, without knowing the payload's type.
+# The dispatcher reads ``payload.key`` for every event without knowing the payload's type:
+# keyed payloads alias their key field's slot descriptor as ``key`` (as fast as the field,
+# and out of ``repr`` and encoding); unkeyed ones have a class attribute ``key = None``.
 EntityEvent.key = EntityEvent.etype  # type: ignore[attr-defined]
 RelationEvent.key = RelationEvent.rtype  # type: ignore[attr-defined]
 LoadEvent.key = LoadEvent.etype  # type: ignore[attr-defined]
+QueryEvent.key = ServerEvent.key = SessionEvent.key = None  # type: ignore[attr-defined]
 
 
 @final

@@ -1,0 +1,451 @@
+"""Dispatch benchmark: hookbus against a hand-written floor and against its peers.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/dispatch.py              # full run (about 15 s)
+    .venv/bin/python benchmarks/dispatch.py --quick      # smoke run, about 2 s (CI)
+    .venv/bin/python benchmarks/dispatch.py --json out.json --check
+
+Every figure to quote is a ratio: each sample of hookbus (or of a peer) is paired with a sample
+of the floor taken right beside it, in the same round of the same process, and the table shows
+the median of those paired ratios (see ``_timing.py``). The nanoseconds are printed for
+orientation only: this machine's speed drifts by up to 1.6x within seconds.
+
+Workloads (one event, ``after_add_entity``, dispatched with an ``EntityEvent`` payload):
+
+``hit``         3 matching async hooks on one (event, entity type).
+                Floor: ``async def floor(ev): for h in HOOKS: await h(ev)`` over a precomputed
+                tuple of the same hook functions, called as ``await floor(ev)``. The floor is
+                an awaited coroutine function because ``emit`` is one.
+``selective``   40 events x 20 entity types, 200 hooks, 2 of them match. Floor: the loop over
+                those 2.
+``miss``        3 hooks on the event, none for the dispatched entity type. Floor:
+                ``async def floor(event, ev): TABLE.get(event)``, an awaited coroutine doing one
+                dict lookup.
+``sync``        3 plain-function hooks. Floor: a loop of plain calls inside an awaited
+                ``async def`` (as ``await bus.emit`` is awaited).
+``categories``  the hit, inside ``hooks_control(ALLOW_ALL, "notification")`` (the hooks are in
+                category ``integrity``, so all 3 still run). Floor: the hit floor.
+
+Targets (issue 2): hit and selective <= 1.2x their floor; miss <= 1.2x the one-lookup
+coroutine; sync <= 1.5x; and hookbus faster than every peer on every workload.
+
+Peers, each in its fair idiom, paired with the same floor (dev-only dependencies):
+
+- blinker: one ``Signal`` per event, receivers connected with ``sender=`` the entity type,
+  ``await sig.send_async(etype, ev=ev)`` (``sig.send`` for sync receivers).
+- pyee: one emitter per entity type, handlers on the event name; ``emit`` only schedules
+  coroutine handlers as tasks, so the idiom that waits for them is
+  ``em.emit(event, ev); await em.wait_for_complete()`` (a plain ``EventEmitter`` for sync).
+- aiosignal: one frozen ``Signal`` per (event, entity type), found in a dict,
+  ``await sig.send(ev)``; empty signals where nothing is connected. It awaits every
+  receiver, so it has no sync case.
+- Django: one ``Signal(use_caching=True)`` per event (as Django's model signals), receivers
+  connected with ``sender=`` a class standing for the entity type (as a model class),
+  ``await sig.asend(sender=cls, ev=ev)`` (``sig.send`` for sync receivers).
+- pluggy: sync only (a hookspec per event; it cannot select by entity type).
+
+Peers have no categories: their "categories" row runs their hit idiom. A miss is each peer's
+idiom with nothing connected for that sender or type. Every subject and floor is checked,
+before timing, to call exactly the hooks the workload expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from types import CodeType, FrameType, SimpleNamespace
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: measure the working tree's hookbus
+    sys.path.insert(0, str(ROOT))
+
+import aiosignal  # noqa: E402
+import blinker  # noqa: E402
+import django.dispatch  # noqa: E402
+import pluggy  # noqa: E402
+import pyee  # noqa: E402
+import pyee.asyncio  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+import hookbus  # noqa: E402
+from benchmarks._timing import Pair, Subject, run_pairs, time_call  # noqa: E402
+
+EVENT = "after_add_entity"
+EVENTS = (EVENT, *(f"ev{i:02d}" for i in range(1, 40)))  # 40 events
+ETYPES = ("Person", "Company", *(f"Type{i:02d}" for i in range(2, 20)))  # 20 entity types
+PEERS = ("blinker", "pyee", "aiosignal", "django", "pluggy")
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    name: str
+    hooks: tuple[tuple[str, str], ...]  # (event, entity type) of each hook, in order
+    etype: str  # the entity type dispatched (with EVENT)
+    target: float  # hookbus / floor must not exceed this
+    sync: bool = False
+    categories: bool = False
+
+    @property
+    def expected(self) -> int:
+        return self.hooks.count((EVENT, self.etype))
+
+
+def _selective() -> tuple[tuple[str, str], ...]:
+    others = [(e, t) for e in EVENTS for t in ETYPES if (e, t) != (EVENT, "Person")]
+    return (*others[::4][:198], (EVENT, "Person"), (EVENT, "Person"))
+
+
+HIT = ((EVENT, "Person"),) * 3
+WORKLOADS = (
+    Workload("hit", HIT, "Person", 1.2),
+    Workload("selective", _selective(), "Person", 1.2),
+    Workload("miss", HIT, "Company", 1.2),
+    Workload("sync", HIT, "Person", 1.5, sync=True),
+    Workload("categories", HIT, "Person", 1.2, categories=True),
+)
+
+
+# Hooks do nothing; each factory returns a new function object (blinker and Django ignore a
+# receiver connected twice), all sharing one code object, which is how they are counted.
+def _async_hook() -> Callable[[Any], Awaitable[None]]:
+    async def hook(ev: Any) -> None:
+        return None
+
+    return hook
+
+
+def _sync_hook() -> Callable[[Any], None]:
+    def hook(ev: Any) -> None:
+        return None
+
+    return hook
+
+
+def _blinker_async() -> Callable[..., Awaitable[None]]:
+    async def receiver(sender: Any, ev: Any) -> None:
+        return None
+
+    return receiver
+
+
+def _blinker_sync() -> Callable[..., None]:
+    def receiver(sender: Any, ev: Any) -> None:
+        return None
+
+    return receiver
+
+
+def _django_async() -> Callable[..., Awaitable[None]]:
+    async def receiver(sender: Any, **kwargs: Any) -> None:
+        return None
+
+    return receiver
+
+
+def _django_sync() -> Callable[..., None]:
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        return None
+
+    return receiver
+
+
+HOOK_CODES: frozenset[CodeType] = frozenset(
+    f().__code__
+    for f in (
+        _async_hook,
+        _sync_hook,
+        _blinker_async,
+        _blinker_sync,
+        _django_async,
+        _django_sync,
+    )
+)
+
+
+def payload(w: Workload) -> hookbus.EntityEvent:
+    return hookbus.EntityEvent(EVENT, w.etype, 1, {})
+
+
+def hookbus_and_floor(w: Workload) -> tuple[Subject, Subject]:
+    bus = hookbus.Bus()
+    for name in EVENTS[1:]:
+        bus.declare(name, hookbus.EntityEvent)
+    registered: list[tuple[str, str, Callable[[Any], Any]]] = []
+    for event, etype in w.hooks:
+        fn: Callable[[Any], Any] = _sync_hook() if w.sync else _async_hook()
+        bus.hook(event, select=hookbus.is_instance(etype), category="integrity")(fn)
+        registered.append((event, etype, fn))
+    ev = payload(w)
+    context: Callable[[], AbstractContextManager[object]] = nullcontext
+    if w.categories:
+        context = lambda: hookbus.hooks_control(hookbus.ALLOW_ALL, "notification")  # noqa: E731
+    subject = Subject("hookbus", bus.emit, (EVENT, ev), context)
+
+    hooks = tuple(fn for event, etype, fn in registered if (event, etype) == (EVENT, w.etype))
+    if w.expected == 0:
+        table = {e: hooks for e in EVENTS}
+
+        async def miss_floor(event: str, ev: Any) -> None:
+            table.get(event)
+
+        return subject, Subject("floor", miss_floor, (EVENT, ev))
+    if w.sync:
+
+        async def sync_floor(ev: Any) -> None:
+            for h in hooks:
+                h(ev)
+
+        return subject, Subject("floor", sync_floor, (ev,))
+
+    async def floor(ev: Any) -> None:
+        for h in hooks:
+            await h(ev)
+
+    return subject, Subject("floor", floor, (ev,))
+
+
+def blinker_subject(w: Workload) -> Subject:
+    signals = {e: blinker.Signal(e) for e in EVENTS}
+    for event, etype in w.hooks:
+        receiver = _blinker_sync() if w.sync else _blinker_async()
+        signals[event].connect(receiver, sender=etype, weak=False)
+    if w.sync:
+
+        async def send(event: str, ev: Any) -> None:
+            signals[event].send(ev.etype, ev=ev)
+
+        return Subject("blinker", send, (EVENT, payload(w)))
+
+    def send_async(event: str, ev: Any) -> Awaitable[object]:
+        return signals[event].send_async(ev.etype, ev=ev)
+
+    return Subject("blinker", send_async, (EVENT, payload(w)))
+
+
+def pyee_subject(w: Workload) -> Subject:
+    if w.sync:
+        plain = {t: pyee.EventEmitter() for t in ETYPES}
+        for event, etype in w.hooks:
+            plain[etype].add_listener(event, _sync_hook())
+
+        async def emit(event: str, ev: Any) -> None:
+            plain[ev.etype].emit(event, ev)
+
+        return Subject("pyee", emit, (EVENT, payload(w)))
+
+    emitters = {t: pyee.asyncio.AsyncIOEventEmitter() for t in ETYPES}
+    for event, etype in w.hooks:
+        emitters[etype].add_listener(event, _async_hook())
+
+    async def emit_and_wait(event: str, ev: Any) -> None:
+        emitter = emitters[ev.etype]
+        emitter.emit(event, ev)
+        await emitter.wait_for_complete()
+
+    return Subject("pyee", emit_and_wait, (EVENT, payload(w)))
+
+
+def aiosignal_subject(w: Workload) -> Subject | None:
+    if w.sync:
+        return None
+    signals: dict[tuple[str, str], aiosignal.Signal[Any]] = {
+        (e, t): aiosignal.Signal((e, t)) for e in EVENTS for t in ETYPES
+    }
+    for key in w.hooks:
+        signals[key].append(_async_hook())
+    for signal in signals.values():
+        signal.freeze()
+
+    def send(event: str, ev: Any) -> Awaitable[None]:
+        return signals[event, ev.etype].send(ev)
+
+    return Subject("aiosignal", send, (EVENT, payload(w)))
+
+
+def django_subject(w: Workload) -> Subject:
+    if not settings.configured:
+        settings.configure()
+    senders = {t: type(t, (), {}) for t in ETYPES}  # stand-ins for model classes
+    signals = {e: django.dispatch.Signal(use_caching=True) for e in EVENTS}
+    for event, etype in w.hooks:
+        receiver = _django_sync() if w.sync else _django_async()
+        signals[event].connect(receiver, sender=senders[etype], weak=False)
+    if w.sync:
+
+        async def send(event: str, ev: Any) -> None:
+            signals[event].send(sender=senders[ev.etype], ev=ev)
+
+        return Subject("django", send, (EVENT, payload(w)))
+
+    def asend(event: str, ev: Any) -> Awaitable[Any]:
+        sender = senders[ev.etype]
+        return signals[event].asend(sender=sender, ev=ev)  # type: ignore[no-any-return]
+
+    return Subject("django", asend, (EVENT, payload(w)))
+
+
+def pluggy_subject(w: Workload) -> Subject | None:
+    if not w.sync:
+        return None
+    spec, impl = pluggy.HookspecMarker("bench"), pluggy.HookimplMarker("bench")
+
+    def event_spec(ev: Any) -> None: ...
+
+    pm = pluggy.PluginManager("bench")
+    pm.add_hookspecs(type("Spec", (), {e: spec(event_spec) for e in EVENTS}))
+    for i, (event, etype) in enumerate(w.hooks):
+        assert etype == w.etype  # pluggy cannot select by entity type
+        pm.register(SimpleNamespace(**{event: impl(_sync_hook())}), name=f"plugin{i}")
+    callers = {e: getattr(pm.hook, e) for e in EVENTS}
+
+    async def call(event: str, ev: Any) -> None:
+        callers[event](ev=ev)
+
+    return Subject("pluggy", call, (EVENT, payload(w)))
+
+
+PEER_BUILDERS: tuple[Callable[[Workload], Subject | None], ...] = (
+    blinker_subject,
+    pyee_subject,
+    aiosignal_subject,
+    django_subject,
+    pluggy_subject,
+)
+
+
+@contextmanager
+def _counting_hook_calls() -> Iterator[list[int]]:
+    count = [0]
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code in HOOK_CODES:
+            count[0] += 1
+
+    sys.setprofile(profile)
+    try:
+        yield count
+    finally:
+        sys.setprofile(None)
+
+
+async def check(pair: Pair, expected: int) -> None:
+    """Refuse to time a subject or floor that does not call exactly the expected hooks."""
+    for subject in (pair.subject, pair.floor):
+        with _counting_hook_calls() as count:
+            await time_call(subject, 1)
+        if count[0] != expected:
+            raise SystemExit(
+                f"{pair.workload}/{subject.name}: called {count[0]} hooks, expected {expected}"
+            )
+
+
+def build(with_peers: bool) -> list[Pair]:
+    pairs = []
+    for w in WORKLOADS:
+        subject, floor = hookbus_and_floor(w)
+        pairs.append(Pair(w.name, subject, floor))
+        for builder in PEER_BUILDERS if with_peers else ():
+            peer = builder(w)
+            if peer is not None:
+                pairs.append(Pair(w.name, peer, floor))
+    return pairs
+
+
+def table(pairs: list[Pair]) -> tuple[str, bool]:
+    head = f"{'workload':<11} {'hookbus ns':>10} {'floor ns':>9} {'hookbus/floor (IQR)':>21}"
+    head += f" {'target':>7}" + "".join(f" {p:>9}" for p in PEERS) + "  ok"
+    lines, all_ok = [head, "-" * len(head)], True
+    for w in WORKLOADS:
+        rows = {p.subject.name: p for p in pairs if p.workload == w.name}
+        hb = rows["hookbus"]
+        lo, hi = hb.spread
+        peers = [rows[p].ratio for p in PEERS if p in rows]
+        ok = hb.ratio <= w.target and all(hb.ratio < r for r in peers)
+        all_ok &= ok
+        line = f"{w.name:<11} {statistics.median(hb.subject_ns):>10.0f}"
+        line += f" {statistics.median(hb.floor_ns):>9.0f}"
+        line += f" {f'{hb.ratio:.2f}x ({lo:.2f}-{hi:.2f})':>21} {f'<={w.target}x':>7}"
+        line += "".join(f" {f'{rows[p].ratio:.2f}x' if p in rows else '-':>9}" for p in PEERS)
+        lines.append(line + ("  yes" if ok else "  NO"))
+    return "\n".join(lines), all_ok
+
+
+def versions() -> dict[str, str]:
+    names = ("msgspec", "blinker", "pyee", "aiosignal", "django", "pluggy")
+    return {"python": platform.python_version(), **{n: version(n) for n in names}}
+
+
+async def measure(args: argparse.Namespace) -> list[Pair]:
+    pairs = build(not args.no_peers)
+    for w in WORKLOADS:
+        for pair in (p for p in pairs if p.workload == w.name):
+            await check(pair, w.expected)
+    await run_pairs(pairs, args.rounds, args.sample_ms * 1e6)
+    return pairs
+
+
+def as_json(pairs: list[Pair], args: argparse.Namespace) -> str:
+    results = [
+        {
+            "workload": p.workload,
+            "subject": p.subject.name,
+            "ratio": p.ratio,
+            "subject_ns": p.subject_ns,
+            "floor_ns": p.floor_ns,
+            "iterations": p.iterations,
+        }
+        for p in pairs
+    ]
+    data = {"versions": versions(), "rounds": args.rounds, "sample_ms": args.sample_ms}
+    return json.dumps({**data, "results": results}, indent=2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="hookbus dispatch benchmark, ratios to a floor")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 21; quick: 5)")
+    parser.add_argument("--sample-ms", type=float, help="length of one sample (default 10 ms)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    parser.add_argument("--no-peers", action="store_true", help="time hookbus and floors only")
+    parser.add_argument("--json", metavar="PATH", help="also write all samples ('-': stdout)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+    args.rounds = args.rounds or (5 if args.quick else 21)
+    args.sample_ms = args.sample_ms or (2.0 if args.quick else 10.0)
+    v = versions()
+    print(
+        f"hookbus dispatch benchmark: Python {v['python']} ({platform.machine()}), "
+        + ", ".join(f"{k} {v[k]}" for k in list(v)[1:])
+    )
+    print(
+        f"{args.rounds} rounds of {args.sample_ms:g} ms samples, interleaved, gc off in samples."
+        "\nmachine note: this machine's speed drifts by up to 1.6x within seconds;"
+        " quote the ratios, not the ns.\n"
+    )
+    pairs = asyncio.run(measure(args))
+    text, ok = table(pairs)
+    print(text)
+    print(
+        "\nhookbus/floor and peers: median over rounds of (subject ns / floor ns), each sample"
+        "\ntimed right beside its floor sample; '-': no such idiom; ok: target met and hookbus"
+        "\nfaster than every peer. ns are medians, for orientation only."
+    )
+    if args.json == "-":
+        print(as_json(pairs, args))
+    elif args.json:
+        Path(args.json).write_text(as_json(pairs, args) + "\n")
+    return 1 if args.check and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
