@@ -4,6 +4,7 @@ Register coroutine hooks on declared events, dispatch them on an indexed hot pat
 schedule operations that run around the commit of the database transaction.
 """
 
+from ._backend import Backend, CommitOutcome, MemoryBackend
 from ._bus import Bus, Results
 from ._control import ALLOW_ALL, DENY_ALL, Control, ControlMode, current_control, hooks_control
 from ._events import (
@@ -30,6 +31,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._hooks import Hook, HookInfo
+from ._operations import LateOperation, Operation, SingleLastOperation
 from ._selectors import (
     Selector,
     is_instance,
@@ -38,11 +40,23 @@ from ._selectors import (
     match_rtype_sets,
     where,
 )
+from ._transaction import (
+    Savepoint,
+    Transaction,
+    TransactionState,
+    added_in_transaction,
+    current_transaction,
+    deleted_in_transaction,
+    transaction,
+    transaction_data,
+)
 
 __all__ = [
     "ALLOW_ALL",
+    "Backend",
     "Break",
     "Bus",
+    "CommitOutcome",
     "CommitOutcomeUnknownError",
     "Control",
     "ControlMode",
@@ -54,25 +68,37 @@ __all__ = [
     "HookInfo",
     "HookRecursionError",
     "HookbusError",
+    "LateOperation",
     "LoadEvent",
+    "MemoryBackend",
+    "Operation",
     "QueryEvent",
     "ReadOnlyEdited",
     "RegistrationError",
     "RelationEvent",
     "Results",
+    "Savepoint",
     "Selector",
     "ServerEvent",
     "SessionEvent",
+    "SingleLastOperation",
+    "Transaction",
     "TransactionAbortedError",
     "TransactionError",
+    "TransactionState",
     "TransactionStateError",
     "UnknownEventError",
     "ValidationError",
+    "added_in_transaction",
     "current_control",
+    "current_transaction",
+    "deleted_in_transaction",
     "hooks_control",
     "is_instance",
     "match_key",
     "match_rtype",
     "match_rtype_sets",
+    "transaction",
+    "transaction_data",
     "where",
 ]

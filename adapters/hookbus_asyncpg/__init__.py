@@ -1,0 +1,13 @@
+"""hookbus over asyncpg: transaction scopes on pooled PostgreSQL connections.
+
+>>> async def handler(pool: asyncpg.Pool) -> None:  # doctest: +SKIP
+...     async with hookbus_asyncpg.transaction(pool, isolation="serializable") as tx:
+...         await tx.connection.execute("INSERT INTO t VALUES (1)")
+"""
+
+from __future__ import annotations
+
+from ._embedded import EmbeddedPostgres
+from ._transaction import AsyncpgBackend, AsyncpgTransaction, transaction
+
+__all__ = ["AsyncpgBackend", "AsyncpgTransaction", "EmbeddedPostgres", "transaction"]

@@ -1,0 +1,62 @@
+"""An embedded PostgreSQL for machines without a server: the demo's and the tests' fallback.
+
+It runs the server shipped by the ``pgserver`` package (the ``embedded`` extra) in a
+directory of its own, and stops it and deletes the directory on ``close()``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Any, final
+
+__all__ = ["EmbeddedPostgres"]
+
+
+@final
+class EmbeddedPostgres:
+    """A PostgreSQL server started for this process; ``dsn`` names its ``postgres`` database.
+
+    >>> with EmbeddedPostgres() as server:   # doctest: +SKIP
+    ...     pool = await asyncpg.create_pool(server.dsn)
+    """
+
+    __slots__ = ("_owned", "_root", "_server", "dsn")
+
+    def __init__(self, root: Path | None = None) -> None:
+        try:
+            with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+                warnings.simplefilter("ignore")
+                from pgserver.postgres_server import get_server
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError(
+                "no PostgreSQL was given and the embedded one is not installed: "
+                "pip install 'hookbus[embedded]' or set a DSN"
+            ) from exc
+        self._owned = root is None
+        # Unix socket paths are short (about 100 bytes): keep the directory near the root.
+        self._root = Path(tempfile.mkdtemp(prefix="hookbus-pg-")) if root is None else root
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._server: Any = get_server(self._root / "data", cleanup_mode="stop")
+        self.dsn: str = str(self._server.get_uri())
+
+    def close(self) -> None:
+        """Stop the server; delete its directory if this object made it."""
+        self._server.cleanup()
+        if self._owned:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

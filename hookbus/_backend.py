@@ -1,0 +1,109 @@
+"""The backend protocol a transaction scope drives, and the in-memory backend.
+
+A backend owns BEGIN, COMMIT, ROLLBACK and savepoints on one database session. The scope
+(``hookbus.Transaction``) drives it through the lifecycle; the backend only talks to the
+database and reports what the database answered.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol, final
+
+__all__ = ["Backend", "CommitOutcome", "MemoryBackend"]
+
+
+@final
+class CommitOutcome(enum.Enum):
+    """What the database answered to COMMIT."""
+
+    #: The transaction is committed.
+    COMMITTED = "committed"
+    #: The server rolled the transaction back instead (it was aborted by an earlier error).
+    ABORTED = "aborted"
+
+
+class Backend(Protocol):
+    """What a transaction scope needs from a database session.
+
+    ``commit`` returns the outcome the server gave; raising from it means the server did not
+    commit (a deferred constraint, a serialization failure) and has already rolled back. A
+    backend that lost its connection during COMMIT finds the outcome out where it can and
+    raises ``CommitOutcomeUnknownError`` where it cannot. ``rollback`` after a lost connection
+    may raise: the scope logs that and carries on, the server having rolled back on its own.
+    """
+
+    async def begin(self) -> None:
+        """Start the transaction."""
+        ...
+
+    async def commit(self) -> CommitOutcome:
+        """Commit the transaction and report the outcome."""
+        ...
+
+    async def rollback(self) -> None:
+        """Roll the transaction back."""
+        ...
+
+    async def savepoint(self, name: str) -> None:
+        """Set a savepoint called ``name`` (a plain identifier chosen by the scope)."""
+        ...
+
+    async def release(self, name: str) -> None:
+        """Release the savepoint ``name``: what it did stays in the transaction."""
+        ...
+
+    async def rollback_to(self, name: str) -> None:
+        """Undo what was done since the savepoint ``name``, and release it."""
+        ...
+
+
+@final
+class MemoryBackend:
+    """A backend without a database, for tests and scripts.
+
+    It records the statements it would have sent in ``statements``. ``commit_error`` makes
+    COMMIT fail with that exception (as a deferred constraint would); ``commit_outcome``
+    makes the server answer with it (``ABORTED``: the silent rollback of a swallowed error).
+
+    >>> backend = MemoryBackend()
+    """
+
+    __slots__ = ("commit_error", "commit_outcome", "statements")
+
+    def __init__(
+        self,
+        *,
+        commit_error: BaseException | None = None,
+        commit_outcome: CommitOutcome = CommitOutcome.COMMITTED,
+    ) -> None:
+        self.statements: list[str] = []
+        self.commit_error = commit_error
+        self.commit_outcome = commit_outcome
+
+    async def begin(self) -> None:
+        """Record BEGIN."""
+        self.statements.append("BEGIN")
+
+    async def commit(self) -> CommitOutcome:
+        """Record COMMIT; fail with ``commit_error`` or answer ``commit_outcome``."""
+        self.statements.append("COMMIT")
+        if self.commit_error is not None:
+            raise self.commit_error
+        return self.commit_outcome
+
+    async def rollback(self) -> None:
+        """Record ROLLBACK."""
+        self.statements.append("ROLLBACK")
+
+    async def savepoint(self, name: str) -> None:
+        """Record SAVEPOINT."""
+        self.statements.append(f"SAVEPOINT {name}")
+
+    async def release(self, name: str) -> None:
+        """Record RELEASE SAVEPOINT."""
+        self.statements.append(f"RELEASE SAVEPOINT {name}")
+
+    async def rollback_to(self, name: str) -> None:
+        """Record ROLLBACK TO SAVEPOINT."""
+        self.statements.append(f"ROLLBACK TO SAVEPOINT {name}")

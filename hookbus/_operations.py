@@ -1,0 +1,83 @@
+"""Operations: work scheduled in a transaction scope, run around its commit.
+
+An operation overrides any of four async methods; each defaults to doing nothing:
+
+``precommit``
+    before COMMIT, in scheduling order; raising aborts the transaction.
+``revertprecommit``
+    when the transaction fails after this operation's ``precommit`` ran (newest first).
+``rollback``
+    when the transaction rolled back (or the savepoint that scheduled it did).
+``postcommit``
+    after COMMIT succeeded; errors are logged and counted, never raised.
+
+Constructing an operation schedules nothing: ``tx.add(op)`` does.
+
+>>> class SendMail(Operation):
+...     def __init__(self, to: str) -> None:
+...         super().__init__()
+...         self.to = to
+...     async def postcommit(self) -> None:
+...         ...  # the data is committed: now it is safe to tell the world
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Final
+
+__all__ = ["LateOperation", "Operation", "SingleLastOperation"]
+
+# Where an operation runs in the precommit phase: with the others, after them, or last.
+NORMAL: Final = 0
+LATE: Final = 1
+LAST: Final = 2
+
+
+class Operation:
+    """Work scheduled in a transaction scope with ``tx.add(op)``.
+
+    Subclass it and override the phases you need. An operation scheduled by
+    ``tx.accumulate(key, value, OpClass)`` reads the accumulated values as ``self.values``
+    (``None`` for an operation scheduled with ``tx.add``).
+    """
+
+    __slots__ = ("values",)
+
+    _hookbus_phase: ClassVar[int] = NORMAL
+
+    values: Any
+
+    def __init__(self) -> None:
+        self.values = None
+
+    async def precommit(self) -> None:
+        """Run before COMMIT. Raise to abort the transaction."""
+
+    async def revertprecommit(self) -> None:
+        """Undo what ``precommit`` did outside the database, when the transaction fails."""
+
+    async def rollback(self) -> None:
+        """Run after the transaction (or the savepoint that scheduled this) rolled back."""
+
+    async def postcommit(self) -> None:
+        """Run after COMMIT succeeded. Errors are logged and counted, never raised."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} at {id(self):#x}>"
+
+
+class LateOperation(Operation):
+    """An operation whose ``precommit`` runs after every ordinary operation's."""
+
+    __slots__ = ()
+
+    _hookbus_phase: ClassVar[int] = LATE
+
+
+class SingleLastOperation(Operation):
+    """An operation that runs last, once: scheduling one replaces any earlier instance
+    of the same class in the scope."""
+
+    __slots__ = ()
+
+    _hookbus_phase: ClassVar[int] = LAST
