@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from types import TracebackType
@@ -37,6 +36,14 @@ _ISOLATION: Final[dict[str, str]] = {
 
 # Statements of the connection-loss path, asked on another connection.
 _XACT_STATUS: Final = "SELECT pg_xact_status($1::text::xid8)"
+_XID_NOTICE: Final = "hookbus xid "
+# client_min_messages is raised for the rest of the transaction only, in case the session
+# filters notices out; pg_current_xact_id_if_assigned() assigns no id to a read-only one.
+_COMMIT_ANNOUNCING_XID: Final = (
+    "SET LOCAL client_min_messages = notice; "
+    f"DO $$BEGIN RAISE NOTICE '{_XID_NOTICE}%', pg_current_xact_id_if_assigned(); END$$; "
+    "COMMIT"
+)
 _POLL_INTERVAL: Final = 0.02
 
 
@@ -55,12 +62,14 @@ def _begin_statement(isolation: str | None, readonly: bool, deferrable: bool) ->
 class AsyncpgBackend:
     """The backend of a scope on one asyncpg connection.
 
-    Before COMMIT it reads the transaction's id (``pg_current_xact_id_if_assigned()``, which
-    assigns none), so that if the connection is lost during COMMIT the outcome can be asked
-    of PostgreSQL (``pg_xact_status``) on a connection from ``recovery_pool``.
+    With COMMIT it sends the transaction's id (``pg_current_xact_id_if_assigned()``, which
+    assigns none) in a NOTICE, in the same round trip, so that if the connection is lost
+    during COMMIT the outcome can be asked of PostgreSQL (``pg_xact_status``) on a connection
+    from ``recovery_pool``. A log listener of the application's own on this connection sees
+    that notice go by.
     """
 
-    __slots__ = ("_begin", "_find", "_recovery_pool", "connection", "outcome_timeout")
+    __slots__ = ("_begin", "_find", "_recovery_pool", "_xid", "connection", "outcome_timeout")
 
     def __init__(
         self,
@@ -78,6 +87,7 @@ class AsyncpgBackend:
         self._begin = _begin_statement(isolation, readonly, deferrable)
         self._recovery_pool = recovery_pool
         self.outcome_timeout = outcome_timeout
+        self._xid: str | None = None
 
     async def begin(self) -> None:
         """Send BEGIN with the scope's options."""
@@ -86,18 +96,38 @@ class AsyncpgBackend:
     async def commit(self) -> CommitOutcome:
         """Send COMMIT and read its answer; find the outcome out if the connection drops."""
         conn = self.connection
-        xid: str | None = None
-        if self._find:  # one round trip, the price of knowing the outcome of a lost COMMIT
-            # In an aborted transaction this fails; COMMIT then answers ROLLBACK.
-            with contextlib.suppress(asyncpg.InFailedSQLTransactionError):
-                xid = await conn.fetchval("SELECT pg_current_xact_id_if_assigned()::text")
+        if not self._find:
+            return await self._commit(conn, "COMMIT")
+        # The transaction's id travels in a NOTICE sent just before COMMIT, in the same round
+        # trip: PostgreSQL flushes a notice at once, so the id has arrived if the connection
+        # is lost during the COMMIT itself. (Asking for it first cost a round trip.)
+        self._xid = None
+        conn.add_log_listener(self._on_notice)
         try:
-            status = await conn.execute("COMMIT")
+            return await self._commit(conn, _COMMIT_ANNOUNCING_XID)
+        except asyncpg.InFailedSQLTransactionError:
+            # A SQL error was swallowed inside the scope: the DO block was refused and COMMIT
+            # never ran. COMMIT now ends the transaction, which PostgreSQL answers ROLLBACK.
+            return await self._commit(conn, "COMMIT")
+        finally:
+            if _is_usable(conn):  # a lost connection may already be back in its pool
+                conn.remove_log_listener(self._on_notice)
+
+    async def _commit(self, conn: Connection, statement: str) -> CommitOutcome:
+        try:
+            status = await conn.execute(statement)
+        except asyncpg.InFailedSQLTransactionError:
+            raise
         except Exception as exc:
             if _is_usable(conn) and not _is_connection_loss(exc):
                 raise  # the server refused COMMIT, and has rolled back
-            return await self._find_outcome(xid, exc)
+            return await self._find_outcome(self._xid, exc)
         return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
+
+    def _on_notice(self, connection: object, message: Any) -> None:
+        text = str(getattr(message, "message", ""))
+        if text.startswith(_XID_NOTICE):
+            self._xid = text[len(_XID_NOTICE) :].strip() or None
 
     async def rollback(self) -> None:
         """Send ROLLBACK, unless the connection is gone (the server then rolled back)."""
