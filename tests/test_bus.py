@@ -370,3 +370,32 @@ async def test_edited_gives_old_and_new_values_and_after_hooks_get_a_read_only_v
         view["age"] = 3  # type: ignore[index]
     del edited["age"]
     assert "age" not in view
+
+
+async def test_a_hook_registered_during_a_dispatch_runs_from_the_next_one(bus: Bus) -> None:
+    calls: list[str] = []
+
+    @bus.hook("after_add_entity")
+    async def register_another(event: EntityEvent) -> None:
+        calls.append("first")
+        if len(calls) == 1:
+            bus.hook("after_add_entity", priority=5)(lambda e: calls.append("late comer"))
+
+    await bus.emit("after_add_entity", added())
+    assert calls == ["first"]
+    await bus.emit("after_add_entity", added())
+    assert calls == ["first", "first", "late comer"]
+
+
+async def test_many_distinct_keys_are_dispatched_correctly_past_the_cache_bound(
+    bus: Bus,
+) -> None:
+    class Ping(msgspec.Struct):
+        key: int
+
+    bus.declare("ping", Ping)
+    seen: list[int] = []
+    bus.hook("ping", select=hookbus.match_key(4999))(lambda e: seen.append(e.key))
+    for key in range(5000):  # more keys than the index caches for one event
+        await bus.emit("ping", Ping(key))
+    assert seen == [4999]
