@@ -123,7 +123,7 @@ class ValidationError(Exception):
         self.eid = eid
         self.errors = dict(errors)
         detail = "; ".join(f"{k}: {v}" if k else v for k, v in self.errors.items())
-        super().__init__(f"entity {eid}: {detail}")
+        super().__init__(detail if eid is None else f"entity {eid}: {detail}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the error as a JSON-ready mapping."""

@@ -8,6 +8,29 @@
 from __future__ import annotations
 
 from ._embedded import EmbeddedPostgres
+from ._entity import Entity
+from ._schema import (
+    Attribute,
+    EntityType,
+    RelationType,
+    Schema,
+    SchemaMismatchError,
+    UnknownNameError,
+)
+from ._store import Store
 from ._transaction import AsyncpgBackend, AsyncpgTransaction, transaction
 
-__all__ = ["AsyncpgBackend", "AsyncpgTransaction", "EmbeddedPostgres", "transaction"]
+__all__ = [
+    "AsyncpgBackend",
+    "AsyncpgTransaction",
+    "Attribute",
+    "EmbeddedPostgres",
+    "Entity",
+    "EntityType",
+    "RelationType",
+    "Schema",
+    "SchemaMismatchError",
+    "Store",
+    "UnknownNameError",
+    "transaction",
+]

@@ -1,0 +1,41 @@
+"""The demo: every example, each on a database of its own, saying what its hooks did.
+
+./run demo                       # on an embedded PostgreSQL started for the run
+HOOKBUS_DSN=postgresql://... ./run demo
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+
+from _common import database, server
+
+EXAMPLES = (  # each is examples/NAME.py, runnable on its own too
+    "person_age",
+    "company_boss",
+    "subsidiary_cycle",
+    "upper_case_names",
+    "soft_delete",
+    "update_touched_a_row",
+    "load_from_cache",
+    "rollback_audit",
+    "bulk_import",
+)
+
+
+async def main(dsn: str) -> None:
+    for name in EXAMPLES:
+        module = importlib.import_module(name)
+        title = (module.__doc__ or name).strip().splitlines()[0]
+        print(f"\n== {name}: {title}")
+        started = time.perf_counter()
+        async with database(dsn, name) as pool:
+            await module.main(pool)
+        print(f"   ({time.perf_counter() - started:.2f} s; examples/{name}.py)")
+
+
+if __name__ == "__main__":
+    with server() as dsn:
+        asyncio.run(main(dsn))
