@@ -85,7 +85,7 @@ class Bus:
         self._specs: dict[str, EventSpec] = dict(BUILTIN_EVENTS)
         self._protected = frozenset(protected)
         protect(self._protected)
-        self._hooks: dict[int, HookInfo] = {}  # id(fn) -> record, in registration order
+        self._hooks: dict[Hashable, HookInfo] = {}  # fn -> record, in registration order
         self._by_event: dict[str, list[HookInfo]] = {}  # sorted by (priority, order)
         self._order = 0
         # event -> hooks (unkeyed) or {key: hooks} (keyed), with every category enabled
@@ -135,12 +135,14 @@ class Bus:
         self,
         *events: str,
         select: Selector | None = None,
-        category: str = DEFAULT_CATEGORY,
-        priority: int = 0,
+        category: str | None = None,
+        priority: int | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function (coroutine or plain) as a hook on ``events``.
 
-        Hooks run by ``priority`` (lower first), then in registration order.
+        Hooks run by ``priority`` (lower first, 0 by default), then in registration order;
+        ``category`` is ``"default"`` unless given. On a :class:`Hook` class, the arguments
+        given override its class attributes.
         """
 
         def decorator(fn: F) -> F:
@@ -187,7 +189,7 @@ class Bus:
         category = DEFAULT_CATEGORY if category is None else category
         priority = 0 if priority is None else priority
         info = self._check(fn, events, select, category, priority)
-        self._hooks[id(fn)] = info
+        self._hooks[_identity(fn)] = info
         for event in info.events:
             hooks = self._by_event.setdefault(event, [])
             hooks.append(info)
@@ -214,9 +216,9 @@ class Bus:
             raise RegistrationError(f"hook {name}: priority must be an int, not {priority!r}")
         for event in events:
             spec = self._spec(event)
-            if select is not None and select.keys(spec) == frozenset():
-                raise RegistrationError(f"hook {name}: {select!r} can never match {event!r}")
-        if id(fn) in self._hooks:
+            if select is not None:
+                _check_selector(name, select, spec)
+        if _identity(fn) in self._hooks:
             raise RegistrationError(f"hook {name} is already registered on this bus")
         self._order += 1
         return HookInfo(
@@ -231,8 +233,8 @@ class Bus:
         ``hooks_for``. ``LookupError`` if it is not registered here.
         """
         fn = hook.fn if isinstance(hook, HookInfo) else hook
-        info = self._hooks.pop(id(fn), None)
-        if info is None or info.fn is not fn:
+        info = self._hooks.pop(_identity(fn), None)
+        if info is None:
             raise LookupError(f"{hook!r} is not registered on this bus")
         for event in info.events:
             self._by_event[event].remove(info)
@@ -249,18 +251,23 @@ class Bus:
         """The entry for ``(event, key)`` under ``control``: the heart of the index."""
         chosen: list[tuple[Callable[[Any], Any], Predicate | None, bool]] = []
         for info in self._by_event.get(spec.name, ()):
-            if control is not None and not control.enabled(info.category, self._protected):
-                continue
-            check = True if info.select is None else info.select.specialize(spec, key)
-            if check is False:
-                continue
-            chosen.append((info.fn, None if check is True else check, info.is_async))
+            check = self._takes(info, spec, key, control)
+            if check is not False:
+                chosen.append((info.fn, None if check is True else check, info.is_async))
         if all(check is None for _, check, _ in chosen):
             if all(is_async for _, _, is_async in chosen):
                 return tuple(fn for fn, _, _ in chosen)
             if not any(is_async for _, _, is_async in chosen):
                 return _SyncHooks(fn for fn, _, _ in chosen)
         return _MixedHooks(chosen)
+
+    def _takes(
+        self, info: HookInfo, spec: EventSpec, key: Hashable, control: Control | None
+    ) -> bool | Predicate:
+        """Whether ``info`` runs for ``key`` under ``control``: always, never, or a check."""
+        if control is not None and not control.enabled(info.category, self._protected):
+            return False
+        return True if info.select is None else _specialize(info, spec, key)
 
     def _fill(self, event: str, key: Hashable) -> _Entry:
         """Build and cache the entry of a key seen for the first time."""
@@ -370,10 +377,7 @@ class Bus:
         spec = self._spec(event)
         control = current_control()
         return tuple(
-            info
-            for info in self._by_event.get(event, ())
-            if (control is None or control.enabled(info.category, self._protected))
-            and (info.select is None or info.select.specialize(spec, key) is not False)
+            info for info in self._by_event.get(event, ()) if self._takes(info, spec, key, control)
         )
 
     def registered(self) -> tuple[HookInfo, ...]:
@@ -395,6 +399,45 @@ class Bus:
                     shown += " (where)"
                 rows.append((event, shown, info))
         return rows
+
+
+def _identity(fn: object) -> Hashable:
+    """What makes two registrations the same hook: equality, so that ``obj.method`` (a new
+    bound method at each access) finds its registration; identity for unhashable callables.
+    """
+    try:
+        hash(fn)
+    except TypeError:
+        return id(fn)
+    return fn
+
+
+def _specialize(info: HookInfo, spec: EventSpec, key: Hashable) -> bool | Predicate:
+    assert info.select is not None
+    result = info.select.specialize(spec, key)
+    if isinstance(result, bool) or callable(result):
+        return result
+    raise TypeError(
+        f"selector {info.select!r} of hook {info.name} returned {result!r} for {key!r} on "
+        f"{spec.name!r}: specialize() must return True, False or a predicate"
+    )
+
+
+def _check_selector(name: str, select: Selector, spec: EventSpec) -> None:
+    """Refuse, at registration, a selector that cannot work on ``spec``."""
+    keys = select.keys(spec)
+    if keys == frozenset():
+        raise RegistrationError(f"hook {name}: {select!r} can never match {spec.name!r}")
+    probe = next(iter(keys), None) if keys else None
+    try:
+        result = select.specialize(spec, probe)
+    except Exception as exc:
+        raise RegistrationError(f"hook {name}: {select!r} fails on {spec.name!r}: {exc!r}") from exc
+    if not (isinstance(result, bool) or callable(result)):
+        raise RegistrationError(
+            f"hook {name}: {select!r}.specialize() returned {result!r}; it must return "
+            "True, False or a predicate"
+        )
 
 
 def _call_order(info: HookInfo) -> tuple[int, int]:

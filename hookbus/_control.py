@@ -77,6 +77,9 @@ class hooks_control:  # a context manager, named as CubicWeb names it
     ``hooks_control(ALLOW_ALL, "integrity")`` enables every category but ``integrity``;
     ``hooks_control(DENY_ALL, "integrity")`` enables none but ``integrity``. Protected
     categories stay enabled under ``DENY_ALL``; naming one in ``ALLOW_ALL`` is an error.
+    The state applies to every bus of the process (it lives in the context, not on a bus),
+    so a category that any bus declared protected is refused here, whichever bus the block
+    is for.
 
     >>> with hooks_control(DENY_ALL, "integrity"):
     ...     pass

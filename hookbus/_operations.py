@@ -23,6 +23,7 @@ Constructing an operation schedules nothing: ``tx.add(op)`` does.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar, Final
 
 __all__ = ["LateOperation", "Operation", "SingleLastOperation"]
@@ -31,6 +32,7 @@ __all__ = ["LateOperation", "Operation", "SingleLastOperation"]
 NORMAL: Final = 0
 LATE: Final = 1
 LAST: Final = 2
+_PHASES: Final = ("precommit", "revertprecommit", "rollback", "postcommit")
 
 
 class Operation:
@@ -46,6 +48,15 @@ class Operation:
     _hookbus_phase: ClassVar[int] = NORMAL
 
     values: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for phase in _PHASES:
+            method = cls.__dict__.get(phase)
+            if method is not None and not inspect.iscoroutinefunction(method):
+                raise TypeError(
+                    f"{cls.__qualname__}.{phase} must be an async def: the scope awaits it"
+                )
 
     def __init__(self) -> None:
         self.values = None

@@ -106,6 +106,12 @@ def match_rtype(*rtypes: str) -> Selector:
 
 def match_rtype_sets(*rtypesets: Iterable[str]) -> Selector:
     """Match relation events whose relation type is in any of the given sets (CubicWeb)."""
+    for rset in rtypesets:
+        if isinstance(rset, str):
+            raise TypeError(
+                f"match_rtype_sets() takes sets of relation types, not the string {rset!r}; "
+                "use match_rtype() for names"
+            )
     return _KeyIn("match_rtype_sets", "rtype", (r for rset in rtypesets for r in rset))
 
 

@@ -160,8 +160,10 @@ async def _uncancellable(func: Callable[..., Coroutine[Any, Any, _T]], *args: An
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError as exc:
+                if task.done() and task.cancelled():
+                    raise  # the work itself was cancelled, not only its caller
+                cancelled = exc  # the caller's: kept, even if the work finished meanwhile
                 if not task.done():
-                    cancelled = exc
                     continue
             break
     if cancelled is not None:
@@ -255,6 +257,8 @@ class Transaction:
 
     def add(self, op: Operation) -> None:
         """Schedule ``op``. A ``SingleLastOperation`` replaces an earlier one of its class."""
+        if not isinstance(op, Operation):
+            raise TypeError(f"tx.add() takes an Operation instance, not {op!r}")
         if not self._schedulable:
             raise self._refused(f"schedule {op!r}")
         phase = op._hookbus_phase
@@ -294,10 +298,17 @@ class Transaction:
             raise self._refused(f"accumulate into {key!r}")
         entry = self._accumulated.get(key)
         if entry is None:
-            op = op_class()
+            if not (isinstance(op_class, type) and issubclass(op_class, Operation)):
+                raise TypeError(f"accumulate() takes an Operation class, not {op_class!r}")
             values = container()
             adder = getattr(values, "add", None)
             is_set = adder is not None
+            if adder is None and not callable(getattr(values, "append", None)):
+                raise TypeError(
+                    f"accumulate() needs a container with add() or append(), "
+                    f"not {type(values).__qualname__}"
+                )
+            op = op_class()
             op.values = values
             self.add(op)
             entry = self._accumulated[key] = (op, adder or values.append, is_set)
@@ -573,7 +584,13 @@ class Savepoint:
         if not tx._schedulable:
             return  # the whole scope rolled back meanwhile: nothing left to release or undo
         if exc is None:
-            await tx._backend.release(name)
+            try:
+                await tx._backend.release(name)
+            except BaseException:
+                # RELEASE refused (a SQL error was swallowed in the block, or the session is
+                # gone): what the block scheduled must not outlive it.
+                await _uncancellable(tx._undo_savepoint, name, journal)
+                raise
             if tx._journal is not None:
                 tx._journal.extend(journal)
         else:

@@ -399,3 +399,50 @@ async def test_many_distinct_keys_are_dispatched_correctly_past_the_cache_bound(
     for key in range(5000):  # more keys than the index caches for one event
         await bus.emit("ping", Ping(key))
     assert seen == [4999]
+
+
+async def test_hook_decorator_on_a_hook_class_keeps_its_category_and_priority(bus: Bus) -> None:
+    @bus.hook("after_add_entity")
+    class Audit(hookbus.Hook):
+        category = "integrity"
+        priority = 7
+
+        def __call__(self, event: EntityEvent) -> None: ...
+
+    (info,) = bus.hooks_for("after_add_entity", "Person")
+    assert (info.category, info.priority) == ("integrity", 7)
+    with hookbus.hooks_control(hookbus.ALLOW_ALL, "integrity"):
+        assert bus.hooks_for("after_add_entity", "Person") == ()
+
+
+async def test_bound_methods_register_once_and_unregister(bus: Bus) -> None:
+    class Mailer:
+        def __init__(self) -> None:
+            self.sent: list[int] = []
+
+        def on_added(self, event: EntityEvent) -> None:
+            self.sent.append(event.eid)
+
+    mailer = Mailer()
+    bus.register(mailer.on_added, "after_add_entity")
+    with pytest.raises(RegistrationError, match="already registered"):
+        bus.register(mailer.on_added, "after_add_entity")
+    await bus.emit("after_add_entity", added(eid=1))
+    bus.unregister(mailer.on_added)
+    await bus.emit("after_add_entity", added(eid=2))
+    assert mailer.sent == [1]
+
+
+def test_a_selector_that_cannot_work_is_refused_at_registration(bus: Bus) -> None:
+    class Forgetful(hookbus.Selector):
+        def specialize(self, spec: Any, key: Any) -> Any:
+            pass  # forgot to return
+
+    class Unfinished(hookbus.Selector):
+        pass
+
+    with pytest.raises(RegistrationError, match="must return True, False or a predicate"):
+        bus.register(lambda e: None, "after_add_entity", select=Forgetful())
+    with pytest.raises(RegistrationError, match="fails on 'after_add_entity'"):
+        bus.register(lambda e: None, "after_add_entity", select=Unfinished())
+    assert bus.registered() == ()

@@ -73,3 +73,8 @@ async def test_negated_and_combined_selectors_dispatch() -> None:
     for a, b in ((1, 2), (3, 3)):
         await bus.emit("after_add_relation", RelationEvent("after_add_relation", "boss", a, b))
     assert seen == ["Person", "boss:1>2"]
+
+
+def test_match_rtype_sets_refuses_bare_names() -> None:
+    with pytest.raises(TypeError, match="use match_rtype"):
+        match_rtype_sets("boss", "knows")

@@ -491,3 +491,19 @@ async def test_accumulate_100000_values_is_one_operation(db: asyncpg.Pool) -> No
             tx.accumulate("items", i, InsertAll)
         assert len(tx.operations) == 1
     assert await db.fetchval("SELECT count(*) FROM items") == 100_000
+
+
+async def test_a_savepoint_whose_release_fails_drops_what_it_scheduled(db: asyncpg.Pool) -> None:
+    log: list[str] = []
+    async with hookbus_asyncpg.transaction(db) as tx:
+        with pytest.raises(asyncpg.InFailedSQLTransactionError):
+            async with tx.savepoint():
+                tx.add(Recorded(log, "inner"))
+                await tx.connection.execute("INSERT INTO items VALUES (1)")
+                with contextlib.suppress(asyncpg.UndefinedTableError):
+                    await tx.connection.execute("SELECT * FROM no_such_table")
+        # ROLLBACK TO made the transaction usable again, without the block's work
+        await tx.connection.execute("INSERT INTO items VALUES (2)")
+        tx.add(Recorded(log, "outer"))
+    assert log == ["inner.rollback", "outer.precommit", "outer.postcommit"]
+    assert await ids(db) == [2]

@@ -357,3 +357,25 @@ async def test_cancelled_in_precommit_reverts_and_rolls_back() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
+
+
+async def test_scheduling_refuses_what_is_not_an_operation() -> None:
+    class Check(hookbus.Operation):
+        async def precommit(self) -> None: ...
+
+    async with hookbus.transaction() as tx:
+        with pytest.raises(TypeError, match="Operation instance"):
+            tx.add(Check)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="add\\(\\) or append\\(\\)"):
+            tx.accumulate("k", 1, Check, container=dict)
+        with pytest.raises(TypeError, match="Operation class"):
+            tx.accumulate("k", 1, object)  # type: ignore[arg-type]
+        assert tx.operations == ()
+
+
+def test_an_operation_phase_must_be_async() -> None:
+    with pytest.raises(TypeError, match=r"Notify.postcommit must be an async def"):
+
+        class Notify(hookbus.Operation):
+            def postcommit(self) -> None:  # type: ignore[override]
+                pass

@@ -127,7 +127,8 @@ class AsyncpgBackend:
     def _on_notice(self, connection: object, message: Any) -> None:
         text = str(getattr(message, "message", ""))
         if text.startswith(_XID_NOTICE):
-            self._xid = text[len(_XID_NOTICE) :].strip() or None
+            xid = text[len(_XID_NOTICE) :].strip()
+            self._xid = None if xid in ("", "<NULL>") else xid  # NULL: no id, nothing written
 
     async def rollback(self) -> None:
         """Send ROLLBACK, unless the connection is gone (the server then rolled back)."""
