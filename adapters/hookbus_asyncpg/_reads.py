@@ -60,6 +60,7 @@ class Reads:
         "_mandatory_of",
         "_mandatory_op",
         "_relation_sql",
+        "_relations_of",
         "_schema",
     )
 
@@ -103,6 +104,15 @@ class Reads:
             if rel.cardinality[1] in "1+":
                 mandatory[rel.object].append((name, False))
         self._mandatory_of = {name: tuple(pairs) for name, pairs in mandatory.items()}
+        # The relation types an entity type takes part in, in either role.
+        self._relations_of = {
+            name: tuple(
+                rname
+                for rname, rel in schema.relations.items()
+                if name in (rel.subject, rel.object)
+            )
+            for name in entities
+        }
         self._mandatory_op = type("CheckMandatory", (CheckMandatory,), {"store": self})
         self._key = f"hookbus_asyncpg.store.{id(self):x}"
         self._mandatory_key: Hashable = (self._key, "mandatory")
@@ -306,6 +316,21 @@ class Reads:
     ) -> None:
         for rtype, as_subject in relations:
             tx.accumulate(self._mandatory_key, (rtype, as_subject, eid), self._mandatory_op)
+
+    def _note_unlinked(self, tx: Transaction, relation: RelationType, pairs: Sequence[Any]) -> None:
+        """Relations ``(eidfrom, eidto)`` were deleted: check "at least one" sides at precommit.
+
+        An entity deleted in the same transaction is skipped then: it needs no partner.
+        """
+        subject, object = relation.cardinality[0] in "1+", relation.cardinality[1] in "1+"
+        if not (subject or object):
+            return
+        key, op, rtype = self._mandatory_key, self._mandatory_op, relation.name
+        for eidfrom, eidto in pairs:
+            if subject:
+                tx.accumulate(key, (rtype, True, eidfrom), op)
+            if object:
+                tx.accumulate(key, (rtype, False, eidto), op)
 
     async def _check_mandatory(self, values: set[tuple[str, bool, int]]) -> None:
         tx, conn, _ = self._scope()

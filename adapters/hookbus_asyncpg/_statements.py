@@ -34,6 +34,7 @@ class EntityStatements:
         "copy_entities",
         "returning",
         "select",
+        "select_for_delete",
         "select_for_update",
         "table",
     )
@@ -45,6 +46,13 @@ class EntityStatements:
         self.returning = columns
         self.select = f"SELECT {columns} FROM {self.table} WHERE eid = $1"
         self.select_for_update = self.select + " FOR UPDATE"
+        # Locks the entity's row in the entities table as well: a relation to it added by a
+        # concurrent transaction (its foreign key check takes FOR KEY SHARE on that row) waits
+        # for the delete, and then fails, instead of being cascaded away without an event.
+        self.select_for_delete = (
+            f"SELECT {_prefixed(columns)} FROM {self.table} t "
+            f"JOIN {ENTITIES_TABLE} e ON e.eid = t.eid WHERE t.eid = $1 FOR UPDATE"
+        )
         # COPY goes through asyncpg's copy_records_to_table; this text is what the query
         # events show for it.
         self.copy = f"COPY {self.table} ({columns}) FROM STDIN (FORMAT binary)"
@@ -106,11 +114,13 @@ class RelationStatements:
     __slots__ = (
         "check",
         "delete",
+        "delete_touching",
         "insert",
         "missing_object",
         "missing_subject",
         "objects",
         "subjects",
+        "touching",
     )
 
     def __init__(self, rtype: RelationType, subject: EntityType, object: EntityType) -> None:
@@ -118,6 +128,12 @@ class RelationStatements:
         self.insert = f"INSERT INTO {table} (eid_from, eid_to) VALUES ($1, $2) RETURNING eid_from"
         self.check = f"SELECT 1 FROM {table} WHERE eid_from = $1 AND eid_to = $2 FOR UPDATE"
         self.delete = f"DELETE FROM {table} WHERE eid_from = $1 AND eid_to = $2 RETURNING eid_from"
+        # The rows of one entity, in either role: what its delete removes first.
+        touching = "WHERE eid_from = $1 OR eid_to = $1"
+        self.touching = (
+            f"SELECT eid_from, eid_to FROM {table} {touching} ORDER BY eid_from, eid_to FOR UPDATE"
+        )
+        self.delete_touching = f"DELETE FROM {table} {touching} RETURNING eid_from"
         objects, subjects = EntityStatements(object), EntityStatements(subject)
         self.objects = (
             f"SELECT {_prefixed(objects.returning)} FROM {objects.table} t "

@@ -4,7 +4,8 @@ Each action runs in the transaction scope open in the context (``current_transac
 on its connection, and goes: check the input (nothing has run yet if it is refused), the
 ``before_*`` hooks (which may change ``edited``, or raise ``Break`` to cancel), the write in
 one statement, ``mark_added`` / ``mark_deleted``, the ``after_*`` hooks (read-only
-``edited``, ``entity`` the written row). ``before_query`` and ``after_query`` surround every
+``edited``, ``entity`` the written row). ``delete`` first deletes the entity's relations,
+with their own events (see there). ``before_query`` and ``after_query`` surround every
 statement. An error from a hook or a statement propagates; if it is caught inside the scope,
 the scope still fails at commit with it (``Failed``), so a half-done action never commits.
 """
@@ -87,9 +88,16 @@ class Store(Reads):
         edited = Edited(kind.with_defaults(attrs))
         tx, conn, db = self._scope()
         free = db.free
-        if not free and not await self._allocate(tx, conn, db, _BLOCK):
-            return None
-        eid = free.pop()
+        if free:
+            eid = free.pop()
+        else:
+            # Other scopes may take from the free list while this one waits: the eid comes
+            # from the block fetched, and only the rest of the block goes to the free list.
+            fresh = await self._allocate(tx, conn, _BLOCK)
+            if fresh is None:
+                return None
+            eid = fresh.pop()
+            free[:0] = fresh
         emit = self._bus.emit
         try:
             event = EntityEvent("before_add_entity", etype, eid, edited, None, tx)
@@ -147,12 +155,18 @@ class Store(Reads):
         tx, conn, db = self._scope()
         if total == 0:
             return []
-        missing = total - len(db.free)
-        if missing > 0 and not await self._allocate(tx, conn, db, missing):
-            return [None] * total
+        # Take what the free list holds now, without awaiting in between (other scopes take
+        # from it too), then fetch the rest: those fresh eids are this call's alone.
         free = db.free
-        eids = free[: -total - 1 : -1]
-        del free[-total:]
+        taken = min(total, len(free))
+        eids = free[len(free) - taken :][::-1]  # the smallest first
+        del free[len(free) - taken :]
+        if taken < total:
+            fresh = await self._allocate(tx, conn, total - taken)
+            if fresh is None:
+                free += reversed(eids)  # unused: back to the free list
+                return [None] * total
+            eids += reversed(fresh)
         result: list[int | None] = []
         try:
             for start in range(0, total, batch_size):
@@ -267,14 +281,21 @@ class Store(Reads):
     async def delete(self, eid: int, /) -> bool:
         """Delete an entity and its relations; ``False`` if a before-hook cancelled it.
 
-        The hooks get ``entity``, the row as it was. Its relations go with it (the tables
-        cascade), without relation events of their own.
+        The hooks get ``entity``, the row as it was. Its relations are deleted first, each
+        with the events ``delete_relation`` emits: after ``before_delete_entity``, one
+        ``SELECT`` per relation type finds the entity's relations (either role), and
+        ``before_delete_relation`` runs for each (a ``Break`` there cancels the whole delete:
+        nothing is written); then one ``DELETE`` per relation type, followed by
+        ``after_delete_relation`` for each of its rows; then the entity's ``DELETE`` and
+        ``after_delete_entity``. A partner left without a relation it must have at least
+        one of (``1``, ``+``) fails the transaction at precommit, unless it is deleted in
+        the same transaction.
         """
         tx, conn, db = self._scope()
         kind = await self._kind(tx, conn, db, eid)
         if kind is None:
             return False
-        old = await self._run(tx, conn, self._entity_sql[kind.name].select_for_update, (eid,))
+        old = await self._run(tx, conn, self._entity_sql[kind.name].select_for_delete, (eid,))
         if old is None:
             return False
         if not old:
@@ -286,8 +307,31 @@ class Store(Reads):
             event = EntityEvent("before_delete_entity", kind.name, eid, edited, entity, tx)
             if await emit("before_delete_entity", event) is not None:
                 return False
-            if await self._run(tx, conn, DELETE_ENTITY, (eid,)) is None:
+            found: list[tuple[str, list[Any]]] = []  # (rtype, its rows) with rows only
+            for rtype in self._relations_of[kind.name]:
+                rows = await self._run(tx, conn, self._relation_sql[rtype].touching, (eid,))
+                if rows is None:
+                    return False
+                if rows:
+                    found.append((rtype, rows))
+            for rtype, rows in found:
+                for eidfrom, eidto in rows:
+                    unlinked = RelationEvent("before_delete_relation", rtype, eidfrom, eidto, tx)
+                    if await emit("before_delete_relation", unlinked) is not None:
+                        return False
+            # Every write is announced before any runs: a Break on the entity's DELETE must
+            # not leave its relations deleted.
+            writes = [(self._relation_sql[rtype].delete_touching, (eid,)) for rtype, _ in found]
+            writes.append((DELETE_ENTITY, (eid,)))
+            if not await self._announce(tx, writes):
                 return False
+            for (rtype, rows), (sql, args) in zip(found, writes[:-1], strict=True):
+                await self._fetch(tx, conn, sql, args)
+                self._note_unlinked(tx, self._schema.relation(rtype), rows)
+                for eidfrom, eidto in rows:
+                    unlinked = RelationEvent("after_delete_relation", rtype, eidfrom, eidto, tx)
+                    await emit("after_delete_relation", unlinked)
+            await self._fetch(tx, conn, *writes[-1])
             tx.mark_deleted(eid)
             readonly = edited.readonly()
             event = EntityEvent("after_delete_entity", kind.name, eid, readonly, entity, tx)
@@ -354,10 +398,7 @@ class Store(Reads):
                 return False
             if await self._run(tx, conn, statements.delete, (eidfrom, eidto)) is None:
                 return False
-            if relation.cardinality[0] in "1+":
-                tx.accumulate(self._mandatory_key, (rtype, True, eidfrom), self._mandatory_op)
-            if relation.cardinality[1] in "1+":
-                tx.accumulate(self._mandatory_key, (rtype, False, eidto), self._mandatory_op)
+            self._note_unlinked(tx, relation, ((eidfrom, eidto),))
             event = RelationEvent("after_delete_relation", rtype, eidfrom, eidto, tx)
             await emit("after_delete_relation", event)
         except Exception as exc:
@@ -367,14 +408,32 @@ class Store(Reads):
 
     # -- the plumbing -----------------------------------------------------------------------
 
-    async def _allocate(self, tx: Transaction, conn: Any, db: Database, n: int) -> bool:
-        """Add ``n`` fresh eids to the free list; ``False`` if a before_query hook refused."""
+    async def _allocate(self, tx: Transaction, conn: Any, n: int) -> list[int] | None:
+        """``n`` fresh eids, descending; ``None`` if a before_query hook refused.
+
+        They are the caller's alone: it puts those it does not use on the free list itself,
+        with no await in between, so that no other scope can take them meanwhile.
+        """
         rows = await self._run(tx, conn, ALLOCATE_EIDS, (n,))
         if rows is None:
-            return False
-        fresh = sorted(rows[0][0], reverse=True)
-        db.free[:0] = fresh  # older eids stay at the end, handed out first
+            return None
+        return sorted(rows[0][0], reverse=True)
+
+    async def _announce(
+        self, tx: Transaction, statements: list[tuple[str, tuple[Any, ...]]]
+    ) -> bool:
+        """``before_query`` for each of ``statements``; ``False`` if a hook broke."""
+        emit = self._bus.emit
+        for sql, args in statements:
+            query = QueryEvent("before_query", sql, args, None, tx)
+            if await emit("before_query", query) is not None:
+                return False
         return True
+
+    async def _fetch(self, tx: Transaction, conn: Any, sql: str, args: tuple[Any, ...]) -> None:
+        """Run a statement already announced by :meth:`_announce`, then ``after_query``."""
+        rows = await conn.fetch(sql, *args)
+        await self._bus.emit("after_query", QueryEvent("after_query", sql, args, len(rows), tx))
 
     def _unique(
         self, exc: asyncpg.UniqueViolationError, eid: Any, edited: Edited | None, other: Any = None

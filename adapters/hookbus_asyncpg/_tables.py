@@ -85,6 +85,8 @@ def _create_entity(etype: EntityType) -> list[str]:
 
 def _create_relation(rtype: RelationType) -> list[str]:
     table = rtype.table
+    # Store.delete removes an entity's relation rows itself, with their events, before the
+    # entity's row; the cascade only backs that up.
     ref = f"bigint NOT NULL REFERENCES {ENTITIES_TABLE} (eid) ON DELETE CASCADE"
     lines = [f"eid_from {ref}", f"eid_to {ref}", "PRIMARY KEY (eid_from, eid_to)"]
     # "At most one" sides are UNIQUE: the database enforces what the store checks.
