@@ -32,6 +32,7 @@ from ._exceptions import (
 )
 from ._hooks import Hook, HookInfo
 from ._operations import LateOperation, Operation, SingleLastOperation
+from ._savepoints import Savepoint
 from ._selectors import (
     Selector,
     is_instance,
@@ -41,7 +42,6 @@ from ._selectors import (
     where,
 )
 from ._transaction import (
-    Savepoint,
     Transaction,
     TransactionState,
     added_in_transaction,

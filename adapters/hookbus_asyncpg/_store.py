@@ -18,7 +18,6 @@ from typing import Any, Final, final
 import asyncpg
 
 from hookbus import (
-    Bus,
     Edited,
     EntityEvent,
     QueryEvent,
@@ -28,8 +27,9 @@ from hookbus import (
 )
 
 from ._entity import Entity
-from ._reads import Reads, _entity
-from ._schema import ENTITIES_TABLE, EntityType, Schema
+from ._plumbing import _entity
+from ._reads import Reads
+from ._schema import ENTITIES_TABLE, EntityType
 from ._statements import ALLOCATE_EIDS, DELETE_ENTITY
 from ._support import Database, fail_at_commit
 from ._tables import create_tables
@@ -56,9 +56,6 @@ class Store(Reads):
     """
 
     __slots__ = ()
-
-    def __init__(self, bus: Bus, schema: Schema) -> None:
-        super().__init__(bus, schema)
 
     async def create_tables(self, pool_or_connection: Any) -> list[str]:
         """Create the schema's missing tables, in one transaction; check the existing ones.
