@@ -379,3 +379,19 @@ def test_an_operation_phase_must_be_async() -> None:
         class Notify(hookbus.Operation):
             def postcommit(self) -> None:  # type: ignore[override]
                 pass
+
+
+async def test_a_task_that_outlives_its_scope_cannot_schedule_into_it() -> None:
+    go_on = asyncio.Event()
+
+    async def straggler() -> None:
+        await go_on.wait()
+        hookbus.current_transaction().add(hookbus.Operation())
+
+    async with hookbus.transaction() as tx:
+        task = asyncio.create_task(straggler())
+    assert tx.state is TransactionState.COMMITTED
+    go_on.set()
+    with pytest.raises(TransactionStateError, match="the transaction scope is committed"):
+        await task
+    assert tx.operations == ()
