@@ -60,7 +60,7 @@ async def ids(pool: asyncpg.Pool, table: str = "items") -> list[int]:
     return [r[0] for r in await pool.fetch(f"SELECT id FROM {table} ORDER BY id")]
 
 
-async def wait_until_blocked_on_lock(pool: asyncpg.Pool, pid: int) -> None:
+async def wait_until_blocked_on_lock(pool: asyncpg.Pool | asyncpg.Connection, pid: int) -> None:
     """Wait until backend ``pid`` waits for a lock (PostgreSQL offers nothing to await)."""
     query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
     for _ in range(500):
@@ -68,6 +68,26 @@ async def wait_until_blocked_on_lock(pool: asyncpg.Pool, pid: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"backend {pid} never blocked")
+
+
+async def start_gated_commit(
+    db: asyncpg.Pool, log: list[str]
+) -> tuple[asyncio.Task[None], hookbus_asyncpg.AsyncpgTransaction]:
+    """Start a scope that inserts into ``gated`` and schedules ``Recorded(log, "a")``; return
+    once its COMMIT waits on the advisory lock the caller holds (a deferred trigger takes it).
+    """
+    txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
+
+    async def scope() -> None:
+        async with hookbus_asyncpg.transaction(db) as tx:
+            await tx.connection.execute("INSERT INTO gated VALUES (1)")
+            tx.add(Recorded(log, "a"))
+            txs.put_nowait(tx)
+
+    task = asyncio.create_task(scope())
+    tx = await txs.get()
+    await wait_until_blocked_on_lock(db, tx.connection.get_server_pid())
+    return task, tx
 
 
 # -- commit ---------------------------------------------------------------------------------
@@ -297,17 +317,8 @@ async def test_backend_terminated_during_commit_finds_it_aborted(db: asyncpg.Poo
     log: list[str] = []
     async with db.acquire() as holder:
         await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
-        pids: asyncio.Queue[int] = asyncio.Queue()
-
-        async def scope() -> None:
-            async with hookbus_asyncpg.transaction(db) as tx:
-                await tx.connection.execute("INSERT INTO gated VALUES (1)")
-                tx.add(Recorded(log, "a"))
-                pids.put_nowait(tx.connection.get_server_pid())
-
-        task = asyncio.create_task(scope())
-        pid = await pids.get()
-        await wait_until_blocked_on_lock(db, pid)
+        task, tx = await start_gated_commit(db, log)
+        pid = tx.connection.get_server_pid()
         assert await holder.fetchval("SELECT pg_terminate_backend($1)", pid)
         with pytest.raises(TransactionAbortedError, match="lost during COMMIT") as raised:
             await task
@@ -323,17 +334,7 @@ async def test_connection_lost_during_commit_that_committed_runs_postcommit(
     log: list[str] = []
     async with db.acquire() as holder:
         await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
-        txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
-
-        async def scope() -> None:
-            async with hookbus_asyncpg.transaction(db) as tx:
-                await tx.connection.execute("INSERT INTO gated VALUES (1)")
-                tx.add(Recorded(log, "a"))
-                txs.put_nowait(tx)
-
-        task = asyncio.create_task(scope())
-        tx = await txs.get()
-        await wait_until_blocked_on_lock(db, tx.connection.get_server_pid())
+        task, tx = await start_gated_commit(db, log)
         tx.connection.terminate()  # the client side drops; the server carries on and commits
         await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
         with caplog.at_level(logging.WARNING, logger="hookbus"):
@@ -358,15 +359,14 @@ async def test_lost_commit_without_a_pool_to_ask_is_unknown(
             tx.add(Recorded(log, "a"))
 
     task = asyncio.create_task(scope())
-    for _ in range(500):
-        q = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
-        if await conn.fetchval(q, victim.get_server_pid()) == "Lock":
-            break
-        await asyncio.sleep(0.01)
-    await conn.fetchval("SELECT pg_terminate_backend($1)", victim.get_server_pid())
-    with pytest.raises(hookbus.CommitOutcomeUnknownError, match="no pool"):
-        await task
-    await conn.execute("SELECT pg_advisory_unlock($1)", LOCK)
+    try:
+        await wait_until_blocked_on_lock(conn, victim.get_server_pid())
+        await conn.fetchval("SELECT pg_terminate_backend($1)", victim.get_server_pid())
+        with pytest.raises(hookbus.CommitOutcomeUnknownError, match="no pool"):
+            await task
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        await victim.close()
     assert log == ["a.precommit"]
 
 
@@ -376,16 +376,7 @@ async def test_cancelled_while_commit_in_flight_commits_then_propagates(
     log: list[str] = []
     async with db.acquire() as holder:
         await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
-        pids: asyncio.Queue[int] = asyncio.Queue()
-
-        async def scope() -> None:
-            async with hookbus_asyncpg.transaction(db) as tx:
-                await tx.connection.execute("INSERT INTO gated VALUES (1)")
-                tx.add(Recorded(log, "a"))
-                pids.put_nowait(tx.connection.get_server_pid())
-
-        task = asyncio.create_task(scope())
-        await wait_until_blocked_on_lock(db, await pids.get())
+        task, _ = await start_gated_commit(db, log)
         task.cancel()
         await asyncio.sleep(0)  # deliver the cancellation while COMMIT waits on the lock
         await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
