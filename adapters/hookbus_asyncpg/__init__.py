@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+from ._backend import AsyncpgBackend
 from ._embedded import EmbeddedPostgres
 from ._entity import Entity
+from ._options import TransactionOptions
 from ._schema import (
     Attribute,
     EntityType,
@@ -18,7 +20,7 @@ from ._schema import (
     UnknownNameError,
 )
 from ._store import Store
-from ._transaction import AsyncpgBackend, AsyncpgTransaction, transaction
+from ._transaction import AsyncpgTransaction, transaction
 
 __all__ = [
     "AsyncpgBackend",
@@ -31,6 +33,7 @@ __all__ = [
     "Schema",
     "SchemaMismatchError",
     "Store",
+    "TransactionOptions",
     "UnknownNameError",
     "transaction",
 ]

@@ -1,221 +1,39 @@
-"""The asyncpg backend: hookbus owns BEGIN and COMMIT on the connection to read COMMIT's answer."""
+"""``transaction()``: a hookbus scope on a pooled connection, or a savepoint of the open one.
+
+A scope opened while another is open in the same task, on the same pool or connection, joins
+it as a savepoint (as Django's ``atomic`` does in a thread) and never commits on its own; a
+transaction of its own is asked for with ``independent=True``. A scope opened on the pool in
+another task (even one started inside the scope) is a transaction of its own: two tasks cannot
+share one connection.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
-import time
+from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, Final, Literal, TypeAlias, final
+from typing import Final, final
 
-import anyio
 import asyncpg
 import asyncpg.pool
 
-from hookbus import (
-    CommitOutcome,
-    CommitOutcomeUnknownError,
-    Transaction,
-    TransactionAbortedError,
-)
+from hookbus import Savepoint, Transaction, TransactionState, TransactionStateError
 
-__all__ = ["AsyncpgBackend", "AsyncpgTransaction", "transaction"]
+from ._backend import AsyncpgBackend, Connection
+from ._options import DEFAULT, Isolation, TransactionOptions
+
+__all__ = ["AsyncpgTransaction", "transaction"]
 
 logger: Final = logging.getLogger("hookbus")
 
-Isolation = Literal["read_committed", "read_uncommitted", "repeatable_read", "serializable"]
-# A connection, or the proxy a pool hands out.
-# (asyncpg ships no type information: both are ``Any`` to mypy.)
-Connection: TypeAlias = "asyncpg.Connection | asyncpg.pool.PoolConnectionProxy"
-
-_ISOLATION: Final[dict[str, str]] = {
-    "read_committed": " ISOLATION LEVEL READ COMMITTED",
-    "read_uncommitted": " ISOLATION LEVEL READ UNCOMMITTED",
-    "repeatable_read": " ISOLATION LEVEL REPEATABLE READ",
-    "serializable": " ISOLATION LEVEL SERIALIZABLE",
-}
-
-# Statements of the connection-loss path, asked on another connection.
-_XACT_STATUS: Final = "SELECT pg_xact_status($1::text::xid8)"
-_XID_NOTICE: Final = "hookbus xid "
-# client_min_messages is raised for the rest of the transaction only, in case the session
-# filters notices out; pg_current_xact_id_if_assigned() assigns no id to a read-only one.
-_COMMIT_ANNOUNCING_XID: Final = (
-    "SET LOCAL client_min_messages = notice; "
-    f"DO $$BEGIN RAISE NOTICE '{_XID_NOTICE}%', pg_current_xact_id_if_assigned(); END$$; "
-    "COMMIT"
+_JOINABLE: Final = (TransactionState.ACTIVE, TransactionState.PRECOMMITTING)
+_DRIVER_TRANSACTION_HINT: Final = (
+    "hookbus: inside a hookbus scope, hookbus owns the transaction; for nested work use "
+    "`async with tx.savepoint():`, or a nested `hookbus_asyncpg.transaction(pool)`, which "
+    "joins the open scope as a savepoint"
 )
-_POLL_INTERVAL: Final = 0.02
-
-
-def _begin_statement(isolation: str | None, readonly: bool, deferrable: bool) -> str:
-    if isolation is not None and isolation not in _ISOLATION:
-        raise ValueError(f"isolation must be one of {sorted(_ISOLATION)}, not {isolation!r}")
-    sql = "BEGIN" + (_ISOLATION[isolation] if isolation else "")
-    if readonly:
-        sql += " READ ONLY"
-    if deferrable:
-        sql += " DEFERRABLE"
-    return sql
-
-
-@final
-class AsyncpgBackend:
-    """The backend of a scope on one asyncpg connection.
-
-    With COMMIT it sends the transaction's id (``pg_current_xact_id_if_assigned()``, which
-    assigns none) in a NOTICE, in the same round trip, so that if the connection is lost
-    during COMMIT the outcome can be asked of PostgreSQL (``pg_xact_status``) on a connection
-    from ``recovery_pool``. A log listener of the application's own on this connection sees
-    that notice go by.
-    """
-
-    __slots__ = ("_begin", "_find", "_recovery_pool", "_xid", "connection", "outcome_timeout")
-
-    def __init__(
-        self,
-        connection: Connection,
-        *,
-        isolation: Isolation | None = None,
-        readonly: bool = False,
-        deferrable: bool = False,
-        recovery_pool: asyncpg.Pool | None = None,
-        outcome_timeout: float = 5.0,
-        find_outcome: bool = True,
-    ) -> None:
-        self.connection = connection
-        self._find = find_outcome
-        self._begin = _begin_statement(isolation, readonly, deferrable)
-        self._recovery_pool = recovery_pool
-        self.outcome_timeout = outcome_timeout
-        self._xid: str | None = None
-
-    async def begin(self) -> None:
-        """Send BEGIN with the scope's options."""
-        await self.connection.execute(self._begin)
-
-    async def commit(self) -> CommitOutcome:
-        """Send COMMIT and read its answer; find the outcome out if the connection drops."""
-        conn = self.connection
-        if not self._find:
-            return await self._commit(conn, "COMMIT")
-        # The transaction's id travels in a NOTICE sent just before COMMIT, in the same round
-        # trip: PostgreSQL flushes a notice at once, so the id has arrived if the connection
-        # is lost during the COMMIT itself. (Asking for it first cost a round trip.)
-        self._xid = None
-        conn.add_log_listener(self._on_notice)
-        try:
-            return await self._commit(conn, _COMMIT_ANNOUNCING_XID)
-        except asyncpg.InFailedSQLTransactionError:
-            # A SQL error was swallowed inside the scope: the DO block was refused and COMMIT
-            # never ran. COMMIT now ends the transaction, which PostgreSQL answers ROLLBACK.
-            return await self._commit(conn, "COMMIT")
-        finally:
-            if _is_usable(conn):  # a lost connection may already be back in its pool
-                conn.remove_log_listener(self._on_notice)
-
-    async def _commit(self, conn: Connection, statement: str) -> CommitOutcome:
-        try:
-            status = await conn.execute(statement)
-        except asyncpg.InFailedSQLTransactionError:
-            raise
-        except Exception as exc:
-            if _is_usable(conn) and not _is_connection_loss(exc):
-                raise  # the server refused COMMIT, and has rolled back
-            return await self._find_outcome(self._xid, exc)
-        return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
-
-    def _on_notice(self, connection: object, message: Any) -> None:
-        text = str(getattr(message, "message", ""))
-        if text.startswith(_XID_NOTICE):
-            xid = text[len(_XID_NOTICE) :].strip()
-            self._xid = None if xid in ("", "<NULL>") else xid  # NULL: no id, nothing written
-
-    async def rollback(self) -> None:
-        """Send ROLLBACK, unless the connection is gone (the server then rolled back)."""
-        try:
-            await self.connection.execute("ROLLBACK")
-        except asyncpg.InterfaceError:
-            # Closed, or a pooled proxy the pool took back when its connection dropped.
-            if _is_usable(self.connection):
-                raise
-
-    async def savepoint(self, name: str) -> None:
-        """Send SAVEPOINT."""
-        await self.connection.execute(f"SAVEPOINT {name}")
-
-    async def release(self, name: str) -> None:
-        """Send RELEASE SAVEPOINT."""
-        await self.connection.execute(f"RELEASE SAVEPOINT {name}")
-
-    async def rollback_to(self, name: str) -> None:
-        """Send ROLLBACK TO SAVEPOINT and RELEASE it, in one round trip."""
-        await self.connection.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
-
-    async def _find_outcome(self, xid: str | None, lost: Exception) -> CommitOutcome:
-        if not self._find:
-            raise CommitOutcomeUnknownError(
-                "the connection was lost during COMMIT and the scope was opened with "
-                "find_outcome=False; neither postcommit nor rollback ran"
-            ) from lost
-        if xid is None:
-            raise CommitOutcomeUnknownError(
-                "the connection was lost during COMMIT of a transaction that had no "
-                "transaction id (it wrote nothing); its outcome is unknown"
-            ) from lost
-        if self._recovery_pool is None:
-            raise CommitOutcomeUnknownError(
-                f"the connection was lost during COMMIT of transaction {xid} and no pool was "
-                "given to ask PostgreSQL its outcome; neither postcommit nor rollback ran"
-            ) from lost
-        deadline = time.monotonic() + self.outcome_timeout
-        try:
-            async with self._recovery_pool.acquire(timeout=self.outcome_timeout) as other:
-                while True:
-                    status = await other.fetchval(_XACT_STATUS, xid)
-                    if status == "committed":
-                        logger.warning(
-                            "connection lost during COMMIT; transaction %s committed", xid
-                        )
-                        return CommitOutcome.COMMITTED
-                    if status == "aborted":
-                        raise TransactionAbortedError(
-                            f"the connection was lost during COMMIT and PostgreSQL rolled "
-                            f"transaction {xid} back; the rollback operations ran"
-                        ) from lost
-                    if status != "in progress" or time.monotonic() >= deadline:
-                        break
-                    # The server's backend may still be finishing the COMMIT; nothing can
-                    # be awaited for it from here, so ask again shortly.
-                    await anyio.sleep(_POLL_INTERVAL)
-        except (TransactionAbortedError, CommitOutcomeUnknownError):
-            raise
-        except Exception as exc:
-            raise CommitOutcomeUnknownError(
-                f"the connection was lost during COMMIT of transaction {xid} and its outcome "
-                f"could not be asked ({exc!r}); neither postcommit nor rollback ran"
-            ) from lost
-        raise CommitOutcomeUnknownError(
-            f"the connection was lost during COMMIT of transaction {xid} and PostgreSQL "
-            f"reports it {status!r}; neither postcommit nor rollback ran"
-        ) from lost
-
-
-def _is_usable(conn: Connection) -> bool:
-    try:
-        return not conn.is_closed()
-    except asyncpg.InterfaceError:  # a pooled proxy detached from its lost connection
-        return False
-
-
-def _is_connection_loss(exc: BaseException) -> bool:
-    return isinstance(
-        exc,
-        asyncpg.PostgresConnectionError
-        | asyncpg.AdminShutdownError
-        | asyncpg.InterfaceError
-        | OSError
-        | ConnectionError,
-    )
 
 
 class AsyncpgTransaction(Transaction):
@@ -230,43 +48,94 @@ class AsyncpgTransaction(Transaction):
         assert isinstance(backend, AsyncpgBackend)
         return backend.connection
 
+    @property
+    def options(self) -> TransactionOptions:
+        """The options the scope's transaction was begun with."""
+        backend = self.backend
+        assert isinstance(backend, AsyncpgBackend)
+        return backend.options
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Open:
+    """A scope open in this context: what a nested ``transaction()`` may join."""
+
+    pool: asyncpg.Pool | None
+    connection: Connection
+    tx: AsyncpgTransaction
+    task: asyncio.Task[object] | None
+
+
+# The scopes open in this context, outermost first.
+_open: ContextVar[tuple[_Open, ...]] = ContextVar("hookbus_asyncpg.scopes", default=())
+
+
+def _outer_scope(source: asyncpg.Pool | Connection) -> _Open | None:
+    for entry in reversed(_open.get()):
+        if source is entry.pool or source is entry.connection:
+            return entry
+    return None
+
 
 @final
 class _Scope:
-    """What ``transaction()`` returns: takes a connection, runs the scope, gives it back."""
+    """What ``transaction()`` returns: runs a scope of its own, or joins the open one."""
 
-    __slots__ = ("_options", "_pool", "_recovery_pool", "_source", "_tx")
+    __slots__ = ("_options", "_pool", "_savepoint", "_source", "_token", "_tx")
 
-    def __init__(
-        self,
-        source: asyncpg.Pool | Connection,
-        recovery_pool: asyncpg.Pool | None,
-        options: dict[str, Any],
-    ) -> None:
+    def __init__(self, source: asyncpg.Pool | Connection, options: TransactionOptions) -> None:
         self._source = source
         self._options = options
         self._pool = source if isinstance(source, asyncpg.Pool) else None
-        self._recovery_pool = recovery_pool or self._pool
         self._tx: AsyncpgTransaction | None = None
+        self._savepoint: Savepoint | None = None
+        self._token: Token[tuple[_Open, ...]] | None = None
 
     async def __aenter__(self) -> AsyncpgTransaction:
         if self._tx is not None:
             raise RuntimeError("this transaction() context is entered once")
+        source = self._source
+        outer = None if not _open.get() else _outer_scope(source)
+        if outer is not None and outer.tx.state in _JOINABLE:
+            if outer.task is asyncio.current_task() and not self._options.independent:
+                return await self._join(outer)
+            if source is outer.connection:
+                raise TransactionStateError(
+                    "this connection runs an open scope (of this task or another): a "
+                    "transaction of its own needs another connection; pass the pool"
+                )
         pool = self._pool
         if pool is not None:
             conn: Connection = await pool.acquire()
         else:
-            assert not isinstance(self._source, asyncpg.Pool)
-            conn = self._source
+            conn = source
+            if conn.is_in_transaction():
+                raise TransactionStateError(
+                    "this connection is already inside a transaction that hookbus did not "
+                    "open; hookbus must own BEGIN and COMMIT to read COMMIT's answer"
+                )
         try:
-            backend = AsyncpgBackend(conn, recovery_pool=self._recovery_pool, **self._options)
-            tx = self._tx = AsyncpgTransaction(backend)
+            tx = self._tx = AsyncpgTransaction(AsyncpgBackend(conn, self._options, pool=pool))
             await tx.__aenter__()
         except BaseException:
             if pool is not None:
-                await pool.release(conn)
+                await _give_back(pool, conn)
             raise
+        self._token = _open.set((*_open.get(), _Open(pool, conn, tx, asyncio.current_task())))
         return tx
+
+    async def _join(self, outer: _Open) -> AsyncpgTransaction:
+        conflict = self._options.conflicts_with(outer.tx.options)
+        if conflict is not None:
+            raise ValueError(
+                f"a nested transaction() joins the open scope as a savepoint and cannot change "
+                f"its options ({conflict}); pass independent=True for a transaction of its own"
+            )
+        self._tx = outer.tx
+        savepoint = self._savepoint = outer.tx.savepoint()
+        await savepoint.__aenter__()
+        return outer.tx
 
     async def __aexit__(
         self,
@@ -276,12 +145,36 @@ class _Scope:
     ) -> None:
         tx = self._tx
         assert tx is not None
+        if isinstance(exc, asyncpg.InterfaceError) and "Connection.transaction()" in str(exc):
+            exc.add_note(_DRIVER_TRANSACTION_HINT)
+        if self._savepoint is not None:
+            await self._savepoint.__aexit__(exc_type, exc, tb)
+            return
+        token = self._token
+        assert token is not None
         try:
             await tx.__aexit__(exc_type, exc, tb)
         finally:
+            _open.reset(token)
             if self._pool is not None:
-                # Pool.release is shielded: the connection goes back even when cancelled.
-                await self._pool.release(tx.connection)
+                await _give_back(self._pool, tx.connection)
+
+
+async def _give_back(pool: asyncpg.Pool, conn: Connection) -> None:
+    """Return ``conn`` to ``pool``; a failure is logged, never raised: the caller sees the
+    scope's outcome (the pool replaces a connection it could not reset)."""
+    try:
+        # Pool.release is shielded: the connection goes back even when cancelled.
+        await pool.release(conn)
+    except Exception:
+        logger.warning(
+            "the connection could not be reset and returned to its pool (the pool replaces "
+            "it); the scope's outcome stands",
+            exc_info=True,
+        )
+
+
+_SOURCES: Final = (asyncpg.Pool, asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)
 
 
 def transaction(
@@ -293,27 +186,50 @@ def transaction(
     recovery_pool: asyncpg.Pool | None = None,
     outcome_timeout: float = 5.0,
     find_outcome: bool = True,
+    independent: bool = False,
 ) -> _Scope:
     """Open a hookbus transaction scope on a pooled connection (or the one given).
 
     ``async with transaction(pool) as tx:`` takes a connection from ``pool``, sends BEGIN
     (``isolation``, ``readonly`` and ``deferrable`` as asyncpg names them), and at the end of
     the block drives the hookbus lifecycle around the real COMMIT or ROLLBACK, then gives the
-    connection back in every outcome. Send statements on ``tx.connection``; use
+    connection back in every outcome (a failure to give it back is logged, never raised: the
+    caller sees the scope's outcome). Send statements on ``tx.connection``; use
     ``tx.savepoint()`` for nested work (not ``connection.transaction()``).
 
+    Opened inside another scope of the same task on the same pool or connection (its
+    ``tx.connection`` included), it joins that scope as a savepoint and yields it: it never
+    commits on its own, and if its block raises, what it did is rolled back and the error
+    propagates. ``independent=True`` opens a transaction of its own on another connection, as
+    does a scope opened in another task (two tasks cannot share one connection).
+
     If the connection drops during COMMIT, the outcome is asked of PostgreSQL on a
-    connection from the pool (or ``recovery_pool`` when a connection was given), for up to
-    ``outcome_timeout`` seconds; where it cannot be found, ``CommitOutcomeUnknownError``.
-    Finding it out needs the transaction's id, read just before COMMIT: one round trip.
-    ``find_outcome=False`` saves it, and a lost COMMIT is then always an unknown outcome.
+    connection from the pool (or ``recovery_pool``), for up to ``outcome_timeout`` seconds;
+    where it cannot be found, ``CommitOutcomeUnknownError``. ``find_outcome=False`` never asks
+    (a lost COMMIT is then always an unknown outcome). Options are checked here, once.
     """
-    _begin_statement(isolation, readonly, deferrable)  # refuse bad options here, not at BEGIN
-    options: dict[str, Any] = {
-        "isolation": isolation,
-        "readonly": readonly,
-        "deferrable": deferrable,
-        "outcome_timeout": outcome_timeout,
-        "find_outcome": find_outcome,
-    }
-    return _Scope(pool_or_connection, recovery_pool, options)
+    if not isinstance(pool_or_connection, _SOURCES):
+        raise TypeError(
+            f"transaction() takes an asyncpg pool or connection, not {pool_or_connection!r}"
+        )
+    if (
+        isolation is None
+        and readonly is False
+        and deferrable is False
+        and recovery_pool is None
+        and outcome_timeout == 5.0
+        and find_outcome is True
+        and independent is False
+        and type(outcome_timeout) is float
+    ):
+        return _Scope(pool_or_connection, DEFAULT)
+    options = TransactionOptions(
+        isolation=isolation,
+        readonly=readonly,
+        deferrable=deferrable,
+        recovery_pool=recovery_pool,
+        outcome_timeout=outcome_timeout,
+        find_outcome=find_outcome,
+        independent=independent,
+    )
+    return _Scope(pool_or_connection, options)

@@ -1,0 +1,216 @@
+"""The asyncpg backend: hookbus owns BEGIN and COMMIT on the connection to read COMMIT's answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Coroutine
+from typing import Any, Final, TypeAlias, final
+
+import asyncpg
+import asyncpg.pool
+
+from hookbus import CommitOutcome
+
+from ._options import DEFAULT, TransactionOptions
+from ._outcome import ASK_XID, NOT_RECEIVED, Xid, XidNotice, find_outcome
+
+__all__ = ["AsyncpgBackend", "Connection", "is_usable"]
+
+logger: Final = logging.getLogger("hookbus")
+
+# A connection, or the proxy a pool hands out.
+# (asyncpg ships no type information: both are ``Any`` to mypy.)
+Connection: TypeAlias = "asyncpg.Connection | asyncpg.pool.PoolConnectionProxy"
+
+# A savepoint name reaches SQL only if it is a plain identifier PostgreSQL keeps whole.
+_PLAIN_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+# Server processes whose role may not run a DO block (plpgsql not granted): their COMMIT asks
+# the transaction's id with a round trip instead of trying the DO block again. A hint only:
+# a pid reused by another session costs that session one round trip, never a commit.
+_NO_DO_BLOCK: set[int] = set()
+_NO_DO_BLOCK_BOUND: Final = 4096
+
+
+@final
+class AsyncpgBackend:
+    """The backend of a scope on one asyncpg connection.
+
+    With COMMIT it sends the transaction's id (``pg_current_xact_id_if_assigned()``, which
+    assigns none) in a NOTICE, in the same round trip, so that if the connection is lost
+    during COMMIT the outcome can be asked of PostgreSQL (``pg_xact_status``) on a connection
+    of ``options.recovery_pool``, else of ``pool`` (the pool ``connection`` came from). A log
+    listener of the application's own on this connection sees that notice go by. Where the
+    role may not run a DO block (plpgsql not granted), the id is asked with a round trip.
+    """
+
+    __slots__ = ("_options", "_pool", "connection")
+
+    def __init__(
+        self,
+        connection: Connection,
+        options: TransactionOptions = DEFAULT,
+        *,
+        pool: asyncpg.Pool | None = None,
+    ) -> None:
+        if not isinstance(options, TransactionOptions):
+            raise TypeError(f"options must be a TransactionOptions, not {options!r}")
+        self.connection = connection
+        self._options = options
+        self._pool = options.recovery_pool or pool
+
+    @property
+    def options(self) -> TransactionOptions:
+        """The options the transaction was begun with."""
+        return self._options
+
+    async def begin(self) -> None:
+        """Send BEGIN with the scope's options.
+
+        If BEGIN fails or is cancelled, the connection is left outside any transaction: a
+        cancellation can arrive after the server has run BEGIN.
+        """
+        conn = self.connection
+        try:
+            await conn.execute(self._options.begin)
+        except BaseException as exc:
+            await _to_the_end(_end_any_transaction(conn), exc)
+            raise
+
+    async def commit(self) -> CommitOutcome:
+        """Send COMMIT and read its answer; find the outcome out if the connection drops."""
+        conn = self.connection
+        if not self._options.find_outcome:
+            return await self._commit(conn, "COMMIT", NOT_RECEIVED)
+        if _NO_DO_BLOCK and conn.get_server_pid() in _NO_DO_BLOCK:
+            return await self._commit_asking_xid(conn)
+        notice = XidNotice()
+        conn.add_log_listener(notice)
+        try:
+            status = await conn.execute(notice.statement)
+        except asyncpg.InFailedSQLTransactionError:
+            # A SQL error was swallowed inside the scope: SAVEPOINT was refused and COMMIT
+            # never ran. COMMIT now ends the transaction, which PostgreSQL answers ROLLBACK.
+            return await self._commit(conn, "COMMIT", NOT_RECEIVED)
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedObjectError):
+            if not (is_usable(conn) and conn.is_in_transaction()):
+                raise  # COMMIT itself failed (a deferred trigger's error): rolled back
+            # The DO block was refused (plpgsql not granted): the savepoint kept the
+            # transaction; undo the refused part, and ask the id with a round trip.
+            _remember_no_do_block(conn.get_server_pid())
+            await conn.execute("ROLLBACK TO SAVEPOINT hookbus_xid; RELEASE SAVEPOINT hookbus_xid")
+            return await self._commit_asking_xid(conn)
+        except Exception as exc:
+            if is_usable(conn) and not _is_connection_loss(exc):
+                raise  # the server refused COMMIT, and has rolled back
+            return await find_outcome(notice.xid, exc, self._options, self._pool)
+        finally:
+            if is_usable(conn):  # a lost connection may already be back in its pool
+                conn.remove_log_listener(notice)
+        return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
+
+    async def _commit_asking_xid(self, conn: Connection) -> CommitOutcome:
+        try:
+            xid: str | None = await conn.fetchval(ASK_XID)
+        except asyncpg.InFailedSQLTransactionError:
+            return await self._commit(conn, "COMMIT", NOT_RECEIVED)  # answered ROLLBACK
+        # (A connection lost here is lost before COMMIT: the error says the server rolled back.)
+        return await self._commit(conn, "COMMIT", xid)
+
+    async def _commit(self, conn: Connection, statement: str, xid: Xid) -> CommitOutcome:
+        try:
+            status = await conn.execute(statement)
+        except Exception as exc:
+            if is_usable(conn) and not _is_connection_loss(exc):
+                raise  # the server refused COMMIT, and has rolled back
+            return await find_outcome(xid, exc, self._options, self._pool)
+        return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
+
+    async def rollback(self) -> None:
+        """Send ROLLBACK, unless the connection is gone (the server then rolled back)."""
+        try:
+            await self.connection.execute("ROLLBACK")
+        except asyncpg.InterfaceError:
+            # Closed, or a pooled proxy the pool took back when its connection dropped.
+            if is_usable(self.connection):
+                raise
+
+    async def savepoint(self, name: str) -> None:
+        """Send SAVEPOINT; ``name`` must be a plain identifier (``ValueError`` otherwise)."""
+        await self.connection.execute(f"SAVEPOINT {_quoted(name)}")
+
+    async def release(self, name: str) -> None:
+        """Send RELEASE SAVEPOINT."""
+        await self.connection.execute(f"RELEASE SAVEPOINT {_quoted(name)}")
+
+    async def rollback_to(self, name: str) -> None:
+        """Send ROLLBACK TO SAVEPOINT and RELEASE it, in one round trip."""
+        quoted = _quoted(name)
+        await self.connection.execute(f"ROLLBACK TO SAVEPOINT {quoted}; RELEASE SAVEPOINT {quoted}")
+
+
+def _quoted(name: str) -> str:
+    if not isinstance(name, str) or _PLAIN_NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"a savepoint name is a plain identifier (letters, digits, underscores, at most "
+            f"63, not starting with a digit), not {name!r}"
+        )
+    return f'"{name}"'
+
+
+def _remember_no_do_block(pid: int) -> None:
+    if len(_NO_DO_BLOCK) >= _NO_DO_BLOCK_BOUND:
+        _NO_DO_BLOCK.clear()
+    _NO_DO_BLOCK.add(pid)
+    logger.info(
+        "PostgreSQL refused the DO block that sends the transaction's id with COMMIT "
+        "(plpgsql not granted?); this session's scopes ask the id with a round trip instead"
+    )
+
+
+async def _end_any_transaction(conn: Connection) -> None:
+    """ROLLBACK whatever a failed or cancelled BEGIN left open (a no-op if nothing is)."""
+    try:
+        await conn.execute("ROLLBACK")
+    except Exception:
+        # The connection is gone (the server ends the transaction) or unusable anyway.
+        logger.debug("ROLLBACK after a failed BEGIN failed", exc_info=True)
+
+
+async def _to_the_end(work: Coroutine[Any, Any, None], cause: BaseException) -> None:
+    """Run ``work`` in a task of its own to its end, even if the caller is cancelled meanwhile.
+
+    ``task.cancel()`` goes through an anyio shield: only a task of its own keeps a
+    cancellation off the work. A cancellation that arrives meanwhile is raised once the work is
+    done, unless ``cause``, about to be raised, is one already.
+    """
+    task = asyncio.get_running_loop().create_task(work)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None and not isinstance(cause, asyncio.CancelledError):
+        raise cancelled from cause
+
+
+def is_usable(conn: Connection) -> bool:
+    """Tell whether ``conn`` can still run a statement (not closed, not taken back)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # a pooled proxy detached from its lost connection
+        return False
+
+
+def _is_connection_loss(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.AdminShutdownError
+        | asyncpg.InterfaceError
+        | OSError
+        | ConnectionError,
+    )

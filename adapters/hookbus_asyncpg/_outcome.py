@@ -1,0 +1,141 @@
+"""The outcome of a COMMIT whose connection was lost: the transaction's id, then its status.
+
+Just before COMMIT, in the same round trip, a DO block sends the transaction's id in a NOTICE
+that starts with a nonce drawn for this COMMIT: PostgreSQL flushes a notice at once, so the id
+has arrived if the connection is lost during the COMMIT itself, and no other notice (a
+deferred trigger's, say) can pass for it. Where PostgreSQL refuses the DO block (plpgsql not
+granted), the id is asked with a round trip of its own instead. With the id, the outcome is
+asked of PostgreSQL (``pg_xact_status``) on another connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any, Final, TypeAlias, final
+
+import anyio
+import asyncpg
+
+from hookbus import CommitOutcome, CommitOutcomeUnknownError, TransactionAbortedError
+
+from ._options import TransactionOptions
+
+__all__ = ["ASK_XID", "NOT_RECEIVED", "Xid", "XidNotice", "find_outcome"]
+
+logger: Final = logging.getLogger("hookbus")
+
+#: The transaction's id, asked with a round trip (where the DO block is refused).
+ASK_XID: Final = "SELECT pg_current_xact_id_if_assigned()::text"
+_XACT_STATUS: Final = "SELECT pg_xact_status($1::text::xid8)"
+_POLL_INTERVAL: Final = 0.02
+
+
+@final
+class _NotReceived:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_RECEIVED"
+
+
+#: No id has arrived (which is not the same as a transaction that had none: ``None``).
+NOT_RECEIVED: Final = _NotReceived()
+#: What is known of a transaction's id: the id, ``None`` (it had none), or ``NOT_RECEIVED``.
+Xid: TypeAlias = "str | _NotReceived | None"
+
+
+@final
+class XidNotice:
+    """A log listener that catches the first NOTICE carrying this COMMIT's nonce.
+
+    ``xid`` is the transaction's id, ``None`` if it had none (it wrote nothing), or
+    ``NOT_RECEIVED``. ``statement`` sends the notice, then COMMIT. The DO block runs inside a
+    savepoint, so that where it is refused the transaction survives and can still commit.
+    """
+
+    __slots__ = ("_prefix", "statement", "xid")
+
+    def __init__(self) -> None:
+        self._prefix = prefix = f"hookbus xid {secrets.token_hex(8)} "
+        self.xid: Xid = NOT_RECEIVED
+        # client_min_messages is raised for the rest of the transaction only, in case the
+        # session filters notices out; pg_current_xact_id_if_assigned() assigns no id.
+        self.statement = (
+            "SAVEPOINT hookbus_xid; SET LOCAL client_min_messages = notice; "
+            f"DO $$BEGIN RAISE NOTICE '{prefix}%', pg_current_xact_id_if_assigned(); END$$; "
+            "RELEASE SAVEPOINT hookbus_xid; COMMIT"
+        )
+
+    def __call__(self, connection: object, message: Any) -> None:
+        if self.xid is not NOT_RECEIVED:
+            return  # the first one is ours: it is sent before COMMIT runs any trigger
+        text = str(getattr(message, "message", ""))
+        if text.startswith(self._prefix):
+            xid = text[len(self._prefix) :].strip()
+            self.xid = None if xid in ("", "<NULL>") else xid
+
+
+async def find_outcome(
+    xid: Xid,
+    lost: Exception,
+    options: TransactionOptions,
+    pool: asyncpg.Pool | None,
+) -> CommitOutcome:
+    """Find out what became of a COMMIT whose connection was lost, asking on ``pool``.
+
+    Returns ``COMMITTED``; raises ``TransactionAbortedError`` when PostgreSQL rolled it back,
+    ``CommitOutcomeUnknownError`` when the outcome cannot be found.
+    """
+    if not options.find_outcome:
+        raise CommitOutcomeUnknownError(
+            "the connection was lost during COMMIT and the scope was opened with "
+            "find_outcome=False; neither postcommit nor rollback ran"
+        ) from lost
+    if xid is NOT_RECEIVED:
+        raise CommitOutcomeUnknownError(
+            "the connection was lost during COMMIT before the transaction's id was received, "
+            "so its outcome cannot be asked; neither postcommit nor rollback ran"
+        ) from lost
+    if xid is None:
+        raise CommitOutcomeUnknownError(
+            "the connection was lost during COMMIT of a transaction that had no transaction "
+            "id (it wrote nothing); its outcome is unknown; neither postcommit nor rollback ran"
+        ) from lost
+    assert isinstance(xid, str)
+    if pool is None:
+        raise CommitOutcomeUnknownError(
+            f"the connection was lost during COMMIT of transaction {xid} and no pool was "
+            "given to ask PostgreSQL its outcome; neither postcommit nor rollback ran"
+        ) from lost
+    timeout = options.outcome_timeout
+    deadline = time.monotonic() + timeout
+    try:
+        async with pool.acquire(timeout=timeout) as other:
+            while True:
+                status = await other.fetchval(_XACT_STATUS, xid)
+                if status == "committed":
+                    logger.warning("connection lost during COMMIT; transaction %s committed", xid)
+                    return CommitOutcome.COMMITTED
+                if status == "aborted":
+                    raise TransactionAbortedError(
+                        f"the connection was lost during COMMIT and PostgreSQL rolled "
+                        f"transaction {xid} back; the rollback operations ran"
+                    ) from lost
+                if status != "in progress" or time.monotonic() >= deadline:
+                    break
+                # The server's backend may still be finishing the COMMIT; nothing can be
+                # awaited for it from here, so ask again shortly.
+                await anyio.sleep(_POLL_INTERVAL)
+    except (TransactionAbortedError, CommitOutcomeUnknownError):
+        raise
+    except Exception as exc:
+        raise CommitOutcomeUnknownError(
+            f"the connection was lost during COMMIT of transaction {xid} and its outcome "
+            f"could not be asked ({exc!r}); neither postcommit nor rollback ran"
+        ) from lost
+    raise CommitOutcomeUnknownError(
+        f"the connection was lost during COMMIT of transaction {xid} and PostgreSQL "
+        f"reports it {status!r}; neither postcommit nor rollback ran"
+    ) from lost
