@@ -1,0 +1,470 @@
+"""Faults of the asyncpg scope found when it was attacked, each against a real PostgreSQL.
+
+A failed release after COMMIT, plpgsql not granted, a spoofed or lost transaction id,
+cancellation during BEGIN, SQL in a savepoint name, nested scopes, the driver's own
+``connection.transaction()`` inside a scope, and the scope's options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
+
+import asyncpg
+import hookbus_asyncpg
+import pytest
+import pytest_asyncio
+from _recording import Recorded
+
+import hookbus
+from hookbus import CommitOutcomeUnknownError, TransactionAbortedError, TransactionStateError
+
+LOCK = 4343  # the advisory lock the gated table's deferred trigger waits for at COMMIT
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS victim (id int);
+CREATE TABLE IF NOT EXISTS gated (id int PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS spoofed (id int PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS committed_xid (xid text);
+CREATE OR REPLACE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({LOCK});
+    RETURN NULL;
+END $$;
+-- Passes a committed transaction's id for the scope's, nonce included (read from the
+-- scope's own query text), then waits at COMMIT like the gate.
+CREATE OR REPLACE FUNCTION spoof() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    nonce text := substring(current_query() from 'hookbus xid ([0-9a-f]+) ');
+BEGIN
+    RAISE NOTICE 'hookbus xid % %', nonce, (SELECT xid FROM committed_xid LIMIT 1);
+    RAISE NOTICE 'hookbus xid %', (SELECT xid FROM committed_xid LIMIT 1);
+    PERFORM pg_advisory_xact_lock({LOCK});
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS gate_at_commit ON gated;
+CREATE CONSTRAINT TRIGGER gate_at_commit AFTER INSERT ON gated
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate();
+DROP TRIGGER IF EXISTS spoof_at_commit ON spoofed;
+CREATE CONSTRAINT TRIGGER spoof_at_commit AFTER INSERT ON spoofed
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION spoof();
+TRUNCATE items, victim, gated, spoofed, committed_xid;
+INSERT INTO victim VALUES (1);
+"""
+
+
+@pytest_asyncio.fixture
+async def db(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    """The pool, on empty tables; checked whole afterwards."""
+    await pool.execute(SCHEMA)
+    yield pool
+    await assert_pool_serves(pool)
+
+
+async def assert_pool_serves(pool: asyncpg.Pool) -> None:
+    held = [await pool.acquire(timeout=5) for _ in range(pool.get_max_size())]
+    try:
+        for conn in held:
+            assert await conn.fetchval("SELECT 1") == 1
+            assert not conn.is_in_transaction()
+    finally:
+        for conn in held:
+            await pool.release(conn)
+
+
+async def ids(pool: asyncpg.Pool | asyncpg.Connection, table: str = "items") -> list[int]:
+    return [r[0] for r in await pool.fetch(f"SELECT id FROM {table} ORDER BY id")]
+
+
+async def wait_until_blocked_on_lock(pool: asyncpg.Pool | asyncpg.Connection, pid: int) -> None:
+    """Wait until backend ``pid`` waits for a lock (PostgreSQL offers nothing to await)."""
+    query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
+    for _ in range(500):
+        if await pool.fetchval(query, pid) == "Lock":
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"backend {pid} never blocked")
+
+
+class Call(hookbus.Operation):
+    """Runs ``func`` in one phase, and records the phases it saw in ``log``."""
+
+    def __init__(self, log: list[str], phase: str, func: Callable[[], Any]) -> None:
+        super().__init__()
+        self.log, self.phase, self.func = log, phase, func
+
+    async def _run(self, phase: str) -> None:
+        self.log.append(phase)
+        if phase == self.phase:
+            await self.func()
+
+    async def precommit(self) -> None:
+        await self._run("precommit")
+
+    async def rollback(self) -> None:
+        await self._run("rollback")
+
+    async def postcommit(self) -> None:
+        await self._run("postcommit")
+
+
+# -- a failed release after a successful COMMIT (defect 1) ----------------------------------
+
+
+class DiesOnReset(asyncpg.Connection):  # type: ignore[misc]
+    """A connection whose backend is terminated, when its pid is in ``dying``, as the pool
+    resets it on release (from another connection: a real termination, at a chosen point)."""
+
+    dying: ClassVar[set[int]] = set()
+    killer: ClassVar[asyncpg.Connection | None] = None
+
+    async def reset(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's)
+        pid = self.get_server_pid()
+        if pid in self.dying and self.killer is not None:
+            self.dying.discard(pid)
+            assert await self.killer.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+        await super().reset(timeout=timeout)
+
+
+async def test_a_connection_lost_after_commit_is_logged_not_raised(
+    db: asyncpg.Pool, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    log: list[str] = []
+    DiesOnReset.killer = killer = await asyncpg.connect(dsn)
+    try:
+        async with asyncpg.create_pool(
+            dsn, min_size=1, max_size=2, connection_class=DiesOnReset
+        ) as pool:
+            for n in range(1, 4):  # the pool's reset fails each time; the pool still serves
+                log.clear()
+                with caplog.at_level(logging.WARNING, logger="hookbus"):
+                    async with hookbus_asyncpg.transaction(pool) as tx:
+                        await tx.connection.execute("INSERT INTO items VALUES ($1)", n)
+                        pid = tx.connection.get_server_pid()
+
+                        async def die_on_reset(pid: int = pid) -> None:
+                            DiesOnReset.dying.add(pid)
+
+                        tx.add(Call(log, "postcommit", die_on_reset))
+                assert log == ["precommit", "postcommit"]
+                assert tx.state is hookbus.TransactionState.COMMITTED
+                assert not DiesOnReset.dying  # the reset ran, and the backend was terminated
+                assert pid not in [r[0] for r in await db.fetch("SELECT pid FROM pg_stat_activity")]
+            assert await ids(db) == [1, 2, 3]
+            await assert_pool_serves(pool)
+    finally:
+        DiesOnReset.killer = None
+        await killer.close()
+    assert caplog.text.count("could not be reset and returned to its pool") == 3
+
+
+# -- plpgsql not granted (defect 3) ----------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def plain_pool(db: asyncpg.Pool, dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool of an ordinary role, on a database where plpgsql is not granted to PUBLIC."""
+    role = f"hookbus_plain_{secrets.token_hex(4)}"
+    await db.execute(f"CREATE ROLE {role} LOGIN")
+    await db.execute(f"GRANT ALL ON items, gated TO {role}")
+    await db.execute("REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC")
+    try:
+        async with asyncpg.create_pool(dsn, user=role, min_size=1, max_size=2) as pool:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="plpgsql"):
+                await pool.execute("DO $$BEGIN END$$")
+            yield pool
+    finally:
+        await db.execute("GRANT USAGE ON LANGUAGE plpgsql TO PUBLIC")
+        await db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+async def test_commits_where_plpgsql_is_not_granted(plain_pool: asyncpg.Pool) -> None:
+    log: list[str] = []
+    for n in range(1, 4):  # the first commit finds the DO block refused, the next know it
+        async with hookbus_asyncpg.transaction(plain_pool) as tx:
+            await tx.connection.execute("INSERT INTO items VALUES ($1)", n)
+            tx.add(Recorded(log, str(n)))
+    assert await ids(plain_pool) == [1, 2, 3]
+    assert log == [f"{n}.{phase}" for n in "123" for phase in ("precommit", "postcommit")]
+
+
+async def test_a_lost_commit_is_found_where_plpgsql_is_not_granted(
+    db: asyncpg.Pool, plain_pool: asyncpg.Pool
+) -> None:
+    log: list[str] = []
+    txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
+
+    async def scope() -> None:
+        async with hookbus_asyncpg.transaction(plain_pool) as tx:
+            await tx.connection.execute("INSERT INTO gated VALUES (1)")
+            tx.add(Recorded(log, "a"))
+            txs.put_nowait(tx)
+
+    async with db.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
+        task = asyncio.create_task(scope())
+        tx = await txs.get()
+        await wait_until_blocked_on_lock(db, tx.connection.get_server_pid())
+        tx.connection.terminate()  # the client side drops; the server carries on and commits
+        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        await task
+    assert log == ["a.precommit", "a.postcommit"]
+    assert await ids(db, "gated") == [1]
+
+
+# -- a spoofed or lost transaction id (defect 3) ---------------------------------------------
+
+
+async def test_a_notice_from_a_trigger_cannot_pass_for_the_transaction_id(
+    db: asyncpg.Pool,
+) -> None:
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO committed_xid SELECT pg_current_xact_id()::text")
+    log: list[str] = []
+    txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
+
+    async def scope() -> None:
+        async with hookbus_asyncpg.transaction(db) as tx:
+            await tx.connection.execute("INSERT INTO spoofed VALUES (1)")
+            tx.add(Recorded(log, "a"))
+            txs.put_nowait(tx)
+
+    async with db.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
+        task = asyncio.create_task(scope())
+        tx = await txs.get()
+        pid = tx.connection.get_server_pid()
+        await wait_until_blocked_on_lock(db, pid)  # both forged notices are sent by now
+        assert await holder.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(TransactionAbortedError, match="rolled transaction"):
+            await task
+        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
+    assert await ids(db, "spoofed") == []
+
+
+async def test_a_lost_transaction_id_is_not_told_as_no_write(db: asyncpg.Pool) -> None:
+    # The client drops its side just after sending COMMIT, before reading anything: the id
+    # has not arrived, whatever the server did. Bounded: the drop must win the race once.
+    loop = asyncio.get_running_loop()
+    for n in range(1, 51):
+        log: list[str] = []
+
+        def drop_after_commit_is_sent(tx: hookbus_asyncpg.AsyncpgTransaction) -> None:
+            # Three loop turns: the scope's commit task starts, writes COMMIT, then this.
+            conn = tx.connection
+            loop.call_soon(loop.call_soon, conn.terminate)
+
+        async def noop() -> None:
+            pass
+
+        try:
+            async with hookbus_asyncpg.transaction(db) as tx:
+                await tx.connection.execute("INSERT INTO items VALUES ($1)", n)
+                tx.add(Call(log, "precommit", noop))
+                tx.add(Call(log, "precommit", lambda tx=tx: _async(drop_after_commit_is_sent, tx)))
+        except CommitOutcomeUnknownError as exc:
+            message = str(exc)
+            if "before the transaction's id was received" in message:
+                assert "wrote nothing" not in message
+                assert "rollback" not in log and "postcommit" not in log
+                return
+        except (TransactionAbortedError, asyncpg.InterfaceError, OSError):
+            pass  # the drop came first or last: the outcome was known; try again
+    raise AssertionError("the id was never lost in 50 tries")
+
+
+async def _async(func: Callable[..., None], *args: Any) -> None:
+    func(*args)
+
+
+# -- cancellation during BEGIN (defect 6) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("on", ["connection", "pool"])
+async def test_cancelled_during_begin_leaves_no_transaction_open(
+    db: asyncpg.Pool, conn: asyncpg.Connection, on: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    reports: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: reports.append(str(context["message"])))
+    seed = secrets.randbits(32)
+    rng = random.Random(seed)
+    source: Any = conn if on == "connection" else db
+    entered = cancelled = 0
+    try:
+        for _ in range(150):
+
+            async def scope() -> None:
+                nonlocal entered
+                async with hookbus_asyncpg.transaction(source):
+                    entered += 1
+
+            task = asyncio.create_task(scope())
+            for _ in range(rng.randrange(6)):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            cancelled += task.cancelled()
+            if on == "connection":
+                await conn.execute("SELECT 1")  # the state is read from the server's answer
+                assert not conn.is_in_transaction(), f"seed {seed}"
+    finally:
+        loop.set_exception_handler(None)
+    assert cancelled > 0 and entered > 0, f"seed {seed}: cancel {cancelled}, entered {entered}"
+    assert not [r for r in reports if "active transaction" in r], f"seed {seed}: {reports}"
+    idle = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+    )
+    assert await db.fetchval(idle) == 0
+
+
+# -- SQL in a savepoint name (defect 7) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["sp; DROP TABLE victim", 'sp"; DROP TABLE victim; --', "", "1sp", "s" * 64, None]
+)
+async def test_a_savepoint_name_that_is_not_a_plain_identifier_is_refused(
+    db: asyncpg.Pool, name: Any
+) -> None:
+    async with hookbus_asyncpg.transaction(db) as tx:
+        backend = tx.backend
+        assert isinstance(backend, hookbus_asyncpg.AsyncpgBackend)
+        for send in (backend.savepoint, backend.release, backend.rollback_to):
+            with pytest.raises(ValueError, match="plain identifier"):
+                await send(name)
+        await backend.savepoint("Mixed_Case_1")  # quoted, and kept as written
+        await backend.rollback_to("Mixed_Case_1")
+    assert await ids(db, "victim") == [1]
+
+
+# -- nested scopes (defect 12) ---------------------------------------------------------------
+
+
+async def test_a_nested_scope_joins_and_rolls_back_with_the_outer_one(db: asyncpg.Pool) -> None:
+    log: list[str] = []
+    with pytest.raises(RuntimeError, match="outer fails"):
+        async with hookbus_asyncpg.transaction(db) as outer:
+            await outer.connection.execute("INSERT INTO items VALUES (1)")
+            async with hookbus_asyncpg.transaction(db) as inner:
+                assert inner is outer
+                await inner.connection.execute("INSERT INTO items VALUES (2)")
+                inner.add(Recorded(log, "inner"))
+            assert log == []  # the inner block's end committed nothing
+            raise RuntimeError("outer fails")
+    assert log == ["inner.rollback"]
+    assert await ids(db) == []
+
+
+async def test_a_nested_scope_that_fails_rolls_back_to_its_savepoint(db: asyncpg.Pool) -> None:
+    log: list[str] = []
+    async with hookbus_asyncpg.transaction(db) as outer:
+        await outer.connection.execute("INSERT INTO items VALUES (1)")
+        outer.add(Recorded(log, "outer"))
+        with pytest.raises(RuntimeError, match="inner fails"):
+            # Given the outer scope's connection: it joins the same way.
+            async with hookbus_asyncpg.transaction(outer.connection) as inner:
+                await inner.connection.execute("INSERT INTO items VALUES (2)")
+                inner.add(Recorded(log, "inner"))
+                raise RuntimeError("inner fails")
+        assert log == ["inner.rollback"]
+    assert log == ["inner.rollback", "outer.precommit", "outer.postcommit"]
+    assert await ids(db) == [1]
+
+
+async def test_an_independent_scope_commits_on_its_own(db: asyncpg.Pool) -> None:
+    log: list[str] = []
+    with pytest.raises(RuntimeError, match="outer fails"):
+        async with hookbus_asyncpg.transaction(db) as outer:
+            await outer.connection.execute("INSERT INTO items VALUES (1)")
+            async with hookbus_asyncpg.transaction(db, independent=True) as inner:
+                assert inner is not outer
+                assert inner.connection is not outer.connection
+                await inner.connection.execute("INSERT INTO items VALUES (2)")
+                inner.add(Recorded(log, "inner"))
+            assert log == ["inner.precommit", "inner.postcommit"]
+            raise RuntimeError("outer fails")
+    assert await ids(db) == [2]
+
+
+async def test_a_nested_scope_cannot_change_the_transaction_it_joins(db: asyncpg.Pool) -> None:
+    async with hookbus_asyncpg.transaction(db) as outer:
+        with pytest.raises(ValueError, match=r"isolation='serializable'.*independent=True"):
+            async with hookbus_asyncpg.transaction(db, isolation="serializable"):
+                pass
+        with pytest.raises(TransactionStateError, match="pass the pool"):
+            async with hookbus_asyncpg.transaction(outer.connection, independent=True):
+                pass
+        await outer.connection.execute("INSERT INTO items VALUES (1)")
+    assert await ids(db) == [1]
+
+
+async def test_a_connection_in_a_transaction_of_its_own_is_refused(
+    db: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    async with conn.transaction():
+        with pytest.raises(TransactionStateError, match="hookbus did not open"):
+            async with hookbus_asyncpg.transaction(conn):
+                pass
+
+
+# -- the driver's own transaction inside a scope (newcomer friction) -------------------------
+
+
+async def test_connection_transaction_inside_a_scope_points_to_savepoint(
+    db: asyncpg.Pool,
+) -> None:
+    with pytest.raises(asyncpg.InterfaceError) as raised:
+        async with hookbus_asyncpg.transaction(db) as tx, tx.connection.transaction():
+            pass
+    notes = "\n".join(getattr(raised.value, "__notes__", []))
+    assert "tx.savepoint()" in notes
+    assert "hookbus_asyncpg.transaction(pool)" in notes
+
+
+# -- options, checked once where transaction() is called -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"isolation": "snapshot"}, ValueError, "isolation must be one of"),
+        ({"readonly": "yes"}, TypeError, "readonly must be True or False"),
+        ({"independent": 1}, TypeError, "independent must be True or False"),
+        ({"outcome_timeout": 0}, ValueError, "outcome_timeout"),
+        ({"outcome_timeout": True}, ValueError, "outcome_timeout"),
+        ({"recovery_pool": "pool"}, TypeError, "recovery_pool"),
+    ],
+)
+async def test_bad_options_fail_where_transaction_is_called(
+    pool: asyncpg.Pool, options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        hookbus_asyncpg.transaction(pool, **options)
+
+
+def test_options_are_one_immutable_object() -> None:
+    options = hookbus_asyncpg.TransactionOptions(isolation="serializable", readonly=True)
+    assert options.begin == "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.readonly = False  # type: ignore[misc]
+    with pytest.raises(TypeError, match="asyncpg pool or connection"):
+        hookbus_asyncpg.transaction("postgresql://")  # type: ignore[arg-type]
+
+
+async def test_options_reach_begin_and_the_scope(db: asyncpg.Pool) -> None:
+    async with hookbus_asyncpg.transaction(db, isolation="repeatable_read", readonly=True) as tx:
+        assert tx.options.readonly is True
+        level = await tx.connection.fetchval("SHOW transaction_isolation")
+        assert level == "repeatable read"
+        assert await tx.connection.fetchval("SHOW transaction_read_only") == "on"
