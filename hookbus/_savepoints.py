@@ -21,7 +21,7 @@ from ._shield import quietly, uncancellable
 if TYPE_CHECKING:
     from ._transaction import Transaction
 
-__all__ = ["ACCOP", "ADDED", "DELETED", "OP", "UNREPLACE", "VALUE", "Savepoint"]
+__all__ = ["ACCOP", "ADDED", "DELETED", "DOOM", "OP", "UNREPLACE", "VALUE", "Savepoint"]
 
 logger: Final = logging.getLogger("hookbus")
 
@@ -32,6 +32,7 @@ ACCOP: Final = 2  # (ACCOP, key): an accumulating operation created
 VALUE: Final = 3  # (VALUE, key, value): a value accumulated
 ADDED: Final = 4  # (ADDED, eid)
 DELETED: Final = 5  # (DELETED, eid)
+DOOM: Final = 6  # (DOOM,): the scope doomed
 
 
 @final
@@ -129,8 +130,10 @@ async def _undo_savepoint(tx: Transaction, name: str, journal: list[tuple[Any, .
                 _unaccumulate(tx, entry[1], entry[2])
         elif kind == ADDED:
             tx._added.discard(entry[1])
-        else:
+        elif kind == DELETED:
             tx._deleted.discard(entry[1])
+        else:
+            tx._doom = None
     for op in reversed(dropped):
         await quietly(op.rollback, op)
 
@@ -146,7 +149,7 @@ def _unschedule(tx: Transaction, op: Operation) -> None:
 
 
 def _unaccumulate(tx: Transaction, key: Hashable, value: Any) -> None:
-    op, _, is_set = tx._accumulated[key]
+    op, _, is_set, _ = tx._accumulated[key]
     values = op.values
     if is_set:
         values.discard(value)

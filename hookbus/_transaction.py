@@ -41,7 +41,7 @@ import anyio.lowlevel
 from ._backend import Backend, CommitOutcome, MemoryBackend
 from ._exceptions import CommitOutcomeUnknownError, TransactionAbortedError, TransactionStateError
 from ._operations import LAST, LATE, NORMAL, Operation
-from ._savepoints import ACCOP, ADDED, DELETED, OP, UNREPLACE, VALUE, Savepoint
+from ._savepoints import ACCOP, ADDED, DELETED, DOOM, OP, UNREPLACE, VALUE, Savepoint
 from ._shield import quietly, uncancellable
 
 __all__ = [
@@ -136,6 +136,7 @@ class Transaction:
         "_added",
         "_backend",
         "_deleted",
+        "_doom",
         "_journal",
         "_journals",
         "_last",
@@ -159,9 +160,12 @@ class Transaction:
         self._late: list[Operation] = []
         self._last: list[Operation] = []
         self._last_cursor = 0
-        self._accumulated: dict[Hashable, tuple[Operation, Callable[[Any], object], bool]] = {}
+        self._accumulated: dict[
+            Hashable, tuple[Operation, Callable[[Any], object], bool, Callable[[], Operation]]
+        ] = {}
         self._added: set[Hashable] = set()
         self._deleted: set[Hashable] = set()
+        self._doom: BaseException | None = None
         # Savepoint journals (see _savepoints): `_journal` is the innermost open one's, or
         # None outside any savepoint, so that scheduling outside one records nothing.
         self._journals: list[list[tuple[Any, ...]]] = []
@@ -238,20 +242,25 @@ class Transaction:
         self,
         key: Hashable,
         value: Any,
-        op_class: type[Operation],
+        factory: Callable[[], Operation],
         container: Callable[[], Any] = set,
     ) -> None:
-        """Add ``value`` to the values of the one operation of ``op_class`` under ``key``.
+        """Add ``value`` to the values of the one operation built by ``factory`` under ``key``.
 
-        The first call for a key builds ``op_class()`` with ``container()`` as its
-        ``values`` and schedules it; later calls only add (``add`` or ``append``) to it.
+        The first call for a key builds ``factory()`` (an ``Operation`` subclass, a
+        ``functools.partial`` or any callable of no argument returning an ``Operation``),
+        gives it ``container()`` as its ``values`` and schedules it; later calls only add
+        (``add`` or ``append``) to it. A key accumulates with one factory only.
         """
         if not self._schedulable:
             raise self._refused(f"accumulate into {key!r}")
         entry = self._accumulated.get(key)
         if entry is None:
-            if not (isinstance(op_class, type) and issubclass(op_class, Operation)):
-                raise TypeError(f"accumulate() takes an Operation class, not {op_class!r}")
+            if not callable(factory):
+                raise TypeError(
+                    f"accumulate() takes an Operation factory (a class or a callable of no "
+                    f"argument returning an Operation), not {factory!r}"
+                )
             values = container()
             adder = getattr(values, "add", None)
             is_set = adder is not None
@@ -260,17 +269,18 @@ class Transaction:
                     f"accumulate() needs a container with add() or append(), "
                     f"not {type(values).__qualname__}"
                 )
-            op = op_class()
+            op = factory()
+            if not isinstance(op, Operation):
+                raise TypeError(
+                    f"accumulate(): the factory {factory!r} returned {op!r}, not an Operation"
+                )
             op.values = values
             self.add(op)
-            entry = self._accumulated[key] = (op, adder or values.append, is_set)
+            entry = self._accumulated[key] = (op, adder or values.append, is_set, factory)
             if self._journal is not None:
                 self._journal.append((ACCOP, key))
-        elif type(entry[0]) is not op_class:
-            raise TypeError(
-                f"key {key!r} accumulates into {type(entry[0]).__qualname__}, "
-                f"not {op_class.__qualname__}"
-            )
+        elif entry[3] is not factory and entry[3] != factory:
+            raise TypeError(f"key {key!r} accumulates into {_name(entry[3])}, not {_name(factory)}")
         journal = self._journal
         if journal is None:
             entry[1](value)
@@ -281,6 +291,29 @@ class Transaction:
         else:
             entry[1](value)
             journal.append((VALUE, key, value))
+
+    def doom(self, error: BaseException) -> None:
+        """Make the scope unable to commit: at its end it rolls back and raises ``error``.
+
+        The scope runs on (a caught failure may be reported or cleaned up first); when it
+        ends normally it runs the rollback path (ROLLBACK, then ``rollback`` on every
+        operation) and raises ``error`` itself, with a note saying it doomed the scope. A
+        savepoint rolled back after the doom undoes it (the savepoint recovered the failure).
+        Dooming a doomed scope keeps the first error.
+        """
+        if not isinstance(error, BaseException):
+            raise TypeError(f"tx.doom() takes an exception, not {error!r}")
+        if not self._schedulable:
+            raise self._refused(f"doom it with {error!r}")
+        if self._doom is None:
+            self._doom = error
+            if self._journal is not None:
+                self._journal.append((DOOM,))
+
+    @property
+    def doomed(self) -> BaseException | None:
+        """The error that doomed the scope (``tx.doom()``), or None."""
+        return self._doom
 
     def mark_added(self, eid: Hashable) -> None:
         """Record that the entity ``eid`` was added in this scope."""
@@ -364,11 +397,16 @@ class Transaction:
         except BaseException:
             await uncancellable(self._rollback_path, ran, True)
             raise
+        if self._doom is not None:
+            await uncancellable(self._rollback_path, ran, True)
+            raise _doomed_error(self._doom)
         await uncancellable(self._commit_and_callbacks, ran)
         # A cancellation of anyio's that was held off by the shield surfaces here.
         await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def _precommit(self, ran: list[Operation]) -> None:
+        if self._doom is not None:
+            return
         normal, late, last = self._ops, self._late, self._last
         i = j = 0
         self._last_cursor = 0
@@ -387,6 +425,8 @@ class Transaction:
                 return
             ran.append(op)
             await op.precommit()
+            if self._doom is not None:
+                return  # doomed meanwhile: _commit rolls back
 
     async def _commit_and_callbacks(self, ran: list[Operation]) -> None:
         self._move(_S.COMMITTING)
@@ -426,3 +466,15 @@ class Transaction:
         self._move(_S.ROLLED_BACK)
         for op in self.operations:
             await quietly(op.rollback, op)
+
+
+def _doomed_error(error: BaseException) -> BaseException:
+    error.add_note(
+        "raised at the end of the transaction scope, which it had doomed (tx.doom()): "
+        "the scope rolled back and committed nothing"
+    )
+    return error
+
+
+def _name(factory: object) -> str:
+    return str(getattr(factory, "__qualname__", None) or repr(factory))

@@ -368,8 +368,10 @@ async def test_scheduling_refuses_what_is_not_an_operation() -> None:
             tx.add(Check)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="add\\(\\) or append\\(\\)"):
             tx.accumulate("k", 1, Check, container=dict)
-        with pytest.raises(TypeError, match="Operation class"):
+        with pytest.raises(TypeError, match="not an Operation"):
             tx.accumulate("k", 1, object)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="Operation factory"):
+            tx.accumulate("k", 1, "Check")  # type: ignore[arg-type]
         assert tx.operations == ()
 
 
@@ -395,3 +397,84 @@ async def test_a_task_that_outlives_its_scope_cannot_schedule_into_it() -> None:
     with pytest.raises(TransactionStateError, match="the transaction scope is committed"):
         await task
     assert tx.operations == ()
+
+
+async def test_accumulate_takes_a_factory_returning_an_operation() -> None:
+    import functools
+
+    seen: list[Any] = []
+
+    class Tagged(hookbus.Operation):
+        def __init__(self, tag: str) -> None:
+            super().__init__()
+            self.tag = tag
+
+        async def precommit(self) -> None:
+            seen.append((self.tag, self.values))
+
+    factory = functools.partial(Tagged, "a")
+    async with hookbus.transaction() as tx:
+        tx.accumulate("k", 1, factory)
+        tx.accumulate("k", 2, factory)
+        tx.accumulate("j", 3, lambda: Tagged("b"), container=list)
+        with pytest.raises(TypeError, match="accumulates into"):
+            tx.accumulate("k", 3, functools.partial(Tagged, "a"))
+        with pytest.raises(TypeError, match="not an Operation"):
+            tx.accumulate("bad", 1, object)  # type: ignore[arg-type]
+    assert seen == [("a", {1, 2}), ("b", [3])]
+
+
+async def test_a_doomed_scope_rolls_back_and_raises_its_first_error() -> None:
+    log: list[str] = []
+    first, second = RuntimeError("first"), RuntimeError("second")
+    with pytest.raises(RuntimeError) as raised:
+        async with hookbus.transaction() as tx:
+            tx.add(Recorded(log, "a"))
+            tx.doom(first)
+            tx.doom(second)
+            assert tx.doomed is first
+    assert raised.value is first
+    assert any("doomed" in note for note in first.__notes__)
+    assert log == ["a.rollback"]
+    assert tx.state is TransactionState.ROLLED_BACK
+    assert isinstance(tx.backend, MemoryBackend)
+    assert tx.backend.statements == ["BEGIN", "ROLLBACK"]
+
+
+async def test_a_doom_inside_a_rolled_back_savepoint_is_undone() -> None:
+    log: list[str] = []
+    async with hookbus.transaction() as tx:
+        tx.add(Recorded(log, "a"))
+        with pytest.raises(KeyError):
+            async with tx.savepoint():
+                tx.doom(KeyError("x"))
+                raise KeyError("x")
+        assert tx.doomed is None
+        async with tx.savepoint():
+            pass
+    assert log == ["a.precommit", "a.postcommit"]
+
+
+async def test_a_doom_inside_a_released_savepoint_stays() -> None:
+    error = ValueError("kept")
+    with pytest.raises(ValueError):
+        async with hookbus.transaction() as tx, tx.savepoint():
+            tx.doom(error)
+    assert tx.state is TransactionState.ROLLED_BACK
+
+
+async def test_a_precommit_that_dooms_the_scope_reverts_and_rolls_back() -> None:
+    log: list[str] = []
+    error = RuntimeError("late failure")
+
+    class Dooming(Recorded):
+        async def precommit(self) -> None:
+            await super().precommit()
+            hookbus.current_transaction().doom(error)
+
+    with pytest.raises(RuntimeError) as raised:
+        async with hookbus.transaction() as tx:
+            tx.add(Dooming(log, "d"))
+            tx.add(Recorded(log, "b"))
+    assert raised.value is error
+    assert log == ["d.precommit", "d.revertprecommit", "d.rollback", "b.rollback"]
