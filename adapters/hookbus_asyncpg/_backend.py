@@ -109,11 +109,10 @@ class AsyncpgBackend:
         except Exception as exc:
             if _not_lost_in_commit(conn, exc):
                 raise  # refused (by the server, which has rolled back), or never sent
-            if notice.xid is NOT_RECEIVED and isinstance(exc, asyncpg.AdminShutdownError):
+            if notice.xid is NOT_RECEIVED and _ended_by_the_server(exc):
                 # The server itself said it ended the session (pg_terminate_backend, a
                 # shutdown) before it sent the notice, which comes before COMMIT: COMMIT never
-                # ran. (A loss seen by the client alone, ConnectionDoesNotExistError among
-                # them, says nothing of what the server did.)
+                # ran. (A loss seen by the client alone says nothing of what the server did.)
                 raise TransactionAbortedError(
                     f"the server ended the session before COMMIT ran ({exc}); nothing was "
                     "committed and the rollback operations ran"
@@ -226,6 +225,14 @@ def _not_lost_in_commit(conn: Connection, exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InternalClientError):
         return True
     return is_usable(conn) and not _is_connection_loss(exc)
+
+
+def _ended_by_the_server(exc: BaseException) -> bool:
+    # asyncpg raises the server's FATAL 57P01 itself, or as the cause of the
+    # ConnectionDoesNotExistError it raises when the connection closes right after it.
+    return isinstance(exc, asyncpg.AdminShutdownError) or isinstance(
+        exc.__cause__, asyncpg.AdminShutdownError
+    )
 
 
 def _is_connection_loss(exc: BaseException) -> bool:
