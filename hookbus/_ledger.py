@@ -11,11 +11,15 @@ while a savepoint is open: ``mark_savepoint()`` returns a ``Mark`` of the log's 
 ``release(mark)`` keeps what was done since (an enclosing savepoint may still undo it);
 ``undo_to(mark)`` undoes it, newest first, and returns the operations to call ``rollback`` on.
 Outside any savepoint nothing is logged, so the hot calls cost one test of ``None``.
+
+The ledger does not know the scope's state: the scope hands out its scheduling methods
+(``add``, ``accumulate``, ``mark_added``, ``mark_deleted``) only while it is open.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from collections.abc import Set as AbstractSet
 from typing import Any, Final, TypeAlias, final
 
 import msgspec
@@ -129,6 +133,8 @@ class Ledger:
         "_ran",
         "_savepoints",
         "_undo",
+        "added",
+        "deleted",
     )
 
     def __init__(self) -> None:
@@ -145,6 +151,12 @@ class Ledger:
         self._closed: dict[Hashable, Callable[[], Operation]] = {}
         self._added: set[Hashable] = set()
         self._deleted: set[Hashable] = set()
+        # Read-only views for the readers (`eid in ledger.added` is the cheapest test, and
+        # added_in_transaction() runs in hooks on every event); only the ledger changes them.
+        #: The entities marked added.
+        self.added: AbstractSet[Hashable] = self._added
+        #: The entities marked deleted.
+        self.deleted: AbstractSet[Hashable] = self._deleted
         self._doom: BaseException | None = None
         # The undo log: None while no savepoint is open, so that nothing is logged then.
         self._undo: list[Undo] | None = None
@@ -160,6 +172,12 @@ class Ledger:
     def ran(self) -> tuple[Operation, ...]:
         """The operations whose precommit ran (or is running), in the order they ran."""
         return tuple(self._ran)
+
+    def add(self, op: Operation) -> None:
+        """Schedule ``op`` (see ``schedule``), checking that it is an operation."""
+        if not isinstance(op, Operation):
+            raise TypeError(f"tx.add() takes an Operation instance, not {op!r}")
+        self.schedule(op)
 
     def schedule(self, op: Operation) -> None:
         """Queue ``op`` by its kind. A ``SingleLastOperation`` replaces a pending one of its
@@ -209,9 +227,12 @@ class Ledger:
         key: Hashable,
         value: Any,
         factory: Callable[[], Operation],
-        container: Callable[[], Any],
+        container: Callable[[], Any] = set,
     ) -> None:
-        """Add ``value`` to the operation accumulating under ``key``; create it if needed."""
+        """Add ``value`` to the operation accumulating under ``key``; create it if needed.
+
+        ``Transaction.accumulate`` documents it: this is that method while the scope is open.
+        """
         entry = self._accumulated.get(key)
         if entry is None:
             entry = self._open_accumulation(key, factory, container)
@@ -278,14 +299,6 @@ class Ledger:
             self._deleted.add(eid)
             if self._undo is not None:
                 self._undo.append(MarkedDeleted(eid))
-
-    def added(self, eid: Hashable) -> bool:
-        """Tell whether ``eid`` was marked added."""
-        return eid in self._added
-
-    def deleted(self, eid: Hashable) -> bool:
-        """Tell whether ``eid`` was marked deleted."""
-        return eid in self._deleted
 
     def doom(self, error: BaseException) -> None:
         """Record ``error`` as what dooms the scope, unless it is doomed already."""
