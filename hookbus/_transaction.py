@@ -353,14 +353,10 @@ class Transaction:
         ledger = self._ledger
         if ledger.doomed is None:
             self._move(_S.PRECOMMITTING)
-            op: Operation | None = None
             try:
-                while (op := ledger.next_precommit()) is not None:
-                    await op.precommit()
-                    if ledger.doomed is not None:
-                        break
+                await ledger.precommit()
             except BaseException as exc:
-                error = _own_error(exc, op)
+                error = _own_error(exc, ledger.ran()[-1])
                 await uncancellable(self._rollback_path, True)
                 if error is exc:
                     raise
@@ -395,12 +391,17 @@ class Transaction:
                 "committed and the rollback operations ran"
             )
         self._move(_S.COMMITTED)
-        errors, fatal = await callbacks(
-            self._ledger.operations(),
-            "postcommit",
-            "%s of %r failed after COMMIT (data committed)",
-        )
-        self.postcommit_errors += errors
+        # callbacks(), written out: this loop runs on every commit, and op.postcommit()
+        # costs 50 ns an operation less than getattr(op, "postcommit")().
+        fatal: BaseException | None = None
+        for op in self._ledger.operations():
+            try:
+                await op.postcommit()
+            except (KeyboardInterrupt, SystemExit) as exc:
+                fatal = fatal or exc
+            except BaseException:  # an Exception, or the operation's own CancelledError
+                self.postcommit_errors += 1
+                logger.exception("postcommit of %r failed after COMMIT (data committed)", op)
         if fatal is not None:
             raise fatal
 
@@ -420,7 +421,7 @@ class Transaction:
             raise fatal
 
 
-def _own_error(exc: BaseException, op: Operation | None) -> BaseException:
+def _own_error(exc: BaseException, op: Operation) -> BaseException:
     """What a precommit's ``exc`` fails the commit with.
 
     A ``CancelledError`` raised while the scope's task is not being cancelled is the
