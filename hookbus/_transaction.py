@@ -184,6 +184,15 @@ class Transaction:
         #: How many postcommit operations raised (they are logged, never raised).
         self.postcommit_errors = 0
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overridden = [name for name in _SCHEDULING if name in cls.__dict__]
+        if overridden:
+            raise TypeError(
+                f"{cls.__qualname__} cannot override {', '.join(overridden)}: while the scope "
+                "is open, its ledger serves these calls directly"
+            )
+
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} {self._state.value} at {id(self):#x}>"
 
