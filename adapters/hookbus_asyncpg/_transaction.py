@@ -145,8 +145,8 @@ class _Scope:
     ) -> None:
         tx = self._tx
         assert tx is not None
-        if isinstance(exc, asyncpg.InterfaceError) and "Connection.transaction()" in str(exc):
-            exc.add_note(_DRIVER_TRANSACTION_HINT)
+        if isinstance(exc, asyncpg.InterfaceError):
+            _point_to_savepoints(exc)
         if self._savepoint is not None:
             await self._savepoint.__aexit__(exc_type, exc, tb)
             return
@@ -158,6 +158,13 @@ class _Scope:
             _open.reset(token)
             if self._pool is not None:
                 await _give_back(self._pool, tx.connection)
+
+
+def _point_to_savepoints(exc: asyncpg.InterfaceError) -> None:
+    """Add to asyncpg's refusal of ``connection.transaction()`` the way that works here."""
+    seen = getattr(exc, "__notes__", ())
+    if "Connection.transaction()" in str(exc) and _DRIVER_TRANSACTION_HINT not in seen:
+        exc.add_note(_DRIVER_TRANSACTION_HINT)  # once, though nested scopes see it go by
 
 
 async def _give_back(pool: asyncpg.Pool, conn: Connection) -> None:
