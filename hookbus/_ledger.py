@@ -347,9 +347,9 @@ class Ledger:
         """
         undo = self._undo
         assert undo is not None
+        self._end(mark)
         entries = undo[mark.position :]
         del undo[mark.position :]
-        self._end(mark)
         dropped = [entry.op for entry in entries if type(entry) is Scheduled]
         dropped_ids = {id(op) for op in dropped}
         for entry in reversed(entries):
@@ -359,7 +359,7 @@ class Ledger:
                 case Replaced(op, index):
                     self._last.insert(index, op)
                 case Created(key, op):
-                    del self._accumulated[key]
+                    self._accumulated.pop(key, None)
                     self._keys.pop(id(op), None)
                 case AddedValue(op, value):
                     if id(op) not in dropped_ids:
@@ -367,7 +367,10 @@ class Ledger:
                 case AppendedValue(op, value):
                     if id(op) not in dropped_ids:
                         values = op.values
-                        del values[len(values) - 1 - values[::-1].index(value)]
+                        if values[-1] == value:  # undone newest first: the usual case
+                            values.pop()
+                        else:
+                            del values[len(values) - 1 - values[::-1].index(value)]
                 case MarkedAdded(eid):
                     self._added.discard(eid)
                 case MarkedDeleted(eid):
@@ -376,12 +379,16 @@ class Ledger:
                     self._doom = None
         return dropped
 
-    def _end(self, mark: Mark) -> None:
+    def require_innermost(self, mark: Mark) -> None:
+        """Refuse to end the savepoint of ``mark`` while one inside it is still open."""
         if mark.depth != self._depth:
             raise TransactionStateError(
                 f"savepoint {mark.name} ended while a savepoint inside it is still open: "
                 "savepoints end in the reverse order they began"
             )
+
+    def _end(self, mark: Mark) -> None:
+        self.require_innermost(mark)
         self._depth -= 1
         if self._depth == 0:
             self._undo = None

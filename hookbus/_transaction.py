@@ -365,7 +365,8 @@ class Transaction:
             try:
                 await ledger.precommit()
             except BaseException as exc:
-                error = _own_error(exc, ledger.ran()[-1])
+                ran = ledger.ran()
+                error = _own_error(exc, ran[-1] if ran else None)
                 await uncancellable(self._rollback_path, True)
                 if error is exc:
                     raise
@@ -430,7 +431,7 @@ class Transaction:
             raise fatal
 
 
-def _own_error(exc: BaseException, op: Operation) -> BaseException:
+def _own_error(exc: BaseException, op: Operation | None) -> BaseException:
     """What a precommit's ``exc`` fails the commit with.
 
     A ``CancelledError`` raised while the scope's task is not being cancelled is the
