@@ -110,6 +110,6 @@ class Savepoint:
         except Exception:
             logger.warning("ROLLBACK TO SAVEPOINT %s failed", mark.name, exc_info=True)
         dropped = self._ledger.undo_to(mark)
-        _, fatal = await callbacks(dropped, "rollback")
+        fatal = await callbacks(dropped, "rollback")
         if fatal is not None:
             raise fatal

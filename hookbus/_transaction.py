@@ -417,7 +417,7 @@ class Transaction:
 
     async def _rollback_path(self, send_rollback: bool) -> None:
         self._move(_S.ROLLING_BACK)
-        _, fatal = await callbacks(reversed(self._ledger.ran()), "revertprecommit")
+        fatal = await callbacks(reversed(self._ledger.ran()), "revertprecommit")
         if send_rollback:
             try:
                 await self._backend.rollback()
@@ -425,7 +425,7 @@ class Transaction:
                 # The session is gone or broken: the server rolls back on its own.
                 logger.warning("ROLLBACK failed; the server ends the transaction", exc_info=True)
         self._move(_S.ROLLED_BACK)
-        _, fatal_in_rollback = await callbacks(self._ledger.operations(), "rollback")
+        fatal_in_rollback = await callbacks(self._ledger.operations(), "rollback")
         fatal = fatal or fatal_in_rollback
         if fatal is not None:
             raise fatal
