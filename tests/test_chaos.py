@@ -36,6 +36,7 @@ TERMINATIONS = int(os.environ.get("HOOKBUS_CHAOS_TERMINATIONS", "20"))
 CONCURRENCY = int(os.environ.get("HOOKBUS_CHAOS_CONCURRENCY", "8"))
 SEED = int(os.environ.get("HOOKBUS_CHAOS_SEED") or secrets.randbits(32))
 POOL_SIZE = 4
+UNKNOWN: list[str] = []  # what each unknown outcome was, for the failure message
 DEADLINE = 30.0 + SCOPES * 0.05  # seconds, for the whole run: a hang fails, never blocks
 
 SCHEMA = """
@@ -240,7 +241,7 @@ async def test_chaos(chaos_pool: asyncpg.Pool, dsn: str) -> None:
     assert counts["committed"] and counts["rolled back"], f"seed {SEED}: {counts}"
     # Every loss here is a termination the server reports (FATAL 57P01, before or after the
     # transaction's id): the outcome can always be found, so none may be unknown.
-    assert counts["unknown"] == 0, f"seed {SEED}: {counts}"
+    assert counts["unknown"] == 0, f"seed {SEED}: {counts}: {UNKNOWN}"
 
 
 def check(scope: Scope, committed: bool, counts: Counter[str]) -> None:
@@ -252,6 +253,7 @@ def check(scope: Scope, committed: bool, counts: Counter[str]) -> None:
     if isinstance(outcome, CommitOutcomeUnknownError):
         # Only where the outcome could not be found; and then neither callback ran.
         counts["unknown"] += 1
+        UNKNOWN.append(f"{where}, cause {outcome.__cause__!r}, committed {committed}")
         assert "wrote nothing" not in str(outcome), where
         assert phases == ["precommit"], where
         return

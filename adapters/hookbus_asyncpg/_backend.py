@@ -15,7 +15,7 @@ import asyncpg.pool
 from hookbus import CommitOutcome, TransactionAbortedError
 
 from ._options import DEFAULT, TransactionOptions
-from ._outcome import ASK_XID, NOT_RECEIVED, Xid, XidNotice, find_outcome
+from ._outcome import ASK_XID, NOT_RECEIVED, Xid, XidNotice, find_outcome, is_connection_loss
 
 __all__ = ["AsyncpgBackend", "Connection"]
 
@@ -224,7 +224,7 @@ def _not_lost_in_commit(conn: Connection, exc: BaseException) -> bool:
     # ("cannot switch to state"): nothing was sent.
     if isinstance(exc, asyncpg.InternalClientError):
         return True
-    return _is_usable(conn) and not _is_connection_loss(exc)
+    return _is_usable(conn) and not is_connection_loss(exc)
 
 
 def _ended_by_the_server(exc: BaseException) -> bool:
@@ -232,15 +232,4 @@ def _ended_by_the_server(exc: BaseException) -> bool:
     # ConnectionDoesNotExistError it raises when the connection closes right after it.
     return isinstance(exc, asyncpg.AdminShutdownError) or isinstance(
         exc.__cause__, asyncpg.AdminShutdownError
-    )
-
-
-def _is_connection_loss(exc: BaseException) -> bool:
-    return isinstance(
-        exc,
-        asyncpg.PostgresConnectionError
-        | asyncpg.AdminShutdownError
-        | asyncpg.InterfaceError
-        | OSError
-        | ConnectionError,
     )

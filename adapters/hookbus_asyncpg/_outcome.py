@@ -22,7 +22,7 @@ from hookbus import CommitOutcome, CommitOutcomeUnknownError, TransactionAborted
 
 from ._options import TransactionOptions
 
-__all__ = ["ASK_XID", "NOT_RECEIVED", "Xid", "XidNotice", "find_outcome"]
+__all__ = ["ASK_XID", "NOT_RECEIVED", "Xid", "XidNotice", "find_outcome", "is_connection_loss"]
 
 logger: Final = logging.getLogger("hookbus")
 
@@ -109,33 +109,55 @@ async def find_outcome(
             f"the connection was lost during COMMIT of transaction {xid} and no pool was "
             "given to ask PostgreSQL its outcome; neither postcommit nor rollback ran"
         ) from lost
-    timeout = options.outcome_timeout
-    deadline = time.monotonic() + timeout
-    try:
-        async with pool.acquire(timeout=timeout) as other:
-            while True:
-                status = await other.fetchval(_XACT_STATUS, xid)
-                if status == "committed":
-                    logger.warning("connection lost during COMMIT; transaction %s committed", xid)
-                    return CommitOutcome.COMMITTED
-                if status == "aborted":
-                    raise TransactionAbortedError(
-                        f"the connection was lost during COMMIT and PostgreSQL rolled "
-                        f"transaction {xid} back; the rollback operations ran"
-                    ) from lost
-                if status != "in progress" or time.monotonic() >= deadline:
-                    break
-                # The server's backend may still be finishing the COMMIT; nothing can be
-                # awaited for it from here, so ask again shortly.
+    deadline = time.monotonic() + options.outcome_timeout
+    while True:
+        try:
+            status = await _status(pool, xid, deadline)
+        except Exception as exc:
+            # The connection asked on may be lost too (a server restart, a mass termination;
+            # asyncpg may refuse to use it, "cannot switch to state"): ask on another one
+            # while time remains.
+            lost_too = is_connection_loss(exc) or isinstance(exc, asyncpg.InternalClientError)
+            if lost_too and time.monotonic() < deadline:
                 await anyio.sleep(_POLL_INTERVAL)
-    except (TransactionAbortedError, CommitOutcomeUnknownError):
-        raise
-    except Exception as exc:
+                continue
+            raise CommitOutcomeUnknownError(
+                f"the connection was lost during COMMIT of transaction {xid} and its outcome "
+                f"could not be asked ({exc!r}); neither postcommit nor rollback ran"
+            ) from lost
+        if status == "committed":
+            logger.warning("connection lost during COMMIT; transaction %s committed", xid)
+            return CommitOutcome.COMMITTED
+        if status == "aborted":
+            raise TransactionAbortedError(
+                f"the connection was lost during COMMIT and PostgreSQL rolled "
+                f"transaction {xid} back; the rollback operations ran"
+            ) from lost
         raise CommitOutcomeUnknownError(
-            f"the connection was lost during COMMIT of transaction {xid} and its outcome "
-            f"could not be asked ({exc!r}); neither postcommit nor rollback ran"
+            f"the connection was lost during COMMIT of transaction {xid} and PostgreSQL "
+            f"reports it {status!r}; neither postcommit nor rollback ran"
         ) from lost
-    raise CommitOutcomeUnknownError(
-        f"the connection was lost during COMMIT of transaction {xid} and PostgreSQL "
-        f"reports it {status!r}; neither postcommit nor rollback ran"
-    ) from lost
+
+
+async def _status(pool: asyncpg.Pool, xid: str, deadline: float) -> str | None:
+    """Ask ``pg_xact_status`` until it is no longer "in progress", or the deadline."""
+    async with pool.acquire(timeout=max(deadline - time.monotonic(), 0.001)) as other:
+        while True:
+            status: str | None = await other.fetchval(_XACT_STATUS, xid)
+            if status != "in progress" or time.monotonic() >= deadline:
+                return status
+            # The server's backend may still be finishing the COMMIT; nothing can be awaited
+            # for it from here, so ask again shortly.
+            await anyio.sleep(_POLL_INTERVAL)
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """Tell whether ``exc`` says the connection was lost (rather than a statement refused)."""
+    return isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.AdminShutdownError
+        | asyncpg.InterfaceError
+        | OSError
+        | ConnectionError,
+    )
