@@ -659,6 +659,19 @@ async def test_a_doom_inside_a_rolled_back_savepoint_is_lifted(backend: Harness)
     assert await backend.rows() == [1]
 
 
+async def test_a_doom_from_before_a_rolled_back_savepoint_stays(backend: Harness) -> None:
+    error = ValueError("before")
+    with pytest.raises(ValueError) as raised:
+        async with backend.transaction() as tx:
+            tx.doom(error)
+            with pytest.raises(KeyError):
+                async with tx.savepoint():
+                    tx.doom(KeyError("inside"))  # the first error stays the scope's
+                    raise KeyError("inside")
+            assert tx.doomed is error
+    assert raised.value is error
+
+
 async def test_a_doom_inside_a_released_savepoint_stays(backend: Harness) -> None:
     error = ValueError("kept")
     with pytest.raises(ValueError):
