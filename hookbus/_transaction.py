@@ -284,6 +284,14 @@ class Transaction:
         """Record that the entity ``eid`` was deleted in this scope."""
         raise self._refused(f"mark {eid!r} deleted")
 
+    def unmark_deleted(self, eid: Hashable) -> None:
+        """Forget that the entity ``eid`` was deleted in this scope: its delete was cancelled
+        (a ``before_delete_entity`` hook raised ``Break``). A savepoint rolled back afterwards
+        marks it again."""
+        if self._state not in _OPEN:
+            raise self._refused(f"unmark {eid!r} deleted")
+        self._ledger.unmark_deleted(eid)
+
     def added(self, eid: Hashable) -> bool:
         """Tell whether ``eid`` was marked added in this scope."""
         return eid in self._ledger.added
