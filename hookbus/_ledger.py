@@ -79,6 +79,12 @@ class MarkedDeleted(msgspec.Struct, frozen=True, tag=True):
     eid: Any
 
 
+class UnmarkedDeleted(msgspec.Struct, frozen=True, tag=True):
+    """The entity ``eid`` was unmarked deleted (its delete was cancelled)."""
+
+    eid: Any
+
+
 class Doomed(msgspec.Struct, frozen=True, tag=True):
     """The scope was doomed."""
 
@@ -91,6 +97,7 @@ Undo: TypeAlias = (
     | AppendedValue
     | MarkedAdded
     | MarkedDeleted
+    | UnmarkedDeleted
     | Doomed
 )
 
@@ -319,6 +326,13 @@ class Ledger:
             self._deleted.add(eid)
             self._undo.append(MarkedDeleted(eid))
 
+    def unmark_deleted(self, eid: Hashable) -> None:
+        """Forget that the entity ``eid`` was deleted (its delete was cancelled)."""
+        if eid in self._deleted:
+            self._deleted.discard(eid)
+            if self._undo is not None:
+                self._undo.append(UnmarkedDeleted(eid))
+
     def doom(self, error: BaseException) -> None:
         """Record ``error`` as what dooms the scope, unless it is doomed already."""
         if self._doom is None:
@@ -381,6 +395,8 @@ class Ledger:
                     self._added.discard(eid)
                 case MarkedDeleted(eid):
                     self._deleted.discard(eid)
+                case UnmarkedDeleted(eid):
+                    self._deleted.add(eid)
                 case Doomed():
                     self._doom = None
         return dropped

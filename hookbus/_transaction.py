@@ -86,10 +86,6 @@ class TransactionState(enum.Enum):
     ROLLED_BACK = "rolled back"
     FAILED = "failed"
 
-    # Set below from _OPEN, once: read on every scheduling call (one attribute read is the
-    # cheapest test; it is derived from the state, not a second state).
-    _open: bool
-
 
 _S = TransactionState
 # Every legal move of the state machine, in one place.
@@ -105,8 +101,6 @@ _MOVES: Final[dict[TransactionState, frozenset[TransactionState]]] = {
 }
 # The states in which the scope takes operations, marks, a doom and savepoints.
 _OPEN: Final = frozenset({_S.ACTIVE, _S.PRECOMMITTING})
-for _state in TransactionState:
-    _state._open = _state in _OPEN
 
 # The scheduling methods the ledger's own stand in for while the scope is open.
 _SCHEDULING: Final = ("add", "accumulate", "mark_added", "mark_deleted")
@@ -225,11 +219,12 @@ class Transaction:
                 f"a transaction scope cannot go from {old.value} to {new.value}"
             )
         self._state = new
-        if new._open is not old._open:
+        opens = new in _OPEN
+        if opens is not (old in _OPEN):
             # Open: the scheduling calls go straight to the ledger. Closed: to the methods
             # below, which refuse. The state decides; these follow it, here only.
             attributes = vars(self)
-            if new._open:
+            if opens:
                 attributes.update({name: getattr(self._ledger, name) for name in _SCHEDULING})
             else:
                 for name in _SCHEDULING:
@@ -242,12 +237,12 @@ class Transaction:
 
     def _require_open(self, action: str) -> None:
         """Refuse ``action`` unless the scope takes work (its savepoints ask)."""
-        if not self._state._open:
+        if self._state not in _OPEN:
             raise self._refused(action)
 
     def _is_open(self) -> bool:
         """Tell whether the scope still takes work (its savepoints ask)."""
-        return self._state._open
+        return self._state in _OPEN
 
     # -- scheduling (plain calls: nothing here blocks) ---------------------------------------
     # While the scope is open, the ledger's own methods stand in for these four (_move); the
@@ -289,6 +284,14 @@ class Transaction:
         """Record that the entity ``eid`` was deleted in this scope."""
         raise self._refused(f"mark {eid!r} deleted")
 
+    def unmark_deleted(self, eid: Hashable) -> None:
+        """Forget that the entity ``eid`` was deleted in this scope: its delete was cancelled
+        (a ``before_delete_entity`` hook raised ``Break``). A savepoint rolled back afterwards
+        marks it again."""
+        if self._state not in _OPEN:
+            raise self._refused(f"unmark {eid!r} deleted")
+        self._ledger.unmark_deleted(eid)
+
     def added(self, eid: Hashable) -> bool:
         """Tell whether ``eid`` was marked added in this scope."""
         return eid in self._ledger.added
@@ -308,7 +311,7 @@ class Transaction:
         """
         if not isinstance(error, BaseException):
             raise TypeError(f"tx.doom() takes an exception, not {error!r}")
-        if not self._state._open:
+        if self._state not in _OPEN:
             raise self._refused(f"doom it with {error!r}")
         self._ledger.doom(error)
 

@@ -659,6 +659,19 @@ async def test_a_doom_inside_a_rolled_back_savepoint_is_lifted(backend: Harness)
     assert await backend.rows() == [1]
 
 
+async def test_a_doom_from_before_a_rolled_back_savepoint_stays(backend: Harness) -> None:
+    error = ValueError("before")
+    with pytest.raises(ValueError) as raised:
+        async with backend.transaction() as tx:
+            tx.doom(error)
+            with pytest.raises(KeyError):
+                async with tx.savepoint():
+                    tx.doom(KeyError("inside"))  # the first error stays the scope's
+                    raise KeyError("inside")
+            assert tx.doomed is error
+    assert raised.value is error
+
+
 async def test_a_doom_inside_a_released_savepoint_stays(backend: Harness) -> None:
     error = ValueError("kept")
     with pytest.raises(ValueError):
@@ -863,6 +876,23 @@ async def test_current_transaction_is_found_below_and_refused_outside(backend: H
         tx.add(hookbus.Operation())
     with pytest.raises(TransactionStateError):
         hookbus.current_transaction()
+
+
+async def test_a_cancelled_delete_unmarks_its_entity(backend: Harness) -> None:
+    async with backend.transaction() as tx:
+        tx.mark_deleted(1)
+        tx.unmark_deleted(1)
+        tx.unmark_deleted(2)  # never marked: nothing to do
+        assert not hookbus.deleted_in_transaction(1)
+        tx.mark_deleted(3)
+        with pytest.raises(KeyError):
+            async with tx.savepoint():
+                tx.unmark_deleted(3)
+                assert not tx.deleted(3)
+                raise KeyError("undo")
+        assert tx.deleted(3)  # the savepoint's unmark was undone
+    with pytest.raises(TransactionStateError, match="committed"):
+        tx.unmark_deleted(3)
 
 
 async def test_a_task_that_outlives_its_scope_cannot_schedule_into_it(backend: Harness) -> None:
