@@ -133,7 +133,7 @@ class RelationStatements:
         self.touching = (
             f"SELECT eid_from, eid_to FROM {table} {touching} ORDER BY eid_from, eid_to FOR UPDATE"
         )
-        self.delete_touching = f"DELETE FROM {table} {touching} RETURNING eid_from"
+        self.delete_touching = f"DELETE FROM {table} {touching} RETURNING eid_from, eid_to"
         objects, subjects = EntityStatements(object), EntityStatements(subject)
         self.objects = (
             f"SELECT {_prefixed(objects.returning)} FROM {objects.table} t "
