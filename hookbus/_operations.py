@@ -11,7 +11,9 @@ An operation overrides any of four async methods; each defaults to doing nothing
 ``postcommit``
     after COMMIT succeeded; errors are logged and counted, never raised.
 
-Constructing an operation schedules nothing: ``tx.add(op)`` does.
+Constructing an operation schedules nothing: ``tx.add(op)`` does. A method whose name is
+close to a phase without being one (``post_commit``, ``preCommit``, ``on_commit``) is refused
+when the class is defined: it would never run.
 
 >>> class SendMail(Operation):
 ...     def __init__(self, to: str) -> None:
@@ -23,6 +25,7 @@ Constructing an operation schedules nothing: ``tx.add(op)`` does.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, ClassVar, Final
 
@@ -33,6 +36,28 @@ NORMAL: Final = 0
 LATE: Final = 1
 LAST: Final = 2
 _PHASES: Final = ("precommit", "revertprecommit", "rollback", "postcommit")
+# Names other frameworks give to these phases (compared without case nor underscores).
+_ALIASES: Final = {
+    "oncommit": "postcommit",
+    "aftercommit": "postcommit",
+    "beforecommit": "precommit",
+    "onrollback": "rollback",
+    "afterrollback": "rollback",
+    "revert": "revertprecommit",
+}
+
+
+def _meant_phase(name: str) -> str | None:
+    """The phase a method called ``name`` probably meant, if it is a misspelled one."""
+    if name.startswith("_") or name in _PHASES:
+        return None
+    folded = name.lower().replace("_", "")
+    if folded in _PHASES:
+        return folded
+    if folded in _ALIASES:
+        return _ALIASES[folded]
+    close = difflib.get_close_matches(folded, _PHASES, n=1, cutoff=0.85)
+    return close[0] if close else None
 
 
 class Operation:
@@ -56,6 +81,14 @@ class Operation:
             if method is not None and not inspect.iscoroutinefunction(method):
                 raise TypeError(
                     f"{cls.__qualname__}.{phase} must be an async def: the scope awaits it"
+                )
+        for name, member in cls.__dict__.items():
+            meant = _meant_phase(name) if callable(member) else None
+            if meant is not None:
+                # A misspelled phase would never run, in silence.
+                raise TypeError(
+                    f"{cls.__qualname__}.{name} is not a phase of an operation: did you mean "
+                    f"{meant!r}? (the phases are {', '.join(_PHASES)})"
                 )
 
     def __init__(self) -> None:

@@ -1,22 +1,23 @@
 """Work that must run to its end: shielded from cancellation, its errors logged, not raised.
 
-The transaction scope and its savepoints both use these: a COMMIT, a ROLLBACK and the
-callbacks that follow them finish even if the caller is cancelled, and an error in a
-``revertprecommit`` or ``rollback`` never masks the error that caused it.
+The transaction scope and its savepoints both use these: a COMMIT, a ROLLBACK, a SAVEPOINT
+statement and the callbacks that follow them finish even if the caller is cancelled, and an
+error in a ``revertprecommit``, ``rollback`` or ``postcommit`` never masks the scope's outcome
+nor stops the other operations of its phase.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any, Final, TypeVar
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Final, TypeVar, cast
 
 import anyio
 
 from ._operations import Operation
 
-__all__ = ["quietly", "uncancellable"]
+__all__ = ["callbacks", "scope_cancelled", "uncancellable"]
 
 logger: Final = logging.getLogger("hookbus")
 
@@ -37,12 +38,14 @@ async def uncancellable(func: Callable[..., Coroutine[Any, Any, _T]], *args: Any
     An anyio shield keeps anyio's cancellation out; on asyncio the work also runs in its own
     task, because ``task.cancel()`` goes through any shield: a cancelled asyncpg query sends a
     cancel request to the server, which would abort a COMMIT still running deferred triggers.
-    A cancellation that arrived meanwhile is re-raised once the work is done.
+    A cancellation that arrived meanwhile is re-raised once the work is done. A
+    ``KeyboardInterrupt`` or ``SystemExit`` from the work is raised in the caller's task (out
+    of a task of its own, asyncio would let it escape the event loop).
     """
     with anyio.CancelScope(shield=True):
         if not _on_asyncio():
             return await func(*args)
-        task = asyncio.get_running_loop().create_task(func(*args))
+        task = asyncio.get_running_loop().create_task(_carrying_fatal(func, args))
         cancelled: asyncio.CancelledError | None = None
         while True:
             try:
@@ -55,15 +58,59 @@ async def uncancellable(func: Callable[..., Coroutine[Any, Any, _T]], *args: Any
                     continue
             break
     if cancelled is not None:
-        if task.cancelled() or task.exception() is None:
+        if task.cancelled():
             raise cancelled
-        raise cancelled from task.exception()
-    return task.result()
+        if task.exception() is not None:
+            raise cancelled from task.exception()
+        fatal = task.result()[1]
+        raise cancelled if fatal is None else fatal
+    result, fatal = task.result()  # raises what the work raised
+    if fatal is not None:
+        raise fatal
+    return cast(_T, result)
 
 
-async def quietly(func: Callable[[], Coroutine[Any, Any, None]], op: Operation) -> None:
-    """Await ``func()``, a callback of ``op``; log an ``Exception`` from it, never raise it."""
+async def _carrying_fatal(
+    func: Callable[..., Coroutine[Any, Any, _T]], args: tuple[Any, ...]
+) -> tuple[_T | None, BaseException | None]:
     try:
-        await func()
-    except Exception:
-        logger.exception("%s of %r failed", func.__name__, op)
+        return await func(*args), None
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return None, exc
+
+
+def scope_cancelled() -> bool:
+    """Tell whether the running task is being cancelled (by ``task.cancel()``, a timeout).
+
+    A ``CancelledError`` that an operation raises while its task is not being cancelled is
+    that operation's own error. Outside asyncio (trio), anyio raises cancellation only in a
+    cancelled scope: it is the scope's.
+    """
+    if not _on_asyncio():
+        return True
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+async def callbacks(
+    ops: Iterable[Operation], phase: str, what: str = "%s of %r failed"
+) -> tuple[int, BaseException | None]:
+    """Run the ``phase`` method of every operation of ``ops``, whatever each raises.
+
+    An error (an ``Exception``, or an operation's own ``CancelledError``) is logged on the
+    ``hookbus`` logger with ``what`` and counted; the other operations still run. Return the
+    number of errors and the first ``KeyboardInterrupt`` or ``SystemExit``, which the caller
+    raises once the phase has run.
+    """
+    errors = 0
+    fatal: BaseException | None = None
+    for op in ops:
+        try:
+            await getattr(op, phase)()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if fatal is None:
+                fatal = exc
+        except BaseException:
+            errors += 1
+            logger.exception(what, phase, op)
+    return errors, fatal

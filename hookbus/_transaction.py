@@ -6,8 +6,9 @@ asyncpg adapter's). While it is open, ``current_transaction()`` finds it from an
 
 1. ``precommit`` of every operation, in scheduling order; operations scheduled meanwhile run
    in the same phase, before the ``LateOperation``s, and a ``SingleLastOperation`` runs last;
-2. if a precommit raises: ``revertprecommit`` (newest first) on those that ran, ROLLBACK,
-   ``rollback`` on every operation, and the exception propagates;
+2. if a precommit raises (or the scope was doomed with ``tx.doom()``): ``revertprecommit``
+   (newest first) on those that ran, ROLLBACK, ``rollback`` on every operation, and the
+   error propagates;
 3. COMMIT, uncancellable: if the server refuses it, ``revertprecommit`` and ``rollback``
    (no ROLLBACK is sent) and the error propagates; if the server answers ROLLBACK (an error
    was swallowed inside the scope) the same, then ``TransactionAbortedError``;
@@ -18,7 +19,13 @@ asyncpg adapter's). While it is open, ``current_transaction()`` finds it from an
 
 A cancelled scope still completes its ROLLBACK and rollback operations; a COMMIT already
 sent is awaited to its outcome and its callbacks run before the cancellation propagates.
-Errors inside ``revertprecommit`` and ``rollback`` are logged, never masking the original.
+In ``revertprecommit``, ``rollback`` and ``postcommit`` every operation runs whatever another
+one raised: errors are logged, never masking the scope's outcome; a ``KeyboardInterrupt`` or
+``SystemExit`` propagates once the phase has run. A ``CancelledError`` an operation raises
+while the scope's task is not being cancelled is that operation's error.
+
+The scope's bookkeeping (queues, accumulations, marks, doom, the savepoints' undo log) is a
+``Ledger`` (``_ledger``); its states and their legal moves are ``TransactionState``'s table.
 
 >>> import asyncio, hookbus
 >>> async def main() -> None:
@@ -29,6 +36,7 @@ Errors inside ``revertprecommit`` and ``rollback`` are logged, never masking the
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import Callable, Hashable
@@ -40,9 +48,10 @@ import anyio.lowlevel
 
 from ._backend import Backend, CommitOutcome, MemoryBackend
 from ._exceptions import CommitOutcomeUnknownError, TransactionAbortedError, TransactionStateError
-from ._operations import LAST, LATE, NORMAL, Operation
-from ._savepoints import ACCOP, ADDED, DELETED, DOOM, OP, UNREPLACE, VALUE, Savepoint
-from ._shield import quietly, uncancellable
+from ._ledger import Ledger
+from ._operations import Operation
+from ._savepoints import Savepoint
+from ._shield import callbacks, scope_cancelled, uncancellable
 
 __all__ = [
     "Transaction",
@@ -59,28 +68,48 @@ logger: Final = logging.getLogger("hookbus")
 
 @final
 class TransactionState(enum.Enum):
-    """The states of a transaction scope."""
+    """The states of a transaction scope.
+
+    ``NEW`` until entered; ``ACTIVE`` while the block runs; ``PRECOMMITTING`` during the
+    precommit phase; ``COMMITTING`` while COMMIT is sent; then ``COMMITTED`` (postcommit runs
+    in it). A scope that fails goes through ``ROLLING_BACK`` (revertprecommit, ROLLBACK) to
+    ``ROLLED_BACK`` (rollback operations run in it). ``FAILED``: BEGIN failed, or the outcome
+    of COMMIT is unknown. Operations can be scheduled in ``ACTIVE`` and ``PRECOMMITTING`` only.
+    """
 
     NEW = "new"
     ACTIVE = "active"
     PRECOMMITTING = "precommitting"
     COMMITTING = "committing"
     COMMITTED = "committed"
+    ROLLING_BACK = "rolling back"
     ROLLED_BACK = "rolled back"
     FAILED = "failed"
+
+    # Set below from _OPEN, once: read on every scheduling call (one attribute read is the
+    # cheapest test; it is derived from the state, not a second state).
+    _open: bool
 
 
 _S = TransactionState
 # Every legal move of the state machine, in one place.
 _MOVES: Final[dict[TransactionState, frozenset[TransactionState]]] = {
     _S.NEW: frozenset({_S.ACTIVE, _S.FAILED}),
-    _S.ACTIVE: frozenset({_S.PRECOMMITTING, _S.ROLLED_BACK}),
-    _S.PRECOMMITTING: frozenset({_S.COMMITTING, _S.ROLLED_BACK}),
-    _S.COMMITTING: frozenset({_S.COMMITTED, _S.ROLLED_BACK, _S.FAILED}),
+    _S.ACTIVE: frozenset({_S.PRECOMMITTING, _S.ROLLING_BACK}),
+    _S.PRECOMMITTING: frozenset({_S.COMMITTING, _S.ROLLING_BACK}),
+    _S.COMMITTING: frozenset({_S.COMMITTED, _S.ROLLING_BACK, _S.FAILED}),
     _S.COMMITTED: frozenset(),
+    _S.ROLLING_BACK: frozenset({_S.ROLLED_BACK}),
     _S.ROLLED_BACK: frozenset(),
     _S.FAILED: frozenset(),
 }
+# The states in which the scope takes operations, marks, a doom and savepoints.
+_OPEN: Final = frozenset({_S.ACTIVE, _S.PRECOMMITTING})
+for _state in TransactionState:
+    _state._open = _state in _OPEN
+
+# The scheduling methods the ledger's own stand in for while the scope is open.
+_SCHEDULING: Final = ("add", "accumulate", "mark_added", "mark_deleted")
 
 _current: ContextVar[Transaction | None] = ContextVar("hookbus.transaction", default=None)
 
@@ -92,11 +121,15 @@ def current_transaction() -> Transaction:
     """
     tx = _current.get()
     if tx is None:
-        raise TransactionStateError(
-            "no transaction scope is open here: open one with "
-            "`async with hookbus.transaction():` (or an adapter's `transaction()`)"
-        )
+        raise _no_scope()
     return tx
+
+
+def _no_scope() -> TransactionStateError:
+    return TransactionStateError(
+        "no transaction scope is open here: open one with "
+        "`async with hookbus.transaction():` (or an adapter's `transaction()`)"
+    )
 
 
 def transaction_data() -> dict[str, Any]:
@@ -106,12 +139,18 @@ def transaction_data() -> dict[str, Any]:
 
 def added_in_transaction(eid: Hashable) -> bool:
     """Tell whether the entity ``eid`` was added in the current transaction scope."""
-    return eid in current_transaction()._added
+    tx = _current.get()  # current_transaction(), inlined: hooks call this on every event
+    if tx is None:
+        raise _no_scope()
+    return eid in tx._ledger.added
 
 
 def deleted_in_transaction(eid: Hashable) -> bool:
     """Tell whether the entity ``eid`` was deleted in the current transaction scope."""
-    return eid in current_transaction()._deleted
+    tx = _current.get()
+    if tx is None:
+        raise _no_scope()
+    return eid in tx._ledger.deleted
 
 
 def transaction(backend: Backend | None = None) -> Transaction:
@@ -128,49 +167,18 @@ class Transaction:
 
     Get one from ``hookbus.transaction()`` or an adapter, and enter it with ``async with``;
     it commits at the end of the block, or rolls back if the block raises. Scheduling
-    (``add``, ``accumulate``, ``mark_added``) is refused once the scope is finished.
+    (``add``, ``accumulate``, ``mark_added``, ``doom``) is refused once the scope is finished.
     """
 
-    __slots__ = (
-        "_accumulated",
-        "_added",
-        "_backend",
-        "_deleted",
-        "_doom",
-        "_journal",
-        "_journals",
-        "_last",
-        "_last_cursor",
-        "_late",
-        "_ops",
-        "_savepoints",
-        "_schedulable",
-        "_state",
-        "_token",
-        "data",
-        "postcommit_errors",
-    )
+    # __dict__ holds the ledger's bound methods that stand in for the scheduling methods
+    # below while the scope is open (see _move): one call instead of two on the hot path.
+    __slots__ = ("__dict__", "_backend", "_ledger", "_state", "_token", "data", "postcommit_errors")
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._state = TransactionState.NEW
-        self._schedulable = False
         self._token: Token[Transaction | None] | None = None
-        self._ops: list[Operation] = []
-        self._late: list[Operation] = []
-        self._last: list[Operation] = []
-        self._last_cursor = 0
-        self._accumulated: dict[
-            Hashable, tuple[Operation, Callable[[Any], object], bool, Callable[[], Operation]]
-        ] = {}
-        self._added: set[Hashable] = set()
-        self._deleted: set[Hashable] = set()
-        self._doom: BaseException | None = None
-        # Savepoint journals (see _savepoints): `_journal` is the innermost open one's, or
-        # None outside any savepoint, so that scheduling outside one records nothing.
-        self._journals: list[list[tuple[Any, ...]]] = []
-        self._journal: list[tuple[Any, ...]] | None = None
-        self._savepoints = 0
+        self._ledger = Ledger()
         #: Data shared by the hooks and operations of this scope.
         self.data: dict[str, Any] = {}
         #: How many postcommit operations raised (they are logged, never raised).
@@ -192,51 +200,59 @@ class Transaction:
     @property
     def operations(self) -> tuple[Operation, ...]:
         """The scheduled operations, in the order their precommit runs."""
-        return (*self._ops, *self._late, *self._last)
+        return self._ledger.operations()
+
+    @property
+    def doomed(self) -> BaseException | None:
+        """The error that doomed the scope (``tx.doom()``), or None."""
+        return self._ledger.doomed
 
     # -- the state machine ------------------------------------------------------------------
 
     def _move(self, new: TransactionState) -> None:
-        if new not in _MOVES[self._state]:
+        old = self._state
+        if new not in _MOVES[old]:
             raise TransactionStateError(
-                f"a transaction scope cannot go from {self._state.value} to {new.value}"
+                f"a transaction scope cannot go from {old.value} to {new.value}"
             )
         self._state = new
-        self._schedulable = new is _S.ACTIVE or new is _S.PRECOMMITTING
+        if new._open is not old._open:
+            # Open: the scheduling calls go straight to the ledger. Closed: to the methods
+            # below, which refuse. The state decides; these follow it, here only.
+            attributes = vars(self)
+            if new._open:
+                attributes.update({name: getattr(self._ledger, name) for name in _SCHEDULING})
+            else:
+                for name in _SCHEDULING:
+                    del attributes[name]
 
     def _refused(self, action: str) -> TransactionStateError:
         return TransactionStateError(
             f"cannot {action}: the transaction scope is {self._state.value}"
         )
 
+    def _require_open(self, action: str) -> None:
+        """Refuse ``action`` unless the scope takes work (its savepoints ask)."""
+        if not self._state._open:
+            raise self._refused(action)
+
+    def _is_open(self) -> bool:
+        """Tell whether the scope still takes work (its savepoints ask)."""
+        return self._state._open
+
     # -- scheduling (plain calls: nothing here blocks) ---------------------------------------
+    # While the scope is open, the ledger's own methods stand in for these four (_move); the
+    # bodies here run only when it is not, and refuse.
 
     def add(self, op: Operation) -> None:
-        """Schedule ``op``. A ``SingleLastOperation`` replaces an earlier one of its class."""
+        """Schedule ``op``.
+
+        A ``SingleLastOperation`` replaces a pending (not yet run) one of its class; one
+        whose precommit already ran keeps its place and gets its postcommit or rollback.
+        """
         if not isinstance(op, Operation):
             raise TypeError(f"tx.add() takes an Operation instance, not {op!r}")
-        if not self._schedulable:
-            raise self._refused(f"schedule {op!r}")
-        phase = op._hookbus_phase
-        if phase == NORMAL:
-            self._ops.append(op)
-        elif phase == LATE:
-            self._late.append(op)
-        else:
-            assert phase == LAST
-            last = self._last
-            cls = type(op)
-            for index, old in enumerate(last):
-                if type(old) is cls:
-                    del last[index]
-                    if index < self._last_cursor:
-                        self._last_cursor -= 1
-                    if self._journal is not None:
-                        self._journal.append((UNREPLACE, old, index))
-                    break
-            last.append(op)
-        if self._journal is not None:
-            self._journal.append((OP, op))
+        raise self._refused(f"schedule {op!r}")
 
     def accumulate(
         self,
@@ -250,47 +266,27 @@ class Transaction:
         The first call for a key builds ``factory()`` (an ``Operation`` subclass, a
         ``functools.partial`` or any callable of no argument returning an ``Operation``),
         gives it ``container()`` as its ``values`` and schedules it; later calls only add
-        (``add`` or ``append``) to it. A key accumulates with one factory only.
+        (``add`` or ``append``) to it. A key accumulates with one factory only. Values
+        accumulated once that operation's precommit has started go to a new operation from
+        the same factory, scheduled in the same precommit phase (it still runs before COMMIT).
         """
-        if not self._schedulable:
-            raise self._refused(f"accumulate into {key!r}")
-        entry = self._accumulated.get(key)
-        if entry is None:
-            if not callable(factory):
-                raise TypeError(
-                    f"accumulate() takes an Operation factory (a class or a callable of no "
-                    f"argument returning an Operation), not {factory!r}"
-                )
-            values = container()
-            adder = getattr(values, "add", None)
-            is_set = adder is not None
-            if adder is None and not callable(getattr(values, "append", None)):
-                raise TypeError(
-                    f"accumulate() needs a container with add() or append(), "
-                    f"not {type(values).__qualname__}"
-                )
-            op = factory()
-            if not isinstance(op, Operation):
-                raise TypeError(
-                    f"accumulate(): the factory {factory!r} returned {op!r}, not an Operation"
-                )
-            op.values = values
-            self.add(op)
-            entry = self._accumulated[key] = (op, adder or values.append, is_set, factory)
-            if self._journal is not None:
-                self._journal.append((ACCOP, key))
-        elif entry[3] is not factory and entry[3] != factory:
-            raise TypeError(f"key {key!r} accumulates into {_name(entry[3])}, not {_name(factory)}")
-        journal = self._journal
-        if journal is None:
-            entry[1](value)
-        elif entry[2]:
-            if value not in entry[0].values:
-                entry[1](value)
-                journal.append((VALUE, key, value))
-        else:
-            entry[1](value)
-            journal.append((VALUE, key, value))
+        raise self._refused(f"accumulate into {key!r}")
+
+    def mark_added(self, eid: Hashable) -> None:
+        """Record that the entity ``eid`` was added in this scope."""
+        raise self._refused(f"mark {eid!r} added")
+
+    def mark_deleted(self, eid: Hashable) -> None:
+        """Record that the entity ``eid`` was deleted in this scope."""
+        raise self._refused(f"mark {eid!r} deleted")
+
+    def added(self, eid: Hashable) -> bool:
+        """Tell whether ``eid`` was marked added in this scope."""
+        return eid in self._ledger.added
+
+    def deleted(self, eid: Hashable) -> bool:
+        """Tell whether ``eid`` was marked deleted in this scope."""
+        return eid in self._ledger.deleted
 
     def doom(self, error: BaseException) -> None:
         """Make the scope unable to commit: at its end it rolls back and raises ``error``.
@@ -303,49 +299,13 @@ class Transaction:
         """
         if not isinstance(error, BaseException):
             raise TypeError(f"tx.doom() takes an exception, not {error!r}")
-        if not self._schedulable:
+        if not self._state._open:
             raise self._refused(f"doom it with {error!r}")
-        if self._doom is None:
-            self._doom = error
-            if self._journal is not None:
-                self._journal.append((DOOM,))
-
-    @property
-    def doomed(self) -> BaseException | None:
-        """The error that doomed the scope (``tx.doom()``), or None."""
-        return self._doom
-
-    def mark_added(self, eid: Hashable) -> None:
-        """Record that the entity ``eid`` was added in this scope."""
-        if not self._schedulable:
-            raise self._refused(f"mark {eid!r} added")
-        if eid not in self._added:
-            self._added.add(eid)
-            if self._journal is not None:
-                self._journal.append((ADDED, eid))
-
-    # mark_added's twin on purpose: a helper shared by the two adds a call to each, which
-    # measured +20 ns a call (+40%) on the hot path of every insert.
-    def mark_deleted(self, eid: Hashable) -> None:
-        """Record that the entity ``eid`` was deleted in this scope."""
-        if not self._schedulable:
-            raise self._refused(f"mark {eid!r} deleted")
-        if eid not in self._deleted:
-            self._deleted.add(eid)
-            if self._journal is not None:
-                self._journal.append((DELETED, eid))
-
-    def added(self, eid: Hashable) -> bool:
-        """Tell whether ``eid`` was marked added in this scope."""
-        return eid in self._added
-
-    def deleted(self, eid: Hashable) -> bool:
-        """Tell whether ``eid`` was marked deleted in this scope."""
-        return eid in self._deleted
+        self._ledger.doom(error)
 
     def savepoint(self) -> Savepoint:
         """Return a savepoint of this scope, to enter with ``async with``."""
-        return Savepoint(self)
+        return Savepoint(self, self._backend, self._ledger)
 
     # -- the lifecycle -----------------------------------------------------------------------
 
@@ -372,7 +332,7 @@ class Transaction:
                 if exc is None:
                     await self._commit()
                 else:
-                    await uncancellable(self._rollback_path, (), True)
+                    await uncancellable(self._rollback_path, True)
             elif self._state is not _S.ROLLED_BACK:
                 raise self._refused("end the scope")
         finally:
@@ -387,48 +347,37 @@ class Transaction:
         """
         if self._state is not _S.ACTIVE:
             raise self._refused("roll back")
-        await uncancellable(self._rollback_path, (), True)
+        await uncancellable(self._rollback_path, True)
 
     async def _commit(self) -> None:
-        self._move(_S.PRECOMMITTING)
-        ran: list[Operation] = []
-        try:
-            await self._precommit(ran)
-        except BaseException:
-            await uncancellable(self._rollback_path, ran, True)
-            raise
-        if self._doom is not None:
-            await uncancellable(self._rollback_path, ran, True)
-            raise _doomed_error(self._doom)
-        await uncancellable(self._commit_and_callbacks, ran)
+        ledger = self._ledger
+        if ledger.doomed is None:
+            self._move(_S.PRECOMMITTING)
+            op: Operation | None = None
+            try:
+                while (op := ledger.next_precommit()) is not None:
+                    await op.precommit()
+                    if ledger.doomed is not None:
+                        break
+            except BaseException as exc:
+                error = _own_error(exc, op)
+                await uncancellable(self._rollback_path, True)
+                if error is exc:
+                    raise
+                raise error from exc
+        doom = ledger.doomed
+        if doom is not None:
+            await uncancellable(self._rollback_path, True)
+            doom.add_note(
+                "raised at the end of the transaction scope, which it had doomed (tx.doom()): "
+                "the scope rolled back and committed nothing"
+            )
+            raise doom
+        await uncancellable(self._commit_and_callbacks)
         # A cancellation of anyio's that was held off by the shield surfaces here.
         await anyio.lowlevel.checkpoint_if_cancelled()
 
-    async def _precommit(self, ran: list[Operation]) -> None:
-        if self._doom is not None:
-            return
-        normal, late, last = self._ops, self._late, self._last
-        i = j = 0
-        self._last_cursor = 0
-        while True:
-            # Re-read the lengths each time: operations scheduled meanwhile run in this phase.
-            if i < len(normal):
-                op = normal[i]
-                i += 1
-            elif j < len(late):
-                op = late[j]
-                j += 1
-            elif self._last_cursor < len(last):
-                op = last[self._last_cursor]
-                self._last_cursor += 1
-            else:
-                return
-            ran.append(op)
-            await op.precommit()
-            if self._doom is not None:
-                return  # doomed meanwhile: _commit rolls back
-
-    async def _commit_and_callbacks(self, ran: list[Operation]) -> None:
+    async def _commit_and_callbacks(self) -> None:
         self._move(_S.COMMITTING)
         try:
             outcome = await self._backend.commit()
@@ -436,27 +385,28 @@ class Transaction:
             self._move(_S.FAILED)
             raise
         except BaseException:
-            await self._rollback_path(ran, False)
+            await self._rollback_path(False)
             raise
         if outcome is not CommitOutcome.COMMITTED:
-            await self._rollback_path(ran, False)
+            await self._rollback_path(False)
             raise TransactionAbortedError(
                 "the database answered COMMIT with ROLLBACK: a statement failed inside the "
                 "scope and its error was caught, which aborted the transaction; nothing was "
                 "committed and the rollback operations ran"
             )
         self._move(_S.COMMITTED)
-        for op in self.operations:
-            try:
-                await op.postcommit()
-            except Exception:
-                self.postcommit_errors += 1
-                logger.exception("postcommit of %r failed after COMMIT (data committed)", op)
+        errors, fatal = await callbacks(
+            self._ledger.operations(),
+            "postcommit",
+            "%s of %r failed after COMMIT (data committed)",
+        )
+        self.postcommit_errors += errors
+        if fatal is not None:
+            raise fatal
 
-    async def _rollback_path(self, ran: list[Operation] | tuple[()], send_rollback: bool) -> None:
-        self._schedulable = False
-        for op in reversed(ran):
-            await quietly(op.revertprecommit, op)
+    async def _rollback_path(self, send_rollback: bool) -> None:
+        self._move(_S.ROLLING_BACK)
+        _, fatal = await callbacks(reversed(self._ledger.ran()), "revertprecommit")
         if send_rollback:
             try:
                 await self._backend.rollback()
@@ -464,17 +414,21 @@ class Transaction:
                 # The session is gone or broken: the server rolls back on its own.
                 logger.warning("ROLLBACK failed; the server ends the transaction", exc_info=True)
         self._move(_S.ROLLED_BACK)
-        for op in self.operations:
-            await quietly(op.rollback, op)
+        _, fatal_in_rollback = await callbacks(self._ledger.operations(), "rollback")
+        fatal = fatal or fatal_in_rollback
+        if fatal is not None:
+            raise fatal
 
 
-def _doomed_error(error: BaseException) -> BaseException:
-    error.add_note(
-        "raised at the end of the transaction scope, which it had doomed (tx.doom()): "
-        "the scope rolled back and committed nothing"
-    )
-    return error
+def _own_error(exc: BaseException, op: Operation | None) -> BaseException:
+    """What a precommit's ``exc`` fails the commit with.
 
-
-def _name(factory: object) -> str:
-    return str(getattr(factory, "__qualname__", None) or repr(factory))
+    A ``CancelledError`` raised while the scope's task is not being cancelled is the
+    operation's own error: raising it as is would cancel a caller nobody cancelled.
+    """
+    if isinstance(exc, asyncio.CancelledError) and not scope_cancelled():
+        return TransactionAbortedError(
+            f"precommit of {op!r} raised CancelledError although the scope was not "
+            "cancelled; the scope rolled back and committed nothing"
+        )
+    return exc

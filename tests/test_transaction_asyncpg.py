@@ -1,6 +1,7 @@
-"""The fault matrix of the asyncpg scope, against a real PostgreSQL.
+"""The asyncpg scope against a real PostgreSQL: what only this backend can show.
 
-For each phase and failure: which callbacks ran, in which order, and what the database holds.
+Connection losses and cancellations in flight, options, SQL errors inside savepoints, scale.
+The lifecycle common to every backend is in ``test_lifecycle.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest_asyncio
 from _recording import Recorded
 
 import hookbus
-from hookbus import TransactionAbortedError, TransactionState, ValidationError
+from hookbus import TransactionAbortedError, TransactionState
 
 LOCK = 4242  # the advisory lock the gated table's deferred trigger waits for at COMMIT
 
@@ -93,17 +94,6 @@ async def start_gated_commit(
 # -- commit ---------------------------------------------------------------------------------
 
 
-async def test_commit_writes_and_runs_precommit_then_postcommit(db: asyncpg.Pool) -> None:
-    log: list[str] = []
-    async with hookbus_asyncpg.transaction(db) as tx:
-        await tx.connection.execute("INSERT INTO items VALUES (1), (2)")
-        tx.add(Recorded(log, "a"))
-        tx.add(Recorded(log, "b"))
-    assert log == ["a.precommit", "b.precommit", "a.postcommit", "b.postcommit"]
-    assert await ids(db) == [1, 2]
-    assert tx.state is TransactionState.COMMITTED
-
-
 async def test_options_reach_begin(db: asyncpg.Pool) -> None:
     async with hookbus_asyncpg.transaction(db, isolation="serializable", readonly=True) as tx:
         assert await tx.connection.fetchval("SHOW transaction_isolation") == "serializable"
@@ -124,28 +114,6 @@ async def test_a_given_connection_is_used_and_kept(conn: asyncpg.Connection) -> 
 
 
 # -- body -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("exc", [ValidationError(1, {"note": "bad"}), RuntimeError("boom")])
-async def test_body_raises_rolls_back(db: asyncpg.Pool, exc: Exception) -> None:
-    log: list[str] = []
-    with pytest.raises(type(exc)):
-        async with hookbus_asyncpg.transaction(db) as tx:
-            await tx.connection.execute("INSERT INTO items VALUES (1)")
-            tx.add(Recorded(log, "a"))
-            raise exc
-    assert log == ["a.rollback"]
-    assert await ids(db) == []
-
-
-async def test_explicit_rollback(db: asyncpg.Pool) -> None:
-    log: list[str] = []
-    async with hookbus_asyncpg.transaction(db) as tx:
-        await tx.connection.execute("INSERT INTO items VALUES (1)")
-        tx.add(Recorded(log, "a"))
-        await tx.rollback()
-    assert log == ["a.rollback"]
-    assert await ids(db) == []
 
 
 async def test_backend_terminated_in_the_body_runs_the_rollback_path(db: asyncpg.Pool) -> None:
@@ -193,124 +161,7 @@ async def test_cancelled_in_the_body_rolls_back_and_propagates(db: asyncpg.Pool)
     assert await ids(db) == []
 
 
-async def test_swallowed_sql_error_is_seen_and_aborts(db: asyncpg.Pool) -> None:
-    log: list[str] = []
-    with pytest.raises(TransactionAbortedError, match="answered COMMIT with ROLLBACK"):
-        async with hookbus_asyncpg.transaction(db) as tx:
-            await tx.connection.execute("INSERT INTO items VALUES (1)")
-            tx.add(Recorded(log, "a"))
-            with contextlib.suppress(asyncpg.UniqueViolationError):
-                # Swallowed: PostgreSQL has aborted the transaction all the same.
-                await tx.connection.execute("INSERT INTO items VALUES (1)")
-    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
-    assert await ids(db) == []
-
-
-# -- precommit ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("exc", [ValidationError(1, {"note": "bad"}), RuntimeError("boom")])
-async def test_precommit_raises_reverts_rolls_back(db: asyncpg.Pool, exc: Exception) -> None:
-    log: list[str] = []
-
-    class Writes(Recorded):
-        async def precommit(self) -> None:
-            await hookbus_conn().execute("INSERT INTO items VALUES (2)")
-            await super().precommit()
-
-    with pytest.raises(type(exc)) as raised:
-        async with hookbus_asyncpg.transaction(db) as tx:
-            await tx.connection.execute("INSERT INTO items VALUES (1)")
-            tx.add(Writes(log, "a"))
-            tx.add(Recorded(log, "b", fail="precommit", exc=exc))
-            tx.add(Recorded(log, "c"))
-    assert raised.value is exc
-    assert log == [
-        "a.precommit",
-        "b.precommit",
-        "b.revertprecommit",
-        "a.revertprecommit",
-        "a.rollback",
-        "b.rollback",
-        "c.rollback",
-    ]
-    assert await ids(db) == []
-
-
-def hookbus_conn() -> asyncpg.Connection:
-    tx = hookbus.current_transaction()
-    assert isinstance(tx, hookbus_asyncpg.AsyncpgTransaction)
-    return tx.connection
-
-
-async def test_precommit_added_ops_and_late_and_last(db: asyncpg.Pool) -> None:
-    log: list[str] = []
-
-    class Spawner(Recorded):
-        async def precommit(self) -> None:
-            await super().precommit()
-            hookbus.current_transaction().add(Recorded(log, "spawned"))
-
-    from _recording import LastRecorded, LateRecorded
-
-    async with hookbus_asyncpg.transaction(db) as tx:
-        tx.add(LastRecorded(log, "last-1"))
-        tx.add(LateRecorded(log, "late"))
-        tx.add(Spawner(log, "spawner"))
-        tx.add(LastRecorded(log, "last-2"))
-    assert [e for e in log if e.endswith("precommit")] == [
-        "spawner.precommit",
-        "spawned.precommit",
-        "late.precommit",
-        "last-2.precommit",
-    ]
-
-
 # -- COMMIT ---------------------------------------------------------------------------------
-
-
-async def test_deferred_constraint_at_commit_rolls_back_without_postcommit(
-    db: asyncpg.Pool,
-) -> None:
-    log: list[str] = []
-    with pytest.raises(asyncpg.ForeignKeyViolationError):
-        async with hookbus_asyncpg.transaction(db) as tx:
-            await tx.connection.execute("INSERT INTO items VALUES (1)")
-            await tx.connection.execute("INSERT INTO child VALUES (1, 999)")
-            tx.add(Recorded(log, "a"))
-    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
-    assert await ids(db) == [] and await ids(db, "child") == []
-
-
-async def test_serialization_failure_at_commit(db: asyncpg.Pool) -> None:
-    logs: dict[str, list[str]] = {"first": [], "second": []}
-    first_wrote, second_read = asyncio.Event(), asyncio.Event()
-    first_done = asyncio.Event()
-
-    async def first() -> None:
-        async with hookbus_asyncpg.transaction(db, isolation="serializable") as tx:
-            await tx.connection.fetchval("SELECT count(*) FROM items WHERE id < 100")
-            await second_read.wait()
-            await tx.connection.execute("INSERT INTO items VALUES (100)")
-            tx.add(Recorded(logs["first"], "op"))
-            first_wrote.set()
-        first_done.set()
-
-    async def second() -> None:
-        async with hookbus_asyncpg.transaction(db, isolation="serializable") as tx:
-            await tx.connection.fetchval("SELECT count(*) FROM items WHERE id >= 100")
-            second_read.set()
-            await first_wrote.wait()
-            await tx.connection.execute("INSERT INTO items VALUES (1)")
-            tx.add(Recorded(logs["second"], "op"))
-            await first_done.wait()
-
-    results = await asyncio.gather(first(), second(), return_exceptions=True)
-    assert results[0] is None
-    assert isinstance(results[1], asyncpg.SerializationError)
-    assert logs["first"] == ["op.precommit", "op.postcommit"]
-    assert logs["second"] == ["op.precommit", "op.revertprecommit", "op.rollback"]
-    assert await ids(db) == [100]
 
 
 async def test_backend_terminated_during_commit_finds_it_aborted(db: asyncpg.Pool) -> None:
@@ -386,39 +237,6 @@ async def test_cancelled_while_commit_in_flight_commits_then_propagates(
     assert await ids(db, "gated") == [1]
 
 
-# -- postcommit -----------------------------------------------------------------------------
-
-
-async def test_postcommit_raises_is_logged_counted_and_the_rest_run(
-    db: asyncpg.Pool, caplog: pytest.LogCaptureFixture
-) -> None:
-    log: list[str] = []
-    with caplog.at_level(logging.ERROR, logger="hookbus"):
-        async with hookbus_asyncpg.transaction(db) as tx:
-            await tx.connection.execute("INSERT INTO items VALUES (1)")
-            tx.add(Recorded(log, "a", fail="postcommit"))
-            tx.add(Recorded(log, "b"))
-    assert log == ["a.precommit", "b.precommit", "a.postcommit", "b.postcommit"]
-    assert tx.postcommit_errors == 1
-    assert await ids(db) == [1]
-    assert "a failed in postcommit" in caplog.text
-
-
-# -- rollback operations failing ------------------------------------------------------------
-
-
-async def test_rollback_operation_raising_never_masks_the_original(db: asyncpg.Pool) -> None:
-    log: list[str] = []
-    with pytest.raises(KeyError):
-        async with hookbus_asyncpg.transaction(db) as tx:
-            await tx.connection.execute("INSERT INTO items VALUES (1)")
-            tx.add(Recorded(log, "a", fail="rollback"))
-            tx.add(Recorded(log, "b"))
-            raise KeyError("original")
-    assert log == ["a.rollback", "b.rollback"]
-    assert await ids(db) == []
-
-
 # -- savepoints -----------------------------------------------------------------------------
 
 
@@ -468,20 +286,6 @@ async def test_300_concurrent_scopes_on_a_pool_of_10(db: asyncpg.Pool) -> None:
     await asyncio.gather(*(one(i) for i in range(300)))
     assert len(seen) == 600 and all(seen)
     assert await db.fetchval("SELECT count(*) FROM items") == 300
-
-
-async def test_accumulate_100000_values_is_one_operation(db: asyncpg.Pool) -> None:
-    class InsertAll(hookbus.Operation):
-        async def precommit(self) -> None:
-            await hookbus_conn().execute(
-                "INSERT INTO items SELECT unnest($1::int[])", sorted(self.values)
-            )
-
-    async with hookbus_asyncpg.transaction(db) as tx:
-        for i in range(100_000):
-            tx.accumulate("items", i, InsertAll)
-        assert len(tx.operations) == 1
-    assert await db.fetchval("SELECT count(*) FROM items") == 100_000
 
 
 async def test_a_savepoint_whose_release_fails_drops_what_it_scheduled(db: asyncpg.Pool) -> None:
