@@ -832,10 +832,13 @@ async def tenants(dsn: str, pool: asyncpg.Pool) -> AsyncIterator[tuple[asyncpg.P
     """Two pools on the module's database, one per schema (tenant_a, tenant_b)."""
     for schema in ("tenant_a", "tenant_b"):
         await pool.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
-    async with (
-        asyncpg.create_pool(dsn, min_size=1, max_size=2, server_settings={"search_path": "tenant_a"}) as a,
-        asyncpg.create_pool(dsn, min_size=1, max_size=2, server_settings={"search_path": "tenant_b"}) as b,
-    ):
+
+    def tenant(schema: str) -> asyncpg.Pool:
+        return asyncpg.create_pool(
+            dsn, min_size=1, max_size=2, server_settings={"search_path": schema}
+        )
+
+    async with tenant("tenant_a") as a, tenant("tenant_b") as b:
         yield a, b
 
 
