@@ -1043,3 +1043,28 @@ async def test_updating_a_row_a_before_hook_deleted_is_a_clear_error(
         async with transaction(pool):
             await store.update(ann, age=3)
     assert await people(pool) == [("Ann", None)]
+
+
+async def test_a_search_path_changed_after_the_store_used_the_connection_is_refused(
+    tenants: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    a, b = tenants
+    store = Store(hookbus.Bus(), SCHEMA)
+    await store.create_tables(a)
+    await store.create_tables(b)
+    async with transaction(a):  # the store learns that a's connection works on tenant_a
+        assert await store.insert("Person", name="in a") == 1
+    # SET on a connection the store has used: found out at the first insert, nothing written
+    with pytest.raises(SchemaMismatchError, match="search_path no longer resolves"):
+        async with transaction(a) as tx:
+            await tx.connection.execute("SET LOCAL search_path TO tenant_b")
+            await store.insert("Person", name="meant for b")
+    assert await b.fetchval("SELECT count(*) FROM hookbus_entities") == 0  # nothing written
+    async with transaction(a) as tx:  # from now on that connection is asked at each scope
+        await tx.connection.execute("SET LOCAL search_path TO tenant_b")
+        assert await store.insert_many("Person", [{"name": "b1"}, {"name": "b2"}]) == [1, 2]
+        assert await store.insert("Person", name="b3") == 3  # and the scope goes on with b's
+    async with transaction(a):  # back to tenant_a: asked again, its own eids (2 went unused)
+        assert await store.insert("Person", name="a again") == 3
+    assert await b.fetchval("SELECT count(*) FROM person") == 3
+    assert await a.fetchval("SELECT count(*) FROM person") == 2

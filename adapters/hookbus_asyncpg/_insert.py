@@ -53,8 +53,11 @@ async def insert(session: Session, kind: EntityType, edited: Edited) -> int | No
             raise session.catalog.unique_error(exc, eid, edited) from exc
         if rows is None:
             return None
+        record = rows[0]
+        if record[-1] != session.db.sequence:
+            raise session.moved()
         added(session, kind, eid)
-        entity = entity_of(kind, rows[0])
+        entity = entity_of(kind, record[:-1])
         return EntityEvent("after_add_entity", etype, eid, edited.readonly(), entity, tx)
 
     before = EntityEvent("before_add_entity", etype, eid, edited, None, tx)
@@ -62,7 +65,12 @@ async def insert(session: Session, kind: EntityType, edited: Edited) -> int | No
 
 
 async def take_eids(session: Session, n: int) -> list[int] | None:
-    """``n`` eids for ``insert_many``, the smallest first; ``None`` if a hook refused."""
+    """``n`` eids for ``insert_many``, the smallest first; ``None`` if a hook refused.
+
+    The connection is asked which data it works on first (one catalog read: little
+    beside a COPY), so that the eids come from the sequence its search_path resolves now.
+    """
+    session.db = await session.databases.ask(session.conn)
     # Take what the free list holds now, without awaiting in between (other scopes take
     # from it too), then fetch the rest: those fresh eids are this call's alone.
     free = session.db.free

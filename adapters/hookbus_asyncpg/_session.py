@@ -23,8 +23,8 @@ from hookbus import (
 )
 
 from ._catalog import Catalog
-from ._database import Database
-from ._schema import EntityType, RelationType
+from ._database import Database, Databases
+from ._schema import EID_SEQUENCE, EntityType, RelationType, SchemaMismatchError
 from ._statements import LOOKUP_ETYPES
 from ._values import check_eid
 
@@ -61,6 +61,7 @@ class Session:
         "check_factory",
         "check_round",
         "conn",
+        "databases",
         "db",
         "deleted_here",
         "emit",
@@ -72,6 +73,7 @@ class Session:
         self,
         tx: Transaction,
         conn: Any,
+        databases: Databases,
         db: Database,
         catalog: Catalog,
         emit: Emit,
@@ -79,6 +81,8 @@ class Session:
     ) -> None:
         self.tx = tx
         self.conn = conn
+        #: The store's registry of databases, and the data this scope's connection works on.
+        self.databases = databases
         self.db = db
         self.catalog = catalog
         self.emit = emit
@@ -185,6 +189,16 @@ class Session:
         """The error for an entity whose row is not there (any more)."""
         self.db.kinds.pop(eid, None)
         return LookupError(f"no entity has the eid {eid}{why}")
+
+    def moved(self) -> SchemaMismatchError:
+        """The error for a connection whose search_path changed since the store asked it."""
+        self.databases.moved(self.conn)
+        return SchemaMismatchError(
+            f"this connection's search_path no longer resolves {EID_SEQUENCE} to the sequence "
+            f"it did when the store first used the connection: the insert is not committed. "
+            f"Set a connection's search_path when it is made (a pool per tenant, "
+            f"server_settings=...); this connection is now asked at the start of each scope"
+        )
 
     # -- the scope's bookkeeping -------------------------------------------------------------
 

@@ -116,7 +116,7 @@ class Store:
                 raise TransactionStateError(f"this scope has no PostgreSQL connection: {_NO_SCOPE}")
             db = await self._databases.of(conn)
             session = tx.data[self._key] = Session(
-                tx, conn, db, self._catalog, self._bus.emit, self._key
+                tx, conn, self._databases, db, self._catalog, self._bus.emit, self._key
             )
         return session
 
