@@ -1068,3 +1068,23 @@ async def test_a_search_path_changed_after_the_store_used_the_connection_is_refu
         assert await store.insert("Person", name="a again") == 3
     assert await b.fetchval("SELECT count(*) FROM person") == 3
     assert await a.fetchval("SELECT count(*) FROM person") == 2
+
+
+async def test_deleting_a_relation_a_before_hook_deleted_returns_false_and_fires_once(
+    pool: asyncpg.Pool, store: Store
+) -> None:
+    async with transaction(pool):
+        acme = await store.insert("Company", name="Acme")
+        ann = await store.insert("Person", name="Ann")
+        assert acme is not None and ann is not None
+        await store.add_relation(acme, "boss", ann)
+
+    @store.bus.hook("before_delete_relation", select=match_rtype("boss"))
+    async def delete_it_first(event: RelationEvent) -> None:
+        await event.tx.connection.execute("DELETE FROM boss_relation")
+
+    seen = Recorder(store.bus, "after_delete_relation")
+    async with transaction(pool):
+        assert await store.delete_relation(acme, "boss", ann) is False
+    assert seen.seen == []
+    assert await pool.fetchval("SELECT count(*) FROM boss_relation") == 0
