@@ -48,7 +48,7 @@ class Copy:
         self.columns = list(columns)
 
 
-#: A statement for :meth:`Session.run_all`: ``(sql, args)`` or a :class:`Copy`.
+#: A statement for :meth:`Session.announce`: ``(sql, args)`` or a :class:`Copy`.
 Statement = tuple[str, tuple[Any, ...]] | Copy
 
 
