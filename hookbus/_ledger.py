@@ -121,6 +121,7 @@ class Ledger:
     __slots__ = (
         "_accumulated",
         "_added",
+        "_at_last",
         "_closed",
         "_deleted",
         "_depth",
@@ -128,7 +129,6 @@ class Ledger:
         "_keys",
         "_last",
         "_late",
-        "_next",
         "_normal",
         "_ran",
         "_savepoints",
@@ -141,8 +141,8 @@ class Ledger:
         self._normal: list[Operation] = []
         self._late: list[Operation] = []
         self._last: list[Operation] = []
-        # The cursors of the precommit phase in the three queues: what is before them ran.
-        self._next = [0, 0, 0]
+        # The precommit phase's cursor in the single-last queue: what is before it ran.
+        self._at_last = 0
         self._ran: list[Operation] = []
         self._accumulated: dict[Hashable, _Accumulation] = {}
         # id(op) -> key, for the accumulating operations whose precommit has not started;
@@ -174,14 +174,13 @@ class Ledger:
         return tuple(self._ran)
 
     def add(self, op: Operation) -> None:
-        """Schedule ``op`` (see ``schedule``), checking that it is an operation."""
+        """Queue ``op`` by its kind. A ``SingleLastOperation`` replaces a pending one of its
+        class; one that ran (or is running) keeps its place and its callbacks.
+
+        ``Transaction.add`` documents it: this is that method while the scope is open.
+        """
         if not isinstance(op, Operation):
             raise TypeError(f"tx.add() takes an Operation instance, not {op!r}")
-        self.schedule(op)
-
-    def schedule(self, op: Operation) -> None:
-        """Queue ``op`` by its kind. A ``SingleLastOperation`` replaces a pending one of its
-        class; one that ran (or is running) keeps its place and its callbacks."""
         phase = op._hookbus_phase
         if phase == NORMAL:
             self._normal.append(op)
@@ -190,7 +189,7 @@ class Ledger:
         else:
             last = self._last
             cls = type(op)
-            for index in range(self._next[2], len(last)):
+            for index in range(self._at_last, len(last)):
                 if type(last[index]) is cls:
                     old = last.pop(index)
                     if self._undo is not None:
@@ -200,25 +199,39 @@ class Ledger:
         if self._undo is not None:
             self._undo.append(Scheduled(op))
 
-    def next_precommit(self) -> Operation | None:
-        """Return the next operation whose precommit is due, or None when all have run.
+    async def precommit(self) -> None:
+        """Run the precommit of each operation due, in order, until all have run.
 
         Ordinary operations first (those scheduled meanwhile included), then the late ones,
-        then the single-last ones. An accumulating operation taken here stops accumulating:
-        values for its key go to a new operation from the same factory.
+        then the single-last ones; each is recorded as run before its precommit starts. An
+        accumulating operation stops accumulating then: values for its key go to a new
+        operation from the same factory. It stops early once the scope is doomed, and lets
+        what a precommit raises propagate (the scope runs the rollback path).
         """
-        cursors = self._next
-        for queue_index, queue in enumerate((self._normal, self._late, self._last)):
-            position = cursors[queue_index]
-            if position < len(queue):
-                op = queue[position]
-                cursors[queue_index] = position + 1
-                self._ran.append(op)
-                key = self._keys.pop(id(op), _NOT_ACCUMULATED)
+        # Once per operation at every commit: kept flat, on locals, awaiting directly (a
+        # generator the scope iterates cost 90 ns more an operation).
+        normal, late, last, ran, keys = self._normal, self._late, self._last, self._ran, self._keys
+        at_normal = at_late = 0
+        while True:
+            if at_normal < len(normal):
+                op = normal[at_normal]
+                at_normal += 1
+            elif at_late < len(late):
+                op = late[at_late]
+                at_late += 1
+            elif self._at_last < len(last):
+                op = last[self._at_last]
+                self._at_last += 1  # add() replaces only what stands past it
+            else:
+                return
+            ran.append(op)
+            if keys:
+                key = keys.pop(id(op), _NOT_ACCUMULATED)
                 if key is not _NOT_ACCUMULATED:
                     self._closed[key] = self._accumulated.pop(key)[3]
-                return op
-        return None
+            await op.precommit()
+            if self._doom is not None:
+                return
 
     # -- accumulations -----------------------------------------------------------------------
 
@@ -275,7 +288,7 @@ class Ledger:
                 f"accumulate(): the factory {factory!r} returned {op!r}, not an Operation"
             )
         op.values = values
-        self.schedule(op)
+        self.add(op)
         entry = self._accumulated[key] = (op, adder or values.append, is_set, factory)
         self._keys[id(op)] = key
         if self._undo is not None:
@@ -334,9 +347,9 @@ class Ledger:
         """
         undo = self._undo
         assert undo is not None
+        self._end(mark)
         entries = undo[mark.position :]
         del undo[mark.position :]
-        self._end(mark)
         dropped = [entry.op for entry in entries if type(entry) is Scheduled]
         dropped_ids = {id(op) for op in dropped}
         for entry in reversed(entries):
@@ -346,7 +359,7 @@ class Ledger:
                 case Replaced(op, index):
                     self._last.insert(index, op)
                 case Created(key, op):
-                    del self._accumulated[key]
+                    self._accumulated.pop(key, None)
                     self._keys.pop(id(op), None)
                 case AddedValue(op, value):
                     if id(op) not in dropped_ids:
@@ -354,7 +367,10 @@ class Ledger:
                 case AppendedValue(op, value):
                     if id(op) not in dropped_ids:
                         values = op.values
-                        del values[len(values) - 1 - values[::-1].index(value)]
+                        if values[-1] == value:  # undone newest first: the usual case
+                            values.pop()
+                        else:
+                            del values[len(values) - 1 - values[::-1].index(value)]
                 case MarkedAdded(eid):
                     self._added.discard(eid)
                 case MarkedDeleted(eid):
@@ -363,23 +379,27 @@ class Ledger:
                     self._doom = None
         return dropped
 
-    def _end(self, mark: Mark) -> None:
+    def require_innermost(self, mark: Mark) -> None:
+        """Refuse to end the savepoint of ``mark`` while one inside it is still open."""
         if mark.depth != self._depth:
             raise TransactionStateError(
                 f"savepoint {mark.name} ended while a savepoint inside it is still open: "
                 "savepoints end in the reverse order they began"
             )
+
+    def _end(self, mark: Mark) -> None:
+        self.require_innermost(mark)
         self._depth -= 1
         if self._depth == 0:
             self._undo = None
 
     def _unschedule(self, op: Operation) -> None:
-        for queue_index, queue in enumerate((self._normal, self._late, self._last)):
-            for index, candidate in enumerate(queue):
-                if candidate is op:
+        # An operation scheduled inside a savepoint has not run when the savepoint ends (it
+        # ends inside the block or the precommit that opened it): it stands past the cursor.
+        for queue in (self._normal, self._late, self._last):
+            for index in range(len(queue) - 1, -1, -1):
+                if queue[index] is op:
                     del queue[index]
-                    if index < self._next[queue_index]:
-                        self._next[queue_index] -= 1
                     return
 
 

@@ -15,6 +15,7 @@ import functools
 import logging
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
@@ -759,6 +760,89 @@ async def test_a_rollback_inside_a_savepoint_ends_the_scope(backend: Harness) ->
     assert await backend.rows() == []
 
 
+async def test_a_precommit_may_use_savepoints(backend: Harness) -> None:
+    log: list[str] = []
+
+    class Tries(Recorded):
+        async def precommit(self) -> None:
+            await super().precommit()
+            tx = hookbus.current_transaction()
+            with pytest.raises(KeyError):
+                async with tx.savepoint():
+                    await backend.write(tx, 2)
+                    tx.add(Recorded(log, "dropped"))
+                    raise KeyError("undo")
+            async with tx.savepoint():
+                await backend.write(tx, 3)
+                tx.add(LateRecorded(log, "kept"))
+
+    async with backend.transaction() as tx:
+        await backend.write(tx, 1)
+        tx.add(Tries(log, "tries"))
+    assert log == [
+        "tries.precommit",
+        "dropped.rollback",
+        "kept.precommit",
+        "tries.postcommit",
+        "kept.postcommit",
+    ]
+    assert await backend.rows() == [1, 3]
+
+
+async def test_savepoints_end_in_the_reverse_order_they_began(backend: Harness) -> None:
+    async with backend.transaction() as tx:
+        outer, inner = tx.savepoint(), tx.savepoint()
+        await outer.__aenter__()
+        await inner.__aenter__()
+        with pytest.raises(TransactionStateError, match="reverse order"):
+            await outer.__aexit__(None, None, None)
+        await inner.__aexit__(None, None, None)
+        await outer.__aexit__(None, None, None)
+
+
+# -- the states -----------------------------------------------------------------------------
+
+
+async def test_each_phase_runs_in_its_state(backend: Harness) -> None:
+    seen: list[tuple[str, TransactionState]] = []
+
+    class Watch(hookbus.Operation):
+        def __init__(self, fail: bool = False) -> None:
+            super().__init__()
+            self.fail = fail
+
+        def _see(self, phase: str) -> None:
+            seen.append((phase, hookbus.current_transaction().state))
+
+        async def precommit(self) -> None:
+            self._see("precommit")
+            if self.fail:
+                raise RuntimeError("fail")
+
+        async def revertprecommit(self) -> None:
+            self._see("revertprecommit")
+
+        async def rollback(self) -> None:
+            self._see("rollback")
+
+        async def postcommit(self) -> None:
+            self._see("postcommit")
+
+    async with backend.transaction() as tx:
+        tx.add(Watch())
+    with pytest.raises(RuntimeError):
+        async with backend.transaction() as tx:
+            tx.add(Watch(fail=True))
+    S = TransactionState
+    assert seen == [
+        ("precommit", S.PRECOMMITTING),
+        ("postcommit", S.COMMITTED),
+        ("precommit", S.PRECOMMITTING),
+        ("revertprecommit", S.ROLLING_BACK),
+        ("rollback", S.ROLLED_BACK),
+    ]
+
+
 # -- the scope in its context ---------------------------------------------------------------
 
 
@@ -808,6 +892,14 @@ async def test_scheduling_refuses_what_is_not_an_operation(backend: Harness) -> 
 
 
 # -- operations, as declared ----------------------------------------------------------------
+
+
+def test_a_scope_subclass_cannot_override_the_scheduling_calls() -> None:
+    with pytest.raises(TypeError, match="cannot override add"):
+
+        class Custom(hookbus.Transaction):
+            def add(self, op: hookbus.Operation) -> None:
+                pass
 
 
 def test_an_operation_phase_must_be_async() -> None:
@@ -921,3 +1013,13 @@ async def test_serialization_failure_at_commit(items: asyncpg.Pool) -> None:
     assert logs["first"] == ["op.precommit", "op.postcommit"]
     assert logs["second"] == ["op.precommit", "op.revertprecommit", "op.rollback"]
     assert [r[0] for r in await items.fetch("SELECT id FROM items")] == [100]
+
+
+def test_the_first_snippet_of_the_lifecycle_page_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    page = (Path(__file__).parent.parent / "docs" / "lifecycle.md").read_text()
+    snippet = page.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(snippet, "docs/lifecycle.md", "exec"), {"__name__": "lifecycle_page"})
+    out = capsys.readouterr().out
+    assert "checking the quota of [1, 2]" in out
+    assert out.index("quota") < out.index("welcome mail to ada")  # precommit, then postcommit
+    assert "TransactionState.COMMITTED" in out
