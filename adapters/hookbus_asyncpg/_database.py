@@ -4,8 +4,9 @@ Those are facts of the data, so they are keyed by what identifies the data: the 
 start time), the database, and the eid sequence as the connection's ``search_path``
 resolves it (its OID). Two schemas of one database (tenants chosen by ``search_path``) are
 two sets of data: they never share eids or types. Each connection is asked once, the first
-time the store uses it, in one catalog read; the answer is kept until the connection
-closes. So a connection's ``search_path`` is set when it is made (``server_settings`` of
+time the store uses it, in one catalog read (the store's own bookkeeping: no query event
+announces it, as none announces create_tables' statements); the answer is kept until the
+connection closes. So a connection's ``search_path`` is set when it is made (``server_settings`` of
 the pool, one pool per tenant), not changed after. Where it is changed (``SET LOCAL
 search_path`` per scope), the single insert that finds it out fails with a
 ``SchemaMismatchError`` (its scope doomed: nothing written; its hooks saw an eid of the other

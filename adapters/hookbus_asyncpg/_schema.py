@@ -20,7 +20,7 @@ import builtins
 import difflib
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Final, final
+from typing import Any, Final, Self, final
 
 from hookbus import HookbusError, RegistrationError, ValidationError
 
@@ -56,6 +56,13 @@ class _Declared:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable once declared")
+
+    # Immutable: a copy is the object itself.
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        return self
 
 
 _set = object.__setattr__  # for the constructors alone
