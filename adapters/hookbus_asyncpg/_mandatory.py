@@ -4,7 +4,8 @@ Writes note the entities to check: one added whose type has such a side, both en
 a relation deleted. The notes accumulate into one :class:`CheckMandatory` per scope, a
 ``LateOperation`` (as CubicWeb's cardinality check is): it runs after every ordinary
 precommit operation, so that one of them may still add the relation an entity needs. An
-entity noted once a check has started (by a later operation) goes to a new check, which
+entity noted once a check has started (by a later operation) goes to a new check (the
+scope hands values accumulated after an operation's precommit to a new instance), which
 still runs before COMMIT. An entity deleted in the scope needs no partner and is skipped.
 """
 
@@ -37,7 +38,6 @@ class CheckMandatory(LateOperation):
 
     async def precommit(self) -> None:
         session = self.session
-        session.check_round += 1  # what is noted from now on goes to a new check
         groups: dict[tuple[str, bool], list[int]] = {}
         for rtype, as_subject, eid in self.values:
             if not session.tx.deleted(eid):
@@ -67,8 +67,7 @@ def _note(session: Session, rtype: str, as_subject: bool, eid: int) -> None:
     factory = session.check_factory
     if factory is None:  # one factory per session: accumulate() knows a key's by identity
         factory = session.check_factory = functools.partial(CheckMandatory, session)
-    key = (session.key, "mandatory", session.check_round)
-    session.tx.accumulate(key, (rtype, as_subject, eid), factory)
+    session.tx.accumulate((session.key, "mandatory"), (rtype, as_subject, eid), factory)
 
 
 def note_added(session: Session, sides: Sequence[tuple[str, bool]], eid: int) -> None:

@@ -59,7 +59,6 @@ class Session:
     __slots__ = (
         "catalog",
         "check_factory",
-        "check_round",
         "conn",
         "databases",
         "db",
@@ -88,8 +87,6 @@ class Session:
         self.emit = emit
         #: The store's key in ``tx.data`` (and the root of its accumulation keys).
         self.key = key
-        #: Bumped when a cardinality check starts: later notes go to a new check.
-        self.check_round = 0
         self.check_factory: Callable[[], Operation] | None = None
         #: Eids whose row a delete of this scope removed (so a cancelled delete of the
         #: same eid further up the stack leaves it marked deleted).
