@@ -202,13 +202,12 @@ class Collect(hookbus.Operation):
 class Writes(Recorded):
     """A recording operation that writes ``row`` at precommit."""
 
-    def __init__(self, log: list[str], name: str, row: int, **kwargs: Any) -> None:
-        super().__init__(log, name, **kwargs)
+    def __init__(self, log: list[str], name: str, harness: Harness, row: int) -> None:
+        super().__init__(log, name)
+        self.harness = harness
         self.row = row
-        self.harness: Harness | None = None
 
     async def precommit(self) -> None:
-        assert self.harness is not None
         await self.harness.write(hookbus.current_transaction(), self.row)
         await super().precommit()
 
@@ -373,9 +372,7 @@ async def test_precommit_raises_reverts_those_that_ran_then_rolls_back(
     with pytest.raises(type(exc)) as raised:
         async with backend.transaction() as tx:
             await backend.write(tx, 1)
-            writes = Writes(log, "a", 2)
-            writes.harness = backend
-            tx.add(writes)
+            tx.add(Writes(log, "a", backend, 2))
             tx.add(Recorded(log, "b", fail="precommit", exc=exc))
             tx.add(Recorded(log, "c"))
     assert raised.value is exc
