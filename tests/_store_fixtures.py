@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,13 @@ SCHEMA = Schema(
         ),
         EntityType("Company", name=Attribute(str, required=True, unique=True)),
         EntityType("Project", title=Attribute(str, required=True)),
+        EntityType(
+            "Measure",
+            value=Attribute(float),
+            amount=Attribute(decimal.Decimal),
+            taken_at=Attribute(datetime.datetime),
+            time_of_day=Attribute(datetime.time),
+        ),
     ],
     relations=[
         RelationType("boss", "Company", "Person", cardinality="?*"),
@@ -35,6 +44,7 @@ TABLES = (
     "person",
     "company",
     "project",
+    "measure",
     "boss_relation",
     "subsidiary_of_relation",
     "works_on_relation",

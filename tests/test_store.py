@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
 from _store_fixtures import SCHEMA, Recorder, snapshot
-from hookbus_asyncpg import Entity, Store, transaction
+from hookbus_asyncpg import Entity, SchemaMismatchError, Store, transaction
 
 import hookbus
 from hookbus import (
@@ -299,7 +300,7 @@ async def test_a_hook_error_caught_inside_the_scope_still_fails_the_commit(
             with pytest.raises(ValidationError):
                 await store.insert("Person", name="Ann")
             await store.insert("Company", name="Acme")  # carrying on cannot commit Ann
-    assert any("raised again at commit" in note for note in caught.value.__notes__)
+    assert any("doomed" in note for note in caught.value.__notes__)
     assert await snapshot(pool) == before
 
 
@@ -820,4 +821,270 @@ async def test_a_relation_added_concurrently_to_an_entity_being_deleted_fails(
         await others[0]
     assert not added.is_set()
     assert [(p.eidfrom, p.eidto) for p in seen.payloads("after_delete_relation")] == [(acme, ann)]
+    assert await pool.fetchval("SELECT count(*) FROM boss_relation") == 0
+
+
+# -- two schemas of one database (tenants chosen by search_path) -----------------------------------
+
+
+@pytest_asyncio.fixture
+async def tenants(dsn: str, pool: asyncpg.Pool) -> AsyncIterator[tuple[asyncpg.Pool, asyncpg.Pool]]:
+    """Two pools on the module's database, one per schema (tenant_a, tenant_b)."""
+    for schema in ("tenant_a", "tenant_b"):
+        await pool.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+
+    def tenant(schema: str) -> asyncpg.Pool:
+        return asyncpg.create_pool(
+            dsn, min_size=1, max_size=2, server_settings={"search_path": schema}
+        )
+
+    async with tenant("tenant_a") as a, tenant("tenant_b") as b:
+        yield a, b
+
+
+async def test_one_store_over_two_schemas_keeps_their_eids_and_types_apart(
+    tenants: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    a, b = tenants
+    store = Store(hookbus.Bus(), SCHEMA)
+    assert "person" in await store.create_tables(a)
+    assert "person" in await store.create_tables(b)
+    eids: dict[str, list[int | None]] = {"a": [], "b": []}
+    for i in range(3):  # interleaved: each tenant's eids come from its own sequence
+        async with transaction(a):
+            eids["a"].append(await store.insert("Person", name=f"a{i}"))
+        async with transaction(b):
+            eids["b"].append(await store.insert("Company", name=f"b{i}"))
+    assert eids["a"] == eids["b"] == [1, 2, 3]
+    for pool, etype in ((a, "Person"), (b, "Company")):
+        async with transaction(pool):
+            for eid in eids["a"]:
+                assert eid is not None
+                assert (await store.get(eid)).etype == etype  # each tenant's own type
+        assert await pool.fetchval("SELECT count(*) FROM hookbus_entities") == 3
+    async with transaction(b):  # and relations see each tenant's own entities
+        ann = await store.insert("Person", name="Ann in b")
+        assert ann == 4 and await store.add_relation(1, "boss", ann) is True
+
+
+async def test_the_store_refuses_a_connection_without_its_tables(
+    tenants: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    store = Store(hookbus.Bus(), SCHEMA)
+    with pytest.raises(SchemaMismatchError, match=r"store\.create_tables\(pool\)` first"):
+        async with transaction(tenants[0]):
+            await store.insert("Person", name="Ann")
+
+
+# -- deleted_in_transaction from the start of a delete; required attributes after the hooks -------
+
+
+async def test_an_entity_is_deleted_in_transaction_in_the_hooks_its_delete_fires(
+    pool: asyncpg.Pool, store: Store
+) -> None:
+    async with transaction(pool):
+        acme = await store.insert("Company", name="Acme")
+        ann = await store.insert("Person", name="Ann")
+        assert acme is not None and ann is not None
+        await store.add_relation(acme, "boss", ann)
+    seen: list[tuple[str, bool]] = []
+
+    @store.bus.hook("before_delete_entity", "after_delete_entity")
+    def entity(event: EntityEvent) -> None:
+        seen.append((event.event, deleted_in_transaction(event.eid)))
+
+    @store.bus.hook("before_delete_relation", "after_delete_relation", select=match_rtype("boss"))
+    def a_company_keeps_a_boss(event: RelationEvent) -> None:
+        seen.append((event.event, deleted_in_transaction(event.eidto)))
+        if deleted_in_transaction(event.eidto):  # CubicWeb's pattern: the boss is going away
+            return
+        raise ValidationError(event.eidfrom, {"boss": "a company keeps its boss"})
+
+    async with transaction(pool):
+        assert await store.delete(ann) is True
+    assert seen == [
+        ("before_delete_entity", True),
+        ("before_delete_relation", True),
+        ("after_delete_relation", True),
+        ("after_delete_entity", True),
+    ]
+    with pytest.raises(ValidationError, match="keeps its boss"):  # not so when ann stays
+        async with transaction(pool):
+            ben = await store.insert("Person", name="Ben")
+            assert ben is not None
+            await store.add_relation(acme, "boss", ben)
+            await store.delete_relation(acme, "boss", ben)
+
+
+async def test_a_cancelled_delete_unmarks_its_entity(pool: asyncpg.Pool, store: Store) -> None:
+    async with transaction(pool):
+        ann = await store.insert("Person", name="Ann")
+    assert ann is not None
+    during: list[bool] = []
+
+    @store.bus.hook("before_delete_entity")
+    def keep(event: EntityEvent) -> None:
+        during.append(deleted_in_transaction(event.eid))
+        raise Break("kept")
+
+    async with transaction(pool):
+        assert await store.delete(ann) is False
+        assert not deleted_in_transaction(ann)
+    assert during == [True]
+
+
+async def test_a_required_attribute_may_be_computed_by_a_before_hook(
+    pool: asyncpg.Pool, store: Store
+) -> None:
+    @store.bus.hook("before_add_entity", "before_update_entity", select=is_instance("Person"))
+    def name_from_age(event: EntityEvent) -> None:
+        if event.edited.get("name") is None:
+            age = event.edited.get("age", event.entity and event.entity["age"])
+            event.edited["name"] = f"aged {age}"
+
+    async with transaction(pool):
+        one = await store.insert("Person", age=3)
+        many = await store.insert_many("Person", [{"age": 4}, {"age": 5, "name": None}])
+        assert one is not None
+        await store.update(one, name=None)  # on update too: the hook fills it again
+    assert await people(pool) == [("aged 3", 3), ("aged 4", 4), ("aged 5", 5)]
+    assert None not in many
+
+
+# -- the "at least one" check runs late, and sees entities added at precommit ---------------------
+
+
+async def test_an_entity_added_by_a_precommit_operation_is_checked_for_its_relations(
+    pool: asyncpg.Pool, store: Store
+) -> None:
+    class AddOrphan(Operation):
+        async def precommit(self) -> None:
+            await store.insert("Project", title="added at precommit")
+
+    class AddOrphanLate(hookbus.LateOperation):  # after the first check has run
+        async def precommit(self) -> None:
+            await store.insert("Project", title="added after the check")
+
+    before = await snapshot(pool)
+    for op in (AddOrphan, AddOrphanLate):
+        with pytest.raises(ValidationError, match="needs at least one owned_by"):
+            async with transaction(pool) as tx:
+                acme = await store.insert("Company", name="Acme")
+                owned = await store.insert("Project", title="owned")
+                assert acme is not None and owned is not None
+                await store.add_relation(owned, "owned_by", acme)
+                tx.add(op())
+        assert await snapshot(pool) == before
+
+
+async def test_a_precommit_operation_may_set_a_required_relation(
+    pool: asyncpg.Pool, store: Store
+) -> None:
+    class OwnIt(Operation):  # an ordinary operation: runs before the late check
+        def __init__(self, project: int, owner: int) -> None:
+            super().__init__()
+            self.project, self.owner = project, owner
+
+        async def precommit(self) -> None:
+            await store.add_relation(self.project, "owned_by", self.owner)
+
+    async with transaction(pool) as tx:
+        project = await store.insert("Project", title="hookbus")
+        acme = await store.insert("Company", name="Acme")
+        assert project is not None and acme is not None
+        tx.add(OwnIt(project, acme))
+    assert await pool.fetchval("SELECT count(*) FROM owned_by_relation") == 1
+
+
+# -- a row a before hook already removed ---------------------------------------------------------
+
+
+async def test_deleting_a_row_a_before_hook_deleted_returns_false_and_fires_once(
+    pool: asyncpg.Pool, store: Store
+) -> None:
+    async with transaction(pool):
+        ann = await store.insert("Person", name="Ann")
+        bob = await store.insert("Person", name="Bob")
+    assert ann is not None and bob is not None
+    handled: set[int] = set()
+
+    @store.bus.hook("before_delete_entity", select=is_instance("Person"))
+    async def delete_it_first(event: EntityEvent) -> None:
+        if event.eid not in handled:
+            handled.add(event.eid)
+            if event.eid == ann:  # through the store: its own events fire
+                assert await store.delete(event.eid) is True
+            else:  # behind the store's back
+                await event.tx.connection.execute(
+                    "DELETE FROM hookbus_entities WHERE eid = $1", event.eid
+                )
+
+    seen = Recorder(store.bus, "after_delete_entity")
+    async with transaction(pool):
+        assert await store.delete(ann) is False
+        assert await store.delete(bob) is False
+        assert deleted_in_transaction(ann)
+    assert [p.eid for p in seen.payloads("after_delete_entity")] == [ann]
+    assert await people(pool) == []
+
+
+async def test_updating_a_row_a_before_hook_deleted_is_a_clear_error(
+    pool: asyncpg.Pool, store: Store
+) -> None:
+    async with transaction(pool):
+        ann = await store.insert("Person", name="Ann")
+    assert ann is not None
+
+    @store.bus.hook("before_update_entity")
+    async def delete_it(event: EntityEvent) -> None:
+        await event.tx.connection.execute("DELETE FROM hookbus_entities WHERE eid = $1", event.eid)
+
+    with pytest.raises(LookupError, match="a before_update_entity hook deleted it"):
+        async with transaction(pool):
+            await store.update(ann, age=3)
+    assert await people(pool) == [("Ann", None)]
+
+
+async def test_a_search_path_changed_after_the_store_used_the_connection_is_refused(
+    tenants: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    a, b = tenants
+    store = Store(hookbus.Bus(), SCHEMA)
+    await store.create_tables(a)
+    await store.create_tables(b)
+    async with transaction(a):  # the store learns that a's connection works on tenant_a
+        assert await store.insert("Person", name="in a") == 1
+    # SET on a connection the store has used: found out at the first insert, nothing written
+    with pytest.raises(SchemaMismatchError, match="search_path no longer resolves"):
+        async with transaction(a) as tx:
+            await tx.connection.execute("SET LOCAL search_path TO tenant_b")
+            await store.insert("Person", name="meant for b")
+    assert await b.fetchval("SELECT count(*) FROM hookbus_entities") == 0  # nothing written
+    async with transaction(a) as tx:  # from now on that connection is asked at each scope
+        await tx.connection.execute("SET LOCAL search_path TO tenant_b")
+        assert await store.insert_many("Person", [{"name": "b1"}, {"name": "b2"}]) == [1, 2]
+        assert await store.insert("Person", name="b3") == 3  # and the scope goes on with b's
+    async with transaction(a):  # back to tenant_a: asked again, its own eids (2 went unused)
+        assert await store.insert("Person", name="a again") == 3
+    assert await b.fetchval("SELECT count(*) FROM person") == 3
+    assert await a.fetchval("SELECT count(*) FROM person") == 2
+
+
+async def test_deleting_a_relation_a_before_hook_deleted_returns_false_and_fires_once(
+    pool: asyncpg.Pool, store: Store
+) -> None:
+    async with transaction(pool):
+        acme = await store.insert("Company", name="Acme")
+        ann = await store.insert("Person", name="Ann")
+        assert acme is not None and ann is not None
+        await store.add_relation(acme, "boss", ann)
+
+    @store.bus.hook("before_delete_relation", select=match_rtype("boss"))
+    async def delete_it_first(event: RelationEvent) -> None:
+        await event.tx.connection.execute("DELETE FROM boss_relation")
+
+    seen = Recorder(store.bus, "after_delete_relation")
+    async with transaction(pool):
+        assert await store.delete_relation(acme, "boss", ann) is False
+    assert seen.seen == []
     assert await pool.fetchval("SELECT count(*) FROM boss_relation") == 0

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
-__all__ = ["Entity"]
+if TYPE_CHECKING:
+    from ._schema import EntityType
+
+__all__ = ["Entity", "entity_of"]
 
 
 @final
@@ -65,3 +68,8 @@ class Entity(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"<Entity {self.etype} {self.eid} {self._values!r}>"
+
+
+def entity_of(kind: EntityType, record: Any) -> Entity:
+    """The entity of a row read as ``eid, <kind's columns>``."""
+    return Entity(kind.name, record[0], dict(zip(kind.columns, record[1:], strict=True)))

@@ -10,118 +10,88 @@ from __future__ import annotations
 
 from typing import Any
 
-from hookbus import Break, LoadEvent, Transaction, ValidationError
+from hookbus import Break, LoadEvent, ValidationError
 
-from ._entity import Entity
-from ._plumbing import Plumbing, _eid_problem, _entity
-from ._schema import EntityType, UnknownNameError
-from ._support import Database
+from ._entity import Entity, entity_of
+from ._schema import EntityType, RelationType
+from ._session import Session
 
-__all__ = ["Reads"]
-
-_ROLES = ("subject", "object")
+__all__ = ["get", "load", "related"]
 
 
-class Reads(Plumbing):
-    """What the :class:`Store` reads."""
+async def get(session: Session, eid: int) -> Entity:
+    """The entity ``eid``; ``LookupError`` if there is none or a load hook skipped it."""
+    kind = await session.kind_of(eid)
+    if kind is None:
+        raise LookupError(f"entity {eid}: a before_query hook cancelled the lookup")
+    tx, emit = session.tx, session.emit
+    broken = await emit("before_load", LoadEvent("before_load", kind.name, eid, None, tx))
+    if broken is not None:
+        served: Entity = _served(broken, eid)
+        return served
+    rows = await session.run(session.catalog.entity_sql[kind.name].select, (eid,))
+    if rows is None:
+        raise LookupError(f"entity {eid}: a before_query hook cancelled the read")
+    if not rows:
+        raise session.gone(eid)
+    entity = entity_of(kind, rows[0])
+    broken = await emit("after_load", LoadEvent("after_load", kind.name, eid, entity, tx))
+    if broken is not None:
+        served = _served(broken, eid)
+        return served
+    return entity
 
-    __slots__ = ()
 
-    async def get(self, eid: int, /) -> Entity:
-        """The entity ``eid``, whatever its type; ``LookupError`` if there is none.
+async def related(
+    session: Session, eid: int, relation: RelationType, as_subject: bool
+) -> list[Any]:
+    """The entities related to ``eid`` (the subject when ``as_subject``) by ``relation``."""
+    kind = await session.kind_of(eid)
+    if kind is None:
+        return []
+    rtype = relation.name
+    expected = relation.subject if as_subject else relation.object
+    if kind.name != expected:
+        role = "subject" if as_subject else "object"
+        raise ValidationError(
+            eid, {rtype: f"the {role} of {rtype} is a {expected}; {eid} is a {kind.name}"}
+        )
+    statements = session.catalog.relation_sql[rtype]
+    other = session.catalog.schema.entity(relation.object if as_subject else relation.subject)
+    sql = statements.objects if as_subject else statements.subjects
+    return await load_rows(session, other, sql, (eid,))
 
-        ``LookupError`` too when a load hook skipped it (``Break`` without a value).
-        """
-        tx, conn, db = self._scope()
-        kind = await self._kind(tx, conn, db, eid)
-        if kind is None:
-            raise LookupError(f"entity {eid}: a before_query hook cancelled the lookup")
-        emit = self._bus.emit
-        broken = await emit("before_load", LoadEvent("before_load", kind.name, eid, None, tx))
-        if broken is not None:
-            served: Entity = _served(broken, eid)
-            return served
-        rows = await self._run(tx, conn, self._entity_sql[kind.name].select, (eid,))
-        if rows is None:
-            raise LookupError(f"entity {eid}: a before_query hook cancelled the read")
-        if not rows:
-            raise self._gone(db, eid)
-        entity = _entity(kind, rows[0])
-        broken = await emit("after_load", LoadEvent("after_load", kind.name, eid, entity, tx))
-        if broken is not None:
-            served = _served(broken, eid)
-            return served
-        return entity
 
-    async def related(self, eid: int, rtype: str, role: str = "subject") -> list[Any]:
-        """The entities related to ``eid`` by ``rtype``, by eid.
+async def load(
+    session: Session, kind: EntityType, tests: tuple[tuple[str, bool], ...], args: tuple[Any, ...]
+) -> list[Any]:
+    """The entities of ``kind`` passing ``tests`` (checked filters)."""
+    sql = session.catalog.entity_sql[kind.name].load(tests)
+    return await load_rows(session, kind, sql, args)
 
-        ``role="subject"``: ``eid`` is the subject, the objects are returned;
-        ``role="object"``: ``eid`` is the object, the subjects are returned.
-        """
-        relation = self._schema.relation(rtype)
-        if role not in _ROLES:
-            raise ValueError(f"role is 'subject' or 'object', not {role!r}")
-        as_subject = role == "subject"
-        tx, conn, db = self._scope()
-        kind = await self._kind(tx, conn, db, eid)
-        if kind is None:
-            return []
-        expected = relation.subject if as_subject else relation.object
-        if kind.name != expected:
-            raise ValidationError(
-                eid, {rtype: f"the {role} of {rtype} is a {expected}; {eid} is a {kind.name}"}
-            )
-        statements = self._relation_sql[rtype]
-        other = self._schema.entity(relation.object if as_subject else relation.subject)
-        sql = statements.objects if as_subject else statements.subjects
-        return await self._load_rows(tx, conn, db, other, sql, (eid,))
 
-    async def load(self, etype: str, /, **filters: Any) -> list[Any]:
-        """The entities of ``etype`` whose attributes equal ``filters`` (``None``: IS NULL)."""
-        kind = self._schema.entity(etype)
-        tests: list[tuple[str, bool]] = []
-        args: list[Any] = []
-        for attr, value in filters.items():
-            if attr != "eid" and attr not in kind.attributes:
-                raise UnknownNameError("attribute", attr, kind.columns, f" of {etype}")
-            wanted = _eid_problem(value) if attr == "eid" else kind.attributes[attr].check(value)
-            if value is not None and wanted is not None:
-                raise ValidationError(None, {attr: f"{etype}.{attr} is compared to {wanted}"})
-            tests.append((attr, value is None))
-            if value is not None:
-                args.append(value)
-        tx, conn, db = self._scope()
-        sql = self._entity_sql[etype].load(tuple(tests))
-        return await self._load_rows(tx, conn, db, kind, sql, tuple(args))
-
-    async def _load_rows(
-        self,
-        tx: Transaction,
-        conn: Any,
-        db: Database,
-        kind: EntityType,
-        sql: str,
-        args: tuple[Any, ...],
-    ) -> list[Any]:
-        rows = await self._run(tx, conn, sql, args)
-        if not rows:
-            return []
-        etype, emit = kind.name, self._bus.emit
-        loaded: list[Any] = []
-        for record in rows:
-            eid = record[0]
-            broken = await emit("before_load", LoadEvent("before_load", etype, eid, record, tx))
+async def load_rows(
+    session: Session, kind: EntityType, sql: str, args: tuple[Any, ...]
+) -> list[Any]:
+    """Run ``sql`` and load each row through the load hooks."""
+    rows = await session.run(sql, args)
+    if not rows:
+        return []
+    tx, etype, emit, db = session.tx, kind.name, session.emit, session.db
+    loaded: list[Any] = []
+    for record in rows:
+        eid = record[0]
+        broken = await emit("before_load", LoadEvent("before_load", etype, eid, record, tx))
+        if broken is None:
+            entity = entity_of(kind, record)
+            db.know(eid, kind)
+            broken = await emit("after_load", LoadEvent("after_load", etype, eid, entity, tx))
             if broken is None:
-                entity = _entity(kind, record)
-                db.know(eid, kind)
-                broken = await emit("after_load", LoadEvent("after_load", etype, eid, entity, tx))
-                if broken is None:
-                    loaded.append(entity)
-                    continue
-            if broken.value is not None:
-                loaded.append(broken.value)
-        return loaded
+                loaded.append(entity)
+                continue
+        if broken.value is not None:
+            loaded.append(broken.value)
+    return loaded
 
 
 def _served(broken: Break, eid: int) -> Any:

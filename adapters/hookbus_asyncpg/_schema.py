@@ -1,9 +1,10 @@
 """The store's schema: entity types with typed attributes, relation types between them.
 
-Every name is checked when it is declared, so that the SQL the store builds from it later
-needs no check: a table or column name is an ASCII identifier, not a reserved word of
-PostgreSQL, short enough to be kept whole, and unambiguous once lowercased (an entity type
-``Person`` lives in the table ``person``, a relation ``boss`` in ``boss_relation``).
+Every name is checked when it is declared (see ``_names``), so that the SQL the store builds
+from it later needs no check, and declarations are immutable, so that it stays checked: a
+table or column name is an ASCII identifier PostgreSQL keeps whole and reads as declared,
+unambiguous once lowercased (an entity type ``Person`` lives in the table ``person``, a
+relation ``boss`` in ``boss_relation``), and no two tables or indexes share a name.
 
 >>> schema = Schema(
 ...     entities=[EntityType("Person", name=Attribute(str, required=True), age=Attribute(int))],
@@ -15,16 +16,16 @@ PostgreSQL, short enough to be kept whole, and unambiguous once lowercased (an e
 
 from __future__ import annotations
 
-import datetime
-import decimal
+import builtins
 import difflib
-import re
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Final, final
+from typing import Any, Final, Self, final
 
 from hookbus import HookbusError, RegistrationError, ValidationError
+
+from ._names import MAX_COLUMNS, check_length, check_name
+from ._values import TYPES, Checker
 
 __all__ = [
     "Attribute",
@@ -39,23 +40,32 @@ __all__ = [
 ENTITIES_TABLE: Final = "hookbus_entities"
 EID_SEQUENCE: Final = "hookbus_eid_seq"
 
-_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_MAX_IDENTIFIER: Final = 63  # PostgreSQL cuts longer names short (NAMEDATALEN - 1)
-# PostgreSQL's reserved key words (pg_get_keywords() catcode R and T, up to version 17).
-_RESERVED: Final = frozenset(
-    """all analyse analyze and any array as asc asymmetric authorization binary both case cast
-    check collate collation column concurrently constraint create cross current_catalog
-    current_date current_role current_schema current_time current_timestamp current_user
-    default deferrable desc distinct do else end except false fetch for foreign freeze from
-    full grant group having ilike in initially inner intersect into is isnull join lateral
-    leading left like limit localtime localtimestamp natural not notnull null offset on only
-    or order outer overlaps placing primary references returning right select session_user
-    similar some symmetric system_user table tablesample then to trailing true union unique
-    user using variadic verbose when where window with""".split()  # noqa: SIM905  (kept readable)
-)
 _CARDINALITY: Final = frozenset("1?+*")
-_INT8_MIN: Final = -(2**63)
-_INT8_MAX: Final = 2**63 - 1
+
+
+class _Declared:
+    """A declaration: immutable once built, so that nothing reaches SQL unchecked."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(
+            f"{type(self).__name__} is immutable once declared (its names were checked "
+            f"then): declare a new one instead of setting {name!r}"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable once declared")
+
+    # Immutable: a copy is the object itself.
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        return self
+
+
+_set = object.__setattr__  # for the constructors alone
 
 
 class UnknownNameError(HookbusError, LookupError):
@@ -73,110 +83,51 @@ class SchemaMismatchError(HookbusError):
     """Tables already in the database differ from the declared schema."""
 
 
-def _check_name(kind: str, name: object, *, lowercase: bool) -> str:
-    """Refuse a name that cannot be a table or column name as is; say why."""
-    if not isinstance(name, str):
-        raise RegistrationError(f"{kind} name must be a string, not {name!r}")
-    for bad, what in (('"', "a double quote"), ("'", "a quote"), (";", "a semicolon")):
-        if bad in name:
-            raise RegistrationError(f"{kind} name {name!r} contains {what}")
-    if not _IDENTIFIER.match(name):
-        raise RegistrationError(
-            f"{kind} name {name!r} is not an identifier (ASCII letters, digits and "
-            f"underscores, not starting with a digit)"
-        )
-    if lowercase and name != name.lower():
-        raise RegistrationError(f"{kind} name {name!r} must be lowercase: {name.lower()!r}")
-    if name.lower() in _RESERVED:
-        raise RegistrationError(f"{kind} name {name!r} is a reserved word of SQL")
-    if name.lower().startswith("hookbus_"):
-        raise RegistrationError(f"{kind} name {name!r}: the prefix hookbus_ is hookbus's own")
-    return name
-
-
-def _check_length(identifier: str, what: str) -> None:
-    if len(identifier) > _MAX_IDENTIFIER:
-        raise RegistrationError(
-            f"{what} would need the SQL name {identifier!r}, longer than PostgreSQL's "
-            f"{_MAX_IDENTIFIER} characters: choose a shorter name"
-        )
-
-
-# -- attribute types: the SQL type, and the check of a value before it reaches SQL ---------
-
-Checker = Callable[[Any], str | None]  # returns the problem, or None when the value is fine
-
-
-def _check_int(value: Any) -> str | None:
-    if type(value) is bool or not isinstance(value, int):
-        return "an int"
-    return None if _INT8_MIN <= value <= _INT8_MAX else "an int within 64 bits"
-
-
-def _check_float(value: Any) -> str | None:
-    ok = isinstance(value, float) or (isinstance(value, int) and type(value) is not bool)
-    return None if ok else "a float"
-
-
-def _check_str(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return "a str"
-    return "a str without NUL characters" if "\x00" in value else None
-
-
-def _instance_of(*types: type, exclude: type | None = None) -> Checker:
-    label = f"a {types[0].__qualname__}"
-
-    def check(value: Any) -> str | None:
-        if not isinstance(value, types) or (exclude is not None and isinstance(value, exclude)):
-            return label
-        return None
-
-    return check
-
-
-_TYPES: Final[Mapping[type, tuple[str, Checker]]] = MappingProxyType(
-    {
-        str: ("text", _check_str),
-        int: ("bigint", _check_int),
-        float: ("double precision", _check_float),
-        bool: ("boolean", _instance_of(bool)),
-        bytes: ("bytea", _instance_of(bytes)),
-        decimal.Decimal: ("numeric", _instance_of(decimal.Decimal)),
-        datetime.datetime: ("timestamp with time zone", _instance_of(datetime.datetime)),
-        datetime.date: ("date", _instance_of(datetime.date, exclude=datetime.datetime)),
-        datetime.time: ("time without time zone", _instance_of(datetime.time)),
-        uuid.UUID: ("uuid", _instance_of(uuid.UUID)),
-    }
-)
-
-
 @final
-class Attribute:
+class Attribute(_Declared):
     """A typed attribute of an entity type: a column of its table.
 
     ``type`` is one of ``str``, ``int``, ``float``, ``bool``, ``bytes``, ``Decimal``,
-    ``datetime``, ``date``, ``time``, ``UUID``. ``required`` refuses ``None`` and a missing
-    value on insert; ``default`` fills a value not given on insert (before the hooks see
-    it); ``unique`` adds a UNIQUE constraint, whose violation is a ``ValidationError``.
+    ``datetime`` (aware only), ``date``, ``time`` (naive only), ``UUID``. ``required``
+    refuses ``None`` and a missing value once the ``before_*`` hooks have run (they may
+    compute it); ``default`` fills a value not given on insert (before the hooks see it);
+    ``unique`` adds a UNIQUE constraint, whose violation is a ``ValidationError``.
+    ``required`` and ``unique`` are ``bool``s: anything else is refused.
     """
 
     __slots__ = ("check", "default", "required", "sql_type", "type", "unique")
 
+    check: Checker
+    default: Any
+    required: bool
+    sql_type: str
+    type: builtins.type[Any]
+    unique: bool
+
     def __init__(
-        self, type: type, *, required: bool = False, default: Any = None, unique: bool = False
+        self,
+        type: builtins.type[Any],
+        *,
+        required: bool = False,
+        default: Any = None,
+        unique: bool = False,
     ) -> None:
-        known = _TYPES.get(type)
+        known = TYPES.get(type) if isinstance(type, builtins.type) else None
         if known is None:
-            names = ", ".join(t.__qualname__ for t in _TYPES)
+            names = ", ".join(t.__qualname__ for t in TYPES)
             raise RegistrationError(f"attribute type {type!r} is not supported (one of {names})")
-        self.type = type
-        self.sql_type, self.check = known
-        self.required = bool(required)
-        self.default = default
-        self.unique = bool(unique)
-        if default is not None and self.check(default) is not None:
-            raise RegistrationError(f"default {default!r} is not {self.check(default)}")
+        for option, value in (("required", required), ("unique", unique)):
+            if value is not True and value is not False:
+                raise RegistrationError(f"Attribute({option}=...) is True or False, not {value!r}")
+        sql_type, check = known
+        if default is not None and check(default) is not None:
+            raise RegistrationError(f"default {default!r} is not {check(default)}")
+        _set(self, "type", type)
+        _set(self, "sql_type", sql_type)
+        _set(self, "check", check)
+        _set(self, "required", required)
+        _set(self, "default", default)
+        _set(self, "unique", unique)
 
     def __repr__(self) -> str:
         flags = "".join(f", {flag}=True" for flag in ("required", "unique") if getattr(self, flag))
@@ -185,44 +136,78 @@ class Attribute:
 
 
 @final
-class EntityType:
+class EntityType(_Declared):
     """An entity type: a name (``Person``) and its attributes, given as keywords.
 
     Its rows live in the table named after it in lowercase; ``eid`` is the key column.
     """
 
-    __slots__ = ("attributes", "columns", "defaults", "name", "required", "table", "unique")
+    __slots__ = (
+        "attributes",
+        "columns",
+        "defaults",
+        "indexes",
+        "name",
+        "required",
+        "table",
+        "unique",
+    )
+
+    attributes: Mapping[str, Attribute]
+    columns: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    indexes: tuple[str, ...]
+    name: str
+    required: frozenset[str]
+    table: str
+    unique: tuple[str, ...]
 
     def __init__(self, name: str, /, **attributes: Attribute) -> None:
-        self.name = _check_name("entity type", name, lowercase=False)
-        self.table = name.lower()
-        _check_length(self.table, f"entity type {name!r}")
+        check_name("entity type", name, lowercase=False, table=True)
+        table = name.lower()
+        check_length(f"{table}_pkey", f"entity type {name!r}")
+        if len(attributes) >= MAX_COLUMNS:
+            raise RegistrationError(
+                f"entity type {name!r} has {len(attributes)} attributes: a PostgreSQL table "
+                f"has at most {MAX_COLUMNS} columns, eid included"
+            )
         for attr, spec in attributes.items():
-            _check_name(f"{name} attribute", attr, lowercase=True)
+            check_name(f"{name} attribute", attr, lowercase=True, table=False)
             if attr == "eid":
                 raise RegistrationError(f"attribute {name}.eid: eid is the store's key column")
             if not isinstance(spec, Attribute):
                 raise RegistrationError(f"attribute {name}.{attr} must be an Attribute")
             if spec.unique:
-                _check_length(f"{self.table}_{attr}_key", f"unique attribute {name}.{attr}")
+                check_length(f"{table}_{attr}_key", f"unique attribute {name}.{attr}")
+        _set(self, "name", name)
+        _set(self, "table", table)
         #: Declared attributes, in declaration order (the column order).
-        self.attributes: Mapping[str, Attribute] = MappingProxyType(dict(attributes))
-        self.columns: tuple[str, ...] = tuple(attributes)
-        self.required = frozenset(a for a, s in attributes.items() if s.required)
-        self.unique = tuple(a for a, s in attributes.items() if s.unique)
-        self.defaults: Mapping[str, Any] = MappingProxyType(
-            {a: s.default for a, s in attributes.items() if s.default is not None}
+        _set(self, "attributes", MappingProxyType(dict(attributes)))
+        _set(self, "columns", tuple(attributes))
+        _set(self, "required", frozenset(a for a, s in attributes.items() if s.required))
+        _set(self, "unique", tuple(a for a, s in attributes.items() if s.unique))
+        _set(
+            self,
+            "defaults",
+            MappingProxyType(
+                {a: s.default for a, s in attributes.items() if s.default is not None}
+            ),
         )
+        #: The indexes PostgreSQL makes for the table (its key, its UNIQUE constraints).
+        _set(self, "indexes", (f"{table}_pkey", *(f"{table}_{a}_key" for a in self.unique)))
 
     def __repr__(self) -> str:
         attrs = "".join(f", {a}={s!r}" for a, s in self.attributes.items())
         return f"EntityType({self.name!r}{attrs})"
 
-    def check(self, values: dict[str, Any], eid: Any = None, *, adding: bool) -> None:
+    def check(
+        self, values: Mapping[str, Any], eid: Any = None, *, adding: bool, required: bool = True
+    ) -> None:
         """Check ``values`` (attribute -> value) before they reach SQL.
 
-        An unknown attribute is an ``UnknownNameError``; values of the wrong type, a
-        required attribute missing (on add) or set to ``None`` are one ``ValidationError``.
+        An unknown attribute is an ``UnknownNameError``; values of the wrong type are one
+        ``ValidationError``, with (when ``required``) a required attribute set to ``None``
+        or, when ``adding``, missing.
         """
         attributes = self.attributes
         errors: dict[str | None, str] = {}
@@ -231,13 +216,13 @@ class EntityType:
             if spec is None:
                 raise UnknownNameError("attribute", attr, self.columns, f" of {self.name}")
             if value is None:
-                if spec.required:
+                if required and spec.required:
                     errors[attr] = f"{self.name}.{attr} is required"
                 continue
             wanted = spec.check(value)
             if wanted is not None:
                 errors[attr] = f"{self.name}.{attr} must be {wanted}, not {value!r}"
-        if adding and not self.required <= values.keys():
+        if required and adding and not self.required <= values.keys():
             for attr in sorted(self.required - values.keys()):
                 errors[attr] = f"{self.name}.{attr} is required"
         if errors:
@@ -252,26 +237,32 @@ class EntityType:
 
 
 @final
-class RelationType:
+class RelationType(_Declared):
     """A relation type from a subject entity type to an object entity type.
 
     ``cardinality`` is CubicWeb's two characters, the subject side's then the object
     side's: ``1`` exactly one, ``?`` at most one, ``+`` at least one, ``*`` any number.
     ``"?*"`` on ``boss`` from Company to Person: a company has at most one boss, a person
     may be the boss of any number of companies. "At most" is checked as the relation is
-    added; "at least" at precommit, for the entities added or unlinked in the transaction.
+    added; "at least" at precommit (a late operation, after the ordinary ones), for the
+    entities added or unlinked in the transaction.
     """
 
-    __slots__ = ("cardinality", "name", "object", "subject", "table")
+    __slots__ = ("cardinality", "indexes", "name", "object", "subject", "table")
+
+    cardinality: str
+    indexes: tuple[str, ...]
+    name: str
+    object: str
+    subject: str
+    table: str
 
     def __init__(self, name: str, subject: str, object: str, cardinality: str = "**") -> None:
-        self.name = _check_name("relation type", name, lowercase=True)
-        self.table = f"{name}_relation"
-        _check_length(f"{self.table}_eid_from_key", f"relation type {name!r}")
+        check_name("relation type", name, lowercase=True, table=True)
+        table = f"{name}_relation"
+        check_length(f"{table}_eid_from_key", f"relation type {name!r}")
         if not isinstance(subject, str) or not isinstance(object, str):
             raise RegistrationError(f"relation {name!r}: subject and object are type names")
-        self.subject = subject
-        self.object = object
         if (
             not isinstance(cardinality, str)
             or len(cardinality) != 2
@@ -281,7 +272,20 @@ class RelationType:
                 f"relation {name!r}: cardinality is two of '1?+*' (subject side, then object "
                 f"side), not {cardinality!r}"
             )
-        self.cardinality = cardinality
+        _set(self, "name", name)
+        _set(self, "table", table)
+        _set(self, "subject", subject)
+        _set(self, "object", object)
+        _set(self, "cardinality", cardinality)
+        indexes = [f"{table}_pkey"]
+        if self.single_object:
+            indexes.append(f"{table}_eid_from_key")
+        if self.single_subject:
+            indexes.append(f"{table}_eid_to_key")
+        else:  # the reverse lookups (related(..., role="object"))
+            indexes.append(f"{table}_eid_to_idx")
+        #: The indexes of the table: its key, its UNIQUE constraints, the reverse lookup.
+        _set(self, "indexes", tuple(indexes))
 
     def __repr__(self) -> str:
         return (
@@ -301,57 +305,67 @@ class RelationType:
 
 
 @final
-class Schema:
+class Schema(_Declared):
     """The entity and relation types a :class:`Store` persists.
 
-    Two entity types may not differ only by case (they would share a table), and no two
-    types may need the same table.
+    Two entity types may not differ only by case (they would share a table), and no table
+    or index may take the name of another (``Person_pkey`` would be the key of ``person``).
     """
 
     __slots__ = ("_entities", "_relations")
 
+    _entities: Mapping[str, EntityType]
+    _relations: Mapping[str, RelationType]
+
     def __init__(
         self, entities: Iterable[EntityType] = (), relations: Iterable[RelationType] = ()
     ) -> None:
-        self._entities: dict[str, EntityType] = {}
-        self._relations: dict[str, RelationType] = {}
-        tables: dict[str, str] = {ENTITIES_TABLE: "hookbus's entities table"}
+        found: dict[str, EntityType] = {}
+        related: dict[str, RelationType] = {}
+        # Tables, indexes and sequences share one namespace in PostgreSQL (pg_class).
+        names: dict[str, str] = {ENTITIES_TABLE: "hookbus's entities table"}
+
+        def claim(name: str, owner: str, what: str) -> None:
+            if name in names:
+                raise RegistrationError(
+                    f"{owner} needs the {what} {name!r}, already taken by {names[name]}"
+                )
+            names[name] = f"the {what} of {owner}"
+
         for etype in entities:
             if not isinstance(etype, EntityType):
                 raise RegistrationError(f"Schema(entities=...) takes EntityType, not {etype!r}")
-            if etype.table in tables:
-                raise RegistrationError(
-                    f"entity type {etype.name!r} needs the table {etype.table!r}, already "
-                    f"taken by {tables[etype.table]}"
-                )
-            tables[etype.table] = f"entity type {etype.name!r}"
-            self._entities[etype.name] = etype
+            owner = f"entity type {etype.name!r}"
+            claim(etype.table, owner, "table")
+            for index in etype.indexes:
+                claim(index, owner, "index")
+            found[etype.name] = etype
         for rtype in relations:
             if not isinstance(rtype, RelationType):
                 raise RegistrationError(f"Schema(relations=...) takes RelationType, not {rtype!r}")
             for side in (rtype.subject, rtype.object):
-                if side not in self._entities:
+                if side not in found:
                     raise RegistrationError(
                         f"relation {rtype.name!r}: "
-                        + str(UnknownNameError("entity type", side, self._entities))
+                        + str(UnknownNameError("entity type", side, found))
                     )
-            if rtype.table in tables:
-                raise RegistrationError(
-                    f"relation type {rtype.name!r} needs the table {rtype.table!r}, already "
-                    f"taken by {tables[rtype.table]}"
-                )
-            tables[rtype.table] = f"relation type {rtype.name!r}"
-            self._relations[rtype.name] = rtype
+            owner = f"relation type {rtype.name!r}"
+            claim(rtype.table, owner, "table")
+            for index in rtype.indexes:
+                claim(index, owner, "index")
+            related[rtype.name] = rtype
+        _set(self, "_entities", MappingProxyType(found))
+        _set(self, "_relations", MappingProxyType(related))
 
     @property
     def entities(self) -> Mapping[str, EntityType]:
         """Entity types by name."""
-        return MappingProxyType(self._entities)
+        return self._entities
 
     @property
     def relations(self) -> Mapping[str, RelationType]:
         """Relation types by name."""
-        return MappingProxyType(self._relations)
+        return self._relations
 
     def entity(self, name: str) -> EntityType:
         """The entity type ``name``; ``UnknownNameError`` if it is not declared."""

@@ -11,7 +11,14 @@ from typing import Final, final
 from ._schema import EID_SEQUENCE, ENTITIES_TABLE, EntityType, RelationType
 from ._tables import quote
 
-__all__ = ["EntityStatements", "RelationStatements", "ALLOCATE_EIDS", "LOOKUP_ETYPES"]
+__all__ = [
+    "ALLOCATE_EIDS",
+    "DELETE_ENTITY",
+    "LOOKUP_ETYPES",
+    "SEQUENCE_OID",
+    "EntityStatements",
+    "RelationStatements",
+]
 
 #: ``n`` fresh eids from the sequence, as one array (cheaper to decode than ``n`` rows).
 ALLOCATE_EIDS: Final = (
@@ -20,6 +27,8 @@ ALLOCATE_EIDS: Final = (
 #: The entity type of each eid given that exists.
 LOOKUP_ETYPES: Final = f"SELECT eid, etype FROM {ENTITIES_TABLE} WHERE eid = ANY($1::bigint[])"
 DELETE_ENTITY: Final = f"DELETE FROM {ENTITIES_TABLE} WHERE eid = $1 RETURNING eid"
+#: The eid sequence as the session's search_path resolves it.
+SEQUENCE_OID: Final = f"'{EID_SEQUENCE}'::regclass::oid"
 
 
 @final
@@ -65,6 +74,8 @@ class EntityStatements:
         """Insert into the entities table and this one, in one statement.
 
         Parameters: ``$1`` the eid, ``$2`` the entity type, then the values of ``columns``.
+        The row comes back with, last, the OID of the eid sequence the session's
+        ``search_path`` resolves: the store checks that its eid came from that sequence.
         """
         sql = self._inserts.get(columns)
         if sql is None:
@@ -73,7 +84,7 @@ class EntityStatements:
             sql = self._inserts[columns] = (
                 f"WITH e AS (INSERT INTO {ENTITIES_TABLE} (eid, etype) VALUES ($1, $2)) "
                 f"INSERT INTO {self.table} (eid{names}) VALUES ($1{params}) "
-                f"RETURNING {self.returning}"
+                f"RETURNING {self.returning}, {SEQUENCE_OID}"
             )
         return sql
 
@@ -133,7 +144,7 @@ class RelationStatements:
         self.touching = (
             f"SELECT eid_from, eid_to FROM {table} {touching} ORDER BY eid_from, eid_to FOR UPDATE"
         )
-        self.delete_touching = f"DELETE FROM {table} {touching} RETURNING eid_from"
+        self.delete_touching = f"DELETE FROM {table} {touching} RETURNING eid_from, eid_to"
         objects, subjects = EntityStatements(object), EntityStatements(subject)
         self.objects = (
             f"SELECT {_prefixed(objects.returning)} FROM {objects.table} t "

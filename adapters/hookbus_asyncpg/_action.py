@@ -1,0 +1,56 @@
+"""The one shape of every write of the store, in one place.
+
+``before_*`` hooks, then (unless one raised ``Break``) the write, whose own statements may
+still be cancelled by a ``before_query`` hook, then the ``after_*`` hooks. A delete marks
+its entity ``deleted_in_transaction`` before its hooks run, so that the relation hooks its
+deletion fires see it (CubicWeb's ``if deleted_in_transaction(eidto): return``), and
+unmarks it when cancelled. An error from a hook or a statement propagates and dooms the
+scope (``tx.doom``): a half-done action is never committed, unless a savepoint around it
+rolls it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hookbus import EntityEvent, RelationEvent
+
+from ._session import Session
+
+__all__ = ["Payload", "act"]
+
+Payload = EntityEvent | RelationEvent
+
+
+async def act(
+    session: Session,
+    before: Payload,
+    write: Callable[[], Awaitable[Payload | None]],
+    *,
+    deleting: Any = None,
+) -> bool:
+    """Run ``before``'s hooks, ``write()``, then the hooks of the payload it returns.
+
+    ``write`` returns ``None`` when it did not happen (a ``before_query`` hook broke, or
+    there was nothing left to write). Returns whether the action happened.
+    """
+    tx = session.tx
+    try:
+        if deleting is not None:
+            was_marked = tx.deleted(deleting)
+            tx.mark_deleted(deleting)
+        emit = session.emit
+        if await emit(before.event, before) is None:
+            after = await write()
+            if after is not None:
+                await emit(after.event, after)
+                return True
+        # Cancelled. A delete of the same entity run by a hook meanwhile (deleted_here)
+        # did delete it: it stays marked then.
+        if deleting is not None and not was_marked and deleting not in session.deleted_here:
+            session.unmark_deleted(deleting)
+        return False
+    except Exception as exc:
+        session.doom(exc)
+        raise

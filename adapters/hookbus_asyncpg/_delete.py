@@ -1,0 +1,76 @@
+"""Deleting an entity: its relations first, each with its events, then its row.
+
+After ``before_delete_entity``, one ``SELECT`` per relation type finds the entity's
+relations (either role) and ``before_delete_relation`` runs for each (a ``Break`` there
+cancels the whole delete: nothing is written); then one ``DELETE`` per relation type,
+followed by ``after_delete_relation`` for each row it removed; then the entity's ``DELETE``
+and ``after_delete_entity``. The entity is ``deleted_in_transaction`` from the start.
+
+A row a ``before_*`` hook already deleted (by deleting the entity itself) is not deleted
+twice: the delete returns ``False`` and fires no after-hook, as a cancelled one does; the
+hook's own delete fired them. A partner left without a relation it must have at least one
+of (``1``, ``+``) fails the transaction at precommit, unless it is deleted too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hookbus import Edited, EntityEvent, RelationEvent
+
+from ._action import act
+from ._entity import entity_of
+from ._mandatory import note_unlinked
+from ._session import Session, Statement
+from ._statements import DELETE_ENTITY
+
+__all__ = ["delete"]
+
+
+async def delete(session: Session, eid: int) -> bool:
+    """Delete ``eid`` and its relations; ``False`` if cancelled or already gone."""
+    kind = await session.kind_of(eid)
+    if kind is None:
+        return False
+    catalog = session.catalog
+    old = await session.run(catalog.entity_sql[kind.name].select_for_delete, (eid,))
+    if old is None:
+        return False
+    if not old:
+        raise session.gone(eid)
+    tx, emit = session.tx, session.emit
+    session.deleted_here.discard(eid)  # the row is there: an earlier delete was undone
+
+    async def write() -> EntityEvent | None:
+        found: list[tuple[str, list[Any]]] = []  # (rtype, its rows), relation types with rows
+        for rtype in catalog.relations_of[kind.name]:
+            rows = await session.run(catalog.relation_sql[rtype].touching, (eid,))
+            if rows is None:
+                return None
+            if rows:
+                found.append((rtype, rows))
+        for rtype, rows in found:
+            for eidfrom, eidto in rows:
+                unlinked = RelationEvent("before_delete_relation", rtype, eidfrom, eidto, tx)
+                if await emit("before_delete_relation", unlinked) is not None:
+                    return None
+        writes: list[Statement] = [
+            (catalog.relation_sql[rtype].delete_touching, (eid,)) for rtype, _ in found
+        ]
+        writes.append((DELETE_ENTITY, (eid,)))
+        if not await session.announce(writes):
+            return None
+        for (rtype, _), statement in zip(found, writes[:-1], strict=True):
+            removed = await session.run_announced(statement)
+            note_unlinked(session, catalog.relation(rtype), removed)
+            for eidfrom, eidto in removed:
+                unlinked = RelationEvent("after_delete_relation", rtype, eidfrom, eidto, tx)
+                await emit("after_delete_relation", unlinked)
+        if not await session.run_announced(writes[-1]):
+            return None  # a before hook deleted it already (and fired the after-hooks)
+        session.deleted_here.add(eid)
+        return EntityEvent("after_delete_entity", kind.name, eid, edited.readonly(), entity, tx)
+
+    entity, edited = entity_of(kind, old[0]), Edited()
+    before = EntityEvent("before_delete_entity", kind.name, eid, edited, entity, tx)
+    return await act(session, before, write, deleting=eid)

@@ -1,0 +1,168 @@
+"""Adding entities: one at a time (one statement), or many (COPY), with their events.
+
+An eid is known before the ``before_add_entity`` hooks run (they get it, as in CubicWeb):
+single inserts take theirs from a block fetched ahead (one round trip in ``BLOCK``), kept
+per database (``Database.free``). Value types are checked before the hooks; the values as
+the hooks left them are checked again, required attributes included (a hook may compute
+them), before the write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import asyncpg
+
+from hookbus import Edited, EntityEvent, ValidationError
+
+from ._action import act
+from ._entity import Entity, entity_of
+from ._mandatory import note_added
+from ._schema import ENTITIES_TABLE, EntityType
+from ._session import Copy, Session
+from ._statements import ALLOCATE_EIDS
+
+__all__ = ["BLOCK", "insert", "insert_batch", "take_eids"]
+
+BLOCK: Final = 64  # eids fetched at once for single inserts: one round trip in 64
+Progress = Callable[[int, int], object]
+
+
+async def insert(session: Session, kind: EntityType, edited: Edited) -> int | None:
+    """Insert one entity whose values were checked; its eid, or ``None`` if cancelled."""
+    free = session.db.free
+    if free:
+        eid = free.pop()
+    else:
+        # Other scopes may take from the free list while this one waits: the eid comes
+        # from the block fetched, and only the rest of the block goes to the free list.
+        fresh = await _allocate(session, BLOCK)
+        if fresh is None:
+            return None
+        eid = fresh.pop()
+        free[:0] = fresh
+    tx, etype = session.tx, kind.name
+
+    async def write() -> EntityEvent | None:
+        recheck(kind, edited, eid, "before_add_entity", adding=True)
+        sql = session.catalog.entity_sql[etype].insert(tuple(edited))
+        try:
+            rows = await session.run(sql, (eid, etype, *edited.values()))
+        except asyncpg.UniqueViolationError as exc:
+            raise session.catalog.unique_error(exc, eid, edited) from exc
+        if rows is None:
+            return None
+        record = rows[0]
+        if record[-1] != session.db.sequence:
+            raise session.moved()
+        added(session, kind, eid)
+        entity = entity_of(kind, record[:-1])
+        return EntityEvent("after_add_entity", etype, eid, edited.readonly(), entity, tx)
+
+    before = EntityEvent("before_add_entity", etype, eid, edited, None, tx)
+    return eid if await act(session, before, write) else None
+
+
+async def take_eids(session: Session, n: int) -> list[int] | None:
+    """``n`` eids for ``insert_many``, the smallest first; ``None`` if a hook refused.
+
+    The connection is asked which data it works on first (one catalog read: little
+    beside a COPY), so that the eids come from the sequence its search_path resolves now.
+    """
+    session.db = await session.databases.ask(session.conn)
+    # Take what the free list holds now, without awaiting in between (other scopes take
+    # from it too), then fetch the rest: those fresh eids are this call's alone.
+    free = session.db.free
+    taken = min(n, len(free))
+    eids = free[len(free) - taken :][::-1]
+    del free[len(free) - taken :]
+    if taken < n:
+        fresh = await _allocate(session, n - taken)
+        if fresh is None:
+            free += reversed(eids)  # unused: back to the free list
+            return None
+        eids += reversed(fresh)
+    return eids
+
+
+async def insert_batch(
+    session: Session, kind: EntityType, eids: list[int], pending: list[Edited]
+) -> list[int | None]:
+    """Insert ``pending`` (eids given) with COPY: every before hook, the COPYs, every after hook.
+
+    Returns the eid of each, ``None`` for an entity a hook cancelled.
+    """
+    tx, etype, emit = session.tx, kind.name, session.emit
+    try:
+        result: list[int | None] = []
+        records: list[tuple[Any, ...]] = []
+        written: list[tuple[int, Edited]] = []
+        columns = kind.columns
+        for eid, edited in zip(eids, pending, strict=True):
+            event = EntityEvent("before_add_entity", etype, eid, edited, None, tx)
+            if await emit("before_add_entity", event) is not None:
+                result.append(None)
+                continue
+            recheck(kind, edited, eid, "before_add_entity", adding=True)
+            records.append((eid, *[edited.get(c) for c in columns]))
+            written.append((eid, edited))
+            result.append(eid)
+        if not records:
+            return result
+        statements = session.catalog.entity_sql[etype]
+        copies = (
+            Copy(
+                statements.copy_entities,
+                ENTITIES_TABLE,
+                [(r[0], etype) for r in records],
+                ("eid", "etype"),
+            ),
+            Copy(statements.copy, kind.table, records, ("eid", *columns)),
+        )
+        if not await session.announce(copies):
+            return [None] * len(pending)
+        try:
+            for copy in copies:
+                await session.run_announced(copy)
+        except asyncpg.UniqueViolationError as exc:
+            raise session.catalog.unique_error(exc, None, None) from exc
+        for eid, edited in written:
+            added(session, kind, eid)
+            entity = Entity(etype, eid, {c: edited.get(c) for c in columns})
+            event = EntityEvent("after_add_entity", etype, eid, edited.readonly(), entity, tx)
+            await emit("after_add_entity", event)
+    except Exception as exc:
+        session.doom(exc)
+        raise
+    return result
+
+
+def added(session: Session, kind: EntityType, eid: int) -> None:
+    """Mark ``eid`` added, remember its type, note its "at least one" relations."""
+    session.tx.mark_added(eid)
+    session.db.know(eid, kind)
+    sides = session.catalog.mandatory_of[kind.name]
+    if sides:
+        note_added(session, sides, eid)
+
+
+def recheck(kind: EntityType, edited: Edited, eid: int, event: str, *, adding: bool) -> None:
+    """Check ``edited`` as the before-hooks left it, required attributes included."""
+    try:
+        kind.check(edited, eid, adding=adding)
+    except (ValidationError, LookupError) as exc:
+        exc.add_note(f"as the {event} hooks left it")
+        raise
+
+
+async def _allocate(session: Session, n: int) -> list[int] | None:
+    """``n`` fresh eids, descending; ``None`` if a before_query hook refused.
+
+    They are the caller's alone: it puts those it does not use on the free list itself,
+    with no await in between, so that no other scope can take them meanwhile.
+    """
+    rows = await session.run(ALLOCATE_EIDS, (n,))
+    if rows is None:
+        return None
+    return sorted(rows[0][0], reverse=True)

@@ -1,0 +1,68 @@
+"""Adding and deleting relations, with their events.
+
+"At most one" sides (``1``, ``?``) are UNIQUE in the table: a second partner is a
+``ValidationError`` as the relation is added. "At least one" sides (``1``, ``+``) are
+checked before COMMIT (``_mandatory``).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from hookbus import RelationEvent
+
+from ._action import act
+from ._mandatory import note_unlinked
+from ._schema import RelationType
+from ._session import Session
+
+__all__ = ["add_relation", "delete_relation"]
+
+
+async def add_relation(session: Session, relation: RelationType, eidfrom: int, eidto: int) -> bool:
+    """Relate ``eidfrom`` to ``eidto``; ``False`` if a hook cancelled it."""
+    if not await session.fit(relation, eidfrom, eidto):
+        return False
+    rtype, tx = relation.name, session.tx
+
+    async def write() -> RelationEvent | None:
+        try:
+            rows = await session.run(session.catalog.relation_sql[rtype].insert, (eidfrom, eidto))
+        except asyncpg.UniqueViolationError as exc:
+            raise session.catalog.unique_error(exc, eidfrom, None, eidto) from exc
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise LookupError(f"{rtype}: entity {eidfrom} or {eidto} no longer exists") from exc
+        if rows is None:
+            return None
+        return RelationEvent("after_add_relation", rtype, eidfrom, eidto, tx)
+
+    before = RelationEvent("before_add_relation", rtype, eidfrom, eidto, tx)
+    return await act(session, before, write)
+
+
+async def delete_relation(
+    session: Session, relation: RelationType, eidfrom: int, eidto: int
+) -> bool:
+    """Remove the relation; ``False`` if cancelled, ``LookupError`` if there is none.
+
+    ``False`` too when a before hook removed it itself (its own events fired then).
+    """
+    if not await session.fit(relation, eidfrom, eidto):
+        return False
+    rtype, tx = relation.name, session.tx
+    statements = session.catalog.relation_sql[rtype]
+    found = await session.run(statements.check, (eidfrom, eidto))
+    if found is None:
+        return False
+    if not found:
+        raise LookupError(f"no relation {eidfrom} {rtype} {eidto}")
+
+    async def write() -> RelationEvent | None:
+        rows = await session.run(statements.delete, (eidfrom, eidto))
+        if not rows:  # cancelled by a before_query hook, or deleted by a before hook
+            return None
+        note_unlinked(session, relation, ((eidfrom, eidto),))
+        return RelationEvent("after_delete_relation", rtype, eidfrom, eidto, tx)
+
+    before = RelationEvent("before_delete_relation", rtype, eidfrom, eidto, tx)
+    return await act(session, before, write)

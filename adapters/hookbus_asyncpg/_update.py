@@ -1,0 +1,58 @@
+"""Changing the attributes of an entity, with its events.
+
+The values are checked before any statement (against every type declaring the attribute
+when the eid's type is not known yet, then against its own type). The old values are read
+first (``SELECT ... FOR UPDATE``), so that the hooks get ``edited.oldnewvalue(attr)`` and
+``entity`` as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from hookbus import Edited, EntityEvent
+
+from ._action import act
+from ._entity import entity_of
+from ._insert import recheck
+from ._session import Session
+
+__all__ = ["update"]
+
+
+async def update(session: Session, eid: int, attrs: dict[str, Any]) -> bool:
+    """Change ``attrs`` of ``eid`` (prechecked); ``False`` if cancelled or nothing is left."""
+    kind = await session.kind_of(eid)
+    if kind is None:
+        return False
+    kind.check(attrs, eid, adding=False, required=False)
+    statements = session.catalog.entity_sql[kind.name]
+    old = await session.run(statements.select_for_update, (eid,))
+    if old is None:
+        return False
+    if not old:
+        raise session.gone(eid)
+    tx, etype = session.tx, kind.name
+    entity = entity_of(kind, old[0])
+    edited = Edited(attrs, old=entity)
+
+    async def write() -> EntityEvent | None:
+        if not edited:  # the hooks removed every change
+            return None
+        recheck(kind, edited, eid, "before_update_entity", adding=False)
+        sql = statements.update(tuple(edited))
+        try:
+            rows = await session.run(sql, (eid, *edited.values()))
+        except asyncpg.UniqueViolationError as exc:
+            raise session.catalog.unique_error(exc, eid, edited) from exc
+        if rows is None:
+            return None
+        if not rows:
+            raise session.gone(eid, ": a before_update_entity hook deleted it, nothing to update")
+        after = entity_of(kind, rows[0])
+        return EntityEvent("after_update_entity", etype, eid, edited.readonly(), after, tx)
+
+    before = EntityEvent("before_update_entity", etype, eid, edited, entity, tx)
+    return await act(session, before, write)
