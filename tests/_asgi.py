@@ -51,3 +51,22 @@ async def call(
 
     await app(scope, receive, send)
     return sent
+
+
+async def run_lifespan(app: Any, scope: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Drive ``app``'s lifespan as a server does: start-up, then (if it completed) shut-down.
+
+    Returns the messages the application sent. (asgi-lifespan's manager waits out its timeout
+    on ``lifespan.startup.failed``, which these tests need to see.)
+    """
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(dict(message))
+
+    await app(scope or {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    return sent

@@ -9,8 +9,10 @@
 The plugin appends to the application's configuration: a lifespan context emitting
 ``server_startup`` / ``server_shutdown`` (after the application's own lifespan contexts are
 entered, so the pool exists), then ``SessionMiddleware`` and ``TransactionMiddleware`` as
-middleware (inside Litestar's exception handling, so a ``ValidationError`` raised by a handler
-reaches the transaction middleware, which rolls back and answers 422).
+middleware, and exception handlers answering hookbus's errors as ``errors`` maps them
+(``ValidationError`` 422 with its JSON...). Litestar turns a handler's exception into a
+response inside the middleware stack: the transaction middleware sees that response's status
+(4xx or 5xx) and rolls back.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Any, final
 
-from litestar import Litestar
+import asyncpg
+from litestar import Litestar, Request, Response
 from litestar.config.app import AppConfig
 from litestar.plugins import InitPlugin
 
-from hookbus import Bus
+from hookbus import Bus, CommitOutcomeUnknownError, TransactionAbortedError, ValidationError
 
+from ._errors import ErrorMapper, error_response
 from ._lifespan import server_events
 from ._middleware import TransactionMiddleware
 from ._sessions import SessionMiddleware
@@ -73,6 +77,26 @@ class HookbusPlugin(InitPlugin):
         if self._transactions:
             middleware.append(self._transaction_middleware)
         app_config.middleware = [*app_config.middleware, *middleware]
+        errors: ErrorMapper = self._options.get("errors", error_response)
+
+        def answer(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+            response = errors(exc)
+            if response is None:
+                raise exc
+            return Response(
+                response.body, status_code=response.status, media_type="application/json"
+            )
+
+        handlers: dict[Any, Any] = {
+            kind: answer
+            for kind in (
+                ValidationError,
+                CommitOutcomeUnknownError,
+                TransactionAbortedError,
+                asyncpg.PostgresError,
+            )
+        }
+        app_config.exception_handlers = {**handlers, **app_config.exception_handlers}
         return app_config
 
     def _lifespan(self, app: Litestar) -> AbstractAsyncContextManager[None]:
