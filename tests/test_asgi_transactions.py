@@ -14,7 +14,7 @@ import pytest_asyncio
 from _asgi import call, served
 from _web_app import create_app
 from hookbus_asgi import ErrorResponse, TransactionMiddleware, error_response
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
 from hookbus import (
     CommitOutcomeUnknownError,
@@ -343,3 +343,54 @@ def test_the_default_error_answers() -> None:
         },
     )
     assert error_response(RuntimeError("anything else")) is None
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+async def test_the_row_is_committed_before_the_response_starts(
+    pool: asyncpg.Pool, spec_version: str
+) -> None:
+    """Under ASGI 2.4 Starlette streams from the request's task: the scope ends at the start;
+    under 2.3 from a child task: the response is held until the application returns."""
+    await _setup(pool)
+    name = unique(f"streamed-{spec_version}")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await current_transaction().connection.execute(  # type: ignore[attr-defined]
+            "INSERT INTO notes VALUES ($1)", name
+        )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"a"
+            yield b"b"
+
+        await StreamingResponse(chunks())(scope, receive, send)
+
+    seen: list[tuple[str, int]] = []
+
+    async def send(message: Any) -> None:
+        seen.append((message["type"], await rows(pool, "notes", name)))
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": spec_version}}
+    await TransactionMiddleware(app, pool)(scope, _quiet_client(), send)
+    # every message, the start included, went out once the row was committed
+    assert seen == [
+        ("http.response.start", 1),
+        ("http.response.body", 1),
+        ("http.response.body", 1),
+        ("http.response.body", 1),
+    ]
+
+
+def _quiet_client() -> Any:
+    """A receive channel: an empty body, then nothing (the client stays connected)."""
+    calls = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    return receive
