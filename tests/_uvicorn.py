@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "Uvicorn running on"
@@ -73,23 +74,22 @@ class Uvicorn:
         os.kill(self.process.pid, signal.SIGTERM)
 
 
-@contextlib.asynccontextmanager
-async def uvicorn(target: str, *, cwd: Path, env: dict[str, str]) -> AsyncIterator[Uvicorn]:
+def uvicorn(target: str, *, cwd: Path, env: dict[str, str]) -> Any:
     """Start ``uvicorn target --lifespan on`` on a free port; kill it by its pid at the end."""
     port = free_port()
+    argv = ["-m", "uvicorn", *target.split(), "--host", "127.0.0.1", "--port", str(port)]
+    return serve([*argv, "--lifespan", "on", "--no-access-log"], port, cwd=cwd, env=env)
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    argv: list[str], port: int, *, cwd: Path, env: dict[str, str]
+) -> AsyncIterator[Uvicorn]:
+    """Run ``python argv`` (a uvicorn server on ``port``); kill it by its pid at the end."""
     pythonpath = os.pathsep.join([str(ROOT / "adapters"), str(ROOT), str(cwd)])
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "uvicorn",
-        *target.split(),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--lifespan",
-        "on",
-        "--no-access-log",
+        *argv,
         cwd=cwd,
         env={**os.environ, **env, "PYTHONPATH": pythonpath},
         stdin=asyncio.subprocess.DEVNULL,
