@@ -324,7 +324,9 @@ def test_bad_options_are_refused_when_the_middleware_is_built(pool: Any = None) 
     with pytest.raises(ValueError, match="retries"):
         TransactionMiddleware(inserting_app(), lambda: pool, retries=-1)
     with pytest.raises(TypeError, match="commit_on"):
-        TransactionMiddleware(inserting_app(), lambda: pool, commit_on=200)
+        TransactionMiddleware(inserting_app(), lambda: pool, commit_on=200)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"asyncpg\.Pool or a function"):
+        TransactionMiddleware(inserting_app(), "postgresql://")  # type: ignore[arg-type]
 
 
 def test_the_default_error_answers() -> None:

@@ -19,6 +19,7 @@ the request's task, and sends it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Final, final
 
 import anyio
@@ -34,7 +35,18 @@ from ._errors import (
     error_response,
     is_retryable,
 )
-from ._types import ASGIApp, Isolation, Message, PoolSource, Receive, Scope, Send, resolve_pool
+from ._types import (
+    ASGIApp,
+    Isolation,
+    Message,
+    PoolSource,
+    Receive,
+    Scope,
+    Send,
+    check_pool_source,
+    resolve_pool,
+    scope_options,
+)
 
 __all__ = ["TransactionMiddleware"]
 
@@ -74,7 +86,7 @@ class TransactionMiddleware:
         app: ASGIApp,
         pool: PoolSource,
         *,
-        commit_on: Any = commit_on_success,
+        commit_on: Callable[[int], bool] = commit_on_success,
         errors: ErrorMapper = error_response,
         retries: int = 0,
         replay_limit: int = 1 << 20,
@@ -90,12 +102,8 @@ class TransactionMiddleware:
             raise ValueError(f"retries must be an int >= 0, not {retries!r}")
         if isinstance(replay_limit, bool) or not isinstance(replay_limit, int) or replay_limit < 0:
             raise ValueError(f"replay_limit must be an int >= 0, not {replay_limit!r}")
-        options: dict[str, Any] = {
-            "isolation": isolation,
-            "readonly": readonly,
-            "deferrable": deferrable,
-        }
-        hookbus_asyncpg.transaction(None, **options)  # refuse bad options now, not per request
+        check_pool_source(pool)
+        options = scope_options(isolation, readonly, deferrable)
         self.app = app
         self._pool = pool
         self._commit_on = commit_on

@@ -25,7 +25,7 @@ from fastapi.responses import Response
 from hookbus import CommitOutcomeUnknownError, TransactionAbortedError, ValidationError
 
 from ._errors import ErrorMapper, error_response
-from ._types import Isolation, PoolSource, resolve_pool
+from ._types import Isolation, PoolSource, check_pool_source, resolve_pool, scope_options
 
 __all__ = ["install_error_handlers", "transaction"]
 
@@ -43,12 +43,8 @@ def transaction(
     ``pool`` is an ``asyncpg.Pool`` or a function returning it. Pair it with
     :func:`install_error_handlers` so that what COMMIT raises gets its status.
     """
-    options: dict[str, Any] = {
-        "isolation": isolation,
-        "readonly": readonly,
-        "deferrable": deferrable,
-    }
-    hookbus_asyncpg.transaction(None, **options)  # refuse bad options now, not per request
+    check_pool_source(pool)
+    options = scope_options(isolation, readonly, deferrable)
 
     async def hookbus_transaction() -> AsyncIterator[hookbus_asyncpg.AsyncpgTransaction]:
         async with hookbus_asyncpg.transaction(resolve_pool(pool), **options) as tx:
