@@ -396,3 +396,62 @@ def _quiet_client() -> Any:
         raise AssertionError("unreachable")
 
     return receive
+
+
+GATE = 4343  # the advisory lock a deferred trigger of ``gated_notes`` waits for at COMMIT
+GATED = f"""
+CREATE TABLE IF NOT EXISTS gated_notes (name text);
+CREATE OR REPLACE FUNCTION gate_note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({GATE});
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS gate_note_at_commit ON gated_notes;
+CREATE CONSTRAINT TRIGGER gate_note_at_commit AFTER INSERT ON gated_notes
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate_note();
+"""
+
+
+async def wait_until_blocked_on_lock(pool: asyncpg.Pool, pid: int) -> None:
+    """Wait (bounded) until backend ``pid`` waits for a lock: PostgreSQL offers nothing to await."""
+    query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
+    for _ in range(1000):
+        if await pool.fetchval(query, pid) == "Lock":
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError(f"backend {pid} never blocked")
+
+
+async def test_a_connection_lost_during_commit_is_never_answered_2xx(pool: asyncpg.Pool) -> None:
+    await pool.execute(GATED)
+    name = unique("lost")
+    pids: list[int] = []
+    committing = anyio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = current_transaction().connection  # type: ignore[attr-defined]
+        await conn.execute("INSERT INTO gated_notes VALUES ($1)", name)
+        pids.append(conn.get_server_pid())
+        committing.set()
+        await JSONResponse({"ok": True})(scope, receive, send)  # COMMIT waits on the gate
+
+    sent: list[dict[str, Any]] = []
+    async with pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", GATE)
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def request() -> None:
+                    sent.extend(await call(TransactionMiddleware(app, pool), []))
+
+                tg.start_soon(request)
+                with anyio.fail_after(10):
+                    await committing.wait()
+                await wait_until_blocked_on_lock(pool, pids[0])
+                await holder.execute("SELECT pg_terminate_backend($1)", pids[0])
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock($1)", GATE)
+    # PostgreSQL, asked on another connection, says the transaction was rolled back
+    assert sent[0]["status"] == 500
+    assert b"nothing was committed" in sent[1]["body"]
+    assert await pool.fetchval("SELECT count(*) FROM gated_notes WHERE name = $1", name) == 0
