@@ -18,6 +18,7 @@ the request's task, and sends it.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
 from typing import Any, Final, final
@@ -30,7 +31,6 @@ from hookbus import ValidationError
 from ._errors import (
     NOT_COMMITTED,
     ErrorMapper,
-    ErrorResponse,
     commit_on_success,
     error_response,
     is_retryable,
@@ -79,7 +79,7 @@ class TransactionMiddleware:
     (up to ``replay_limit`` bytes) can be replayed. Websockets and lifespan pass through.
     """
 
-    __slots__ = ("_commit_on", "_errors", "_options", "_pool", "_replay_limit", "_retries", "app")
+    __slots__ = ("_policy", "_replay_limit", "_retries", "app")
 
     def __init__(
         self,
@@ -103,14 +103,12 @@ class TransactionMiddleware:
         if isinstance(replay_limit, bool) or not isinstance(replay_limit, int) or replay_limit < 0:
             raise ValueError(f"replay_limit must be an int >= 0, not {replay_limit!r}")
         check_pool_source(pool)
-        options = scope_options(isolation, readonly, deferrable)
         self.app = app
-        self._pool = pool
-        self._commit_on = commit_on
-        self._errors = errors
+        self._policy = _Policy(
+            app, pool, scope_options(isolation, readonly, deferrable), commit_on, errors
+        )
         self._retries = retries
         self._replay_limit = replay_limit
-        self._options = options
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,10 +116,31 @@ class TransactionMiddleware:
             return
         replay = _Replay(receive, self._replay_limit if self._retries else 0)
         for attempt in range(self._retries + 1):
-            request = _Request(self, send, replay, may_retry=attempt < self._retries)
+            request = _Request(self._policy, send, replay, may_retry=attempt < self._retries)
             if await request.run(scope):
                 return
             logger.info("retrying a request after a conflict (attempt %d)", attempt + 2)
+
+
+@final
+class _Policy:
+    """What every request of one middleware shares: read-only once built."""
+
+    __slots__ = ("app", "commit_on", "errors", "options", "pool")
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        pool: PoolSource,
+        options: dict[str, Any],
+        commit_on: Callable[[int], bool],
+        errors: ErrorMapper,
+    ) -> None:
+        self.app = app
+        self.pool = pool
+        self.options = options
+        self.commit_on = commit_on
+        self.errors = errors
 
 
 @final
@@ -163,6 +182,16 @@ class _Replay:
         return receive
 
 
+class _Stage(enum.Enum):
+    """Where one attempt at a request stands."""
+
+    OPEN = "open"  # the scope is open, nothing was sent
+    HOLDING = "holding"  # the start came from another task: every message held till the end
+    PASSING = "passing"  # the scope ended by the status: the application's response goes out
+    ENDED = "ended"  # the scope ended before any response (the application raised or returned)
+    REPLACED = "replaced"  # an answer of ours went out, or a retry is due: the app's is dropped
+
+
 @final
 class _Request:
     """One attempt at one request: its scope, and the response held until the scope ends."""
@@ -170,23 +199,19 @@ class _Request:
     __slots__ = (
         "_cm",
         "_disconnected",
-        "_ended",
         "_held",
         "_may_retry",
-        "_mw",
+        "_policy",
         "_replay",
-        "_retry",
         "_send_downstream",
-        "_started",
-        "_swallow",
+        "_stage",
         "_task",
         "receive",
+        "retry",
     )
 
-    def __init__(
-        self, mw: TransactionMiddleware, send: Send, replay: _Replay, *, may_retry: bool
-    ) -> None:
-        self._mw = mw
+    def __init__(self, policy: _Policy, send: Send, replay: _Replay, *, may_retry: bool) -> None:
+        self._policy = policy
         self._send_downstream = send
         self._replay = replay
         self._may_retry = may_retry
@@ -201,69 +226,67 @@ class _Request:
         self.receive = receive
         self._cm: Any = None
         self._task = 0
-        self._ended = False  # the scope has committed or rolled back
-        self._started = False  # a response start went downstream
-        self._swallow = False  # the application's messages are dropped (answered otherwise)
-        self._held: list[Message] | None = None
+        self._stage = _Stage.OPEN
+        self._held: list[Message] = []
         self._disconnected = False
-        self._retry = False
+        #: Set when the request should be run again in a new scope (a conflict).
+        self.retry = False
 
     async def run(self, scope: Scope) -> bool:
         """Run the application once; ``False`` when the request should be run again."""
-        mw = self._mw
-        self._cm = hookbus_asyncpg.transaction(resolve_pool(mw._pool), **mw._options)
+        policy = self._policy
+        self._cm = hookbus_asyncpg.transaction(resolve_pool(policy.pool), **policy.options)
         await self._cm.__aenter__()
         self._task = anyio.get_current_task().id
         try:
-            await mw.app(scope, self.receive, self.send)
+            await policy.app(scope, self.receive, self.send)
         except Exception as exc:
-            if not self._ended:
+            if self._stage in (_Stage.OPEN, _Stage.HOLDING):
                 await self._end(commit=False)
-            if self._started or not await self._answer(exc, from_app=True):
-                raise
-            return not self._retry
+                self._stage = _Stage.ENDED
+            if self.retry:
+                return False
+            if self._stage is not _Stage.ENDED or not await self._answer(exc, from_app=True):
+                raise  # a response went out already, or nothing maps this error
+            return True
         except BaseException:  # cancelled: the scope still rolls back (shielded)
-            if not self._ended:
+            if self._stage in (_Stage.OPEN, _Stage.HOLDING):
                 await self._end(commit=False)
             raise
-        if not self._ended:
-            held = self._held
-            if held is None:  # the application returned without a response
-                await self._end(commit=False)
-            else:  # the response came from another task: end the scope here, then send it
-                error = await self._end(commit=self._commits(held[0]["status"]))
-                if error is not None:
-                    await self._answer(error, from_app=False)
-                else:
-                    for message in held:
-                        await self._send_downstream(message)
-        return not self._retry
+        if self._stage is _Stage.OPEN:  # the application returned without a response
+            await self._end(commit=False)
+        elif self._stage is _Stage.HOLDING:  # end the scope in the request's task, then send
+            error = await self._end(commit=self._commits(self._held[0]["status"]))
+            if error is not None:
+                await self._answer(error, from_app=False)
+            else:
+                for message in self._held:
+                    await self._send_downstream(message)
+        return not self.retry
 
     async def send(self, message: Message) -> None:
         """The application's send: ends the scope at the response start, then passes it on."""
-        if self._swallow:
-            return
-        if self._held is not None:
-            self._held.append(message)
-            return
-        if message["type"] == "http.response.start" and not self._ended:
+        stage = self._stage
+        if stage is _Stage.OPEN and message["type"] == "http.response.start":
             if anyio.get_current_task().id != self._task:
-                self._held = [message]
-                return
-            error = await self._end(commit=self._commits(message["status"]))
-            if error is not None:
-                self._swallow = True
-                await self._answer(error, from_app=False)
-                return
-            self._started = True
-        await self._send_downstream(message)
+                stage = self._stage = _Stage.HOLDING
+            else:
+                error = await self._end(commit=self._commits(message["status"]))
+                if error is not None:
+                    await self._answer(error, from_app=False)
+                    return
+                stage = self._stage = _Stage.PASSING
+        if stage is _Stage.HOLDING:
+            self._held.append(message)
+        elif stage is not _Stage.REPLACED:  # dropped there: an answer of ours went out
+            # PASSING; or a body before any start (OPEN, ENDED), for the server to refuse
+            await self._send_downstream(message)
 
     def _commits(self, status: int) -> bool:
-        return not self._disconnected and bool(self._mw._commit_on(status))
+        return not self._disconnected and bool(self._policy.commit_on(status))
 
     async def _end(self, *, commit: bool) -> Exception | None:
         """End the scope (its ``__aexit__``: the connection goes back); return its error."""
-        self._ended = True
         try:
             if commit:
                 await self._cm.__aexit__(None, None, None)
@@ -274,11 +297,15 @@ class _Request:
         return None
 
     async def _answer(self, exc: Exception, *, from_app: bool) -> bool:
-        """Answer ``exc`` (or ask for a retry); ``False`` when it must propagate instead."""
+        """Answer ``exc`` in place of the application (or ask for a retry).
+
+        ``False`` when nothing maps an exception raised by the application: it propagates.
+        """
         if self._may_retry and is_retryable(exc) and self._replay.replayable:
-            self._retry = self._swallow = True
+            self.retry = True
+            self._stage = _Stage.REPLACED
             return True
-        response = self._mw._errors(exc)
+        response = self._policy.errors(exc)
         if response is None:
             if from_app:
                 return False
@@ -286,11 +313,8 @@ class _Request:
             response = NOT_COMMITTED
         elif not isinstance(exc, ValidationError):
             logger.warning("request answered %d: %s", response.status, exc, exc_info=exc)
-        await self._send_error(response)
-        return True
-
-    async def _send_error(self, response: ErrorResponse) -> None:
+        self._stage = _Stage.REPLACED
         start, body = response.messages()
-        self._started = True
         await self._send_downstream(start)
         await self._send_downstream(body)
+        return True
