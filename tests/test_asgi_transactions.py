@@ -281,33 +281,41 @@ def flaky_app() -> Any:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        await current_transaction().connection.execute(  # type: ignore[attr-defined]
-            "INSERT INTO flaky VALUES ($1)", body.decode()
-        )
+        conn = current_transaction().connection  # type: ignore[attr-defined]
+        if body.startswith(b"now:"):  # the trigger fires at the INSERT: the endpoint raises
+            await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        await conn.execute("INSERT INTO flaky VALUES ($1)", body.decode())
         await JSONResponse({"name": body.decode()})(scope, receive, send)
 
     return app
 
 
-async def test_a_serialization_failure_at_commit_is_409(pool: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("when", ["", "now:"], ids=["at COMMIT", "raised by the endpoint"])
+async def test_a_serialization_failure_is_409_without_retries(
+    pool: asyncpg.Pool, when: str
+) -> None:
     await _flaky(pool)
-    body = [{"type": "http.request", "body": b"once", "more_body": False}]
+    body = [{"type": "http.request", "body": f"{when}once".encode(), "more_body": False}]
     sent = await call(TransactionMiddleware(flaky_app(), pool), body)
     assert sent[0]["status"] == 409
     assert b"40001" in sent[1]["body"]
     assert await pool.fetchval("SELECT count(*) FROM flaky") == 0
 
 
-async def test_retries_rerun_the_request_with_its_body_replayed(pool: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("when", ["", "now:"], ids=["at COMMIT", "raised by the endpoint"])
+async def test_retries_rerun_the_request_with_its_body_replayed(
+    pool: asyncpg.Pool, when: str
+) -> None:
     await _flaky(pool)
     body = [
-        {"type": "http.request", "body": b"in ", "more_body": True},
+        {"type": "http.request", "body": f"{when}in ".encode(), "more_body": True},
         {"type": "http.request", "body": b"two parts", "more_body": False},
     ]
     sent = await call(TransactionMiddleware(flaky_app(), pool, retries=2), body)
     assert sent[0]["status"] == 200
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
-    assert await pool.fetch("SELECT name FROM flaky") == [("in two parts",)]
+    assert await pool.fetch("SELECT name FROM flaky") == [(f"{when}in two parts",)]
+    assert await pool.fetchval("SELECT last_value FROM flaky_commits") == 2  # two attempts
 
 
 async def test_no_retry_when_the_body_is_too_large_to_replay(pool: asyncpg.Pool) -> None:

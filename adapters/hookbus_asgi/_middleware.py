@@ -248,7 +248,7 @@ class _Request:
                 return False
             if self._stage is not _Stage.ENDED or not await self._answer(exc, from_app=True):
                 raise  # a response went out already, or nothing maps this error
-            return True
+            return not self.retry
         except BaseException:  # cancelled: the scope still rolls back (shielded)
             if self._stage in (_Stage.OPEN, _Stage.HOLDING):
                 await self._end(commit=False)
