@@ -1,0 +1,320 @@
+"""A transaction scope per HTTP request, ended before the response starts.
+
+The request runs inside ``hookbus_asyncpg.transaction(pool)``, in the request's own task
+(a pure ASGI middleware: what the scope sets in context variables reaches the endpoint, and
+nothing runs in a child task). The scope ends when the application sends
+``http.response.start``: the middleware holds that message, commits or rolls back by its
+status, and only then sends it, or, if the end of the scope failed, an error response in its
+place (the application's body is then dropped). So a COMMIT that fails is never answered
+with a 2xx, and postcommit operations (which run inside COMMIT's lifecycle) have run before
+the client sees the response.
+
+Where the response start is sent from another task than the request's (Starlette's
+``StreamingResponse`` under an ASGI 2.3 server such as uvicorn streams from a child task),
+the scope cannot be ended there: its context variable belongs to the request's task. The
+middleware then holds the whole response until the application returns, ends the scope in
+the request's task, and sends it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from typing import Any, Final, final
+
+import anyio
+import hookbus_asyncpg
+
+from hookbus import ValidationError
+
+from ._errors import (
+    NOT_COMMITTED,
+    ErrorMapper,
+    commit_on_success,
+    error_response,
+    is_retryable,
+)
+from ._types import (
+    ASGIApp,
+    Isolation,
+    Message,
+    PoolSource,
+    Receive,
+    Scope,
+    Send,
+    check_pool_source,
+    resolve_pool,
+    scope_options,
+)
+
+__all__ = ["TransactionMiddleware"]
+
+logger: Final = logging.getLogger("hookbus.asgi")
+
+
+class _RollBack(Exception):
+    """Handed to the scope's ``__aexit__`` to end it with a rollback."""
+
+
+_ROLL_BACK: Final = _RollBack("the response status asks for a rollback")
+
+
+@final
+class TransactionMiddleware:
+    """Run each HTTP request in its own ``hookbus_asyncpg.transaction(pool)`` scope.
+
+    ``pool`` is an ``asyncpg.Pool``, or a function returning it (for a pool opened in the
+    lifespan). The scope commits when the response starts with a status ``commit_on``
+    accepts (default: below 400), and rolls back otherwise, when the application raises,
+    when it returns without a response, and when the client disconnected before the
+    response. ``isolation``, ``readonly`` and ``deferrable`` are passed to the scope.
+
+    What an exception raised by the request or by its COMMIT answers is ``errors(exc)``
+    (default :func:`error_response`: ``ValidationError`` 422 with its JSON, a conflict 409,
+    an unknown COMMIT outcome 503); where it returns ``None``, an exception from the
+    application propagates (the framework or server answers 500), and a COMMIT failure is
+    answered 500. ``retries`` re-runs the whole request in a new scope after a serialization
+    failure or a deadlock, as long as no response was sent and the request body read so far
+    (up to ``replay_limit`` bytes) can be replayed. Websockets and lifespan pass through.
+    """
+
+    __slots__ = ("_policy", "_replay_limit", "_retries", "app")
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        pool: PoolSource,
+        *,
+        commit_on: Callable[[int], bool] = commit_on_success,
+        errors: ErrorMapper = error_response,
+        retries: int = 0,
+        replay_limit: int = 1 << 20,
+        isolation: Isolation | None = None,
+        readonly: bool = False,
+        deferrable: bool = False,
+    ) -> None:
+        if not callable(commit_on):
+            raise TypeError("commit_on must be a function of the status: int -> bool")
+        if not callable(errors):
+            raise TypeError("errors must be a function: exception -> ErrorResponse | None")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
+        if isinstance(replay_limit, bool) or not isinstance(replay_limit, int) or replay_limit < 0:
+            raise ValueError(f"replay_limit must be an int >= 0, not {replay_limit!r}")
+        check_pool_source(pool)
+        self.app = app
+        self._policy = _Policy(
+            app, pool, scope_options(isolation, readonly, deferrable), commit_on, errors
+        )
+        self._retries = retries
+        self._replay_limit = replay_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replay = _Replay(receive, self._replay_limit if self._retries else 0)
+        for attempt in range(self._retries + 1):
+            request = _Request(self._policy, send, replay, may_retry=attempt < self._retries)
+            if await request.run(scope):
+                return
+            logger.info("retrying a request after a conflict (attempt %d)", attempt + 2)
+
+
+@final
+class _Policy:
+    """What every request of one middleware shares: read-only once built."""
+
+    __slots__ = ("app", "commit_on", "errors", "options", "pool")
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        pool: PoolSource,
+        options: dict[str, Any],
+        commit_on: Callable[[int], bool],
+        errors: ErrorMapper,
+    ) -> None:
+        self.app = app
+        self.pool = pool
+        self.options = options
+        self.commit_on = commit_on
+        self.errors = errors
+
+
+@final
+class _Replay:
+    """The request's receive channel, recording the body so that a retry can read it again."""
+
+    __slots__ = ("_limit", "_receive", "_recorded", "_size", "replayable")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._recorded: list[Message] = []
+        self._size = 0
+        self.replayable = limit > 0
+
+    def reader(self) -> Receive:
+        """A receive callable for one attempt: the recorded messages, then the live ones."""
+        position = 0
+
+        async def receive() -> Message:
+            nonlocal position
+            if position < len(self._recorded):
+                position += 1
+                return self._recorded[position - 1]
+            message = await self._receive()
+            if self.replayable:
+                if message["type"] == "http.request":
+                    self._size += len(message.get("body", b""))
+                    if self._size <= self._limit:
+                        self._recorded.append(message)
+                        position += 1
+                    else:
+                        self.replayable = False
+                        self._recorded.clear()
+                else:  # a disconnect: there is no one to answer a retry
+                    self.replayable = False
+            return message
+
+        return receive
+
+
+class _Stage(enum.Enum):
+    """Where one attempt at a request stands."""
+
+    OPEN = "open"  # the scope is open, nothing was sent
+    HOLDING = "holding"  # the start came from another task: every message held till the end
+    PASSING = "passing"  # the scope ended by the status: the application's response goes out
+    ENDED = "ended"  # the scope ended before any response (the application raised or returned)
+    REPLACED = "replaced"  # an answer of ours went out, or a retry is due: the app's is dropped
+
+
+@final
+class _Request:
+    """One attempt at one request: its scope, and the response held until the scope ends."""
+
+    __slots__ = (
+        "_cm",
+        "_disconnected",
+        "_held",
+        "_may_retry",
+        "_policy",
+        "_replay",
+        "_send_downstream",
+        "_stage",
+        "_task",
+        "receive",
+        "retry",
+    )
+
+    def __init__(self, policy: _Policy, send: Send, replay: _Replay, *, may_retry: bool) -> None:
+        self._policy = policy
+        self._send_downstream = send
+        self._replay = replay
+        self._may_retry = may_retry
+        upstream = replay.reader()
+
+        async def receive() -> Message:
+            message = await upstream()
+            if message["type"] == "http.disconnect":
+                self._disconnected = True
+            return message
+
+        self.receive = receive
+        self._cm: Any = None
+        self._task = 0
+        self._stage = _Stage.OPEN
+        self._held: list[Message] = []
+        self._disconnected = False
+        #: Set when the request should be run again in a new scope (a conflict).
+        self.retry = False
+
+    async def run(self, scope: Scope) -> bool:
+        """Run the application once; ``False`` when the request should be run again."""
+        policy = self._policy
+        self._cm = hookbus_asyncpg.transaction(resolve_pool(policy.pool), **policy.options)
+        await self._cm.__aenter__()
+        self._task = anyio.get_current_task().id
+        try:
+            await policy.app(scope, self.receive, self.send)
+        except Exception as exc:
+            if self._stage in (_Stage.OPEN, _Stage.HOLDING):
+                await self._end(commit=False)
+                self._stage = _Stage.ENDED
+            if self.retry:
+                return False
+            if self._stage is not _Stage.ENDED or not await self._answer(exc, from_app=True):
+                raise  # a response went out already, or nothing maps this error
+            return not self.retry
+        except BaseException:  # cancelled: the scope still rolls back (shielded)
+            if self._stage in (_Stage.OPEN, _Stage.HOLDING):
+                await self._end(commit=False)
+            raise
+        if self._stage is _Stage.OPEN:  # the application returned without a response
+            await self._end(commit=False)
+        elif self._stage is _Stage.HOLDING:  # end the scope in the request's task, then send
+            error = await self._end(commit=self._commits(self._held[0]["status"]))
+            if error is not None:
+                await self._answer(error, from_app=False)
+            else:
+                for message in self._held:
+                    await self._send_downstream(message)
+        return not self.retry
+
+    async def send(self, message: Message) -> None:
+        """The application's send: ends the scope at the response start, then passes it on."""
+        stage = self._stage
+        if stage is _Stage.OPEN and message["type"] == "http.response.start":
+            if anyio.get_current_task().id != self._task:
+                stage = self._stage = _Stage.HOLDING
+            else:
+                error = await self._end(commit=self._commits(message["status"]))
+                if error is not None:
+                    await self._answer(error, from_app=False)
+                    return
+                stage = self._stage = _Stage.PASSING
+        if stage is _Stage.HOLDING:
+            self._held.append(message)
+        elif stage is not _Stage.REPLACED:  # dropped there: an answer of ours went out
+            # PASSING; or a body before any start (OPEN, ENDED), for the server to refuse
+            await self._send_downstream(message)
+
+    def _commits(self, status: int) -> bool:
+        return not self._disconnected and bool(self._policy.commit_on(status))
+
+    async def _end(self, *, commit: bool) -> Exception | None:
+        """End the scope (its ``__aexit__``: the connection goes back); return its error."""
+        try:
+            if commit:
+                await self._cm.__aexit__(None, None, None)
+            else:
+                await self._cm.__aexit__(_RollBack, _ROLL_BACK, None)
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _answer(self, exc: Exception, *, from_app: bool) -> bool:
+        """Answer ``exc`` in place of the application (or ask for a retry).
+
+        ``False`` when nothing maps an exception raised by the application: it propagates.
+        """
+        if self._may_retry and is_retryable(exc) and self._replay.replayable:
+            self.retry = True
+            self._stage = _Stage.REPLACED
+            return True
+        response = self._policy.errors(exc)
+        if response is None:
+            if from_app:
+                return False
+            logger.error("COMMIT failed; answered 500", exc_info=exc)
+            response = NOT_COMMITTED
+        elif not isinstance(exc, ValidationError):
+            logger.warning("request answered %d: %s", response.status, exc, exc_info=exc)
+        self._stage = _Stage.REPLACED
+        start, body = response.messages()
+        await self._send_downstream(start)
+        await self._send_downstream(body)
+        return True
