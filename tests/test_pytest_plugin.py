@@ -1,0 +1,329 @@
+"""The pytest plugin, run as users run it: in pytest sessions of their own (pytester).
+
+Each test writes a small test module, runs it in a sub-session against the real PostgreSQL
+(the module's database, named by HOOKBUS_TEST_DSN as a user would) and checks what the user
+sees: outcomes, failure messages, and what is left in the database afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+
+import asyncpg
+import pytest
+
+pytest_plugins = ("pytester",)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS note (id serial PRIMARY KEY, body text NOT NULL);
+CREATE TABLE IF NOT EXISTS tag (
+    note_id int NOT NULL REFERENCES note (id) DEFERRABLE INITIALLY DEFERRED,
+    label text NOT NULL
+);
+"""
+
+# What the sub-sessions' test modules share: an application with one operation that writes
+# down its phases, and a service that writes a note in a scope of its own.
+APP = """
+import hookbus
+import hookbus_asyncpg
+
+log = []
+
+
+class Remember(hookbus.Operation):
+    def __init__(self, name, fail=None):
+        super().__init__()
+        self.name = name
+        self.fail = fail
+
+    async def _run(self, phase):
+        log.append(f"{self.name}.{phase}")
+        if phase == self.fail:
+            raise RuntimeError(f"{self.name} failed in {phase}")
+
+    async def precommit(self):
+        await self._run("precommit")
+
+    async def postcommit(self):
+        await self._run("postcommit")
+
+    async def rollback(self):
+        await self._run("rollback")
+
+
+async def add_note(pool, body, fail=None):
+    async with hookbus_asyncpg.transaction(pool) as tx:
+        await tx.connection.execute("INSERT INTO note (body) VALUES ($1)", body)
+        tx.add(Remember(body, fail))
+"""
+
+
+CONFTEST = """
+import pytest
+import app
+
+@pytest.fixture(autouse=True)
+def _fresh_log():
+    app.log.clear()
+"""
+
+
+def _run(coro_factory: object) -> object:
+    return asyncio.run(coro_factory())  # type: ignore[operator]
+
+
+async def _count_notes(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM note")
+        return count
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def project(
+    pytester: pytest.Pytester, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> pytest.Pytester:
+    """A user's project: the application module, its tables, HOOKBUS_TEST_DSN set."""
+
+    async def create() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(SCHEMA)
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    monkeypatch.setenv("HOOKBUS_TEST_DSN", dsn)
+    monkeypatch.delenv("HOOKBUS_DSN", raising=False)
+    pytester.makepyfile(app=APP)
+    pytester.makeconftest(CONFTEST)
+    pytester.syspathinsert()
+    return pytester
+
+
+def _ini(pytester: pytest.Pytester, mode: str, loop_scope: str = "function") -> None:
+    pytester.makeini(
+        f"""
+        [pytest]
+        asyncio_mode = {mode}
+        asyncio_default_fixture_loop_scope = {loop_scope}
+        asyncio_default_test_loop_scope = {loop_scope}
+        """
+    )
+
+
+def _module(body: str, mode: str) -> str:
+    """A test module; in strict mode its async tests carry the asyncio mark."""
+    head = "import pytest\nimport app\n"
+    if mode == "strict":
+        head += "pytestmark = pytest.mark.asyncio\n"
+    return head + textwrap.dedent(body)
+
+
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_rows_written_in_a_test_are_gone_and_postcommit_ran_inside_it(
+    project: pytest.Pytester, dsn: str, mode: str
+) -> None:
+    _ini(project, mode)
+    project.makepyfile(
+        test_notes=_module(
+            """
+            async def test_write(hookbus_db):
+                await app.add_note(hookbus_db.pool, "hello")
+                # the scope committed (on a savepoint): postcommit ran, the row is visible
+                assert app.log == ["hello.precommit", "hello.postcommit"]
+                assert await hookbus_db.connection.fetchval("SELECT count(*) FROM note") == 1
+
+            async def test_next_test_starts_empty(hookbus_db):
+                assert await hookbus_db.connection.fetchval("SELECT count(*) FROM note") == 0
+            """,
+            mode,
+        )
+    )
+    result = project.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert _run(lambda: _count_notes(dsn)) == 0
+
+
+def test_a_postcommit_error_fails_the_test_with_its_message(project: pytest.Pytester) -> None:
+    _ini(project, "auto")
+    project.makepyfile(
+        test_fail=_module(
+            """
+            async def test_postcommit_fails(hookbus_db):
+                await app.add_note(hookbus_db.pool, "mail", fail="postcommit")
+                # as in production, the caller carried on after the failed postcommit
+                assert app.log == ["mail.precommit", "mail.postcommit"]
+
+            async def test_expected_postcommit_error(hookbus_db):
+                await app.add_note(hookbus_db.pool, "mail", fail="postcommit")
+                [error] = hookbus_db.take_postcommit_errors()
+                assert str(error) == "mail failed in postcommit"
+            """,
+            "auto",
+        )
+    )
+    result = project.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*1 postcommit operation(s) raised during the test*",
+            "*RuntimeError: mail failed in postcommit",
+            "FAILED test_fail.py::test_postcommit_fails*",
+        ]
+    )
+
+
+def test_scopes_in_test_mode_nest_roll_back_and_check_deferred_constraints(
+    project: pytest.Pytester,
+) -> None:
+    _ini(project, "auto")
+    project.makepyfile(
+        test_modes=_module(
+            """
+            import asyncpg
+            import hookbus
+            import hookbus_asyncpg
+
+            async def test_a_failing_scope_rolls_back_to_its_savepoint(hookbus_db):
+                with pytest.raises(RuntimeError):
+                    await app.add_note(hookbus_db.pool, "bad", fail="precommit")
+                assert app.log == ["bad.precommit", "bad.rollback"]
+                await app.add_note(hookbus_db.pool, "good")
+                rows = await hookbus_db.connection.fetch("SELECT body FROM note")
+                assert [row["body"] for row in rows] == ["good"]
+
+            async def test_a_nested_scope_joins_and_its_rollback_drops_its_operations(hookbus_db):
+                pool = hookbus_db.pool
+                async with hookbus_asyncpg.transaction(pool) as tx:
+                    tx.add(app.Remember("outer"))
+                    with pytest.raises(ValueError):
+                        async with hookbus_asyncpg.transaction(pool) as inner:
+                            assert inner is tx
+                            tx.add(app.Remember("inner"))
+                            raise ValueError
+                assert app.log == ["inner.rollback", "outer.precommit", "outer.postcommit"]
+
+            async def test_a_deferred_constraint_fails_at_commit(hookbus_db):
+                with pytest.raises(asyncpg.ForeignKeyViolationError):
+                    async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
+                        await tx.connection.execute("INSERT INTO tag VALUES (999, 'x')")
+                        tx.add(app.Remember("tagged"))
+                assert app.log == ["tagged.precommit", "tagged.rollback"]
+                # the test's transaction is still usable, and the deferred mode is back
+                await hookbus_db.connection.execute("INSERT INTO tag VALUES (998, 'y')")
+
+            async def test_a_swallowed_error_aborts_the_scope(hookbus_db):
+                with pytest.raises(hookbus.TransactionAbortedError):
+                    async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
+                        tx.add(app.Remember("swallowed"))
+                        try:
+                            await tx.connection.execute("SELECT 1/0")
+                        except asyncpg.DivisionByZeroError:
+                            pass
+                assert app.log == ["swallowed.precommit", "swallowed.rollback"]
+                assert await hookbus_db.connection.fetchval("SELECT 1") == 1
+            """,
+            "auto",
+        )
+    )
+    result = project.runpytest()
+    result.assert_outcomes(passed=4)
+
+
+def test_a_session_wide_pool_with_session_loop_scope(project: pytest.Pytester, dsn: str) -> None:
+    _ini(project, "strict", loop_scope="session")
+    project.makeconftest(
+        CONFTEST
+        + textwrap.dedent(
+            """
+            import asyncpg
+            import pytest_asyncio
+
+            @pytest_asyncio.fixture(scope="session", loop_scope="session")
+            async def hookbus_pool(hookbus_dsn):
+                async with asyncpg.create_pool(hookbus_dsn, min_size=1, max_size=2) as pool:
+                    yield pool
+            """
+        )
+    )
+    project.makepyfile(
+        test_session=_module(
+            """
+            @pytest.mark.parametrize("body", ["one", "two", "three"])
+            async def test_each_test_sees_only_its_rows(hookbus_db, body):
+                await app.add_note(hookbus_db.pool, body)
+                rows = await hookbus_db.connection.fetch("SELECT body FROM note")
+                assert [row["body"] for row in rows] == [body]
+            """,
+            "strict",
+        )
+    )
+    result = project.runpytest()
+    result.assert_outcomes(passed=3)
+    assert _run(lambda: _count_notes(dsn)) == 0
+
+
+def test_a_failing_assert_emitted_says_what_was_emitted(pytester: pytest.Pytester) -> None:
+    _ini(pytester, "auto")
+    pytester.makepyfile(
+        test_events="""
+        import hookbus
+
+        async def test_person_added(hookbus_recorder):
+            bus = hookbus.Bus()
+            events = hookbus_recorder(bus)
+            payload = hookbus.EntityEvent("after_add_entity", "Company", 1, {})
+            await bus.emit("after_add_entity", payload)
+            assert events.payloads("after_add_entity") == [payload]
+            events.assert_emitted("after_add_entity", key="Person", count=1)
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*expected 'after_add_entity' with key 'Person' to be emitted once, "
+            "it was emitted 0 times",
+            "*after_add_entity [[]key='Company'[]]: once",
+        ]
+    )
+
+
+def test_the_plugin_loads_no_driver_until_a_database_fixture_is_used(
+    pytester: pytest.Pytester,
+) -> None:
+    _ini(pytester, "strict")
+    pytester.makepyfile(
+        test_light="""
+        import sys
+
+        def test_no_driver(hookbus_recorder, request):
+            assert request.config.pluginmanager.has_plugin("hookbus")
+            assert "asyncpg" not in sys.modules
+            assert "hookbus_asyncpg" not in sys.modules
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+
+
+def test_the_database_fixture_without_a_dsn_says_how_to_give_one(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOOKBUS_TEST_DSN", raising=False)
+    monkeypatch.delenv("HOOKBUS_DSN", raising=False)
+    _ini(pytester, "auto")
+    pytester.makepyfile(
+        test_nodsn="""
+        async def test_db(hookbus_db):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*set HOOKBUS_TEST_DSN (or HOOKBUS_DSN)*"])
