@@ -13,6 +13,9 @@ import textwrap
 import asyncpg
 import pytest
 
+import hookbus
+from hookbus.testing import capture_operations, record_events
+
 pytest_plugins = ("pytester",)
 
 SCHEMA = """
@@ -327,3 +330,83 @@ def test_the_database_fixture_without_a_dsn_says_how_to_give_one(
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*set HOOKBUS_TEST_DSN (or HOOKBUS_DSN)*"])
+
+
+# -- hookbus.testing used directly (no database) -------------------------------------------
+
+
+async def test_the_recorder_sees_every_dispatch_first_even_one_a_hook_breaks() -> None:
+    bus = hookbus.Bus()
+
+    @bus.hook("before_add_entity", priority=-1000)
+    def cancel(event: hookbus.EntityEvent) -> None:
+        raise hookbus.Break("no")
+
+    with record_events(bus) as events:
+        person = hookbus.EntityEvent("before_add_entity", "Person", 1, {})
+        await bus.emit("before_add_entity", person)
+        await bus.emit("session_open", hookbus.SessionEvent(None))
+    await bus.emit("before_add_entity", person)  # not recorded: the recorder stopped
+    assert events.assert_emitted("before_add_entity", key="Person", count=1) == [person]
+    events.assert_emitted("session_open")
+    events.assert_not_emitted("before_add_entity", key="Company")
+    assert bus.registered() == (bus.hooks_for("before_add_entity", "Person")[0],)
+    with pytest.raises(hookbus.UnknownEventError, match="before_add_entity"):
+        events.assert_not_emitted("before_add_entiti")
+
+
+class Step(hookbus.Operation):
+    """Writes its phases to ``log``; its precommit schedules ``then`` (an operation loop)."""
+
+    def __init__(self, log: list[str], name: str, then: Step | None = None) -> None:
+        super().__init__()
+        self.log, self.name, self.then = log, name, then
+
+    async def precommit(self) -> None:
+        self.log.append(f"{self.name}.precommit")
+        if self.then is not None:
+            hookbus.current_transaction().add(self.then)
+
+    async def postcommit(self) -> None:
+        self.log.append(f"{self.name}.postcommit")
+        if self.name == "broken":
+            raise RuntimeError("broken postcommit")
+
+    async def rollback(self) -> None:
+        self.log.append(f"{self.name}.rollback")
+
+
+async def test_captured_operations_run_looping_and_leave_out_a_rolled_back_savepoint() -> None:
+    log: list[str] = []
+    async with capture_operations(execute=True) as captured:
+        tx = hookbus.current_transaction()
+        tx.add(Step(log, "first", then=Step(log, "added")))
+        with pytest.raises(ValueError):
+            async with tx.savepoint():
+                tx.add(Step(log, "undone"))
+                raise ValueError
+        assert log == ["undone.rollback"]
+    assert [op.name for op in captured.operations] == ["first", "added"]  # type: ignore[attr-defined]
+    assert log == [
+        "undone.rollback",
+        "first.precommit",
+        "added.precommit",
+        "first.postcommit",
+        "added.postcommit",
+    ]
+
+
+async def test_captured_operations_without_execute_are_not_run() -> None:
+    log: list[str] = []
+    async with capture_operations() as captured:
+        hookbus.current_transaction().add(Step(log, "mail"))
+    assert [op.name for op in captured.operations] == ["mail"]  # type: ignore[attr-defined]
+    assert log == ["mail.rollback"]
+
+
+async def test_a_captured_postcommit_error_is_raised() -> None:
+    log: list[str] = []
+    with pytest.raises(ExceptionGroup) as raised:
+        async with capture_operations(execute=True):
+            hookbus.current_transaction().add(Step(log, "broken"))
+    assert [str(e) for e in raised.value.exceptions] == ["broken postcommit"]
