@@ -11,6 +11,11 @@ An operation overrides any of four async methods; each defaults to doing nothing
 ``postcommit``
     after COMMIT succeeded; errors are logged and counted, never raised.
 
+In ``revertprecommit``, ``rollback`` and ``postcommit``, every operation runs whatever another
+raised: errors are logged on the ``hookbus`` logger; ``KeyboardInterrupt`` and ``SystemExit``
+propagate once the phase has run; a ``CancelledError`` an operation raises while the scope's
+task is not being cancelled is that operation's error.
+
 Constructing an operation schedules nothing: ``tx.add(op)`` does. A method whose name is
 close to a phase without being one (``post_commit``, ``preCommit``, ``on_commit``) is refused
 when the class is defined: it would never run.
@@ -64,7 +69,7 @@ class Operation:
     """Work scheduled in a transaction scope with ``tx.add(op)``.
 
     Subclass it and override the phases you need. An operation scheduled by
-    ``tx.accumulate(key, value, OpClass)`` reads the accumulated values as ``self.values``
+    ``tx.accumulate(key, value, factory)`` reads the accumulated values as ``self.values``
     (``None`` for an operation scheduled with ``tx.add``).
     """
 
@@ -119,8 +124,9 @@ class LateOperation(Operation):
 
 
 class SingleLastOperation(Operation):
-    """An operation that runs last, once: scheduling one replaces any earlier instance
-    of the same class in the scope."""
+    """An operation that runs last, once: scheduling one replaces a pending instance of the
+    same class (one whose precommit has not started); an instance that ran keeps its place
+    and gets its ``postcommit`` or ``rollback``, and the new one runs after it."""
 
     __slots__ = ()
 

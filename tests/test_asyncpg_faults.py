@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import secrets
@@ -257,10 +258,15 @@ async def test_a_lost_transaction_id_is_not_told_as_no_write(db: asyncpg.Pool) -
     for n in range(1, 51):
         log: list[str] = []
 
-        def drop_after_commit_is_sent(tx: hookbus_asyncpg.AsyncpgTransaction) -> None:
-            # Three loop turns: the scope's commit task starts, writes COMMIT, then this.
-            conn = tx.connection
-            loop.call_soon(loop.call_soon, conn.terminate)
+        def drop_after_commit_is_sent(
+            tx: hookbus_asyncpg.AsyncpgTransaction, turns: int = n % 6
+        ) -> None:
+            # A few loop turns later: the scope's commit task starts, writes COMMIT, then
+            # this (the number of turns varies from try to try).
+            drop: Callable[[], object] = tx.connection.terminate
+            for _ in range(turns):
+                drop = functools.partial(loop.call_soon, drop)
+            loop.call_soon(drop)
 
         async def noop() -> None:
             pass

@@ -15,6 +15,7 @@ import functools
 import logging
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
@@ -810,6 +811,14 @@ async def test_scheduling_refuses_what_is_not_an_operation(backend: Harness) -> 
 # -- operations, as declared ----------------------------------------------------------------
 
 
+def test_a_scope_subclass_cannot_override_the_scheduling_calls() -> None:
+    with pytest.raises(TypeError, match="cannot override add"):
+
+        class Custom(hookbus.Transaction):
+            def add(self, op: hookbus.Operation) -> None:
+                pass
+
+
 def test_an_operation_phase_must_be_async() -> None:
     with pytest.raises(TypeError, match=r"Notify.postcommit must be an async def"):
 
@@ -921,3 +930,13 @@ async def test_serialization_failure_at_commit(items: asyncpg.Pool) -> None:
     assert logs["first"] == ["op.precommit", "op.postcommit"]
     assert logs["second"] == ["op.precommit", "op.revertprecommit", "op.rollback"]
     assert [r[0] for r in await items.fetch("SELECT id FROM items")] == [100]
+
+
+def test_the_first_snippet_of_the_lifecycle_page_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    page = (Path(__file__).parent.parent / "docs" / "lifecycle.md").read_text()
+    snippet = page.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(snippet, "docs/lifecycle.md", "exec"), {"__name__": "lifecycle_page"})
+    out = capsys.readouterr().out
+    assert "checking the quota of [1, 2]" in out
+    assert out.index("quota") < out.index("welcome mail to ada")  # precommit, then postcommit
+    assert "TransactionState.COMMITTED" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Coroutine
@@ -11,7 +12,7 @@ from typing import Any, Final, TypeAlias, final
 import asyncpg
 import asyncpg.pool
 
-from hookbus import CommitOutcome
+from hookbus import CommitOutcome, TransactionAbortedError
 
 from ._options import DEFAULT, TransactionOptions
 from ._outcome import ASK_XID, NOT_RECEIVED, Xid, XidNotice, find_outcome
@@ -82,6 +83,9 @@ class AsyncpgBackend:
     async def commit(self) -> CommitOutcome:
         """Send COMMIT and read its answer; find the outcome out if the connection drops."""
         conn = self.connection
+        if not is_usable(conn):
+            # Lost before COMMIT was sent (the loss was seen meanwhile): the server rolls back.
+            raise asyncpg.InterfaceError("the connection was lost before COMMIT was sent")
         if not self._options.find_outcome:
             return await self._commit(conn, "COMMIT", NOT_RECEIVED)
         if _NO_DO_BLOCK and conn.get_server_pid() in _NO_DO_BLOCK:
@@ -103,11 +107,20 @@ class AsyncpgBackend:
             await conn.execute("ROLLBACK TO SAVEPOINT hookbus_xid; RELEASE SAVEPOINT hookbus_xid")
             return await self._commit_asking_xid(conn)
         except Exception as exc:
-            if is_usable(conn) and not _is_connection_loss(exc):
-                raise  # the server refused COMMIT, and has rolled back
+            if _not_lost_in_commit(conn, exc):
+                raise  # refused (by the server, which has rolled back), or never sent
+            if notice.xid is NOT_RECEIVED and _ended_by_the_server(exc):
+                # The server itself said it ended the session (pg_terminate_backend, a
+                # shutdown) before it sent the notice, which comes before COMMIT: COMMIT never
+                # ran. (A loss seen by the client alone says nothing of what the server did.)
+                raise TransactionAbortedError(
+                    f"the server ended the session before COMMIT ran ({exc}); nothing was "
+                    "committed and the rollback operations ran"
+                ) from exc
             return await find_outcome(notice.xid, exc, self._options, self._pool)
         finally:
-            if is_usable(conn):  # a lost connection may already be back in its pool
+            # A lost connection may already be back in its pool (its proxy then refuses).
+            with contextlib.suppress(asyncpg.InterfaceError):
                 conn.remove_log_listener(notice)
         return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
 
@@ -123,8 +136,8 @@ class AsyncpgBackend:
         try:
             status = await conn.execute(statement)
         except Exception as exc:
-            if is_usable(conn) and not _is_connection_loss(exc):
-                raise  # the server refused COMMIT, and has rolled back
+            if _not_lost_in_commit(conn, exc):
+                raise  # refused (by the server, which has rolled back), or never sent
             return await find_outcome(xid, exc, self._options, self._pool)
         return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
 
@@ -203,6 +216,23 @@ def is_usable(conn: Connection) -> bool:
         return not conn.is_closed()
     except asyncpg.InterfaceError:  # a pooled proxy detached from its lost connection
         return False
+
+
+def _not_lost_in_commit(conn: Connection, exc: BaseException) -> bool:
+    """Tell a COMMIT refused or never sent from one whose connection was lost on the way."""
+    # asyncpg refuses to send on a connection whose session the server has just ended
+    # ("cannot switch to state"): nothing was sent.
+    if isinstance(exc, asyncpg.InternalClientError):
+        return True
+    return is_usable(conn) and not _is_connection_loss(exc)
+
+
+def _ended_by_the_server(exc: BaseException) -> bool:
+    # asyncpg raises the server's FATAL 57P01 itself, or as the cause of the
+    # ConnectionDoesNotExistError it raises when the connection closes right after it.
+    return isinstance(exc, asyncpg.AdminShutdownError) or isinstance(
+        exc.__cause__, asyncpg.AdminShutdownError
+    )
 
 
 def _is_connection_loss(exc: BaseException) -> bool:
