@@ -41,6 +41,7 @@ __all__ = [
     "Emitted",
     "EventRecorder",
     "capture_operations",
+    "postcommit_errors",
     "record_events",
 ]
 
@@ -256,29 +257,51 @@ async def capture_operations(*, execute: bool = False) -> AsyncIterator[Captured
         )
     tx = Transaction(MemoryBackend())
     captured = CapturedOperations(tx)
-    records = _Records()
-    try:
+    with postcommit_errors(tx) as errors:
         async with tx:
             yield captured
             captured.operations = list(tx.operations)
-            if execute:
-                _logger.addHandler(records)
-            else:
+            if not execute:
                 await tx.rollback()
-    finally:
-        _logger.removeHandler(records)
     if not execute:
         return
     # The scope committed: the operations ran, those they scheduled included.
     captured.operations = list(tx.operations)
-    if tx.postcommit_errors:
-        errors = [r.exc_info[1] for r in records.records if r.exc_info and r.exc_info[1]]
-        captured.postcommit_errors = errors[-tx.postcommit_errors :]
+    captured.postcommit_errors = errors
+    if errors:
         raise ExceptionGroup(
-            f"{tx.postcommit_errors} postcommit operation(s) raised in capture_operations()",
-            [e for e in captured.postcommit_errors if isinstance(e, Exception)]
-            or [RuntimeError("a postcommit raised; its error was not logged")],
+            f"{len(errors)} postcommit operation(s) raised in capture_operations()",
+            [error if isinstance(error, Exception) else RuntimeError(error) for error in errors],
         )
+
+
+@contextmanager
+def postcommit_errors(tx: Transaction) -> Iterator[list[BaseException]]:
+    """Collect what the postcommit operations of ``tx`` raise while the block ends it.
+
+    A postcommit error is logged on the ``hookbus`` logger and counted in
+    ``tx.postcommit_errors``, never raised: test tools use this to raise it instead. The list
+    is filled when the block ends, with as many errors as were counted meanwhile (a
+    ``RuntimeError`` stands for one whose log record was not emitted, the logger being
+    disabled or above ERROR).
+    """
+    handler = _Records()
+    before = tx.postcommit_errors
+    errors: list[BaseException] = []
+    _logger.addHandler(handler)
+    try:
+        yield errors
+    finally:
+        _logger.removeHandler(handler)
+        count = tx.postcommit_errors - before
+        if count:
+            logged = [r.exc_info[1] for r in handler.records if r.exc_info and r.exc_info[1]]
+            errors.extend(logged[-count:])
+            missing = count - len(errors)
+            errors.extend(
+                RuntimeError(f"a postcommit operation of {tx!r} raised; its error was not logged")
+                for _ in range(missing)
+            )
 
 
 class _Records(logging.Handler):

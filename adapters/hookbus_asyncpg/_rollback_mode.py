@@ -12,14 +12,14 @@ production, and recorded in ``postcommit_errors`` so that the pytest plugin fail
 from __future__ import annotations
 
 import itertools
-import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import Final, final
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import final
 
 import asyncpg
 
-from hookbus import TransactionState
+from hookbus.testing import postcommit_errors
 
 from ._backend import Connection
 from ._options import TransactionOptions
@@ -27,8 +27,6 @@ from ._test_backend import SavepointBackend
 from ._transaction import AsyncpgTransaction, stand_in
 
 __all__ = ["RolledBackDatabase", "rolled_back"]
-
-_logger: Final = logging.getLogger("hookbus")
 
 
 @final
@@ -86,42 +84,11 @@ class _SavepointScope:
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
-        tb: object,
+        tb: TracebackType | None,
     ) -> None:
-        tx = self._tx
-        with _errors_logged() as logged:
-            await tx.__aexit__(exc_type, exc, tb)  # type: ignore[arg-type]
-        if tx.state is TransactionState.COMMITTED and tx.postcommit_errors:
-            errors = [record.exc_info[1] for record in logged if record.exc_info]
-            found = [error for error in errors if error is not None][-tx.postcommit_errors :]
-            missing = tx.postcommit_errors - len(found)
-            found += [
-                RuntimeError(
-                    f"a postcommit operation of {tx!r} raised (its error was not logged: "
-                    "the 'hookbus' logger is disabled or above ERROR)"
-                )
-            ] * missing
-            self._database.postcommit_errors.extend(found)
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextmanager
-def _errors_logged() -> Iterator[list[logging.LogRecord]]:
-    """Collect the errors logged on the ``hookbus`` logger during the block."""
-    handler = _Records()
-    _logger.addHandler(handler)
-    try:
-        yield handler.records
-    finally:
-        _logger.removeHandler(handler)
+        with postcommit_errors(self._tx) as errors:
+            await self._tx.__aexit__(exc_type, exc, tb)
+        self._database.postcommit_errors.extend(errors)
 
 
 @asynccontextmanager
