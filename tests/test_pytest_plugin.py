@@ -410,3 +410,124 @@ async def test_a_captured_postcommit_error_is_raised() -> None:
         async with capture_operations(execute=True):
             hookbus.current_transaction().add(Step(log, "broken"))
     assert [str(e) for e in raised.value.exceptions] == ["broken postcommit"]
+
+
+STORE_APP = """
+import hookbus
+import hookbus_asyncpg
+from hookbus_asyncpg import Attribute, EntityType, Schema, Store
+
+bus = hookbus.Bus()
+schema = Schema([EntityType("Member", name=Attribute(str, required=True))])
+store = Store(bus, schema)
+welcomed = []
+
+
+class Welcome(hookbus.Operation):
+    def __init__(self, eid):
+        super().__init__()
+        self.eid = eid
+
+    async def postcommit(self):
+        welcomed.append(self.eid)
+
+
+@bus.hook("after_add_entity", select=hookbus.is_instance("Member"))
+def welcome(event):
+    hookbus.current_transaction().add(Welcome(event.eid))
+
+
+async def join(pool, name):
+    async with hookbus_asyncpg.transaction(pool):
+        return await store.insert("Member", name=name)
+"""
+
+
+def test_a_users_store_test_records_events_and_runs_postcommit_on_rolled_back_rows(
+    project: pytest.Pytester, dsn: str
+) -> None:
+    _ini(project, "auto")
+    project.makepyfile(members=STORE_APP)
+    project.makeconftest(
+        CONFTEST
+        + textwrap.dedent(
+            """
+            import asyncio
+            import asyncpg
+            import members
+
+            @pytest.fixture(scope="session", autouse=True)
+            def tables(hookbus_dsn):
+                async def create():
+                    async with asyncpg.create_pool(hookbus_dsn, min_size=1, max_size=1) as pool:
+                        await members.store.create_tables(pool)
+                asyncio.run(create())
+            """
+        )
+    )
+    project.makepyfile(
+        test_members="""
+        import members
+
+        async def test_join(hookbus_db, hookbus_recorder):
+            events = hookbus_recorder(members.bus)
+            eid = await members.join(hookbus_db.pool, "ann")
+            [added] = events.assert_emitted("after_add_entity", key="Member", count=1)
+            assert added.eid == eid
+            assert members.welcomed == [eid]
+            assert await hookbus_db.connection.fetchval("SELECT count(*) FROM member") == 1
+        """
+    )
+    result = project.runpytest()
+    result.assert_outcomes(passed=1)
+
+    async def members_left() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            count: int = await conn.fetchval("SELECT count(*) FROM member")
+            return count
+        finally:
+            await conn.close()
+
+    assert asyncio.run(members_left()) == 0
+
+
+def test_only_scopes_on_the_tests_pool_or_connection_stand_in(
+    project: pytest.Pytester, dsn: str
+) -> None:
+    _ini(project, "auto")
+    project.makepyfile(
+        test_scopes=_module(
+            """
+            import asyncio
+            import asyncpg
+
+            async def test_scopes(hookbus_db, hookbus_dsn):
+                # on the test's connection, and in a task the test starts: test mode
+                await app.add_note(hookbus_db.connection, "on the connection")
+                await asyncio.create_task(app.add_note(hookbus_db.pool, "in a task"))
+                # on a pool of its own: a real transaction, really committed
+                async with asyncpg.create_pool(hookbus_dsn, min_size=1, max_size=1) as own:
+                    await app.add_note(own, "committed")
+                    assert await own.fetchval("SELECT count(*) FROM note") == 1
+                assert app.log == [
+                    "on the connection.precommit", "on the connection.postcommit",
+                    "in a task.precommit", "in a task.postcommit",
+                    "committed.precommit", "committed.postcommit",
+                ]
+            """,
+            "auto",
+        )
+    )
+    result = project.runpytest()
+    result.assert_outcomes(passed=1)
+
+    async def committed_only() -> list[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch("DELETE FROM note RETURNING body")
+            return [row["body"] for row in rows]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(committed_only()) == ["committed"]
