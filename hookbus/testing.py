@@ -295,8 +295,12 @@ def postcommit_errors(tx: Transaction) -> Iterator[list[BaseException]]:
         _logger.removeHandler(handler)
         count = tx.postcommit_errors - before
         if count:
-            logged = [r.exc_info[1] for r in handler.records if r.exc_info and r.exc_info[1]]
-            errors.extend(logged[-count:])
+            for record in handler.records[-count:]:
+                error = record.exc_info[1] if record.exc_info else None
+                if error is not None:
+                    # Say which operation raised it, as the log line does.
+                    error.add_note(f"hookbus: {record.getMessage()}")
+                    errors.append(error)
             missing = count - len(errors)
             errors.extend(
                 RuntimeError(f"a postcommit operation of {tx!r} raised; its error was not logged")

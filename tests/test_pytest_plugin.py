@@ -176,6 +176,7 @@ def test_a_postcommit_error_fails_the_test_with_its_message(project: pytest.Pyte
         [
             "*1 postcommit operation(s) raised during the test*",
             "*RuntimeError: mail failed in postcommit",
+            "*hookbus: postcommit of <*Remember*> failed after COMMIT*",
             "FAILED test_fail.py::test_postcommit_fails*",
         ]
     )
