@@ -532,3 +532,45 @@ def test_only_scopes_on_the_tests_pool_or_connection_stand_in(
             await conn.close()
 
     assert asyncio.run(committed_only()) == ["committed"]
+
+
+def test_scopes_of_concurrent_tasks_that_overlap_are_refused_with_a_reason(
+    project: pytest.Pytester,
+) -> None:
+    _ini(project, "auto")
+    project.makepyfile(
+        test_overlap=_module(
+            """
+            import asyncio
+            import hookbus
+            import hookbus_asyncpg
+
+            async def test_overlap(hookbus_db):
+                a_in, b_in, a_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+                async def first():
+                    try:
+                        async with hookbus_asyncpg.transaction(hookbus_db.pool):
+                            a_in.set()
+                            await b_in.wait()
+                    finally:
+                        a_done.set()
+
+                async def second():
+                    await a_in.wait()
+                    async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
+                        tx.add(app.Remember("second"))
+                        b_in.set()
+                        await a_done.wait()
+
+                results = await asyncio.gather(first(), second(), return_exceptions=True)
+                assert isinstance(results[0], hookbus.TransactionStateError)
+                assert "scopes of concurrent tasks must not overlap" in str(results[0])
+                assert results[1] is None
+                assert app.log == ["second.precommit", "second.postcommit"]
+            """,
+            "auto",
+        )
+    )
+    result = project.runpytest()
+    result.assert_outcomes(passed=1)

@@ -39,7 +39,7 @@ class RolledBackDatabase:
     wrote. ``postcommit_errors`` holds what postcommit operations raised in the test.
     """
 
-    __slots__ = ("_numbers", "connection", "pool", "postcommit_errors")
+    __slots__ = ("_numbers", "_open_scopes", "connection", "pool", "postcommit_errors")
 
     def __init__(self, pool: asyncpg.Pool, connection: Connection) -> None:
         self.pool = pool
@@ -47,6 +47,7 @@ class RolledBackDatabase:
         #: What postcommit operations raised in this test, in order.
         self.postcommit_errors: list[BaseException] = []
         self._numbers = itertools.count(1)
+        self._open_scopes: list[str] = []
 
     def take_postcommit_errors(self) -> list[BaseException]:
         """Return the postcommit errors recorded so far and forget them.
@@ -63,7 +64,8 @@ class RolledBackDatabase:
         if source is not self.pool and source is not self.connection:
             return None
         name = f"hookbus_test_{next(self._numbers)}"
-        return _SavepointScope(self, SavepointBackend(self.connection, name, options))
+        backend = SavepointBackend(self.connection, name, options, self._open_scopes)
+        return _SavepointScope(self, backend)
 
 
 @final

@@ -12,7 +12,7 @@ from typing import Final, final
 
 import asyncpg
 
-from hookbus import CommitOutcome
+from hookbus import CommitOutcome, TransactionStateError
 
 from ._backend import AsyncpgBackend, Connection
 from ._options import TransactionOptions
@@ -36,35 +36,61 @@ class SavepointBackend:
     back and answers ``ABORTED``, as PostgreSQL answers such a COMMIT with ROLLBACK. The
     scope's ``options`` are kept for ``tx.options`` but not applied (a savepoint cannot change
     the isolation level or the read-only mode of the test's transaction).
+
+    ``open_scopes`` is shared by the scopes on ``connection``: the names of their savepoints,
+    innermost last. A scope ends innermost first; one that would end another's savepoint
+    with its own (two tasks whose scopes overlap on the one connection) is refused with a
+    ``TransactionStateError`` saying so.
     """
 
-    __slots__ = ("_name", "_statements", "connection", "options")
+    __slots__ = ("_name", "_open", "_statements", "connection", "options")
 
-    def __init__(self, connection: Connection, name: str, options: TransactionOptions) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        name: str,
+        options: TransactionOptions,
+        open_scopes: list[str],
+    ) -> None:
         self.connection = connection
         self.options = options
         self._name = name
+        self._open = open_scopes
         # SAVEPOINT, RELEASE and ROLLBACK TO, and the check of their names, said once.
         self._statements = AsyncpgBackend(connection)
 
     async def begin(self) -> None:
         """Set the savepoint that stands for the scope's transaction."""
         await self._statements.savepoint(self._name)
+        self._open.append(self._name)
+
+    def _end(self) -> None:
+        open_scopes = self._open
+        if open_scopes[-1] != self._name:
+            raise TransactionStateError(
+                f"a scope on the test's connection ended while a scope begun after it, in "
+                f"another task, is still open ({open_scopes[-1]} inside {self._name}): under "
+                "hookbus_db all scopes share one connection, so scopes of concurrent tasks "
+                "must not overlap; test concurrency with real commits on a pool of your own"
+            )
+        open_scopes.pop()
 
     async def commit(self) -> CommitOutcome:
         """Check the deferred constraints and release the savepoint."""
+        self._end()
         try:
             await self.connection.execute(f'{_CHECK}RELEASE SAVEPOINT "{self._name}"')
         except asyncpg.InFailedSQLTransactionError:
-            await self.rollback()
+            await self._statements.rollback_to(self._name)
             return CommitOutcome.ABORTED
         except asyncpg.PostgresError:
-            await self.rollback()  # what the server does when COMMIT fails
+            await self._statements.rollback_to(self._name)  # as the server does
             raise
         return CommitOutcome.COMMITTED
 
     async def rollback(self) -> None:
         """Roll back to the savepoint and release it."""
+        self._end()
         await self._statements.rollback_to(self._name)
 
     async def savepoint(self, name: str) -> None:
