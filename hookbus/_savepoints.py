@@ -75,6 +75,7 @@ class Savepoint:
         assert mark is not None
         if not self._tx._is_open():
             return  # the whole scope rolled back meanwhile: nothing left to release or undo
+        self._ledger.require_innermost(mark)  # before any statement is sent
         if exc is None:
             await uncancellable(self._release, mark)
         else:
@@ -109,6 +110,6 @@ class Savepoint:
         except Exception:
             logger.warning("ROLLBACK TO SAVEPOINT %s failed", mark.name, exc_info=True)
         dropped = self._ledger.undo_to(mark)
-        _, fatal = await callbacks(dropped, "rollback")
+        fatal = await callbacks(dropped, "rollback")
         if fatal is not None:
             raise fatal

@@ -92,17 +92,14 @@ def scope_cancelled() -> bool:
     return task is None or task.cancelling() > 0
 
 
-async def callbacks(
-    ops: Iterable[Operation], phase: str, what: str = "%s of %r failed"
-) -> tuple[int, BaseException | None]:
+async def callbacks(ops: Iterable[Operation], phase: str) -> BaseException | None:
     """Run the ``phase`` method of every operation of ``ops``, whatever each raises.
 
     An error (an ``Exception``, or an operation's own ``CancelledError``) is logged on the
-    ``hookbus`` logger with ``what`` and counted; the other operations still run. Return the
-    number of errors and the first ``KeyboardInterrupt`` or ``SystemExit``, which the caller
-    raises once the phase has run.
+    ``hookbus`` logger; the other operations still run. Return the first
+    ``KeyboardInterrupt`` or ``SystemExit``, which the caller raises once the phase has run.
+    (The scope's postcommit loop is this one written out, for speed.)
     """
-    errors = 0
     fatal: BaseException | None = None
     for op in ops:
         try:
@@ -111,6 +108,5 @@ async def callbacks(
             if fatal is None:
                 fatal = exc
         except BaseException:
-            errors += 1
-            logger.exception(what, phase, op)
-    return errors, fatal
+            logger.exception("%s of %r failed", phase, op)
+    return fatal

@@ -365,7 +365,8 @@ class Transaction:
             try:
                 await ledger.precommit()
             except BaseException as exc:
-                error = _own_error(exc, ledger.ran()[-1])
+                ran = ledger.ran()
+                error = _own_error(exc, ran[-1] if ran else None)
                 await uncancellable(self._rollback_path, True)
                 if error is exc:
                     raise
@@ -416,7 +417,7 @@ class Transaction:
 
     async def _rollback_path(self, send_rollback: bool) -> None:
         self._move(_S.ROLLING_BACK)
-        _, fatal = await callbacks(reversed(self._ledger.ran()), "revertprecommit")
+        fatal = await callbacks(reversed(self._ledger.ran()), "revertprecommit")
         if send_rollback:
             try:
                 await self._backend.rollback()
@@ -424,13 +425,13 @@ class Transaction:
                 # The session is gone or broken: the server rolls back on its own.
                 logger.warning("ROLLBACK failed; the server ends the transaction", exc_info=True)
         self._move(_S.ROLLED_BACK)
-        _, fatal_in_rollback = await callbacks(self._ledger.operations(), "rollback")
+        fatal_in_rollback = await callbacks(self._ledger.operations(), "rollback")
         fatal = fatal or fatal_in_rollback
         if fatal is not None:
             raise fatal
 
 
-def _own_error(exc: BaseException, op: Operation) -> BaseException:
+def _own_error(exc: BaseException, op: Operation | None) -> BaseException:
     """What a precommit's ``exc`` fails the commit with.
 
     A ``CancelledError`` raised while the scope's task is not being cancelled is the

@@ -202,13 +202,12 @@ class Collect(hookbus.Operation):
 class Writes(Recorded):
     """A recording operation that writes ``row`` at precommit."""
 
-    def __init__(self, log: list[str], name: str, row: int, **kwargs: Any) -> None:
-        super().__init__(log, name, **kwargs)
+    def __init__(self, log: list[str], name: str, harness: Harness, row: int) -> None:
+        super().__init__(log, name)
+        self.harness = harness
         self.row = row
-        self.harness: Harness | None = None
 
     async def precommit(self) -> None:
-        assert self.harness is not None
         await self.harness.write(hookbus.current_transaction(), self.row)
         await super().precommit()
 
@@ -373,9 +372,7 @@ async def test_precommit_raises_reverts_those_that_ran_then_rolls_back(
     with pytest.raises(type(exc)) as raised:
         async with backend.transaction() as tx:
             await backend.write(tx, 1)
-            writes = Writes(log, "a", 2)
-            writes.harness = backend
-            tx.add(writes)
+            tx.add(Writes(log, "a", backend, 2))
             tx.add(Recorded(log, "b", fail="precommit", exc=exc))
             tx.add(Recorded(log, "c"))
     assert raised.value is exc
@@ -758,6 +755,89 @@ async def test_a_rollback_inside_a_savepoint_ends_the_scope(backend: Harness) ->
     assert log == ["a.rollback"]
     assert tx.state is TransactionState.ROLLED_BACK
     assert await backend.rows() == []
+
+
+async def test_a_precommit_may_use_savepoints(backend: Harness) -> None:
+    log: list[str] = []
+
+    class Tries(Recorded):
+        async def precommit(self) -> None:
+            await super().precommit()
+            tx = hookbus.current_transaction()
+            with pytest.raises(KeyError):
+                async with tx.savepoint():
+                    await backend.write(tx, 2)
+                    tx.add(Recorded(log, "dropped"))
+                    raise KeyError("undo")
+            async with tx.savepoint():
+                await backend.write(tx, 3)
+                tx.add(LateRecorded(log, "kept"))
+
+    async with backend.transaction() as tx:
+        await backend.write(tx, 1)
+        tx.add(Tries(log, "tries"))
+    assert log == [
+        "tries.precommit",
+        "dropped.rollback",
+        "kept.precommit",
+        "tries.postcommit",
+        "kept.postcommit",
+    ]
+    assert await backend.rows() == [1, 3]
+
+
+async def test_savepoints_end_in_the_reverse_order_they_began(backend: Harness) -> None:
+    async with backend.transaction() as tx:
+        outer, inner = tx.savepoint(), tx.savepoint()
+        await outer.__aenter__()
+        await inner.__aenter__()
+        with pytest.raises(TransactionStateError, match="reverse order"):
+            await outer.__aexit__(None, None, None)
+        await inner.__aexit__(None, None, None)
+        await outer.__aexit__(None, None, None)
+
+
+# -- the states -----------------------------------------------------------------------------
+
+
+async def test_each_phase_runs_in_its_state(backend: Harness) -> None:
+    seen: list[tuple[str, TransactionState]] = []
+
+    class Watch(hookbus.Operation):
+        def __init__(self, fail: bool = False) -> None:
+            super().__init__()
+            self.fail = fail
+
+        def _see(self, phase: str) -> None:
+            seen.append((phase, hookbus.current_transaction().state))
+
+        async def precommit(self) -> None:
+            self._see("precommit")
+            if self.fail:
+                raise RuntimeError("fail")
+
+        async def revertprecommit(self) -> None:
+            self._see("revertprecommit")
+
+        async def rollback(self) -> None:
+            self._see("rollback")
+
+        async def postcommit(self) -> None:
+            self._see("postcommit")
+
+    async with backend.transaction() as tx:
+        tx.add(Watch())
+    with pytest.raises(RuntimeError):
+        async with backend.transaction() as tx:
+            tx.add(Watch(fail=True))
+    S = TransactionState
+    assert seen == [
+        ("precommit", S.PRECOMMITTING),
+        ("postcommit", S.COMMITTED),
+        ("precommit", S.PRECOMMITTING),
+        ("revertprecommit", S.ROLLING_BACK),
+        ("rollback", S.ROLLED_BACK),
+    ]
 
 
 # -- the scope in its context ---------------------------------------------------------------

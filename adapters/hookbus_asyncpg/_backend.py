@@ -17,7 +17,7 @@ from hookbus import CommitOutcome, TransactionAbortedError
 from ._options import DEFAULT, TransactionOptions
 from ._outcome import ASK_XID, NOT_RECEIVED, Xid, XidNotice, find_outcome
 
-__all__ = ["AsyncpgBackend", "Connection", "is_usable"]
+__all__ = ["AsyncpgBackend", "Connection"]
 
 logger: Final = logging.getLogger("hookbus")
 
@@ -83,7 +83,7 @@ class AsyncpgBackend:
     async def commit(self) -> CommitOutcome:
         """Send COMMIT and read its answer; find the outcome out if the connection drops."""
         conn = self.connection
-        if not is_usable(conn):
+        if not _is_usable(conn):
             # Lost before COMMIT was sent (the loss was seen meanwhile): the server rolls back.
             raise asyncpg.InterfaceError("the connection was lost before COMMIT was sent")
         if not self._options.find_outcome:
@@ -99,7 +99,7 @@ class AsyncpgBackend:
             # never ran. COMMIT now ends the transaction, which PostgreSQL answers ROLLBACK.
             return await self._commit(conn, "COMMIT", NOT_RECEIVED)
         except (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedObjectError):
-            if not (is_usable(conn) and conn.is_in_transaction()):
+            if not (_is_usable(conn) and conn.is_in_transaction()):
                 raise  # COMMIT itself failed (a deferred trigger's error): rolled back
             # The DO block was refused (plpgsql not granted): the savepoint kept the
             # transaction; undo the refused part, and ask the id with a round trip.
@@ -147,7 +147,7 @@ class AsyncpgBackend:
             await self.connection.execute("ROLLBACK")
         except asyncpg.InterfaceError:
             # Closed, or a pooled proxy the pool took back when its connection dropped.
-            if is_usable(self.connection):
+            if _is_usable(self.connection):
                 raise
 
     async def savepoint(self, name: str) -> None:
@@ -210,7 +210,7 @@ async def _to_the_end(work: Coroutine[Any, Any, None], cause: BaseException) -> 
         raise cancelled from cause
 
 
-def is_usable(conn: Connection) -> bool:
+def _is_usable(conn: Connection) -> bool:
     """Tell whether ``conn`` can still run a statement (not closed, not taken back)."""
     try:
         return not conn.is_closed()
@@ -224,7 +224,7 @@ def _not_lost_in_commit(conn: Connection, exc: BaseException) -> bool:
     # ("cannot switch to state"): nothing was sent.
     if isinstance(exc, asyncpg.InternalClientError):
         return True
-    return is_usable(conn) and not _is_connection_loss(exc)
+    return _is_usable(conn) and not _is_connection_loss(exc)
 
 
 def _ended_by_the_server(exc: BaseException) -> bool:

@@ -166,8 +166,8 @@ class _Scope:
     ) -> None:
         tx = self._tx
         assert tx is not None
-        if isinstance(exc, asyncpg.InterfaceError) and "Connection.transaction()" in str(exc):
-            exc.add_note(_DRIVER_TRANSACTION_HINT)
+        if isinstance(exc, asyncpg.InterfaceError):
+            _point_to_savepoints(exc)
         if self._savepoint is not None:
             await self._savepoint.__aexit__(exc_type, exc, tb)
             return
@@ -187,6 +187,13 @@ class _Scope:
                 await _give_back(self._pool, tx.connection)
 
 
+def _point_to_savepoints(exc: asyncpg.InterfaceError) -> None:
+    """Add to asyncpg's refusal of ``connection.transaction()`` the way that works here."""
+    seen = getattr(exc, "__notes__", ())
+    if "Connection.transaction()" in str(exc) and _DRIVER_TRANSACTION_HINT not in seen:
+        exc.add_note(_DRIVER_TRANSACTION_HINT)  # once, though nested scopes see it go by
+
+
 async def _give_back(pool: asyncpg.Pool, conn: Connection) -> None:
     """Return ``conn`` to ``pool``; a failure is logged, never raised: the caller sees the
     scope's outcome (the pool replaces a connection it could not reset)."""
@@ -202,6 +209,10 @@ async def _give_back(pool: asyncpg.Pool, conn: Connection) -> None:
 
 
 _SOURCES: Final = (asyncpg.Pool, asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)
+_CHECKED: dict[tuple[object, ...], TransactionOptions] = {
+    (None, None, 5.0, False, False, True, False): DEFAULT
+}  # (isolation, recovery_pool, outcome_timeout, readonly, deferrable, find_outcome, independent)
+_CHECKED_BOUND: Final = 64
 
 
 def transaction(
@@ -239,24 +250,38 @@ def transaction(
         raise TypeError(
             f"transaction() takes an asyncpg pool or connection, not {pool_or_connection!r}"
         )
-    if (
-        isolation is None
-        and readonly is False
-        and deferrable is False
-        and recovery_pool is None
-        and outcome_timeout == 5.0
-        and find_outcome is True
-        and independent is False
-        and type(outcome_timeout) is float
-    ):
-        return _Scope(pool_or_connection, DEFAULT)
-    options = TransactionOptions(
-        isolation=isolation,
-        readonly=readonly,
-        deferrable=deferrable,
-        recovery_pool=recovery_pool,
-        outcome_timeout=outcome_timeout,
-        find_outcome=find_outcome,
-        independent=independent,
+    # Options are checked once per distinct set (building them costs ~10x the rest of this
+    # call): a set seen before, of exact types, is taken from a small cache.
+    key = (
+        isolation,
+        recovery_pool,
+        outcome_timeout,
+        readonly,
+        deferrable,
+        find_outcome,
+        independent,
     )
+    exact = (
+        type(readonly) is bool
+        and type(deferrable) is bool
+        and type(find_outcome) is bool
+        and type(independent) is bool
+        and type(outcome_timeout) is float
+        and (isolation is None or type(isolation) is str)
+    )
+    options = _CHECKED.get(key) if exact else None
+    if options is None:
+        options = TransactionOptions(
+            isolation=isolation,
+            readonly=readonly,
+            deferrable=deferrable,
+            recovery_pool=recovery_pool,
+            outcome_timeout=outcome_timeout,
+            find_outcome=find_outcome,
+            independent=independent,
+        )
+        if exact:
+            if len(_CHECKED) >= _CHECKED_BOUND:
+                _CHECKED.clear()
+            _CHECKED[key] = options
     return _Scope(pool_or_connection, options)
