@@ -37,6 +37,8 @@ from ._operations import Operation
 from ._transaction import Transaction, current_transaction
 
 __all__ = [
+    "RECORDER_CATEGORY",
+    "RECORDER_PRIORITY",
     "CapturedOperations",
     "Emitted",
     "EventRecorder",

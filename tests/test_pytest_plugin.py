@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 import hookbus
-from hookbus.testing import capture_operations, record_events
+from hookbus.testing import RECORDER_CATEGORY, capture_operations, record_events
 
 pytest_plugins = ("pytester",)
 
@@ -574,3 +574,15 @@ def test_scopes_of_concurrent_tasks_that_overlap_are_refused_with_a_reason(
     )
     result = project.runpytest()
     result.assert_outcomes(passed=1)
+
+
+async def test_the_recorder_under_deny_all_records_only_if_its_category_is_allowed() -> None:
+    bus = hookbus.Bus()
+    payload = hookbus.EntityEvent("after_add_entity", "Person", 1, {})
+    with record_events(bus) as events:
+        with hookbus.hooks_control(hookbus.DENY_ALL, "integrity"):
+            await bus.emit("after_add_entity", payload)
+        events.assert_not_emitted("after_add_entity")
+        with hookbus.hooks_control(hookbus.DENY_ALL, "integrity", RECORDER_CATEGORY):
+            await bus.emit("after_add_entity", payload)
+        events.assert_emitted("after_add_entity", count=1)
