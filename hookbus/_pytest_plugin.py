@@ -23,6 +23,7 @@ them when a test uses them. The async fixtures need pytest-asyncio (strict or au
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -144,9 +145,23 @@ async def hookbus_db(hookbus_pool: asyncpg.Pool) -> AsyncIterator[RolledBackData
     """
     from hookbus_asyncpg._rollback_mode import rolled_back
 
+    _check_loop(hookbus_pool)
     async with rolled_back(hookbus_pool) as database:
         yield database
     _fail_on_postcommit_errors(database, "after the test")
+
+
+def _check_loop(pool: asyncpg.Pool) -> None:
+    """Refuse a pool of another event loop with the settings that fix it, not asyncpg's
+    "Future attached to a different loop" halfway through the test."""
+    loop = getattr(pool, "_loop", None)  # asyncpg's; the check is skipped if it goes
+    if loop is not None and loop is not asyncio.get_running_loop():
+        raise pytest.UsageError(
+            "hookbus_pool was made in another event loop than the one running this test: a "
+            "pool shared by several tests needs them in its loop; for a session-wide pool "
+            "(loop_scope='session') set asyncio_default_fixture_loop_scope = session and "
+            "asyncio_default_test_loop_scope = session (see docs/testing.md)"
+        )
 
 
 def _fail_on_postcommit_errors(database: RolledBackDatabase, when: str) -> None:

@@ -586,3 +586,32 @@ async def test_the_recorder_under_deny_all_records_only_if_its_category_is_allow
         with hookbus.hooks_control(hookbus.DENY_ALL, "integrity", RECORDER_CATEGORY):
             await bus.emit("after_add_entity", payload)
         events.assert_emitted("after_add_entity", count=1)
+
+
+def test_a_session_pool_used_from_a_test_loop_says_which_settings_fix_it(
+    project: pytest.Pytester,
+) -> None:
+    _ini(project, "auto", loop_scope="function")
+    project.makeconftest(
+        CONFTEST
+        + textwrap.dedent(
+            """
+            import asyncpg
+            import pytest_asyncio
+
+            @pytest_asyncio.fixture(scope="session", loop_scope="session")
+            async def hookbus_pool(hookbus_dsn):
+                async with asyncpg.create_pool(hookbus_dsn, min_size=1, max_size=2) as pool:
+                    yield pool
+            """
+        )
+    )
+    project.makepyfile(
+        test_loops="""
+        async def test_in_its_own_loop(hookbus_db):
+            pass
+        """
+    )
+    result = project.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*asyncio_default_test_loop_scope = session*"])
