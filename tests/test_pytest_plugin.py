@@ -615,3 +615,10 @@ def test_a_session_pool_used_from_a_test_loop_says_which_settings_fix_it(
     result = project.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*asyncio_default_test_loop_scope = session*"])
+
+
+async def test_capture_inside_an_open_scope_is_refused() -> None:
+    async with hookbus.transaction():
+        with pytest.raises(hookbus.TransactionStateError, match="opens a scope of its own"):
+            async with capture_operations():
+                pass
