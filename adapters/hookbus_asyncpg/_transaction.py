@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Final, final
+from typing import Final, TypeAlias, final
 
 import asyncpg
 import asyncpg.pool
@@ -23,6 +25,7 @@ from hookbus import Savepoint, Transaction, TransactionState, TransactionStateEr
 
 from ._backend import AsyncpgBackend, Connection
 from ._options import DEFAULT, Isolation, TransactionOptions
+from ._test_backend import SavepointBackend
 
 __all__ = ["AsyncpgTransaction", "transaction"]
 
@@ -45,14 +48,14 @@ class AsyncpgTransaction(Transaction):
     def connection(self) -> Connection:
         """The connection the scope runs on: send the transaction's statements on it."""
         backend = self.backend
-        assert isinstance(backend, AsyncpgBackend)
+        assert isinstance(backend, AsyncpgBackend | SavepointBackend)
         return backend.connection
 
     @property
     def options(self) -> TransactionOptions:
         """The options the scope's transaction was begun with."""
         backend = self.backend
-        assert isinstance(backend, AsyncpgBackend)
+        assert isinstance(backend, AsyncpgBackend | SavepointBackend)
         return backend.options
 
 
@@ -71,6 +74,16 @@ class _Open:
 _open: ContextVar[tuple[_Open, ...]] = ContextVar("hookbus_asyncpg.scopes", default=())
 
 
+# Test mode (the pytest plugin's ``hookbus_db``): given the source and options of a scope that
+# would run a transaction of its own, the stand-in returns the scope to run instead (one on a
+# savepoint of the test's transaction), or None to leave it alone. Unset outside test mode.
+StandIn: TypeAlias = Callable[
+    ["asyncpg.Pool | Connection", TransactionOptions],
+    AbstractAsyncContextManager[AsyncpgTransaction] | None,
+]
+stand_in: ContextVar[StandIn | None] = ContextVar("hookbus_asyncpg.stand_in", default=None)
+
+
 def _outer_scope(source: asyncpg.Pool | Connection) -> _Open | None:
     for entry in reversed(_open.get()):
         if source is entry.pool or source is entry.connection:
@@ -82,7 +95,7 @@ def _outer_scope(source: asyncpg.Pool | Connection) -> _Open | None:
 class _Scope:
     """What ``transaction()`` returns: runs a scope of its own, or joins the open one."""
 
-    __slots__ = ("_options", "_pool", "_savepoint", "_source", "_token", "_tx")
+    __slots__ = ("_instead", "_options", "_pool", "_savepoint", "_source", "_token", "_tx")
 
     def __init__(self, source: asyncpg.Pool | Connection, options: TransactionOptions) -> None:
         self._source = source
@@ -91,6 +104,7 @@ class _Scope:
         self._tx: AsyncpgTransaction | None = None
         self._savepoint: Savepoint | None = None
         self._token: Token[tuple[_Open, ...]] | None = None
+        self._instead: AbstractAsyncContextManager[AsyncpgTransaction] | None = None
 
     async def __aenter__(self) -> AsyncpgTransaction:
         if self._tx is not None:
@@ -106,6 +120,13 @@ class _Scope:
                     "transaction of its own needs another connection; pass the pool"
                 )
         pool = self._pool
+        substitute = stand_in.get()
+        if substitute is not None and (instead := substitute(source, self._options)) is not None:
+            tx = self._tx = await instead.__aenter__()
+            self._instead = instead
+            task = asyncio.current_task()
+            self._token = _open.set((*_open.get(), _Open(pool, tx.connection, tx, task)))
+            return tx
         if pool is not None:
             conn: Connection = await pool.acquire()
         else:
@@ -152,6 +173,12 @@ class _Scope:
             return
         token = self._token
         assert token is not None
+        if self._instead is not None:
+            try:
+                await self._instead.__aexit__(exc_type, exc, tb)
+            finally:
+                _open.reset(token)
+            return
         try:
             await tx.__aexit__(exc_type, exc, tb)
         finally:
