@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from ._embedded import EmbeddedPostgres
 from ._entity import Entity
+from ._installer import PluginManager, PluginStateError, PluginStatus
+from ._migration_lock import MigrationLock, MigrationLockTimeout
+from ._migrator import Migrator, PlannedStage
+from ._plugin_state import PluginState
+from ._progress import StageProgress
 from ._schema import (
     Attribute,
     EntityType,
@@ -27,9 +32,18 @@ __all__ = [
     "EmbeddedPostgres",
     "Entity",
     "EntityType",
+    "MigrationLock",
+    "MigrationLockTimeout",
+    "Migrator",
+    "PlannedStage",
+    "PluginManager",
+    "PluginState",
+    "PluginStateError",
+    "PluginStatus",
     "RelationType",
     "Schema",
     "SchemaMismatchError",
+    "StageProgress",
     "Store",
     "UnknownNameError",
     "transaction",
