@@ -14,6 +14,7 @@ from ._migration_lock import MigrationLock, MigrationLockTimeout
 from ._migrator import Migrator, PlannedStage
 from ._plugin_state import PluginState
 from ._progress import StageProgress
+from ._progress_bar import Progress, open_progress
 from ._schema import (
     Attribute,
     EntityType,
@@ -40,11 +41,13 @@ __all__ = [
     "PluginState",
     "PluginStateError",
     "PluginStatus",
+    "Progress",
     "RelationType",
     "Schema",
     "SchemaMismatchError",
     "StageProgress",
     "Store",
     "UnknownNameError",
+    "open_progress",
     "transaction",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Final, final
 
 import asyncpg
@@ -23,9 +24,9 @@ import msgspec
 
 from hookbus import HookbusError, HookInfo, Plugin, PluginSet, StageContext
 
-from ._migration_lock import MigrationLock
+from ._migration_lock import MigrationLock, lock_holder
 from ._migrator import Migrator, PlannedStage, ProgressFactory
-from ._plugin_state import PluginState, create_tables, read_states, write_state
+from ._plugin_state import PluginState, read_states, write_state
 from ._progress import StageProgress, read_progress
 from ._transaction import transaction
 
@@ -109,6 +110,11 @@ class PluginManager:
         """The migration progress rows (of ``plugin``, or all)."""
         async with self._pool.acquire() as conn:
             return await read_progress(conn, plugin)
+
+    async def lock_holder(self) -> tuple[int, str, datetime | None] | None:
+        """The migrator holding the migration lock now: ``(pid, application_name, since)``."""
+        async with self._pool.acquire() as conn:
+            return await lock_holder(conn)
 
     async def plan(self, names: Iterable[str] | None = None) -> list[PlannedStage]:
         """The stages an upgrade of ``names`` (default: every plugin) would run now."""
@@ -350,8 +356,7 @@ class PluginManager:
     # -- helpers -------------------------------------------------------------------------
 
     async def _create_tables(self) -> None:
-        async with self._pool.acquire() as conn:
-            await create_tables(conn)
+        await self.migrator.create_tables()
 
     def _selected(
         self, names: Iterable[str] | None, *, with_requirements: bool = False

@@ -29,6 +29,7 @@ from hookbus import (
     StageContext,
 )
 
+from ._plugin_state import create_tables
 from ._progress import StageRecord
 from ._progress_bar import Progress, open_progress
 from ._transaction import transaction
@@ -84,6 +85,11 @@ class Migrator:
         self._progress: ProgressFactory = progress or (
             lambda title, total, done: open_progress(title, total, done)
         )
+
+    async def create_tables(self) -> None:
+        """Create the plugin and progress tables if missing (run it under the lock)."""
+        async with self._pool.acquire() as conn:
+            await create_tables(conn)
 
     async def plan(self, plugin: str, migrations: Sequence[Migration]) -> list[PlannedStage]:
         """What ``run`` would do now, stage by stage, without doing any of it."""
