@@ -230,7 +230,8 @@ class BatchedStage(_StageBase):
     ``lock_timeout`` and ``statement_timeout`` (seconds) hold for each batch's transaction.
     ``validate(ctx)`` runs after the last batch; ``undo(batch)``, when given, reverts one
     batch (the migrator's ``undo`` runs it over the batches done, newest first).
-    Rows inserted behind the cursor while the stage runs are not visited.
+    Rows inserted behind the cursor while the stage runs, and rows whose key is NULL, are
+    not visited.
     """
 
     __slots__ = ("apply", "batch_size", "key", "table", "undo")

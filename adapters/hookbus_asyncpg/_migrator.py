@@ -176,72 +176,47 @@ class Migrator:
         batches: int,
     ) -> None:
         started = time.perf_counter()
+        # One connection for the whole stage: a pooled connection per batch would cost the
+        # pool's reset round trip on every release.
         async with self._pool.acquire() as conn:
-            key_type = await conn.fetchval(_KEY_TYPE, stage.table, stage.key)
-            if key_type is None:
-                raise MigrationError(f"{where}: no column {stage.key!r} in {stage.table!r}")
-            table, key = _quoted(stage.table), f'"{stage.key}"'
-            first = f"SELECT {key} FROM {table} ORDER BY {key} LIMIT $1"
-            after = (
-                f"SELECT {key} FROM {table} WHERE {key} > $2::{key_type} ORDER BY {key} LIMIT $1"
-            )
-            next_first = f"SELECT max(k), max(k)::text, count(*) FROM ({first}) AS b(k)"
-            next_after = f"SELECT max(k), max(k)::text, count(*) FROM ({after}) AS b(k)"
-            after_key = (
-                None
-                if cursor is None
-                else await conn.fetchval(f"SELECT $1::text::{key_type}", cursor)
-            )
-            left_sql = f"SELECT count(*) FROM {table}" + (
-                "" if cursor is None else f" WHERE {key} > $1::text::{key_type}"
-            )
-            left = await conn.fetchval(left_sql, *(() if cursor is None else (cursor,)))
-            await record.start(conn, rows + left)
-        progress = self._progress(where, rows + left, rows)
-        number = batches
-        try:
-            while True:
-                batch_started = time.perf_counter()
-                try:
-                    async with transaction(self._pool) as tx:
-                        conn = tx.connection
-                        await _timeouts(conn, stage)
-                        if after_key is None:
-                            last, last_text, count = await conn.fetchrow(
-                                next_first, stage.batch_size
-                            )
-                        else:
-                            last, last_text, count = await conn.fetchrow(
-                                next_after, stage.batch_size, after_key
-                            )
-                        if count == 0:
-                            break
-                        await stage.apply(Batch(tx, self._env, after_key, last, count, number + 1))
-                        await record.batch_done(
-                            conn,
-                            number + 1,
-                            cursor,
-                            last_text,
-                            count,
-                            time.perf_counter() - batch_started,
+            pages = await _Pages.prepare(conn, where, stage, cursor)
+            await record.start(conn, rows + pages.left)
+            progress = self._progress(where, rows + pages.left, rows)
+            number = batches
+            try:
+                while True:
+                    batch_started = time.perf_counter()
+                    try:
+                        # A COMMIT lost with its connection needs no finding out: the rerun
+                        # reads the cursor, saved by this very transaction or not at all.
+                        async with transaction(conn, find_outcome=False) as tx:
+                            await _timeouts(conn, stage)
+                            last, last_text, count = await pages.next(conn)
+                            if count == 0:
+                                break
+                            batch = Batch(tx, self._env, pages.after, last, count, number + 1)
+                            await stage.apply(batch)
+                            await record.batch_done(
+                                conn, number + 1, pages.cursor, last_text, count,
+                                time.perf_counter() - batch_started,
+                            )  # fmt: skip
+                    except Exception as exc:
+                        error = (
+                            f"batch {number + 1} after key {pages.cursor}: "
+                            f"{type(exc).__name__}: {exc}"
                         )
-                except Exception as exc:
-                    error = f"batch {number + 1} after key {cursor}: {type(exc).__name__}: {exc}"
-                    async with transaction(self._pool) as tx:
-                        await record.batch_failed(
-                            tx.connection,
-                            number + 1,
-                            cursor,
-                            time.perf_counter() - batch_started,
-                            error,
-                        )
-                    logger.error("%s: failed: %s", where, error)
-                    raise MigrationError(f"{where} failed: {error}") from exc
-                number += 1
-                after_key, cursor = last, last_text
-                progress.advance(count)
-        finally:
-            progress.close()
+                        async with transaction(self._pool) as tx:
+                            await record.batch_failed(
+                                tx.connection, number + 1, pages.cursor,
+                                time.perf_counter() - batch_started, error,
+                            )  # fmt: skip
+                        logger.error("%s: failed: %s", where, error)
+                        raise MigrationError(f"{where} failed: {error}") from exc
+                    number += 1
+                    pages.moved(last, last_text)
+                    progress.advance(count)
+            finally:
+                progress.close()
         validating = time.perf_counter()
         try:
             async with transaction(self._pool) as tx:
@@ -251,6 +226,56 @@ class Migrator:
         except Exception as exc:
             await self._failed(where, record, validating, exc)
         logger.info("%s: completed in %.2f s", where, time.perf_counter() - started)
+
+
+@final
+class _Pages:
+    """The keyset pages of a batched stage: ``WHERE key > cursor ORDER BY key LIMIT n``."""
+
+    __slots__ = ("_first", "_next", "_size", "after", "cursor", "left")
+
+    def __init__(self, stage: BatchedStage, key_type: str) -> None:
+        table, key = _quoted(stage.table), f'"{stage.key}"'
+        page = f"SELECT {key} FROM {table} WHERE {key} IS NOT NULL ORDER BY {key} LIMIT $1"
+        after = f"SELECT {key} FROM {table} WHERE {key} > $2::{key_type} ORDER BY {key} LIMIT $1"
+        last = "SELECT max(k), max(k)::text, count(*) FROM ({}) AS b(k)"
+        self._first = last.format(page)
+        self._next = last.format(after)
+        self._size = stage.batch_size
+        self.after: Any = None  # the last key done, as the column's type
+        self.cursor: str | None = None  # the same, as text: what the progress row keeps
+        self.left = 0
+
+    @classmethod
+    async def prepare(
+        cls, conn: Any, where: str, stage: BatchedStage, cursor: str | None
+    ) -> _Pages:
+        key_type = await conn.fetchval(_KEY_TYPE, stage.table, stage.key)
+        if key_type is None:
+            raise MigrationError(f"{where}: no column {stage.key!r} in {stage.table!r}")
+        pages = cls(stage, key_type)
+        table, key = _quoted(stage.table), f'"{stage.key}"'
+        if cursor is None:
+            pages.left = await conn.fetchval(f"SELECT count({key}) FROM {table}")
+        else:
+            pages.after = await conn.fetchval(f"SELECT $1::text::{key_type}", cursor)
+            pages.cursor = cursor
+            pages.left = await conn.fetchval(
+                f"SELECT count(*) FROM {table} WHERE {key} > $1", pages.after
+            )
+        return pages
+
+    async def next(self, conn: Any) -> tuple[Any, str, int]:
+        """The next page's last key (typed and as text) and its row count (0: no more)."""
+        if self.after is None:
+            row = await conn.fetchrow(self._first, self._size)
+        else:
+            row = await conn.fetchrow(self._next, self._size, self.after)
+        return row[0], row[1], row[2]
+
+    def moved(self, last: Any, last_text: str) -> None:
+        """The page ending at ``last`` was committed."""
+        self.after, self.cursor = last, last_text
 
 
 async def _timeouts(conn: Any, stage: Stage | BatchedStage) -> None:
