@@ -298,3 +298,76 @@ async def _until(pool: asyncpg.Pool, query: str) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"never true: {query}")
+
+
+async def test_a_batched_stage_declaring_undo_is_undone_batch_by_batch_and_redone(
+    db: asyncpg.Pool,
+) -> None:
+    await db.execute(
+        "DROP TABLE IF EXISTS item_backup;"
+        "CREATE TABLE item_backup (id bigint PRIMARY KEY, name text)"
+    )
+
+    async def upper(batch: Batch) -> None:  # the lesson's backup, then the change
+        await batch.tx.connection.execute(
+            "INSERT INTO item_backup SELECT id, name FROM item WHERE id > $1 AND id <= $2;",
+            batch.after if batch.after is not None else -1,
+            batch.last,
+        )
+        await batch.tx.connection.execute(
+            "UPDATE item SET name = upper(name) WHERE id > $1 AND id <= $2",
+            batch.after if batch.after is not None else -1,
+            batch.last,
+        )
+
+    async def restore(batch: Batch) -> None:  # the lesson's restore
+        await batch.tx.connection.execute(
+            "WITH gone AS (DELETE FROM item_backup WHERE id > $1 AND id <= $2 RETURNING *) "
+            "UPDATE item SET name = gone.name FROM gone WHERE item.id = gone.id",
+            batch.after if batch.after is not None else -1,
+            batch.last,
+        )
+
+    stage = BatchedStage("upper", upper, table="item", batch_size=300, undo=restore)
+    migration = Migration("2.0", [Stage("atomic", counting([], "atomic")), stage])
+    m = await migrator(db)
+    await m.run("p", migration)
+    assert await db.fetchval("SELECT count(*) FROM item WHERE name LIKE 'N%'") == 1000
+
+    assert await m.undo("p", migration, "upper") == 4
+    assert await db.fetchval("SELECT count(*) FROM item WHERE name LIKE 'n%'") == 1000
+    assert await db.fetchval("SELECT count(*) FROM item_backup") == 0
+    undone = (await stages(db))["upper"]
+    assert (undone.status, undone.rows, undone.batches, undone.cursor) == ("undone", 0, 0, None)
+    assert await db.fetchval("SELECT count(*) FROM hookbus_batch WHERE status = 'undone'") == 4
+    with pytest.raises(MigrationError, match="atomic cannot be undone: it declares no undo"):
+        await m.undo("p", migration, "atomic")
+
+    await m.run("p", migration)  # undone is not done: it runs again, all of it
+    assert await db.fetchval("SELECT count(*) FROM item WHERE name LIKE 'N%'") == 1000
+    await assert_batches_consistent(db, "upper", 1000)
+
+
+async def test_a_batched_stage_whose_validation_fails_is_failed_and_revalidated_on_rerun(
+    db: asyncpg.Pool,
+) -> None:
+    async def apply(batch: Batch) -> None:
+        await hit(batch)
+
+    async def nothing_negative(ctx: StageContext) -> bool:
+        return not await ctx.tx.connection.fetchval("SELECT count(*) FROM item WHERE id < 0")
+
+    await db.execute("INSERT INTO item (id, name) VALUES (-5, 'bad')")
+    migration = Migration("2.0", [
+        BatchedStage("hits", apply, table="item", batch_size=400, validate=nothing_negative),
+    ])  # fmt: skip
+    m = await migrator(db)
+    with pytest.raises(MigrationError, match="validation nothing_negative failed"):
+        await m.run("p", migration)
+    stage = (await stages(db))["hits"]
+    assert (stage.status, stage.rows) == ("failed", 1001)  # the batches stay committed
+    await db.execute("DELETE FROM item WHERE id < 0")
+    await m.run("p", migration)  # no batch left: only the validation runs again
+    stage = (await stages(db))["hits"]
+    assert (stage.status, stage.rows, stage.batches) == ("completed", 1001, 3)
+    assert await db.fetchval("SELECT count(*) FROM item WHERE hits <> 1") == 0

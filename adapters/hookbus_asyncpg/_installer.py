@@ -353,6 +353,20 @@ class PluginManager:
         self._unregister(plugin.name)
         logger.info("uninstalled %s", plugin.name)
 
+    async def undo(self, name: str, version: str, stage: str) -> int:
+        """Undo a batched stage of ``name``'s migration to ``version`` (see ``Migrator.undo``).
+
+        The plugin's recorded version does not change: the upgrade that ran the stage must be
+        undone by the application (a new version, or a reinstall). Returns batches undone.
+        """
+        plugin = self._plugins[name]
+        migration = next((m for m in plugin.migrations if m.version == version), None)
+        if migration is None:
+            raise PluginStateError(f"plugin {name!r} has no migration to {version}")
+        async with MigrationLock(self._pool, wait=self.lock_wait):
+            await self._create_tables()
+            return await self.migrator.undo(name, migration, stage)
+
     # -- helpers -------------------------------------------------------------------------
 
     async def _create_tables(self) -> None:

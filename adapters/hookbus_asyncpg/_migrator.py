@@ -156,6 +156,41 @@ class Migrator:
             await self._failed(where, record, started, exc)
         logger.info("%s: completed in %.2f s", where, time.perf_counter() - started)
 
+    async def undo(self, plugin: str, migration: Migration, stage_name: str) -> int:
+        """Revert a batched stage's committed batches with its ``undo``, newest first.
+
+        Each batch is undone in a transaction of its own that also marks its row ``undone``
+        and moves the stage's cursor back before it: interrupted, an undo resumes where it
+        stopped, and a ``run`` redoes exactly the batches undone. Atomic stages and stages
+        without ``undo`` cannot be undone (``MigrationError``). Returns the batches undone.
+        """
+        position, stage = next(
+            ((i, s) for i, s in enumerate(migration.stages) if s.name == stage_name),
+            (-1, None),
+        )
+        where = f"{plugin} {migration.version} / {stage_name}"
+        if not isinstance(stage, BatchedStage) or stage.undo is None:
+            what = "no such stage" if stage is None else "it declares no undo"
+            raise MigrationError(f"{where} cannot be undone: {what}")
+        record = StageRecord(plugin, migration.version, stage.name, position, stage.kind)
+        undone = 0
+        async with self._pool.acquire() as conn:
+            key_type = await _key_type(conn, where, stage)
+            for number, after, last, rows in await record.done_batches(conn):
+                started = time.perf_counter()
+                async with transaction(conn, find_outcome=False) as tx:
+                    await _timeouts(conn, stage)
+                    keys = await conn.fetchrow(
+                        f"SELECT $1::text::{key_type}, $2::text::{key_type}", after, last
+                    )
+                    await stage.undo(Batch(tx, self._env, keys[0], keys[1], rows, number))
+                    await record.batch_undone(
+                        conn, number, after, rows, time.perf_counter() - started
+                    )
+                undone += 1
+        logger.info("%s: %d batch(es) undone", where, undone)
+        return undone
+
     async def _failed(
         self, where: str, record: StageRecord, started: float, exc: Exception
     ) -> None:
@@ -250,9 +285,7 @@ class _Pages:
     async def prepare(
         cls, conn: Any, where: str, stage: BatchedStage, cursor: str | None
     ) -> _Pages:
-        key_type = await conn.fetchval(_KEY_TYPE, stage.table, stage.key)
-        if key_type is None:
-            raise MigrationError(f"{where}: no column {stage.key!r} in {stage.table!r}")
+        key_type = await _key_type(conn, where, stage)
         pages = cls(stage, key_type)
         table, key = _quoted(stage.table), f'"{stage.key}"'
         if cursor is None:
@@ -276,6 +309,13 @@ class _Pages:
     def moved(self, last: Any, last_text: str) -> None:
         """The page ending at ``last`` was committed."""
         self.after, self.cursor = last, last_text
+
+
+async def _key_type(conn: Any, where: str, stage: BatchedStage) -> str:
+    key_type: str | None = await conn.fetchval(_KEY_TYPE, stage.table, stage.key)
+    if key_type is None:
+        raise MigrationError(f"{where}: no column {stage.key!r} in {stage.table!r}")
+    return key_type
 
 
 async def _timeouts(conn: Any, stage: Stage | BatchedStage) -> None:

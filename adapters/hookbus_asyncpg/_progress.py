@@ -59,6 +59,23 @@ INSERT INTO hookbus_batch (plugin, version, stage, number, after_key, rows, stat
 VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, $8)
 """
 
+_DONE_BATCHES: Final = """
+SELECT number, after_key, last_key, rows FROM hookbus_batch
+WHERE plugin = $1 AND version = $2 AND stage = $3 AND status = 'completed'
+ORDER BY number DESC
+"""
+# One round trip undoes a batch's record: the batch row, and the stage moved back before it.
+_BATCH_UNDONE: Final = """
+WITH batch AS (
+    UPDATE hookbus_batch SET status = 'undone'
+    WHERE plugin = $1 AND version = $2 AND stage = $3 AND number = $4 AND status = 'completed'
+)
+UPDATE hookbus_stage SET status = 'undone', cursor = $5, rows = rows - $6,
+                         batches = batches - 1, duration = duration + $7, updated_at = now(),
+                         finished_at = NULL, error = NULL
+WHERE plugin = $1 AND version = $2 AND stage = $3
+"""
+
 
 @final
 class StageProgress(msgspec.Struct, frozen=True):
@@ -122,6 +139,16 @@ class StageRecord:
     ) -> None:
         """Record a failed batch attempt and fail the stage (after the batch rolled back)."""
         await conn.execute(_BATCH_FAILED, *self._ident, number, after, 0, duration, error)
+
+    async def done_batches(self, conn: Any) -> list[tuple[int, str | None, str, int]]:
+        """The committed batches, newest first: ``(number, after_key, last_key, rows)``."""
+        return [tuple(row) for row in await conn.fetch(_DONE_BATCHES, *self._ident)]
+
+    async def batch_undone(
+        self, conn: Any, number: int, after: str | None, rows: int, duration: float
+    ) -> None:
+        """Mark a batch undone and move the cursor back, in the undo's own transaction."""
+        await conn.execute(_BATCH_UNDONE, *self._ident, number, after, rows, duration)
 
 
 async def read_progress(conn: Any, plugin: str | None = None) -> list[StageProgress]:
