@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from _migration_app import FILL, SETUP
 from hookbus_asyncpg import PluginManager, PluginStateError
 
 from hookbus import (
@@ -22,6 +27,8 @@ from hookbus import (
     Stage,
     StageContext,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # -- load order and problems (no database) --------------------------------------------------
 
@@ -320,3 +327,48 @@ async def test_activate_registers_the_hooks_of_installed_plugins_only(db: asyncp
     restarted = Bus()
     assert await PluginManager(db, plugins(restarted)).activate() == ["crm"]
     assert [h.fn for h in restarted.registered()] == [on_add]
+
+
+def cli(dsn: str | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m hookbus._cli_plugins ARGS`` on the test application of _migration_app.py."""
+    environ = {k: v for k, v in os.environ.items() if k != "HOOKBUS_DSN"}
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "adapters")])
+    if dsn is not None:
+        environ["HOOKBUS_DSN"] = dsn
+    return subprocess.run(
+        [sys.executable, "-m", "hookbus._cli_plugins", *args],
+        cwd=ROOT / "tests", env={**environ, **env}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+async def test_the_cli_lists_installs_plans_migrates_shows_status_and_uninstalls(
+    dsn: str, pool: asyncpg.Pool
+) -> None:
+    await pool.execute(SETUP)
+    await pool.execute(FILL, 1000)
+    app = "_migration_app:plugins"
+    old = {"HOOKBUS_TEST_VERSION": "1.0"}
+    listed = cli(dsn, "plugins", app, **old)
+    assert listed.returncode == 0, listed.stderr
+    assert "counter  1.0      -          not installed  -" in listed.stdout
+
+    assert cli(dsn, "install", app, **old).stdout == "installed: counter\n"
+    listed = cli(dsn, "plugins", app).stdout
+    assert "counter  2.0      1.0        installed" in listed
+
+    plan = cli(dsn, "migrate", "--dry-run", app)
+    assert plan.returncode == 0, plan.stderr
+    assert "counter  2.0      count  batched  run     batches of 200 over counted.id" in plan.stdout
+    assert await pool.fetchval("SELECT count(*) FROM counted WHERE hits > 0") == 0  # dry
+
+    migrated = cli(dsn, "migrate", app, "--progress", "lines")
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout == "upgraded: counter\n"
+    assert "counter 2.0 / count: 1,000/1,000 rows" in migrated.stderr
+    status = cli(dsn, "status", app).stdout
+    assert "counter  2.0      count  batched  completed  1,000/1,000  5" in status
+
+    refused = cli(None, "uninstall", app, "counter")
+    assert refused.returncode != 0 and "HOOKBUS_DSN is not set" in refused.stderr
+    assert cli(dsn, "uninstall", app, "counter").stdout == "uninstalled: counter\n"
+    assert "counter  2.0      2.0        uninstalled" in cli(dsn, "plugins", app).stdout
