@@ -128,8 +128,14 @@ def application(version: str, env: Environment) -> PluginSet:
 
 
 async def main(pool: asyncpg.Pool) -> None:
-    if not logging.getLogger().handlers:  # show the migrator's lines when run on its own
-        logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stdout)
+    for name in ("hookbus.plugins", "hookbus.migrations"):  # the migrator's own lines
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("  %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
     env = Environment.from_env()
     installed = await PluginManager(pool, application("1.0", env)).install()
     print(f"installed: {installed}")

@@ -372,3 +372,23 @@ async def test_the_cli_lists_installs_plans_migrates_shows_status_and_uninstalls
     assert refused.returncode != 0 and "HOOKBUS_DSN is not set" in refused.stderr
     assert cli(dsn, "uninstall", app, "counter").stdout == "uninstalled: counter\n"
     assert "counter  2.0      2.0        uninstalled" in cli(dsn, "plugins", app).stdout
+
+
+def test_the_plugin_migration_example_runs_as_written(server: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "plugin_migration.py", "20000"],
+        cwd=ROOT / "examples", env={**os.environ, "HOOKBUS_DSN": server},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    for line in (
+        "installed: ['base', 'catalog']",
+        "2.0 computed fields  batched  run batches of 5,000 over product.id",
+        "2.0 external sync    atomic   skip (condition)",
+        "upgraded: ['catalog']",
+        "upgraded again, nothing left to do: []",
+        "computed fields  batched  completed     20,000       4",
+        "plugin catalog: installed at 2.0",
+        "product 10 after the migration: {'new_field': 'p10_v3_r1', 'category_id': 3}",
+    ):
+        assert line in out.stdout, f"{line!r} missing from:\n{out.stdout}"

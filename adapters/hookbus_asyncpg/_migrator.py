@@ -145,6 +145,8 @@ class Migrator:
 
     async def _atomic(self, where: str, plugin: str, stage: Stage, record: StageRecord) -> None:
         started = time.perf_counter()
+        async with self._pool.acquire() as conn:
+            await record.start(conn, None)  # committed apart: seen while it runs, or dies
         try:
             async with transaction(self._pool) as tx:
                 await _timeouts(tx.connection, stage)
