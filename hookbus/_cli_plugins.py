@@ -61,8 +61,8 @@ def _dsn(args: argparse.Namespace, *, required: bool) -> str | None:
     dsn = os.environ.get("HOOKBUS_DSN") or None
     if dsn is None and required:
         raise SystemExit(
-            f"hookbus {args.command}: HOOKBUS_DSN is not set. Commands that change state run "
-            "only on the database named explicitly (no embedded fallback)."
+            f"hookbus {args.plugin_command}: HOOKBUS_DSN is not set. Commands that change "
+            "state run only on the database named explicitly (no embedded fallback)."
         )
     return dsn
 
@@ -88,7 +88,7 @@ async def _with_manager(
         try:
             return await work(manager)
         except hookbus_asyncpg.MigrationLockTimeout as exc:
-            print(f"hookbus {args.command}: {exc}", file=sys.stderr)
+            print(f"hookbus {args.plugin_command}: {exc}", file=sys.stderr)
             return EXIT_LOCKED
 
 
@@ -204,7 +204,11 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    """Add the plugin commands to an ``argparse`` subparsers object (``add_subparsers()``)."""
+    """Add the plugin commands to an ``argparse`` subparsers object (``add_subparsers()``).
+
+    Each command's parser gets ``func``: ``args.func(args)`` runs it and returns the exit
+    status.
+    """
 
     def command(name: str, run: Command, help: str, *, changes: bool) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help)
@@ -214,7 +218,7 @@ def register(commands: Any) -> None:
                 "--lock-wait", type=float, default=30.0, metavar="SECONDS",
                 help="how long to wait for another migrator's lock (default 30)",
             )  # fmt: skip
-        parser.set_defaults(run=run)
+        parser.set_defaults(func=_sync(run), plugin_command=name)
         return parser
 
     command("plugins", _plugins, "list plugins: version, installed version, state, requires",
@@ -242,13 +246,21 @@ def register(commands: Any) -> None:
     parser.add_argument("--plugin", help="only this plugin's stages")
 
 
+def _sync(run: Command) -> Callable[[argparse.Namespace], int]:
+    def func(args: argparse.Namespace) -> int:
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        return asyncio.run(run(args))
+
+    return func
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one plugin command; the exit status."""
     parser = argparse.ArgumentParser(prog="python -m hookbus._cli_plugins", description=__doc__)
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result: int = asyncio.run(args.run(args))
+    result: int = args.func(args)
     return result
 
 
