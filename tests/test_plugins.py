@@ -392,3 +392,17 @@ def test_the_plugin_migration_example_runs_as_written(server: str) -> None:
         "product 10 after the migration: {'new_field': 'p10_v3_r1', 'category_id': 3}",
     ):
         assert line in out.stdout, f"{line!r} missing from:\n{out.stdout}"
+
+
+async def test_a_plugin_state_moves_only_as_its_state_machine_allows(db: asyncpg.Pool) -> None:
+    from hookbus_asyncpg._plugin_state import write_state
+
+    await PluginManager(db, PluginSet(Bus(), [Plugin("crm", "1.0")])).install()
+    async with db.acquire() as conn:
+        with pytest.raises(PluginStateError, match="cannot move from installed to installing"):
+            await write_state(conn, "crm", was="installed", version=None, target="1.0",
+                              state="installing", requires=())  # fmt: skip
+        with pytest.raises(PluginStateError, match="'crm' is no longer failed"):
+            await write_state(conn, "crm", was="failed", version="1.0", target="2.0",
+                              state="upgrading", requires=())  # fmt: skip
+    assert (await db.fetchval("SELECT state FROM hookbus_plugin")) == "installed"

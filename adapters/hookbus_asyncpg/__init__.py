@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from ._embedded import EmbeddedPostgres
 from ._entity import Entity
-from ._installer import PluginManager, PluginStateError, PluginStatus
+from ._installer import PluginManager, PluginStatus
 from ._migration_lock import MigrationLock, MigrationLockTimeout
 from ._migrator import Migrator, PlannedStage
-from ._plugin_state import PluginState
+from ._plugin_state import PluginState, PluginStateError
 from ._progress import StageProgress
 from ._progress_bar import Progress, open_progress
 from ._schema import (

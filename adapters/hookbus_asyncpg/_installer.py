@@ -22,21 +22,23 @@ from typing import Final, final
 import asyncpg
 import msgspec
 
-from hookbus import HookbusError, HookInfo, Plugin, PluginSet, StageContext
+from hookbus import HookInfo, Plugin, PluginSet, StageContext
 
 from ._migration_lock import MigrationLock, lock_holder
 from ._migrator import Migrator, PlannedStage, ProgressFactory
-from ._plugin_state import PluginState, read_states, write_state
+from ._plugin_state import (
+    PluginState,
+    PluginStateError,
+    PluginStateName,
+    read_states,
+    write_state,
+)
 from ._progress import StageProgress, read_progress
 from ._transaction import transaction
 
 __all__ = ["PluginManager", "PluginStateError", "PluginStatus"]
 
 logger: Final = logging.getLogger("hookbus.plugins")
-
-
-class PluginStateError(HookbusError):
-    """The plugins' state forbids what was asked (uninstalling a required plugin...)."""
 
 
 @final
@@ -191,16 +193,17 @@ class PluginManager:
                             plugin.version,
                         )
                     continue
-                await self._install(plugin)
+                await self._install(plugin, None if state is None else state.state)
                 done.append(plugin.name)
         return done
 
-    async def _install(self, plugin: Plugin) -> None:
+    async def _install(self, plugin: Plugin, was: PluginStateName | None) -> None:
         name, version, requires = plugin.name, plugin.version, plugin.requires
         async with transaction(self._pool) as tx:
             await write_state(
                 tx.connection,
                 name,
+                was=was,
                 version=None,
                 target=version,
                 state="installing",
@@ -217,6 +220,7 @@ class PluginManager:
                 await write_state(
                     tx.connection,
                     name,
+                    was="installing",
                     version=version,
                     target=version,
                     state="installed",
@@ -235,12 +239,13 @@ class PluginManager:
         target: str,
         requires: tuple[str, ...],
         exc: Exception,
-        doing: str,
+        doing: PluginStateName,
     ) -> None:
         async with transaction(self._pool) as tx:
             await write_state(
                 tx.connection,
                 name,
+                was=doing,
                 version=version,
                 target=target,
                 state="failed",
@@ -272,18 +277,19 @@ class PluginManager:
                     )
                 if state.version == plugin.version and state.state == "installed":
                     continue
-                await self._upgrade(plugin, state.version)
+                await self._upgrade(plugin, state.version, state.state)
                 done.append(plugin.name)
         return done
 
     migrate = upgrade
 
-    async def _upgrade(self, plugin: Plugin, installed: str) -> None:
+    async def _upgrade(self, plugin: Plugin, installed: str, was: PluginStateName) -> None:
         name, version, requires = plugin.name, plugin.version, plugin.requires
         async with transaction(self._pool) as tx:
             await write_state(
                 tx.connection,
                 name,
+                was=was,
                 version=installed,
                 target=version,
                 state="upgrading",
@@ -299,6 +305,7 @@ class PluginManager:
                 await write_state(
                     tx.connection,
                     name,
+                    was="upgrading",
                     version=version,
                     target=version,
                     state="installed",
@@ -345,6 +352,7 @@ class PluginManager:
             await write_state(
                 tx.connection,
                 plugin.name,
+                was=state.state,
                 version=state.version,
                 target=state.target_version,
                 state="uninstalled",

@@ -16,10 +16,37 @@ from typing import Any, Final, Literal, final
 
 import msgspec
 
-__all__ = ["PLUGIN_STATES", "PluginState", "create_tables", "read_states", "tables_exist"]
+from hookbus import HookbusError
+
+__all__ = [
+    "MOVES",
+    "PLUGIN_STATES",
+    "PluginState",
+    "PluginStateError",
+    "create_tables",
+    "read_states",
+    "tables_exist",
+    "write_state",
+]
 
 PluginStateName = Literal["installing", "installed", "upgrading", "failed", "uninstalled"]
 PLUGIN_STATES: Final = ("installing", "installed", "upgrading", "failed", "uninstalled")
+
+#: The moves of a plugin's state machine (None: no row yet). Installing and upgrading may be
+#: entered again: a migrator killed during them left the row so.
+MOVES: Final[dict[str | None, frozenset[str]]] = {
+    None: frozenset({"installing"}),
+    "installing": frozenset({"installing", "installed", "failed"}),
+    "installed": frozenset({"upgrading", "uninstalled"}),
+    "upgrading": frozenset({"upgrading", "installed", "failed"}),
+    "failed": frozenset({"installing", "upgrading", "uninstalled"}),
+    "uninstalled": frozenset({"installing"}),
+}
+
+
+class PluginStateError(HookbusError):
+    """The plugins' state forbids what was asked (uninstalling a required plugin...)."""
+
 
 _DDL: Final = """
 CREATE TABLE IF NOT EXISTS hookbus_plugin (
@@ -84,6 +111,7 @@ ON CONFLICT (name) DO UPDATE SET
     version = EXCLUDED.version, target_version = EXCLUDED.target_version,
     state = EXCLUDED.state, requires = EXCLUDED.requires, error = EXCLUDED.error,
     installed_at = COALESCE(EXCLUDED.installed_at, p.installed_at), updated_at = now()
+WHERE p.state = $7
 """
 
 
@@ -140,11 +168,20 @@ async def write_state(
     conn: Any,
     name: str,
     *,
+    was: PluginStateName | None,
     version: str | None,
     target: str,
     state: PluginStateName,
     requires: Sequence[str],
     error: str | None = None,
 ) -> None:
-    """Insert or update the plugin's row, in the transaction ``conn`` is in."""
-    await conn.execute(_WRITE, name, version, target, state, list(requires), error)
+    """Move the plugin's row from ``was`` to ``state``, in the transaction ``conn`` is in.
+
+    A move that ``MOVES`` does not allow, or a row no longer in state ``was`` (changed by
+    someone else meanwhile), raises ``PluginStateError``.
+    """
+    if state not in MOVES[was]:
+        raise PluginStateError(f"plugin {name!r} cannot move from {was or 'no state'} to {state}")
+    status = await conn.execute(_WRITE, name, version, target, state, list(requires), error, was)
+    if status != "INSERT 0 1":
+        raise PluginStateError(f"plugin {name!r} is no longer {was}: changed meanwhile")
