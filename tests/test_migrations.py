@@ -371,3 +371,26 @@ async def test_a_batched_stage_whose_validation_fails_is_failed_and_revalidated_
     stage = (await stages(db))["hits"]
     assert (stage.status, stage.rows, stage.batches) == ("completed", 1001, 3)
     assert await db.fetchval("SELECT count(*) FROM item WHERE hits <> 1") == 0
+
+
+def test_progress_is_a_tqdm_bar_on_request_and_log_lines_otherwise(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hookbus_asyncpg import open_progress
+
+    bar = open_progress("p 2.0 / fill", 1000, 200, bar=True)
+    bar.advance(300)
+    bar.close()
+    drawn = capsys.readouterr().err
+    assert "p 2.0 / fill" in drawn and "500/1" in drawn and "row/s" in drawn
+
+    caplog.set_level("INFO", logger="hookbus.migrations")
+    monkeypatch.setenv("HOOKBUS_PROGRESS_INTERVAL", "0")
+    lines = open_progress("p 2.0 / fill", 1000, 200, bar=False)
+    lines.advance(300)
+    lines.close()
+    assert caplog.messages[0].startswith("p 2.0 / fill: 500/1,000 rows, ")
+    assert caplog.messages[0].endswith(" s left")
+    assert caplog.messages[1].endswith("(stage ended)")
