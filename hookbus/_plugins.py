@@ -114,7 +114,10 @@ class Plugin:
         self.post_init: Final = post_init
         self.post_upgrade: Final = post_upgrade
         self.uninstall: Final = uninstall
-        self.migrations: Final = tuple(sorted(migrations, key=lambda m: m.version_key))
+        # (a wrong item is reported by problems(), with the plugin's other problems)
+        self.migrations: Final = tuple(
+            sorted(migrations, key=lambda m: getattr(m, "version_key", ()))
+        )
 
     def migrations_between(self, installed: str, new: str) -> tuple[Migration, ...]:
         """The migrations with ``installed < version <= new``, oldest first."""

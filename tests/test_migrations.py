@@ -394,3 +394,32 @@ def test_progress_is_a_tqdm_bar_on_request_and_log_lines_otherwise(
     assert caplog.messages[0].startswith("p 2.0 / fill: 500/1,000 rows, ")
     assert caplog.messages[0].endswith(" s left")
     assert caplog.messages[1].endswith("(stage ended)")
+
+
+async def test_an_upgrade_and_its_failures_need_no_more_than_two_connections(
+    db: asyncpg.Pool, dsn: str
+) -> None:
+    from hookbus_asyncpg import PluginManager
+
+    from hookbus import Bus, Plugin, PluginSet
+
+    broken = [True]
+
+    async def apply(batch: Batch) -> None:
+        await hit(batch)
+        if broken[0] and batch.number == 2:
+            raise ValueError("bad row")
+
+    def plugins(version: str) -> PluginSet:
+        stage = BatchedStage("hits", apply, table="item", batch_size=300)
+        migrations = [Migration("2.0", [Stage("first", counting([], "first")), stage])]
+        return PluginSet(Bus(), [Plugin("p", version, migrations=migrations)])
+
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as small:
+        await PluginManager(small, plugins("1.0")).install()
+        manager = PluginManager(small, plugins("2.0"), progress=lambda *_: _Quiet())
+        with pytest.raises(MigrationError, match="batch 2 after key 900: ValueError: bad row"):
+            await asyncio.wait_for(manager.upgrade(), 60)
+        broken[0] = False
+        assert await asyncio.wait_for(manager.upgrade(), 60) == ["p"]
+    assert await db.fetchval("SELECT count(*) FROM item WHERE hits <> 1") == 1  # id 3: "first"

@@ -406,3 +406,16 @@ async def test_a_plugin_state_moves_only_as_its_state_machine_allows(db: asyncpg
             await write_state(conn, "crm", was="failed", version="1.0", target="2.0",
                               state="upgrading", requires=())  # fmt: skip
     assert (await db.fetchval("SELECT state FROM hookbus_plugin")) == "installed"
+
+
+def test_migrations_declared_twice_or_wrongly_are_reported() -> None:
+    async def run(ctx: StageContext) -> None: ...
+
+    twice = Plugin("erp", "2.0", migrations=[Migration("2.0", [Stage("s", run)])] * 2)
+    wrong = Plugin("hr", "2.0", migrations=["2.0"])  # type: ignore[list-item]
+    with pytest.raises(PluginError) as caught:
+        PluginSet(Bus(), [twice, wrong])
+    assert caught.value.problems == (
+        "plugin 'erp': two migrations for the same version in ['2.0', '2.0']",
+        "plugin 'hr': '2.0' is not a Migration",
+    )

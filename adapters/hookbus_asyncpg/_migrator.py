@@ -242,11 +242,16 @@ class Migrator:
                             f"batch {number + 1} after key {pages.cursor}: "
                             f"{type(exc).__name__}: {exc}"
                         )
-                        async with transaction(self._pool) as tx:
-                            await record.batch_failed(
-                                tx.connection, number + 1, pages.cursor,
-                                time.perf_counter() - batch_started, error,
-                            )  # fmt: skip
+                        # On the stage's own connection (its batch rolled back): a pool of
+                        # two connections, the lock's and this one, is enough.
+                        try:
+                            async with transaction(conn, find_outcome=False):
+                                await record.batch_failed(
+                                    conn, number + 1, pages.cursor,
+                                    time.perf_counter() - batch_started, error,
+                                )  # fmt: skip
+                        except Exception as lost:  # e.g. the connection itself was lost
+                            exc.add_note(f"the failure could not be recorded: {lost!r}")
                         logger.error("%s: failed: %s", where, error)
                         raise MigrationError(f"{where} failed: {error}") from exc
                     number += 1
