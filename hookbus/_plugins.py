@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import importlib.metadata
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeAlias, final
 
 from ._bus import Bus
@@ -200,7 +200,7 @@ class PluginSet:
             known = sorted(self._by_name)
             raise LookupError(f"no plugin named {name!r} (known: {known})") from None
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Plugin]:
         return iter(self.plugins)
 
     def __len__(self) -> int:
