@@ -31,7 +31,17 @@ from ._exceptions import (
     ValidationError,
 )
 from ._hooks import Hook, HookInfo
+from ._migrations import (
+    Batch,
+    BatchedStage,
+    Environment,
+    Migration,
+    MigrationError,
+    Stage,
+    StageContext,
+)
 from ._operations import LateOperation, Operation, SingleLastOperation
+from ._plugins import Plugin, PluginError, PluginHook, PluginSet
 from ._savepoints import Savepoint
 from ._selectors import (
     Selector,
@@ -54,6 +64,8 @@ from ._transaction import (
 __all__ = [
     "ALLOW_ALL",
     "Backend",
+    "Batch",
+    "BatchedStage",
     "Break",
     "Bus",
     "CommitOutcome",
@@ -63,6 +75,7 @@ __all__ = [
     "DENY_ALL",
     "Edited",
     "EntityEvent",
+    "Environment",
     "EventSpec",
     "Hook",
     "HookInfo",
@@ -71,7 +84,13 @@ __all__ = [
     "LateOperation",
     "LoadEvent",
     "MemoryBackend",
+    "Migration",
+    "MigrationError",
     "Operation",
+    "Plugin",
+    "PluginError",
+    "PluginHook",
+    "PluginSet",
     "QueryEvent",
     "ReadOnlyEdited",
     "RegistrationError",
@@ -82,6 +101,8 @@ __all__ = [
     "ServerEvent",
     "SessionEvent",
     "SingleLastOperation",
+    "Stage",
+    "StageContext",
     "Transaction",
     "TransactionAbortedError",
     "TransactionError",

@@ -11,6 +11,12 @@ from ._backend import AsyncpgBackend
 from ._embedded import EmbeddedPostgres
 from ._entity import Entity
 from ._options import TransactionOptions
+from ._installer import PluginManager, PluginStatus
+from ._migration_lock import MigrationLock, MigrationLockTimeout
+from ._migrator import Migrator, PlannedStage
+from ._plugin_state import PluginState, PluginStateError
+from ._progress import StageProgress
+from ._progress_bar import Progress, open_progress
 from ._schema import (
     Attribute,
     EntityType,
@@ -29,11 +35,22 @@ __all__ = [
     "EmbeddedPostgres",
     "Entity",
     "EntityType",
+    "MigrationLock",
+    "MigrationLockTimeout",
+    "Migrator",
+    "PlannedStage",
+    "PluginManager",
+    "PluginState",
+    "PluginStateError",
+    "PluginStatus",
+    "Progress",
     "RelationType",
     "Schema",
     "SchemaMismatchError",
+    "StageProgress",
     "Store",
     "TransactionOptions",
     "UnknownNameError",
+    "open_progress",
     "transaction",
 ]

@@ -1,0 +1,349 @@
+"""Running a migration's stages on PostgreSQL, each step recorded in the transaction doing it.
+
+An atomic stage runs, validates and records itself ``completed`` in one transaction. A
+batched stage runs one transaction per batch: the batch's keys are read by keyset
+(``WHERE key > cursor ORDER BY key LIMIT n``), the stage's ``apply`` runs, and the cursor,
+counters and a batch row are written, all in that transaction; killed anywhere, the stage
+resumes after the last committed batch. A stage that fails is recorded ``failed`` with its
+error (after its transaction rolled back) and the error re-raised as ``MigrationError``.
+Completed stages are skipped on a rerun; a failed or interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, final
+
+import asyncpg
+import msgspec
+
+from hookbus import (
+    Batch,
+    BatchedStage,
+    Environment,
+    Migration,
+    MigrationError,
+    Stage,
+    StageContext,
+)
+
+from ._plugin_state import create_tables
+from ._progress import StageRecord
+from ._progress_bar import Progress, open_progress
+from ._transaction import transaction
+
+__all__ = ["Migrator", "PlannedStage"]
+
+logger: Final = logging.getLogger("hookbus.migrations")
+
+_KEY_TYPE: Final = """
+SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped
+"""
+
+ProgressFactory = Callable[[str, "int | None", int], Progress]
+
+
+@final
+class PlannedStage(msgspec.Struct, frozen=True):
+    """One stage as a dry run sees it: what would happen to it now, and why."""
+
+    plugin: str
+    version: str
+    stage: str
+    kind: str
+    action: str  # "run", "resume", "skip (completed)", "skip (condition)"
+    detail: str = ""
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(int(seconds * 1000), 1)}ms"
+
+
+@final
+class Migrator:
+    """Runs migrations of plugins on ``pool``; progress shown by ``progress`` per stage.
+
+    It takes no lock itself: ``PluginManager`` runs it under ``MigrationLock``.
+    """
+
+    __slots__ = ("_bus", "_env", "_pool", "_progress")
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        env: Environment,
+        *,
+        bus: Any = None,
+        progress: ProgressFactory | None = None,
+    ) -> None:
+        self._pool = pool
+        self._env = env
+        self._bus = bus
+        self._progress: ProgressFactory = progress or (
+            lambda title, total, done: open_progress(title, total, done)
+        )
+
+    async def create_tables(self) -> None:
+        """Create the plugin and progress tables if missing (run it under the lock)."""
+        async with self._pool.acquire() as conn:
+            await create_tables(conn)
+
+    async def plan(self, plugin: str, migrations: Sequence[Migration]) -> list[PlannedStage]:
+        """What ``run`` would do now, stage by stage, without doing any of it."""
+        planned = []
+        async with self._pool.acquire() as conn:
+            exists = await conn.fetchval("SELECT to_regclass('hookbus_stage') IS NOT NULL")
+            for migration in migrations:
+                for position, stage in enumerate(migration.stages):
+                    record = StageRecord(
+                        plugin, migration.version, stage.name, position, stage.kind
+                    )
+                    status, cursor, rows, _ = (
+                        await record.read(conn) if exists else (None, None, 0, 0)
+                    )
+                    if status == "completed":
+                        action, detail = "skip (completed)", ""
+                    elif not stage.applies(self._env):
+                        action, detail = "skip (condition)", f"not in {self._env!r}"
+                    elif status in ("failed", "running") or cursor is not None:
+                        action = "resume"
+                        detail = f"after key {cursor}, {rows:,} rows done" if cursor else ""
+                    else:
+                        action, detail = "run", ""
+                    if isinstance(stage, BatchedStage) and not detail:
+                        detail = f"batches of {stage.batch_size:,} over {stage.table}.{stage.key}"
+                    planned.append(
+                        PlannedStage(
+                            plugin, migration.version, stage.name, stage.kind, action, detail
+                        )
+                    )
+        return planned
+
+    async def run(self, plugin: str, migration: Migration) -> None:
+        """Run the stages of ``migration`` not yet completed, in order."""
+        for position, stage in enumerate(migration.stages):
+            record = StageRecord(plugin, migration.version, stage.name, position, stage.kind)
+            async with self._pool.acquire() as conn:
+                status, cursor, rows, batches = await record.read(conn)
+            where = f"{plugin} {migration.version} / {stage.name}"
+            if status == "completed":
+                logger.info("%s: completed before, skipped", where)
+                continue
+            if not stage.applies(self._env):
+                logger.info("%s: skipped, its condition is false in %r", where, self._env)
+                async with transaction(self._pool) as tx:
+                    await record.finish(tx.connection, "skipped", 0.0)
+                continue
+            logger.info("%s: %s", where, "resumed" if status else "started")
+            if isinstance(stage, Stage):
+                await self._atomic(where, plugin, stage, record)
+            else:
+                await self._batched(where, plugin, stage, record, cursor, rows, batches)
+
+    async def _atomic(self, where: str, plugin: str, stage: Stage, record: StageRecord) -> None:
+        started = time.perf_counter()
+        async with self._pool.acquire() as conn:
+            await record.start(conn, None)  # committed apart: seen while it runs, or dies
+        try:
+            async with transaction(self._pool) as tx:
+                await _timeouts(tx.connection, stage)
+                ctx = StageContext(tx, self._env, plugin, self._bus)
+                await stage.run(ctx)
+                await _validate(stage, ctx)
+                await record.finish(tx.connection, "completed", time.perf_counter() - started)
+        except Exception as exc:
+            await self._failed(where, record, started, exc)
+        logger.info("%s: completed in %.2f s", where, time.perf_counter() - started)
+
+    async def undo(self, plugin: str, migration: Migration, stage_name: str) -> int:
+        """Revert a batched stage's committed batches with its ``undo``, newest first.
+
+        Each batch is undone in a transaction of its own that also marks its row ``undone``
+        and moves the stage's cursor back before it: interrupted, an undo resumes where it
+        stopped, and a ``run`` redoes exactly the batches undone. Atomic stages and stages
+        without ``undo`` cannot be undone (``MigrationError``). Returns the batches undone.
+        """
+        position, stage = next(
+            ((i, s) for i, s in enumerate(migration.stages) if s.name == stage_name),
+            (-1, None),
+        )
+        where = f"{plugin} {migration.version} / {stage_name}"
+        if not isinstance(stage, BatchedStage) or stage.undo is None:
+            what = "no such stage" if stage is None else "it declares no undo"
+            raise MigrationError(f"{where} cannot be undone: {what}")
+        record = StageRecord(plugin, migration.version, stage.name, position, stage.kind)
+        undone = 0
+        async with self._pool.acquire() as conn:
+            key_type = await _key_type(conn, where, stage)
+            for number, after, last, rows in await record.done_batches(conn):
+                started = time.perf_counter()
+                async with transaction(conn, find_outcome=False) as tx:
+                    await _timeouts(conn, stage)
+                    keys = await conn.fetchrow(
+                        f"SELECT $1::text::{key_type}, $2::text::{key_type}", after, last
+                    )
+                    await stage.undo(Batch(tx, self._env, keys[0], keys[1], rows, number))
+                    await record.batch_undone(
+                        conn, number, after, rows, time.perf_counter() - started
+                    )
+                undone += 1
+        logger.info("%s: %d batch(es) undone", where, undone)
+        return undone
+
+    async def _failed(
+        self, where: str, record: StageRecord, started: float, exc: Exception
+    ) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        async with transaction(self._pool) as tx:
+            await record.finish(tx.connection, "failed", time.perf_counter() - started, error)
+        logger.error("%s: failed: %s", where, error)
+        raise MigrationError(f"{where} failed: {error}") from exc
+
+    async def _batched(
+        self,
+        where: str,
+        plugin: str,
+        stage: BatchedStage,
+        record: StageRecord,
+        cursor: str | None,
+        rows: int,
+        batches: int,
+    ) -> None:
+        started = time.perf_counter()
+        # One connection for the whole stage: a pooled connection per batch would cost the
+        # pool's reset round trip on every release.
+        async with self._pool.acquire() as conn:
+            pages = await _Pages.prepare(conn, where, stage, cursor)
+            await record.start(conn, rows + pages.left)
+            progress = self._progress(where, rows + pages.left, rows)
+            number = batches
+            try:
+                while True:
+                    batch_started = time.perf_counter()
+                    try:
+                        # A COMMIT lost with its connection needs no finding out: the rerun
+                        # reads the cursor, saved by this very transaction or not at all.
+                        async with transaction(conn, find_outcome=False) as tx:
+                            await _timeouts(conn, stage)
+                            last, last_text, count = await pages.next(conn)
+                            if count == 0:
+                                break
+                            batch = Batch(tx, self._env, pages.after, last, count, number + 1)
+                            await stage.apply(batch)
+                            await record.batch_done(
+                                conn, number + 1, pages.cursor, last_text, count,
+                                time.perf_counter() - batch_started,
+                            )  # fmt: skip
+                    except Exception as exc:
+                        error = (
+                            f"batch {number + 1} after key {pages.cursor}: "
+                            f"{type(exc).__name__}: {exc}"
+                        )
+                        # On the stage's own connection (its batch rolled back): a pool of
+                        # two connections, the lock's and this one, is enough.
+                        try:
+                            async with transaction(conn, find_outcome=False):
+                                await record.batch_failed(
+                                    conn, number + 1, pages.cursor,
+                                    time.perf_counter() - batch_started, error,
+                                )  # fmt: skip
+                        except Exception as lost:  # e.g. the connection itself was lost
+                            exc.add_note(f"the failure could not be recorded: {lost!r}")
+                        logger.error("%s: failed: %s", where, error)
+                        raise MigrationError(f"{where} failed: {error}") from exc
+                    number += 1
+                    pages.moved(last, last_text)
+                    progress.advance(count)
+            finally:
+                progress.close()
+        validating = time.perf_counter()
+        try:
+            async with transaction(self._pool) as tx:
+                await _timeouts(tx.connection, stage)
+                await _validate(stage, StageContext(tx, self._env, plugin, self._bus))
+                await record.finish(tx.connection, "completed", time.perf_counter() - validating)
+        except Exception as exc:
+            await self._failed(where, record, validating, exc)
+        logger.info("%s: completed in %.2f s", where, time.perf_counter() - started)
+
+
+@final
+class _Pages:
+    """The keyset pages of a batched stage: ``WHERE key > cursor ORDER BY key LIMIT n``."""
+
+    __slots__ = ("_first", "_next", "_size", "after", "cursor", "left")
+
+    def __init__(self, stage: BatchedStage, key_type: str) -> None:
+        table, key = _quoted(stage.table), f'"{stage.key}"'
+        page = f"SELECT {key} FROM {table} WHERE {key} IS NOT NULL ORDER BY {key} LIMIT $1"
+        after = f"SELECT {key} FROM {table} WHERE {key} > $2::{key_type} ORDER BY {key} LIMIT $1"
+        last = "SELECT max(k), max(k)::text, count(*) FROM ({}) AS b(k)"
+        self._first = last.format(page)
+        self._next = last.format(after)
+        self._size = stage.batch_size
+        self.after: Any = None  # the last key done, as the column's type
+        self.cursor: str | None = None  # the same, as text: what the progress row keeps
+        self.left = 0
+
+    @classmethod
+    async def prepare(
+        cls, conn: Any, where: str, stage: BatchedStage, cursor: str | None
+    ) -> _Pages:
+        key_type = await _key_type(conn, where, stage)
+        pages = cls(stage, key_type)
+        table, key = _quoted(stage.table), f'"{stage.key}"'
+        if cursor is None:
+            pages.left = await conn.fetchval(f"SELECT count({key}) FROM {table}")
+        else:
+            pages.after = await conn.fetchval(f"SELECT $1::text::{key_type}", cursor)
+            pages.cursor = cursor
+            pages.left = await conn.fetchval(
+                f"SELECT count(*) FROM {table} WHERE {key} > $1", pages.after
+            )
+        return pages
+
+    async def next(self, conn: Any) -> tuple[Any, str, int]:
+        """The next page's last key (typed and as text) and its row count (0: no more)."""
+        if self.after is None:
+            row = await conn.fetchrow(self._first, self._size)
+        else:
+            row = await conn.fetchrow(self._next, self._size, self.after)
+        return row[0], row[1], row[2]
+
+    def moved(self, last: Any, last_text: str) -> None:
+        """The page ending at ``last`` was committed."""
+        self.after, self.cursor = last, last_text
+
+
+async def _key_type(conn: Any, where: str, stage: BatchedStage) -> str:
+    key_type: str | None = await conn.fetchval(_KEY_TYPE, stage.table, stage.key)
+    if key_type is None:
+        raise MigrationError(f"{where}: no column {stage.key!r} in {stage.table!r}")
+    return key_type
+
+
+async def _timeouts(conn: Any, stage: Stage | BatchedStage) -> None:
+    """Set the stage's timeouts for the transaction ``conn`` is in (SET LOCAL)."""
+    settings = [
+        (name, _ms(value))
+        for name, value in (
+            ("lock_timeout", stage.lock_timeout),
+            ("statement_timeout", stage.statement_timeout),
+        )
+        if value is not None
+    ]
+    if settings:
+        calls = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in settings)
+        await conn.execute(f"SELECT {calls}")
+
+
+async def _validate(stage: Stage | BatchedStage, ctx: StageContext) -> None:
+    if stage.validate is not None and await stage.validate(ctx) is False:
+        raise MigrationError(f"validation {getattr(stage.validate, '__name__', '')} failed")
+
+
+def _quoted(table: str) -> str:
+    return ".".join(f'"{part}"' for part in table.split("."))

@@ -1,0 +1,268 @@
+"""``hookbus plugins|install|uninstall|upgrade|migrate|status``: plugins from the command line.
+
+Each command takes the application as ``MODULE:ATTRIBUTE``, naming a ``hookbus.PluginSet``
+(or a function returning one), and the database from ``HOOKBUS_DSN``. The commands that
+change state (install, uninstall, upgrade, migrate) refuse to run without it: falling back
+to a throwaway server would report success for work that went nowhere. ``plugins``,
+``status`` and ``migrate --dry-run`` without it show what the code alone says.
+
+The asyncpg adapter is imported inside the commands, never when this module is.
+Run as ``python -m hookbus._cli_plugins`` until the ``hookbus`` command registers it
+(``register(subparsers)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from ._plugins import PluginSet
+
+__all__ = ["main", "register"]
+
+#: Exit status when another migrator held the lock for longer than ``--lock-wait``.
+EXIT_LOCKED = 3
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def load_plugins(target: str) -> PluginSet:
+    """The ``PluginSet`` named by ``MODULE:ATTRIBUTE`` (called first if it is a function)."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"expected MODULE:ATTRIBUTE (e.g. myapp.plugins:plugins), got {target!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if callable(obj) and not isinstance(obj, PluginSet):
+        obj = obj()
+    if not isinstance(obj, PluginSet):
+        raise SystemExit(f"{target} is a {type(obj).__qualname__}, not a hookbus.PluginSet")
+    return obj
+
+
+def _table(rows: Sequence[Sequence[object]]) -> str:
+    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def _dsn(args: argparse.Namespace, *, required: bool) -> str | None:
+    dsn = os.environ.get("HOOKBUS_DSN") or None
+    if dsn is None and required:
+        raise SystemExit(
+            f"hookbus {args.plugin_command}: HOOKBUS_DSN is not set. Commands that change "
+            "state run only on the database named explicitly (no embedded fallback)."
+        )
+    return dsn
+
+
+async def _with_manager(
+    args: argparse.Namespace, dsn: str, work: Callable[[Any], Coroutine[Any, Any, int]]
+) -> int:
+    import asyncpg
+    import hookbus_asyncpg
+
+    plugins = load_plugins(args.app)
+    progress = None
+    if getattr(args, "progress", "auto") != "auto":
+        bar = args.progress == "bar"
+
+        def progress(title: str, total: int | None, done: int) -> Any:
+            return hookbus_asyncpg.open_progress(title, total, done, bar=bar)
+
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=4) as pool:
+        manager = hookbus_asyncpg.PluginManager(
+            pool, plugins, lock_wait=getattr(args, "lock_wait", 30.0), progress=progress
+        )
+        try:
+            return await work(manager)
+        except hookbus_asyncpg.MigrationLockTimeout as exc:
+            print(f"hookbus {args.plugin_command}: {exc}", file=sys.stderr)
+            return EXIT_LOCKED
+
+
+async def _plugins(args: argparse.Namespace) -> int:
+    dsn = _dsn(args, required=False)
+    if dsn is None:
+        plugins = load_plugins(args.app)
+        rows: list[Sequence[object]] = [("PLUGIN", "VERSION", "REQUIRES")]
+        rows += [(p.name, p.version, ",".join(p.requires) or "-") for p in plugins]
+        print(_table(rows))
+        print("(HOOKBUS_DSN unset: the code's plugins only, no install state)")
+        return 0
+
+    async def work(manager: Any) -> int:
+        rows: list[Sequence[object]] = [
+            ("PLUGIN", "VERSION", "INSTALLED", "STATE", "REQUIRES", "ERROR")
+        ]
+        rows += [
+            (s.name, s.version or "-", s.installed or "-", s.state,
+             ",".join(s.requires) or "-", s.error or "")
+            for s in await manager.status()
+        ]  # fmt: skip
+        print(_table(rows))
+        return 0
+
+    return await _with_manager(args, dsn, work)
+
+
+async def _install(args: argparse.Namespace) -> int:
+    dsn = _dsn(args, required=True)
+    assert dsn is not None
+
+    async def work(manager: Any) -> int:
+        done = await manager.install(args.names or None)
+        print(f"installed: {', '.join(done) or 'nothing (all installed)'}")
+        return 0
+
+    return await _with_manager(args, dsn, work)
+
+
+async def _uninstall(args: argparse.Namespace) -> int:
+    dsn = _dsn(args, required=True)
+    assert dsn is not None
+
+    async def work(manager: Any) -> int:
+        done = await manager.uninstall(args.name, cascade=args.cascade)
+        print(f"uninstalled: {', '.join(done)}")
+        return 0
+
+    return await _with_manager(args, dsn, work)
+
+
+async def _upgrade(args: argparse.Namespace) -> int:
+    dry = getattr(args, "dry_run", False)
+    dsn = _dsn(args, required=not dry)
+    if dsn is None:
+        plugins = load_plugins(args.app)
+        print("HOOKBUS_DSN unset: every migration of the code, as if nothing ran yet")
+        rows: list[Sequence[object]] = [("PLUGIN", "VERSION", "STAGE", "KIND", "CONDITION")]
+        for plugin in plugins:
+            for migration in plugin.migrations:
+                for stage in migration.stages:
+                    runs = "runs" if stage.applies(plugins.env) else f"skipped in {plugins.env}"
+                    rows.append((plugin.name, migration.version, stage.name, stage.kind, runs))
+        print(_table(rows))
+        return 0
+
+    async def work(manager: Any) -> int:
+        if dry:
+            planned = await manager.plan(args.names or None)
+            if not planned:
+                print("nothing to migrate")
+                return 0
+            rows: list[Sequence[object]] = [("PLUGIN", "VERSION", "STAGE", "KIND", "ACTION", "")]
+            rows += [(s.plugin, s.version, s.stage, s.kind, s.action, s.detail) for s in planned]
+            print(_table(rows))
+            return 0
+        done = await manager.upgrade(args.names or None)
+        print(f"upgraded: {', '.join(done) or 'nothing (all up to date)'}")
+        return 0
+
+    return await _with_manager(args, dsn, work)
+
+
+async def _status(args: argparse.Namespace) -> int:
+    dsn = _dsn(args, required=False)
+    if dsn is None:
+        print("HOOKBUS_DSN unset: no database to read the progress from")
+        return 0
+
+    async def work(manager: Any) -> int:
+        stages = await manager.progress(args.plugin)
+        if not stages:
+            print("no migration has run")
+            return 0
+        rows: list[Sequence[object]] = [
+            ("PLUGIN", "VERSION", "STAGE", "KIND", "STATUS", "ROWS", "BATCHES", "SECONDS",
+             "CURSOR", "ERROR")
+        ]  # fmt: skip
+        rows += [
+            (s.plugin, s.version, s.stage, s.kind, s.status,
+             f"{s.rows:,}" + (f"/{s.total:,}" if s.total is not None else ""),
+             s.batches, f"{s.duration:.2f}", s.cursor or "", s.error or "")
+            for s in stages
+        ]  # fmt: skip
+        print(_table(rows))
+        holder = await manager.lock_holder()
+        if holder is not None:
+            print(f"a migrator holds the lock: pid {holder[0]} ({holder[1]}) since {holder[2]}")
+        return 0
+
+    return await _with_manager(args, dsn, work)
+
+
+def register(commands: Any) -> None:
+    """Add the plugin commands to an ``argparse`` subparsers object (``add_subparsers()``).
+
+    Each command's parser gets ``func``: ``args.func(args)`` runs it and returns the exit
+    status.
+    """
+
+    def command(name: str, run: Command, help: str, *, changes: bool) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help)
+        parser.add_argument("app", help="the application's PluginSet, as MODULE:ATTRIBUTE")
+        if changes:
+            parser.add_argument(
+                "--lock-wait", type=float, default=30.0, metavar="SECONDS",
+                help="how long to wait for another migrator's lock (default 30)",
+            )  # fmt: skip
+        parser.set_defaults(func=_sync(run), plugin_command=name)
+        return parser
+
+    command("plugins", _plugins, "list plugins: version, installed version, state, requires",
+            changes=False)  # fmt: skip
+    parser = command("install", _install, "install plugins and what they require",
+                     changes=True)  # fmt: skip
+    parser.add_argument("names", nargs="*", help="plugins to install (default: all)")
+    parser = command("uninstall", _uninstall, "uninstall a plugin", changes=True)
+    parser.add_argument("name")
+    parser.add_argument("--cascade", action="store_true",
+                        help="uninstall the installed plugins requiring it first")  # fmt: skip
+    for name, help in (
+        ("upgrade", "run the pending migrations of plugins, then post_upgrade"),
+        ("migrate", "the same as upgrade; --dry-run prints the plan"),
+    ):
+        parser = command(name, _upgrade, help, changes=True)
+        parser.add_argument("names", nargs="*", help="plugins to migrate (default: all)")
+        parser.add_argument(
+            "--progress", choices=("auto", "bar", "lines"), default="auto",
+            help="a progress bar, log lines, or a bar on a terminal only (default)",
+        )  # fmt: skip
+        if name == "migrate":
+            parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+    parser = command("status", _status, "the migration progress table", changes=False)
+    parser.add_argument("--plugin", help="only this plugin's stages")
+
+
+def _sync(run: Command) -> Callable[[argparse.Namespace], int]:
+    def func(args: argparse.Namespace) -> int:
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        return asyncio.run(run(args))
+
+    return func
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one plugin command; the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m hookbus._cli_plugins", description=__doc__)
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
