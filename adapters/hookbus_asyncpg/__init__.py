@@ -10,10 +10,10 @@ from __future__ import annotations
 from ._backend import AsyncpgBackend
 from ._embedded import EmbeddedPostgres
 from ._entity import Entity
-from ._options import TransactionOptions
 from ._installer import PluginManager, PluginStatus
 from ._migration_lock import MigrationLock, MigrationLockTimeout
 from ._migrator import Migrator, PlannedStage
+from ._options import TransactionOptions
 from ._plugin_state import PluginState, PluginStateError
 from ._progress import StageProgress
 from ._progress_bar import Progress, open_progress
