@@ -205,18 +205,8 @@ class Session:
             self.tx.doom(error)
 
     def unmark_deleted(self, eid: int) -> None:
-        """A delete was cancelled: ``eid`` is not deleted in this scope after all.
-
-        The mark and this unmark are made at the same savepoint depth (within one action),
-        so a savepoint rolled back later has nothing of theirs to undo.
-        """
-        unmark = getattr(self.tx, "unmark_deleted", None)
-        if unmark is not None:
-            unmark(eid)
-        else:
-            # hookbus's Transaction has no public unmark yet: the one reach into its ledger,
-            # to go when it has (a request to the core is in the store's report).
-            self.tx._ledger._deleted.discard(eid)
+        """A delete was cancelled: ``eid`` is not deleted in this scope after all."""
+        self.tx.unmark_deleted(eid)
 
 
 def _shown(statement: Statement) -> tuple[str, tuple[Any, ...]]:
