@@ -41,9 +41,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @pytest.fixture(scope="session")
-def server(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(pytestconfig: pytest.Config) -> Iterator[str]:
     """The DSN of the PostgreSQL server the session uses (its administrative database)."""
-    with pytestconfig.stash[_CHOICE].start(tmp_path_factory.mktemp("postgres")) as dsn:
+    with pytestconfig.stash[_CHOICE].start() as dsn:
         yield dsn
 
 

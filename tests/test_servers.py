@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
@@ -96,7 +97,7 @@ def test_commands_whose_work_must_last_refuse_the_fallback(clean_env: pytest.Mon
 
 
 def test_the_embedded_server_starts_takes_a_throwaway_database_and_stops(
-    clean_env: pytest.MonkeyPatch, tmp_path: Path
+    clean_env: pytest.MonkeyPatch,
 ) -> None:
     clean_env.setenv("HOOKBUS_DSN", "embedded")
     choice = choose_server()
@@ -106,14 +107,17 @@ def test_the_embedded_server_starts_takes_a_throwaway_database_and_stops(
         async with throwaway_database(server_dsn, "tests.test_servers") as dsn:
             conn = await asyncpg.connect(dsn)
             try:
-                return await conn.fetchval("SELECT current_database()"), conn.get_server_pid()
+                database = await conn.fetchval("SELECT current_database()")
+                return database, conn.get_server_version().major
             finally:
                 await conn.close()
 
-    with choice.start(tmp_path) as server_dsn:
-        database, _ = asyncio.run(use(server_dsn))
+    with choice.start() as server_dsn:
+        database, version = asyncio.run(use(server_dsn))
         assert database.startswith("hookbus_test_servers_")
-    assert not (tmp_path / "data" / "postmaster.pid").exists(), "the server stopped"
+        assert version == 18
+    socket_dir = Path(parse_qs(urlsplit(server_dsn).query)["host"][0])
+    assert not socket_dir.exists(), "the server stopped and its directory is gone"
 
 
 def test_pytest_stops_at_once_on_a_dead_test_dsn(dead_port: int) -> None:

@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequen
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -89,12 +88,17 @@ class ServerChoice:
         return f"{where} ({self.origin}{detail})"
 
     @contextmanager
-    def start(self, root: Path | None = None) -> Iterator[str]:
-        """Give the server's DSN for the block, starting (and then stopping) an embedded one."""
+    def start(self) -> Iterator[str]:
+        """Give the server's DSN for the block, starting (and then stopping) an embedded one.
+
+        An embedded server lives in a temporary directory of its own, deleted after the block
+        (not in pytest's ``tmp_path``: a concurrent pytest session resets the permissions the
+        server's own user needs there).
+        """
         if self.dsn is not None:
             yield self.dsn
             return
-        with EmbeddedPostgres(root) as server:
+        with EmbeddedPostgres() as server:
             yield server.dsn
 
 
