@@ -208,8 +208,7 @@ def run_with_server(main: Callable[[str], Coroutine[Any, Any, T]], *, dsn: str |
         choice = choose_server(dsn=dsn)
     except ServerUnavailableError as error:
         raise SystemExit(f"hookbus: {error}") from None
-    if choice.dsn is None:
-        print(f"starting an embedded PostgreSQL for this run ({choice.origin})")
+    print(f"PostgreSQL: {choice.describe()}")
     with choice.start() as server_dsn:
         return asyncio.run(main(server_dsn))
 
