@@ -94,6 +94,9 @@ def test_only_the_default_falls_back_to_the_embedded_server(
 def test_commands_whose_work_must_last_refuse_the_fallback(clean_env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ServerUnavailableError, match=r"^HOOKBUS_DSN unset: name the PostgreSQL"):
         choose_server(fallback=False)
+    clean_env.setenv("HOOKBUS_DSN", "embedded")
+    with pytest.raises(ServerUnavailableError, match=r"^HOOKBUS_DSN=embedded: this work must"):
+        choose_server(fallback=False)
 
 
 def test_the_embedded_server_starts_takes_a_throwaway_database_and_stops(

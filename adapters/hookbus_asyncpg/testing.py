@@ -124,8 +124,8 @@ def choose_server(
 
     A DSN given explicitly (``dsn``, called ``option`` in messages, or a variable) must answer:
     :class:`ServerUnavailableError` otherwise, with a one-line message. Only the default falls
-    back to the embedded server; with ``fallback=False`` (commands whose work must last) a DSN
-    must be given.
+    back to the embedded server. With ``fallback=False`` (commands whose work must outlive the
+    run: an install, a migration) a server must be named, and not the embedded one.
     """
     given = [(option, dsn)] if dsn else []
     given += [(name, os.environ.get(name, "").strip()) for name in variables]
@@ -134,6 +134,10 @@ def choose_server(
             continue
         spelled = f"{origin} {EMBEDDED}" if origin == option else f"{origin}={EMBEDDED}"
         if value == EMBEDDED:
+            if not fallback:
+                raise ServerUnavailableError(
+                    f"{spelled}: this work must outlive the run; name a PostgreSQL that keeps it"
+                )
             _require_embedded(spelled)
             return ServerChoice(None, spelled)
         answer = _probe(value)
