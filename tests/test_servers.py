@@ -100,9 +100,10 @@ def test_commands_whose_work_must_last_refuse_the_fallback(clean_env: pytest.Mon
 
 
 def test_the_embedded_server_starts_takes_a_throwaway_database_and_stops(
-    clean_env: pytest.MonkeyPatch,
+    clean_env: pytest.MonkeyPatch, dead_port: int
 ) -> None:
     clean_env.setenv("HOOKBUS_DSN", "embedded")
+    clean_env.setenv("PGPORT", str(dead_port))  # the server listens there: its DSN says so
     choice = choose_server()
     assert (choice.dsn, choice.origin) == (None, "HOOKBUS_DSN=embedded")
 
@@ -116,6 +117,7 @@ def test_the_embedded_server_starts_takes_a_throwaway_database_and_stops(
                 await conn.close()
 
     with choice.start() as server_dsn:
+        clean_env.delenv("PGPORT")
         database, version = asyncio.run(use(server_dsn))
         assert database.startswith("hookbus_test_servers_")
         assert version == 18

@@ -40,7 +40,13 @@ class EmbeddedPostgres:
             # Unix socket paths are short (about 100 bytes): keep the directory near the root.
             self._root = Path(tempfile.mkdtemp(prefix="hookbus-pg-")) if root is None else root
             self._server: Any = get_server(self._root / "data", cleanup_mode="stop")
-        self.dsn: str = str(self._server.get_uri())
+        dsn = str(self._server.get_uri())
+        # The server takes its port from PGPORT when set: name it, so that the DSN reaches the
+        # server whatever the PGPORT of the process that uses it.
+        port = self._server.get_postmaster_info().port
+        if port and "?host=" in dsn and "port=" not in dsn:
+            dsn += f"&port={port}"
+        self.dsn: str = dsn
 
     def close(self) -> None:
         """Stop the server; delete its directory if this object made it."""
