@@ -284,7 +284,7 @@ async def test_deferred_constraint_at_commit_rolls_back_without_postcommit(
 
 async def test_serialization_failure_at_commit(db: asyncpg.Pool) -> None:
     logs: dict[str, list[str]] = {"first": [], "second": []}
-    first_wrote, second_read = asyncio.Event(), asyncio.Event()
+    first_wrote, second_read, second_wrote = asyncio.Event(), asyncio.Event(), asyncio.Event()
     first_done = asyncio.Event()
 
     async def first() -> None:
@@ -294,6 +294,7 @@ async def test_serialization_failure_at_commit(db: asyncpg.Pool) -> None:
             await tx.connection.execute("INSERT INTO items VALUES (100)")
             tx.add(Recorded(logs["first"], "op"))
             first_wrote.set()
+            await second_wrote.wait()  # both wrote before either commits: COMMIT decides
         first_done.set()
 
     async def second() -> None:
@@ -303,6 +304,7 @@ async def test_serialization_failure_at_commit(db: asyncpg.Pool) -> None:
             await first_wrote.wait()
             await tx.connection.execute("INSERT INTO items VALUES (1)")
             tx.add(Recorded(logs["second"], "op"))
+            second_wrote.set()
             await first_done.wait()
 
     results = await asyncio.gather(first(), second(), return_exceptions=True)
