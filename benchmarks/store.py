@@ -16,7 +16,8 @@ share alone, no store).
 
 Rounds are interleaved in one process, the order flipped every round; the table shows the
 median of the per-round ratios store / bare and their quartiles. Target: single insert with
-hooks <= 1.3x bare asyncpg. A database of its own is created on the server and dropped after.
+hooks <= 1.3x bare asyncpg. A database of its own is created on the server (``HOOKBUS_DSN``,
+else the local one, else an embedded one) and dropped after.
 
     python benchmarks/store.py [--dsn DSN] [--rounds 15] [--many 100000]
 """
@@ -24,20 +25,13 @@ hooks <= 1.3x bare asyncpg. A database of its own is created on the server and d
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import secrets
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "adapters"))
 
 import asyncpg
 from hookbus_asyncpg import Attribute, EntityType, Schema, Store, transaction
+from hookbus_asyncpg.testing import run_with_database
 
 import hookbus
 from hookbus import EntityEvent, ValidationError, is_instance
@@ -178,26 +172,14 @@ async def run(dsn: str, rounds: int, many: int) -> None:
             )
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument(
-        "--dsn", default=os.environ.get("HOOKBUS_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-    )
+    parser.add_argument("--dsn", help="the PostgreSQL server (default: HOOKBUS_DSN's rule)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--many", type=int, default=100_000)
     args = parser.parse_args()
-    name = f"hookbus_bench_store_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(args.dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            dsn = urlunsplit(urlsplit(args.dsn)._replace(path="/" + name))
-            await run(dsn, args.rounds, args.many)
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    run_with_database(lambda dsn: run(dsn, args.rounds, args.many), "bench_store", dsn=args.dsn)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -3,7 +3,8 @@
 The same work on both sides (BEGIN, a few INSERTs, COMMIT on a pooled connection); the
 hookbus side also schedules N operations (or accumulates 100,000 values into one). Rounds are
 interleaved in one process, the order flipped every round; the table shows the median of the
-paired ratios hookbus / bare.
+paired ratios hookbus / bare. It runs in a database of its own, created on the server
+(``HOOKBUS_DSN``, else the local one, else an embedded one) and dropped after.
 
     python benchmarks/transaction.py [--dsn DSN] [--rounds 30] [--batch 50]
 """
@@ -11,14 +12,13 @@ paired ratios hookbus / bare.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 import hookbus_asyncpg
+from hookbus_asyncpg.testing import run_with_database
 
 import hookbus
 
@@ -66,16 +66,16 @@ async def timed(
     return (time.perf_counter() - start) / batch
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("HOOKBUS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
-    )
+    parser.add_argument("--dsn", help="the PostgreSQL server (default: HOOKBUS_DSN's rule)")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--batch", type=int, default=50)
     args = parser.parse_args()
+    run_with_database(lambda dsn: measure(dsn, args), "bench_transaction", dsn=args.dsn)
 
+
+async def measure(dsn: str, args: argparse.Namespace) -> None:
     cases = [
         ("N = 0", 0, False, True, args.batch),
         ("N = 10", 10, False, True, args.batch),
@@ -85,7 +85,7 @@ async def main() -> None:
         ("N = 0, no find", 0, False, False, args.batch),
         ("N = 10, no find", 10, False, False, args.batch),
     ]
-    async with asyncpg.create_pool(args.dsn, min_size=1, max_size=1) as pool:
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
         await pool.execute("CREATE UNLOGGED TABLE IF NOT EXISTS hookbus_bench (n int)")
         print(f"{'case':<20} {'bare ms':>9} {'hookbus ms':>11} {'ratio (median)':>15}")
         for label, n, accumulate, find, batch in cases:
@@ -112,4 +112,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -12,8 +12,8 @@ import time
 from collections import Counter
 
 import asyncpg
-from _common import run
 from hookbus_asyncpg import Attribute, EntityType, Schema, Store, transaction
+from hookbus_asyncpg.testing import run_with_pool
 
 from hookbus import Bus, EntityEvent, Operation, ValidationError, current_transaction, is_instance
 
@@ -74,4 +74,4 @@ async def main(pool: asyncpg.Pool) -> None:
 
 
 if __name__ == "__main__":
-    run(main, "bulk_import")
+    run_with_pool(main, "bulk_import")

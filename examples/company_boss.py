@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncpg
-from _common import run
 from hookbus_asyncpg import Attribute, EntityType, RelationType, Schema, Store, transaction
+from hookbus_asyncpg.testing import run_with_pool
 
 from hookbus import Bus, RelationEvent, ValidationError, match_rtype
 
@@ -48,4 +48,4 @@ async def main(pool: asyncpg.Pool) -> None:
 
 
 if __name__ == "__main__":
-    run(main, "company_boss")
+    run_with_pool(main, "company_boss")

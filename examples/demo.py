@@ -1,16 +1,16 @@
 """The demo: every example, each on a database of its own, saying what its hooks did.
 
-./run demo                       # on an embedded PostgreSQL started for the run
+./run demo                       # on the local PostgreSQL, else an embedded one
 HOOKBUS_DSN=postgresql://... ./run demo
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import time
 
-from _common import database, server
+import asyncpg
+from hookbus_asyncpg.testing import run_with_server, throwaway_database
 
 EXAMPLES = (  # each is examples/NAME.py, runnable on its own too
     "person_age",
@@ -25,17 +25,19 @@ EXAMPLES = (  # each is examples/NAME.py, runnable on its own too
 )
 
 
-async def main(dsn: str) -> None:
+async def main(server_dsn: str) -> None:
     for name in EXAMPLES:
         module = importlib.import_module(name)
         title = (module.__doc__ or name).strip().splitlines()[0]
         print(f"\n== {name}: {title}")
         started = time.perf_counter()
-        async with database(dsn, name) as pool:
+        async with (
+            throwaway_database(server_dsn, name) as dsn,
+            asyncpg.create_pool(dsn, min_size=1, max_size=4) as pool,
+        ):
             await module.main(pool)
         print(f"   ({time.perf_counter() - started:.2f} s; examples/{name}.py)")
 
 
 if __name__ == "__main__":
-    with server() as dsn:
-        asyncio.run(main(dsn))
+    run_with_server(main)

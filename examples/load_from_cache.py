@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from _common import run
 from hookbus_asyncpg import Attribute, EntityType, Schema, Store, transaction
+from hookbus_asyncpg.testing import run_with_pool
 
 from hookbus import Break, Bus, LoadEvent, QueryEvent, is_instance
 
@@ -67,4 +67,4 @@ async def main(pool: asyncpg.Pool) -> None:
 
 
 if __name__ == "__main__":
-    run(main, "load_from_cache")
+    run_with_pool(main, "load_from_cache")

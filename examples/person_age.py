@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncpg
-from _common import run
 from hookbus_asyncpg import Attribute, EntityType, Schema, Store, transaction
+from hookbus_asyncpg.testing import run_with_pool
 
 from hookbus import Bus, EntityEvent, ValidationError, is_instance
 
@@ -41,4 +41,4 @@ async def main(pool: asyncpg.Pool) -> None:
 
 
 if __name__ == "__main__":
-    run(main, "person_age")
+    run_with_pool(main, "person_age")

@@ -7,8 +7,8 @@ back: it survives the rollback, and nothing is written if the transaction commit
 from __future__ import annotations
 
 import asyncpg
-from _common import run
 from hookbus_asyncpg import Attribute, EntityType, Schema, Store, transaction
+from hookbus_asyncpg.testing import run_with_pool
 
 from hookbus import Bus, EntityEvent, Operation, ValidationError, current_transaction, is_instance
 
@@ -64,4 +64,4 @@ async def main(pool: asyncpg.Pool) -> None:
 
 
 if __name__ == "__main__":
-    run(main, "rollback_audit")
+    run_with_pool(main, "rollback_audit")

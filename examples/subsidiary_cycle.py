@@ -8,8 +8,8 @@ moves companies around is judged on where it ends, not on a step in between.
 from __future__ import annotations
 
 import asyncpg
-from _common import run
 from hookbus_asyncpg import Attribute, EntityType, RelationType, Schema, Store, transaction
+from hookbus_asyncpg.testing import run_with_pool
 
 from hookbus import (
     Bus,
@@ -74,4 +74,4 @@ async def main(pool: asyncpg.Pool) -> None:
 
 
 if __name__ == "__main__":
-    run(main, "subsidiary_cycle")
+    run_with_pool(main, "subsidiary_cycle")

@@ -7,8 +7,8 @@ with its own SQL can: the hook sees the statement, its arguments and the rows af
 from __future__ import annotations
 
 import asyncpg
-from _common import run
 from hookbus_asyncpg import transaction
+from hookbus_asyncpg.testing import run_with_pool
 
 from hookbus import Bus, QueryEvent, current_transaction
 
@@ -50,4 +50,4 @@ async def main(pool: asyncpg.Pool) -> None:
 
 
 if __name__ == "__main__":
-    run(main, "update_touched_a_row")
+    run_with_pool(main, "update_touched_a_row")

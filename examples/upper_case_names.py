@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncpg
-from _common import run
 from hookbus_asyncpg import Attribute, EntityType, Schema, Store, transaction
+from hookbus_asyncpg.testing import run_with_pool
 
 from hookbus import Bus, EntityEvent, is_instance
 
@@ -30,4 +30,4 @@ async def main(pool: asyncpg.Pool) -> None:
 
 
 if __name__ == "__main__":
-    run(main, "upper_case_names")
+    run_with_pool(main, "upper_case_names")

@@ -1,3 +1,5 @@
+"""``python -m hookbus``: the ``hookbus`` command."""
+
 from ._cli import main
 
-raise SystemExit(main())
+raise SystemExit(main(prog="python -m hookbus"))

@@ -1,50 +1,60 @@
 """Generic test fixtures: a PostgreSQL database per test module, and pools and connections on it.
 
-Fixtures that need a bus are defined by the bus tests themselves.
+Which PostgreSQL: ``HOOKBUS_TEST_DSN``, else ``HOOKBUS_DSN``, else the local server, else an
+embedded one (the rule of ``hookbus_asyncpg.testing``, shared with the examples and the
+benchmarks). The header of the run names the server. Fixtures that need a bus are defined by
+the bus tests themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
+import asyncpg
 import pytest
 import pytest_asyncio
-
-_ROOT = Path(__file__).resolve().parent.parent
-# The adapters are importable on their own (as when installed): put their folder on the path.
-for _path in (str(_ROOT / "adapters"), str(_ROOT)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import asyncpg  # noqa: E402
-from _postgres import (  # noqa: E402
+from hookbus_asyncpg.testing import (
+    ENV,
+    ServerChoice,
+    ServerUnavailableError,
+    choose_server,
     create_database,
     drop_database,
-    module_database_name,
-    server_dsn,
-    with_database,
 )
+
+# The suite's own variable comes first: it creates and force-drops a database per module, so
+# that it can be pointed at another server than the one the demo and benchmarks use.
+TEST_ENV = "HOOKBUS_TEST_DSN"
+_CHOICE = pytest.StashKey[ServerChoice]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        config.stash[_CHOICE] = choose_server((TEST_ENV, ENV))
+    except ServerUnavailableError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"PostgreSQL: {config.stash[_CHOICE].describe()}"
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(pytestconfig: pytest.Config) -> Iterator[str]:
     """The DSN of the PostgreSQL server the session uses (its administrative database)."""
-    with server_dsn(tmp_path_factory.mktemp("pgserver")) as dsn:
+    with pytestconfig.stash[_CHOICE].start() as dsn:
         yield dsn
 
 
 @pytest.fixture(scope="module")
 def dsn(server: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """The DSN of a fresh database of this test module's own, dropped after the module."""
-    name = module_database_name(request.module.__name__)
-    asyncio.run(create_database(server, name))
+    database = asyncio.run(create_database(server, request.module.__name__))
     try:
-        yield with_database(server, name)
+        yield database
     finally:
-        asyncio.run(drop_database(server, name))
+        asyncio.run(drop_database(server, database))
 
 
 @pytest_asyncio.fixture

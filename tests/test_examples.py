@@ -1,4 +1,5 @@
-"""The examples run as written: the demo, as ``./run demo`` runs it, on the test server."""
+"""The examples run as written: the demo, as ``./run demo`` runs it, on the test server; the
+``run`` script refuses what it does not know."""
 
 from __future__ import annotations
 
@@ -46,3 +47,12 @@ def test_demo_runs_every_example_and_shows_what_the_hooks_did(server: str) -> No
         "an import with a duplicate email was refused whole",
     ):
         assert line in out.stdout, f"{line!r} missing from the demo's output:\n{out.stdout}"
+
+
+def test_run_refuses_an_unknown_command() -> None:
+    out = subprocess.run(
+        [str(EXAMPLES.parent / "run"), "foo"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("run: unknown command 'foo'\n")
+    assert "./run demo" in out.stderr

