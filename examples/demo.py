@@ -22,6 +22,7 @@ EXAMPLES = (  # each is examples/NAME.py, runnable on its own too
     "load_from_cache",
     "rollback_audit",
     "bulk_import",
+    "plugin_migration",
 )
 
 

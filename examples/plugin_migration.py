@@ -17,8 +17,8 @@ import logging
 import sys
 
 import asyncpg
-from _common import run
 from hookbus_asyncpg import PluginManager
+from hookbus_asyncpg.testing import run_with_pool
 
 from hookbus import (
     Batch,
@@ -159,4 +159,4 @@ async def main(pool: asyncpg.Pool) -> None:
 
 
 if __name__ == "__main__":
-    run(main, "plugin_migration")
+    run_with_pool(main, "plugin_migration")

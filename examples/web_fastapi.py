@@ -17,21 +17,25 @@ import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import asyncpg
 import uvicorn
-from _common import database, server
 from _people import SENT, bus, store
 from fastapi import FastAPI, HTTPException
 from hookbus_asgi import server_events
 from hookbus_asgi.fastapi import install_error_handlers, transaction
 from hookbus_asyncpg import AsyncpgTransaction
+from hookbus_asyncpg.testing import choose_server, throwaway_database
 from pydantic import BaseModel
 
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the pool, then run the server_startup hooks; the reverse at the end."""
-    with server() as dsn:
-        async with database(dsn, "web_fastapi") as pool:
+    with choose_server().start() as server_dsn:
+        async with (
+            throwaway_database(server_dsn, "web_fastapi") as dsn,
+            asyncpg.create_pool(dsn, min_size=1, max_size=4) as pool,
+        ):
             app.state.pool = pool
             async with server_events(bus, app):
                 yield

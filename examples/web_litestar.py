@@ -16,11 +16,12 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import msgspec
 import uvicorn
-from _common import database, server
 from _people import SENT, bus, store
 from hookbus_asgi.litestar import HookbusPlugin
+from hookbus_asyncpg.testing import choose_server, throwaway_database
 from litestar import Litestar, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
@@ -29,8 +30,11 @@ from litestar.params import FromPath
 @contextlib.asynccontextmanager
 async def open_pool(app: Litestar) -> AsyncIterator[None]:
     """The pool; the plugin's server events run inside this context."""
-    with server() as dsn:
-        async with database(dsn, "web_litestar") as pool:
+    with choose_server().start() as server_dsn:
+        async with (
+            throwaway_database(server_dsn, "web_litestar") as dsn,
+            asyncpg.create_pool(dsn, min_size=1, max_size=4) as pool,
+        ):
             app.state.pool = pool
             yield
 

@@ -49,5 +49,5 @@ def make(version: str) -> PluginSet:
 
 
 def plugins() -> PluginSet:
-    """What ``python -m hookbus._cli_plugins migrate _migration_app:plugins`` loads."""
+    """What ``python -m hookbus migrate _migration_app:plugins`` loads."""
     return make(os.environ.get("HOOKBUS_TEST_VERSION", "2.0"))

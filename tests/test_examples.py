@@ -45,6 +45,9 @@ def test_demo_runs_every_example_and_shows_what_the_hooks_did(server: str) -> No
         "precommit: one operation checked 100,000 emails",
         "imported 100,000 people in",
         "an import with a duplicate email was refused whole",
+        "installed: ['base', 'catalog']",
+        "upgraded: ['catalog']",
+        "plugin catalog: installed at 2.0",
     ):
         assert line in out.stdout, f"{line!r} missing from the demo's output:\n{out.stdout}"
 

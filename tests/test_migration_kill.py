@@ -1,6 +1,6 @@
 """Migrator processes killed with SIGKILL mid-stage, and two migrators at once.
 
-The migrator is ``python -m hookbus._cli_plugins migrate _migration_app:plugins``, started
+The migrator is ``python -m hookbus migrate _migration_app:plugins``, started
 by the test and killed by its pid. 20,000 rows by default; ``HOOKBUS_SOAK_ROWS=1000000``
 (``./run migrate-soak``) for the full size. ``HOOKBUS_SOAK_SEED`` replays a run.
 """
@@ -42,7 +42,7 @@ async def counted(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
 async def migrator(dsn: str, *args: str, **env: str) -> asyncio.subprocess.Process:
     """Start a migrator process on ``dsn``; its progress lines come on stderr, one a batch."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hookbus._cli_plugins", "migrate", "_migration_app:plugins",
+        sys.executable, "-m", "hookbus", "migrate", "_migration_app:plugins",
         "--progress", "lines", *args,
         cwd=TESTS,
         env={
@@ -152,13 +152,13 @@ def test_state_changing_commands_refuse_to_run_without_an_explicit_dsn() -> None
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "adapters")])
     for command in ("install", "upgrade", "migrate"):
         out = subprocess.run(
-            [sys.executable, "-m", "hookbus._cli_plugins", command, "_migration_app:plugins"],
+            [sys.executable, "-m", "hookbus", command, "_migration_app:plugins"],
             cwd=TESTS, env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert out.returncode != 0
         assert "HOOKBUS_DSN is not set" in out.stderr
     dry = subprocess.run(
-        [sys.executable, "-m", "hookbus._cli_plugins", "migrate", "--dry-run",
+        [sys.executable, "-m", "hookbus", "migrate", "--dry-run",
          "_migration_app:plugins"],
         cwd=TESTS, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip

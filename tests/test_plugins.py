@@ -330,13 +330,13 @@ async def test_activate_registers_the_hooks_of_installed_plugins_only(db: asyncp
 
 
 def cli(dsn: str | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m hookbus._cli_plugins ARGS`` on the test application of _migration_app.py."""
+    """``python -m hookbus ARGS`` on the test application of _migration_app.py."""
     environ = {k: v for k, v in os.environ.items() if k != "HOOKBUS_DSN"}
     environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "adapters")])
     if dsn is not None:
         environ["HOOKBUS_DSN"] = dsn
     return subprocess.run(
-        [sys.executable, "-m", "hookbus._cli_plugins", *args],
+        [sys.executable, "-m", "hookbus", *args],
         cwd=ROOT / "tests", env={**environ, **env}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

@@ -24,7 +24,8 @@ __all__ = ["COMMANDS", "Command", "CommandError", "main"]
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A subcommand: its name, its one-line summary, and the module that implements it."""
+    """A subcommand: its name, its one-line summary, and what implements it: a module, or
+    ``module:attribute`` for an object of that module with ``configure`` and ``run``."""
 
     name: str
     summary: str
@@ -33,7 +34,17 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("hooks", "list a bus's hooks, event by event, in call order", "hookbus._cli._hooks"),
-)
+    Command("plugins", "list plugins: version, installed version, state, requires",
+            "hookbus._cli._plugins:plugins"),
+    Command("install", "install plugins and what they require", "hookbus._cli._plugins:install"),
+    Command("uninstall", "uninstall a plugin (--cascade: its dependants first)",
+            "hookbus._cli._plugins:uninstall"),
+    Command("upgrade", "run the pending migrations of plugins, then post_upgrade",
+            "hookbus._cli._plugins:upgrade"),
+    Command("migrate", "the same as upgrade; --dry-run prints the plan",
+            "hookbus._cli._plugins:migrate"),
+    Command("status", "the migration progress table", "hookbus._cli._plugins:status"),
+)  # fmt: skip
 """Every subcommand, in the order ``hookbus --help`` lists them."""
 
 
@@ -74,7 +85,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "hookbus") -> int:
         hint = f"; did you mean {close[0]!r}?" if close else f"; the commands: {', '.join(by_name)}"
         print(f"{prog}: unknown command {args[0]!r}{hint}", file=sys.stderr)
         return 2
-    module = cast(_Module, importlib.import_module(command.module))
+    module_name, _, attribute = command.module.partition(":")
+    found: object = importlib.import_module(module_name)
+    module = cast(_Module, getattr(found, attribute) if attribute else found)
     parser = argparse.ArgumentParser(prog=f"{prog} {command.name}", description=command.summary)
     module.configure(parser)
     namespace = parser.parse_args(args[1:])

@@ -6,25 +6,26 @@ change state (install, uninstall, upgrade, migrate) refuse to run without it: fa
 to a throwaway server would report success for work that went nowhere. ``plugins``,
 ``status`` and ``migrate --dry-run`` without it show what the code alone says.
 
-The asyncpg adapter is imported inside the commands, never when this module is.
-Run as ``python -m hookbus._cli_plugins`` until the ``hookbus`` command registers it
-(``register(subparsers)``).
+The asyncpg adapter is imported inside the commands, never when this module is. Each command
+is a :class:`PluginCommand` attribute of this module, registered in ``hookbus._cli.COMMANDS``
+as ``hookbus._cli._plugins:NAME``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from ._plugins import PluginSet
+from .._plugins import PluginSet
+from ._errors import CommandError
+from ._target import load
 
-__all__ = ["main", "register"]
+__all__ = ["PluginCommand", "install", "migrate", "plugins", "status", "uninstall", "upgrade"]
 
 #: Exit status when another migrator held the lock for longer than ``--lock-wait``.
 EXIT_LOCKED = 3
@@ -34,19 +35,12 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 def load_plugins(target: str) -> PluginSet:
     """The ``PluginSet`` named by ``MODULE:ATTRIBUTE`` (called first if it is a function)."""
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise SystemExit(f"expected MODULE:ATTRIBUTE (e.g. myapp.plugins:plugins), got {target!r}")
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    if callable(obj) and not isinstance(obj, PluginSet):
-        obj = obj()
-    if not isinstance(obj, PluginSet):
-        raise SystemExit(f"{target} is a {type(obj).__qualname__}, not a hookbus.PluginSet")
-    return obj
+    found: object = load(target, object, "a hookbus.PluginSet")
+    if callable(found) and not isinstance(found, PluginSet):
+        found = found()
+    if not isinstance(found, PluginSet):
+        raise CommandError(f"{target} is a {type(found).__qualname__}, not a hookbus.PluginSet")
+    return found
 
 
 def _table(rows: Sequence[Sequence[object]]) -> str:
@@ -59,12 +53,12 @@ def _table(rows: Sequence[Sequence[object]]) -> str:
 
 def _dsn(args: argparse.Namespace, *, required: bool) -> str | None:
     dsn = os.environ.get("HOOKBUS_DSN") or None
-    if dsn is None and required:
-        raise SystemExit(
-            f"hookbus {args.plugin_command}: HOOKBUS_DSN is not set. Commands that change "
-            "state run only on the database named explicitly (no embedded fallback)."
+    if required and (dsn is None or dsn == "embedded"):
+        raise CommandError(
+            "HOOKBUS_DSN is not set to a database URL. Commands that change state run only on "
+            "the database named explicitly (never on a throwaway embedded server)."
         )
-    return dsn
+    return None if dsn == "embedded" else dsn
 
 
 async def _with_manager(
@@ -203,66 +197,74 @@ async def _status(args: argparse.Namespace) -> int:
     return await _with_manager(args, dsn, work)
 
 
-def register(commands: Any) -> None:
-    """Add the plugin commands to an ``argparse`` subparsers object (``add_subparsers()``).
+class PluginCommand:
+    """One plugin command for the ``hookbus`` registry: ``configure(parser)``, ``run(args)``."""
 
-    Each command's parser gets ``func``: ``args.func(args)`` runs it and returns the exit
-    status.
-    """
+    __slots__ = ("_changes", "_extra", "_run", "name")
 
-    def command(name: str, run: Command, help: str, *, changes: bool) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help)
+    def __init__(
+        self,
+        name: str,
+        run: Command,
+        *,
+        changes: bool,
+        extra: Callable[[argparse.ArgumentParser], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self._changes = changes
+        self._extra = extra
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        """The command's arguments."""
         parser.add_argument("app", help="the application's PluginSet, as MODULE:ATTRIBUTE")
-        if changes:
+        if self._changes:
             parser.add_argument(
                 "--lock-wait", type=float, default=30.0, metavar="SECONDS",
                 help="how long to wait for another migrator's lock (default 30)",
             )  # fmt: skip
-        parser.set_defaults(func=_sync(run), plugin_command=name)
-        return parser
+        if self._extra is not None:
+            self._extra(parser)
+        parser.set_defaults(plugin_command=self.name)
 
-    command("plugins", _plugins, "list plugins: version, installed version, state, requires",
-            changes=False)  # fmt: skip
-    parser = command("install", _install, "install plugins and what they require",
-                     changes=True)  # fmt: skip
-    parser.add_argument("names", nargs="*", help="plugins to install (default: all)")
-    parser = command("uninstall", _uninstall, "uninstall a plugin", changes=True)
+    def run(self, args: argparse.Namespace) -> int:
+        """Run the command; its exit status."""
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        return asyncio.run(self._run(args))
+
+
+def _names(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="*", help="plugins (default: all)")
+
+
+def _migrating(parser: argparse.ArgumentParser) -> None:
+    _names(parser)
+    parser.add_argument(
+        "--progress", choices=("auto", "bar", "lines"), default="auto",
+        help="a progress bar, log lines, or a bar on a terminal only (default)",
+    )  # fmt: skip
+
+
+def _dry_run(parser: argparse.ArgumentParser) -> None:
+    _migrating(parser)
+    parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+
+
+def _one(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name")
-    parser.add_argument("--cascade", action="store_true",
-                        help="uninstall the installed plugins requiring it first")  # fmt: skip
-    for name, help in (
-        ("upgrade", "run the pending migrations of plugins, then post_upgrade"),
-        ("migrate", "the same as upgrade; --dry-run prints the plan"),
-    ):
-        parser = command(name, _upgrade, help, changes=True)
-        parser.add_argument("names", nargs="*", help="plugins to migrate (default: all)")
-        parser.add_argument(
-            "--progress", choices=("auto", "bar", "lines"), default="auto",
-            help="a progress bar, log lines, or a bar on a terminal only (default)",
-        )  # fmt: skip
-        if name == "migrate":
-            parser.add_argument("--dry-run", action="store_true", help="print the plan only")
-    parser = command("status", _status, "the migration progress table", changes=False)
+    parser.add_argument(
+        "--cascade", action="store_true", help="uninstall the installed plugins requiring it first"
+    )
+
+
+def _plugin_filter(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", help="only this plugin's stages")
 
 
-def _sync(run: Command) -> Callable[[argparse.Namespace], int]:
-    def func(args: argparse.Namespace) -> int:
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        return asyncio.run(run(args))
-
-    return func
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one plugin command; the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m hookbus._cli_plugins", description=__doc__)
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+plugins = PluginCommand("plugins", _plugins, changes=False)
+install = PluginCommand("install", _install, changes=True, extra=_names)
+uninstall = PluginCommand("uninstall", _uninstall, changes=True, extra=_one)
+upgrade = PluginCommand("upgrade", _upgrade, changes=True, extra=_migrating)
+migrate = PluginCommand("migrate", _upgrade, changes=True, extra=_dry_run)
+status = PluginCommand("status", _status, changes=False, extra=_plugin_filter)
