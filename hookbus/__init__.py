@@ -27,6 +27,7 @@ from ._exceptions import (
     TransactionAbortedError,
     TransactionError,
     TransactionStateError,
+    UnknownCategoryWarning,
     UnknownEventError,
     ValidationError,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "TransactionError",
     "TransactionState",
     "TransactionStateError",
+    "UnknownCategoryWarning",
     "UnknownEventError",
     "ValidationError",
     "added_in_transaction",
