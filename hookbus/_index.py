@@ -41,7 +41,7 @@ from typing import Any, Final, final
 from ._control import ALLOW_ALL, Control
 from ._dispatch import Chosen, Entry, EntryFactory
 from ._events import BUILTIN_EVENTS, EventSpec
-from ._exceptions import UnknownCategoryWarning
+from ._exceptions import UnknownCategoryWarning, UnknownEventError
 from ._hooks import HookInfo
 from ._selectors import Predicate, Selector
 
@@ -55,6 +55,7 @@ MAX_STATES: Final = 256
 MAX_FORMS: Final = 32
 _NAMED_PAYLOADS: Final = tuple({spec.payload for spec in BUILTIN_EVENTS.values()})
 _MISSING: Final = object()
+_BASE: Final[frozenset[str]] = frozenset()  # the form of "no state": every category enabled
 
 Table = dict[Hashable, Entry]
 
@@ -108,10 +109,11 @@ class _PerKey:
 class _Plan:
     """The entries of one event under one canonical control form, built on first use."""
 
-    __slots__ = ("hooks", "make", "named", "other", "spec", "table", "unnamed")
+    __slots__ = ("fast", "hooks", "make", "named", "other", "spec", "table", "unnamed")
 
     def __init__(self, spec: EventSpec, hooks: tuple[HookInfo, ...], make: EntryFactory) -> None:
         self.spec, self.hooks, self.make = spec, hooks, make
+        self.fast = _reads_key(spec)  # whether Bus.emit may read its table
         named: set[Hashable] = set()
         for info in hooks:
             mentions = None if info.select is None else info.select.mentions(spec)
@@ -170,8 +172,8 @@ class Index:
     """A bus's entries: the tables ``Bus.emit`` reads and the slow path that fills them."""
 
     __slots__ = (
-        "_forms", "_plans", "_warned", "by_event", "categories", "make", "protected", "specs",
-        "tables", "views",
+        "_forms", "_plans", "_warned", "by_event", "categories", "form_of", "make", "protected",
+        "specs", "tables", "views",
     )  # fmt: skip
 
     def __init__(
@@ -186,8 +188,9 @@ class Index:
         self.tables: dict[str, Table] = {}
         #: control state -> event -> table (shared by the states of one canonical form)
         self.views: dict[Control, dict[str, Table]] = {}
-        self._forms: dict[frozenset[str], dict[str, Table]] = {frozenset(): self.tables}
-        self._plans: dict[frozenset[str], dict[str, _Plan]] = {frozenset(): {}}
+        self.form_of: dict[Control, frozenset[str]] = {}
+        self._forms: dict[frozenset[str], dict[str, Table]] = {_BASE: self.tables}
+        self._plans: dict[frozenset[str], dict[str, _Plan]] = {_BASE: {}}
         self._warned: set[str] = set()
         self.categories: frozenset[str] = frozenset()
 
@@ -195,8 +198,9 @@ class Index:
         """Drop every entry: called on every registration change and factory swap."""
         self.tables.clear()
         self.views.clear()
-        self._forms = {frozenset(): self.tables}
-        self._plans = {frozenset(): {}}
+        self.form_of.clear()
+        self._forms = {_BASE: self.tables}
+        self._plans = {_BASE: {}}
         self.categories = frozenset(
             info.category for hooks in self.by_event.values() for info in hooks
         )
@@ -204,41 +208,50 @@ class Index:
     # -- the slow path ------------------------------------------------------------------
 
     def resolve(self, control: Control | None, event: str, payload: Any) -> Entry:
-        """The entry for a dispatch that the tables ``Bus.emit`` reads could not answer."""
-        spec = self.spec(event)
-        if not isinstance(payload, spec.payload):
-            raise TypeError(
-                f"event {event!r} carries {spec.payload.__qualname__} payloads, "
-                f"not {type(payload).__qualname__}"
-            )
-        key = None if spec.key is None else getattr(payload, spec.key)
-        try:
-            hash(key)
-        except TypeError:
-            raise TypeError(
-                f"event {event!r}: the key of this {spec.payload.__qualname__} "
-                f"({spec.key} = {key!r}) is unhashable; keys index dispatches and must be "
-                f"hashable (a str, an int, a tuple of those)"
-            ) from None
-        form = frozenset() if control is None else self._form(control)
+        """The entry for a dispatch that the tables ``Bus.emit`` reads could not answer.
+
+        Taken for a key seen for the first time, a state met for the first time, an event
+        whose payload has no ``key`` attribute (every dispatch), and every mistake.
+        """
+        if control is None:
+            form = _BASE
+        else:
+            known = self.form_of.get(control)
+            form = self._form(control) if known is None else known
         plans = self._plans[form]
         plan = plans.get(event)
         if plan is None:
-            every = self.by_event.get(event, ())
-            hooks = tuple(info for info in every if info.category not in form)
-            plan = plans[event] = _Plan(spec, hooks, self.make)
-        found = plan.table.get(key)
+            plan = plans[event] = self._plan(form, event)
+        if not isinstance(payload, plan.spec.payload):
+            raise TypeError(
+                f"event {event!r} carries {plan.spec.payload.__qualname__} payloads, "
+                f"not {type(payload).__qualname__}"
+            )
+        field = plan.spec.key
+        key = None if field is None else getattr(payload, field)
+        try:
+            found = plan.table.get(key)
+        except TypeError:
+            raise TypeError(
+                f"event {event!r}: the key of this {plan.spec.payload.__qualname__} "
+                f"({field} = {key!r}) is unhashable; keys index dispatches and must be "
+                f"hashable (a str, an int, a tuple of those)"
+            ) from None
         if found is not None:
             return found
         entry, replaced = plan.entry(key)
-        if _reads_key(spec) and (replaced or event not in self._forms[form]):
+        if plan.fast and (replaced or event not in self._forms[form]):
             self._forms[form][event] = plan.table
         return entry
 
+    def _plan(self, form: frozenset[str], event: str) -> _Plan:
+        spec = self.spec(event)
+        every = self.by_event.get(event, ())
+        hooks = tuple(info for info in every if info.category not in form)
+        return _Plan(spec, hooks, self.make)
+
     def spec(self, name: str) -> EventSpec:
         """The declared event ``name``; ``UnknownEventError`` with the closest names."""
-        from ._exceptions import UnknownEventError
-
         spec = self.specs.get(name) if isinstance(name, str) else None
         if spec is None:
             close = difflib.get_close_matches(str(name), self.specs, n=3, cutoff=0.6)
@@ -257,8 +270,10 @@ class Index:
             tables = self._forms[form] = {}
             self._plans[form] = {}
         if len(self.views) >= MAX_STATES:
-            del self.views[next(iter(self.views))]
+            stale = next(iter(self.views))
+            del self.views[stale], self.form_of[stale]
         self.views[control] = tables
+        self.form_of[control] = form
         return form
 
     def _report(self, control: Control) -> None:
