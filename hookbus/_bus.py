@@ -19,6 +19,7 @@ from ._dispatch import (
     EntryFactory,
     Results,
     _Awaited,
+    _AwaitedAny,
     _Called,
     contradiction,
     endless,
@@ -242,7 +243,7 @@ class Bus:
                 entry = self._views[control][event][payload.key]
             except (KeyError, AttributeError, TypeError):
                 entry = self._indexer.resolve(control, event, payload)
-        # The two bare shapes of entry run inline (the loops of their own ``emit``, which
+        # The three bare shapes of entry run inline (the loops of their own ``emit``, which
         # awaiting would cost one more coroutine per dispatch); any other runs itself.
         if type(entry) is _Awaited:
             if payload.event is not event:
@@ -266,6 +267,18 @@ class Bus:
                     result = fn(payload)
                     if result is not None:
                         returned(fn, event, result)
+            except Break as broken:
+                return broken
+            except RecursionError as exc:
+                raise endless(exc, event)  # noqa: B904  (chained inside)
+            except Exception as exc:
+                note(exc, fn, event)
+                raise
+            return None
+        if type(entry) is _AwaitedAny:  # an application payload, with no event name
+            try:
+                for fn in entry:
+                    await fn(payload)
             except Break as broken:
                 return broken
             except RecursionError as exc:

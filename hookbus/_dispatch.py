@@ -6,12 +6,13 @@ entry.collect(event, payload)``. Every entry is a tuple (empty: nothing to run, 
 costs one truth test), and its class is chosen when it is built, by its shape:
 
 - ``_Awaited``: coroutine functions only, no dynamic check, on an event whose payload names
-  its event (``payload.event``);
+  its event (``payload.event``), which is checked against the dispatch first;
 - ``_Called``: plain functions only, likewise;
-- ``_Checked``: ``(fn, check, is_async)`` triples: dynamic checks, mixed kinds, payloads
-  that do not name their event.
+- ``_AwaitedAny``: coroutine functions only, no dynamic check, any other payload;
+- ``_Checked``: ``(fn, check, is_async)`` triples: dynamic checks, mixed kinds, and plain
+  functions on payloads that do not name their event.
 
-``Bus.emit`` runs the two bare shapes inline (the loop of their ``emit`` written in place,
+``Bus.emit`` runs the three bare shapes inline (the loop of their ``emit`` written in place,
 because awaiting one more coroutine per dispatch costs about a tenth of a three-hook
 dispatch) and awaits ``entry.emit`` for any other class of entry. That is the seam:
 
@@ -106,6 +107,41 @@ class _Awaited(Entry):
     async def collect(self, event: str, payload: Any) -> Results:
         if payload.event is not event:
             contradiction(event, payload)
+        results = Results()
+        try:
+            for fn in self:
+                results.append(await fn(payload))
+        except Break as broken:
+            results.broken = broken
+        except RecursionError as exc:
+            raise endless(exc, event)  # noqa: B904  (chained inside)
+        except Exception as exc:
+            note(exc, fn, event)
+            raise
+        return results
+
+
+@final
+class _AwaitedAny(Entry):
+    """Coroutine functions, no dynamic check, on a payload that does not name its event."""
+
+    __slots__ = ()
+
+    async def emit(self, event: str, payload: Any) -> Break | None:
+        # Bus.emit runs a copy of this loop inline: keep the two alike.
+        try:
+            for fn in self:
+                await fn(payload)
+        except Break as broken:
+            return broken
+        except RecursionError as exc:
+            raise endless(exc, event)  # noqa: B904  (chained inside)
+        except Exception as exc:
+            note(exc, fn, event)
+            raise
+        return None
+
+    async def collect(self, event: str, payload: Any) -> Results:
         results = Results()
         try:
             for fn in self:
@@ -227,17 +263,17 @@ class _NamedChecked(_Checked):
 
 
 #: The entry of nothing: what a miss finds (falsy, so ``Bus.emit`` returns at once).
-EMPTY: Final = _Awaited()
+EMPTY: Final = _AwaitedAny()
 
 
 def make_entry(event: str, hooks: tuple[Chosen, ...], names_event: bool) -> Entry:
     """The default factory: the barest shape that runs ``hooks`` correctly."""
     if not hooks:
         return EMPTY
-    if names_event and all(c.check is None for c in hooks):
+    if all(c.check is None for c in hooks):
         if all(c.info.is_async for c in hooks):
-            return _Awaited(c.info.fn for c in hooks)
-        if not any(c.info.is_async for c in hooks):
+            return (_Awaited if names_event else _AwaitedAny)(c.info.fn for c in hooks)
+        if names_event and not any(c.info.is_async for c in hooks):
             return _Called(c.info.fn for c in hooks)
     triples = ((c.info.fn, c.check, c.info.is_async) for c in hooks)
     return _NamedChecked(triples) if names_event else _Checked(triples)
