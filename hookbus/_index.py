@@ -130,6 +130,8 @@ class _Plan:
             return entry, False
         if self.other is None:
             self.other = self._build_other()
+        if isinstance(self.table, _OpenTable):  # read with .get() by the slow path
+            return self.other, False
         if self.unnamed < MAX_UNNAMED_KEYS:
             self.unnamed += 1
             self.table[key] = self.other
@@ -299,7 +301,7 @@ class Index:
             if len(self._warned) >= 1024:
                 self._warned.clear()
             self._warned.add(name)
-            warnings.warn(message, UnknownCategoryWarning, stacklevel=4)
+            warnings.warn(message, UnknownCategoryWarning, stacklevel=5)  # the emit
 
 
 def _reads_key(spec: EventSpec) -> bool:

@@ -644,3 +644,17 @@ async def test_entries_come_from_a_factory_that_instrumentation_can_replace(bus:
     assert await bus.collect("after_add_entity", added(eid=4)) == [None]
     assert calls == [1, 2, 4]
     assert spans == ["after_add_entity:1", "collect after_add_entity"]
+
+
+async def test_an_event_keyed_by_another_field_than_key_past_the_bound(bus: Bus) -> None:
+    class Order(msgspec.Struct):
+        customer: int
+
+    bus.declare("order_placed", Order, key="customer")
+    seen: list[int] = []
+    bus.hook("order_placed", select=hookbus.match_key(2500))(lambda e: seen.append(e.customer))
+    bus.hook("order_placed")(lambda e: seen.append(-1))
+    for customer in range(3000):  # resolved through the declared field at every dispatch
+        await bus.emit("order_placed", Order(customer))
+    assert seen.count(-1) == 3000
+    assert [c for c in seen if c >= 0] == [2500]
