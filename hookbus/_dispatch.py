@@ -14,11 +14,13 @@ costs one truth test), and its class is chosen when it is built, by its shape:
 
 ``Bus.emit`` runs the three bare shapes inline (the loop of their ``emit`` written in place,
 because awaiting one more coroutine per dispatch costs about a tenth of a three-hook
-dispatch) and awaits ``entry.emit`` for any other class of entry. That is the seam:
+dispatch, and ``emit`` must stay a coroutine function: web frameworks test that before
+awaiting a callable) and awaits ``entry.emit`` for any other class of entry. That is the
+seam:
 
 **Entry factories.** A bus builds its entries with ``make_entry(event, hooks, names_event)``
-(a bus keeps it in ``bus._make_entry``; ``bus._use_entries(factory)`` swaps it and drops
-every entry built so far). ``hooks`` is a tuple of :class:`Chosen` in call order;
+(the index of a bus keeps it; ``bus._use_entries(factory)`` swaps it and drops every entry
+built so far). ``hooks`` is a tuple of :class:`Chosen` in call order;
 ``names_event`` says whether the payload carries its event name in ``payload.event``. A
 factory returns a tuple subclass of :class:`Entry` with ``emit`` and ``collect`` coroutine
 methods, empty when nothing runs. Instrumentation (spans, metrics) plugs in there: its
