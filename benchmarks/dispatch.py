@@ -27,6 +27,12 @@ Workloads (one event, ``after_add_entity``, dispatched with an ``EntityEvent`` p
 ``categories``  the hit, inside ``hooks_control(ALLOW_ALL, "notification")`` (the hooks are in
                 category ``integrity``, so all 3 still run). Floor: the hit floor.
 
+A second table, ``fresh vs cached key``: an application event keyed by an int (a user id,
+an order id), with N hooks each selecting one key (``match_key``) and one hook for every
+key, N = 10 and 200. ``cached`` dispatches one key over and over; ``fresh`` a key never
+dispatched before at every call, after more keys than a table holds were seen. The ratio is
+fresh / cached, paired like the others (target: at most 1.5x, whatever N).
+
 Targets (issue 2): hit and selective <= 1.2x their floor; miss <= 1.2x the one-lookup
 coroutine; sync <= 1.5x; and hookbus faster than every peer on every workload.
 
@@ -54,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import platform
 import statistics
@@ -73,6 +80,7 @@ if str(ROOT) not in sys.path:  # run as a script: measure the working tree's hoo
 import aiosignal  # noqa: E402
 import blinker  # noqa: E402
 import django.dispatch  # noqa: E402
+import msgspec  # noqa: E402
 import pluggy  # noqa: E402
 import pyee  # noqa: E402
 import pyee.asyncio  # noqa: E402
@@ -315,6 +323,60 @@ def pluggy_subject(w: Workload) -> Subject | None:
     return Subject("pluggy", call, (EVENT, payload(w)))
 
 
+class Ping(msgspec.Struct):
+    """An application payload keyed by an unbounded int (a user id, an order id)."""
+
+    key: int
+
+
+KEY_HOOKS = (10, 200)
+KEY_TARGET = 1.5
+
+
+async def key_pairs() -> list[Pair]:
+    """Fresh key against cached key, on an event with ``n`` keyed hooks (see the docstring)."""
+    pairs = []
+    for n in KEY_HOOKS:
+        bus = hookbus.Bus()
+        bus.declare("ping", Ping)
+        for i in range(n):
+            bus.hook("ping", select=hookbus.match_key(i))(_async_hook())
+        bus.hook("ping")(_async_hook())
+        for key in range(10_000, 20_000):  # more keys than a table holds
+            await bus.emit("ping", Ping(key))
+        emit, keys = bus.emit, itertools.count(1_000_000)
+
+        async def fresh(event: str, emit: Any = emit, keys: Iterator[int] = keys) -> None:
+            await emit(event, Ping(next(keys)))
+
+        async def cached(event: str, emit: Any = emit) -> None:
+            await emit(event, Ping(-1))
+
+        pairs.append(
+            Pair(
+                f"{n} hooks",
+                Subject("fresh", fresh, ("ping",)),
+                Subject("cached", cached, ("ping",)),
+            )
+        )
+    return pairs
+
+
+def key_table(pairs: list[Pair]) -> tuple[str, bool]:
+    head = f"{'keyed event':<11} {'fresh ns':>10} {'cached ns':>9}"
+    head += f" {'fresh/cached (IQR)':>21} {'target':>7}  ok"
+    lines, all_ok = [head, "-" * len(head)], True
+    for p in pairs:
+        lo, hi = p.spread
+        ok = p.ratio <= KEY_TARGET
+        all_ok &= ok
+        line = f"{p.workload:<11} {statistics.median(p.subject_ns):>10.0f}"
+        line += f" {statistics.median(p.floor_ns):>9.0f}"
+        line += f" {f'{p.ratio:.2f}x ({lo:.2f}-{hi:.2f})':>21} {f'<={KEY_TARGET}x':>7}"
+        lines.append(line + ("  yes" if ok else "  NO"))
+    return "\n".join(lines), all_ok
+
+
 PEER_BUILDERS: tuple[Callable[[Workload], Subject | None], ...] = (
     blinker_subject,
     pyee_subject,
@@ -387,13 +449,16 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{n: version(n) for n in names}}
 
 
-async def measure(args: argparse.Namespace) -> list[Pair]:
+async def measure(args: argparse.Namespace) -> tuple[list[Pair], list[Pair]]:
     pairs = build(not args.no_peers)
     for w in WORKLOADS:
         for pair in (p for p in pairs if p.workload == w.name):
             await check(pair, w.expected)
-    await run_pairs(pairs, args.rounds, args.sample_ms * 1e6)
-    return pairs
+    keyed = await key_pairs()
+    for pair in keyed:
+        await check(pair, 1)
+    await run_pairs([*pairs, *keyed], args.rounds, args.sample_ms * 1e6)
+    return pairs, keyed
 
 
 def as_json(pairs: list[Pair], args: argparse.Namespace) -> str:
@@ -433,18 +498,21 @@ def main() -> int:
         "\nmachine note: this machine's speed drifts by up to 1.6x within seconds;"
         " quote the ratios, not the ns.\n"
     )
-    pairs = asyncio.run(measure(args))
+    pairs, keyed = asyncio.run(measure(args))
     text, ok = table(pairs)
     print(text)
+    keys_text, keys_ok = key_table(keyed)
+    print("\n" + keys_text)
+    ok &= keys_ok
     print(
         "\nhookbus/floor and peers: median over rounds of (subject ns / floor ns), each sample"
         "\ntimed right beside its floor sample; '-': no such idiom; ok: target met and hookbus"
         "\nfaster than every peer. ns are medians, for orientation only."
     )
     if args.json == "-":
-        print(as_json(pairs, args))
+        print(as_json([*pairs, *keyed], args))
     elif args.json:
-        Path(args.json).write_text(as_json(pairs, args) + "\n")
+        Path(args.json).write_text(as_json([*pairs, *keyed], args) + "\n")
     return 1 if args.check and not ok else 0
 
 

@@ -27,6 +27,7 @@ from ._exceptions import (
     TransactionAbortedError,
     TransactionError,
     TransactionStateError,
+    UnknownCategoryWarning,
     UnknownEventError,
     ValidationError,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "TransactionError",
     "TransactionState",
     "TransactionStateError",
+    "UnknownCategoryWarning",
     "UnknownEventError",
     "ValidationError",
     "added_in_transaction",

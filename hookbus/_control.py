@@ -27,8 +27,10 @@ class ControlMode(enum.Enum):
 ALLOW_ALL: Final = ControlMode.ALLOW_ALL
 DENY_ALL: Final = ControlMode.DENY_ALL
 
-# Categories some Bus declared protected: refused in ALLOW_ALL, kept on under DENY_ALL.
-_PROTECTED: set[str] = set()
+# Interned states kept at most: past it the oldest is forgotten (a state still in use keeps
+# working; an equal state made later is then another object, mapped by each bus to the same
+# tables), so that ever new states cannot grow memory without end.
+_MAX_INTERNED: Final = 1024
 
 
 @final
@@ -36,7 +38,7 @@ class Control:
     """An interned, immutable category state: equal states are the same object.
 
     Being interned, it serves as part of the dispatch cache key at the cost of an identity
-    hash.
+    hash. The table of interned states is bounded (the oldest is forgotten first).
     """
 
     __slots__ = ("categories", "mode")
@@ -50,6 +52,8 @@ class Control:
         if state is None:
             state = object.__new__(cls)
             state.mode, state.categories = mode, categories
+            if len(cls._interned) >= _MAX_INTERNED:
+                del cls._interned[next(iter(cls._interned))]
             cls._interned[mode, categories] = state
         return state
 
@@ -75,11 +79,12 @@ class hooks_control:  # a context manager, named as CubicWeb names it
     """Run a block with only some hook categories enabled.
 
     ``hooks_control(ALLOW_ALL, "integrity")`` enables every category but ``integrity``;
-    ``hooks_control(DENY_ALL, "integrity")`` enables none but ``integrity``. Protected
-    categories stay enabled under ``DENY_ALL``; naming one in ``ALLOW_ALL`` is an error.
-    The state applies to every bus of the process (it lives in the context, not on a bus),
-    so a category that any bus declared protected is refused here, whichever bus the block
-    is for.
+    ``hooks_control(DENY_ALL, "integrity")`` enables none but ``integrity``. The state
+    lives in the context, not on a bus: it applies to every bus that dispatches inside the
+    block, and each bus reads it with its own hooks and its own protected categories, which
+    stay enabled under either mode. A name that does nothing on the bus dispatching (no hook
+    there has that category, or it is protected there and named in ``ALLOW_ALL``) is
+    reported once per name with an ``UnknownCategoryWarning``, naming the closest categories.
 
     >>> with hooks_control(DENY_ALL, "integrity"):
     ...     pass
@@ -93,10 +98,6 @@ class hooks_control:  # a context manager, named as CubicWeb names it
         for category in categories:
             if not isinstance(category, str) or not category:
                 raise RegistrationError(f"a category is a non-empty string, not {category!r}")
-        if mode is ALLOW_ALL and (refused := _PROTECTED.intersection(categories)):
-            raise RegistrationError(
-                f"protected categories cannot be disabled: {', '.join(sorted(refused))}"
-            )
         self._state = Control(mode, frozenset(categories))
         self._token: Token[Control | None] | None = None
 
@@ -115,8 +116,3 @@ class hooks_control:  # a context manager, named as CubicWeb names it
         assert self._token is not None
         _CONTROL.reset(self._token)
         self._token = None
-
-
-def protect(categories: frozenset[str]) -> None:
-    """Record categories a bus declared protected (called by ``Bus``)."""
-    _PROTECTED.update(categories)

@@ -14,6 +14,8 @@ The hierarchy::
     ValidationError                   raised by application hooks: data refused, with messages
     Break                             raised by a hook to stop the remaining hooks of a dispatch
 
+    UnknownCategoryWarning            a category named by hooks_control does nothing on a bus
+
 ``ValidationError`` and ``Break`` are not ``HookbusError``: they are raised by application
 code, not by hookbus, and carry application data.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "TransactionAbortedError",
     "TransactionError",
     "TransactionStateError",
+    "UnknownCategoryWarning",
     "UnknownEventError",
     "ValidationError",
 ]
@@ -147,3 +150,12 @@ class Break(Exception):  # a control-flow signal, named as users read it
     def __init__(self, value: Any = None) -> None:
         self.value = value
         super().__init__(value)
+
+
+class UnknownCategoryWarning(UserWarning):
+    """A category named by ``hooks_control`` that does nothing on the bus dispatching.
+
+    Categories are free names, so this is a warning, given once per name and bus: the name
+    is no category of the bus's hooks (a typo, most often: the message names the closest
+    ones), or a protected category named in ``ALLOW_ALL``, which stays enabled.
+    """

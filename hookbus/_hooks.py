@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar, final
@@ -65,12 +66,18 @@ def hook_name(fn: object) -> str:
 def describe(fn: object) -> tuple[str, bool]:
     """Check ``fn`` is usable as a hook; return its name and whether it is a coroutine function.
 
-    Settled here, at registration, so that dispatch never inspects a hook.
+    Settled here, at registration, so that dispatch never inspects a hook: coroutine
+    functions, bound methods and ``functools.partial`` of them, and objects (or partials of
+    objects) whose ``__call__`` is a coroutine function are awaited. A plain function that
+    returns a coroutine cannot be told apart here: dispatch refuses it when it does.
     """
     name = hook_name(fn)
     if not callable(fn):
         raise RegistrationError(f"a hook must be callable, not {fn!r}")
-    call = fn if inspect.isroutine(fn) or isinstance(fn, type) else type(fn).__call__
+    inner: Any = fn
+    while isinstance(inner, functools.partial):  # partial(obj) of an async callable object
+        inner = inner.func
+    call = inner if inspect.isroutine(inner) or isinstance(inner, type) else type(inner).__call__
     is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(fn)
     if inspect.isasyncgenfunction(call):
         raise RegistrationError(f"hook {name} is an async generator, not a coroutine function")

@@ -37,6 +37,8 @@ class Selector:
 
     :meth:`keys` tells which keys the selector can match for an event (``None``: any key);
     it lets registration refuse a selector that can never match, and feeds the listing.
+    :meth:`mentions` tells which keys it singles out, so that the index resolves every
+    other key through one shared entry.
     """
 
     __slots__ = ()
@@ -48,6 +50,16 @@ class Selector:
     def keys(self, spec: EventSpec) -> frozenset[Hashable] | None:
         """The keys this selector can match on ``spec``; ``None`` means any key."""
         return None
+
+    def mentions(self, spec: EventSpec) -> frozenset[Hashable] | None:
+        """The keys this selector singles out on ``spec``.
+
+        For every key outside them, :meth:`specialize` gives one same answer, so the index
+        shares one entry among all such keys. ``None``: the answer may change with any key;
+        the selector is then asked per dispatch for keys no other selector names. The
+        default is :meth:`keys` (a selector matches no key outside those).
+        """
+        return self.keys(spec)
 
     def __and__(self, other: Selector) -> Selector:
         return _And(self, _check(other))
@@ -132,6 +144,9 @@ class _Where(Selector):
     def specialize(self, spec: EventSpec, key: Hashable) -> Specialized:
         return self.predicate
 
+    def mentions(self, spec: EventSpec) -> frozenset[Hashable] | None:
+        return frozenset()
+
     def __repr__(self) -> str:
         return f"where({getattr(self.predicate, '__qualname__', self.predicate)!r})"
 
@@ -167,6 +182,10 @@ class _And(Selector):
             return right
         return left if right is None else left & right
 
+    def mentions(self, spec: EventSpec) -> frozenset[Hashable] | None:
+        both = _both(self.left.mentions(spec), self.right.mentions(spec))
+        return self.keys(spec) if both is None else both
+
     def __repr__(self) -> str:
         return f"({self.left!r} & {self.right!r})"
 
@@ -195,6 +214,9 @@ class _Or(Selector):
         left, right = self.left.keys(spec), self.right.keys(spec)
         return None if left is None or right is None else left | right
 
+    def mentions(self, spec: EventSpec) -> frozenset[Hashable] | None:
+        return _both(self.left.mentions(spec), self.right.mentions(spec))
+
     def __repr__(self) -> str:
         return f"({self.left!r} | {self.right!r})"
 
@@ -212,5 +234,14 @@ class _Not(Selector):
             return not inner
         return lambda payload: not inner(payload)
 
+    def mentions(self, spec: EventSpec) -> frozenset[Hashable] | None:
+        return self.inner.mentions(spec)
+
     def __repr__(self) -> str:
         return f"~{self.inner!r}"
+
+
+def _both(
+    left: frozenset[Hashable] | None, right: frozenset[Hashable] | None
+) -> frozenset[Hashable] | None:
+    return None if left is None or right is None else left | right

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import warnings
 from typing import Any
 
 import anyio
@@ -446,3 +448,213 @@ def test_a_selector_that_cannot_work_is_refused_at_registration(bus: Bus) -> Non
     with pytest.raises(RegistrationError, match="fails on 'after_add_entity'"):
         bus.register(lambda e: None, "after_add_entity", select=Unfinished())
     assert bus.registered() == ()
+
+
+async def test_a_payload_contradicting_its_dispatch_never_reaches_a_hook(bus: Bus) -> None:
+    seen: list[str] = []
+    bus.hook("after_add_entity")(lambda e: seen.append("sync"))
+    wrong = EntityEvent("before_add_entity", "Person", 1)
+    with pytest.raises(ValueError, match="whose event is 'before_add_entity'"):
+        await bus.emit("after_add_entity", wrong)
+
+    @bus.hook("after_add_entity")
+    async def also_async(event: EntityEvent) -> None:
+        seen.append("async")
+
+    with pytest.raises(ValueError, match="contradicts its dispatch"):
+        await bus.emit("after_add_entity", wrong)
+    with pytest.raises(ValueError, match="contradicts its dispatch"):
+        await bus.collect("after_add_entity", wrong)
+    bus.unregister(also_async)
+    with pytest.raises(ValueError, match="contradicts its dispatch"):
+        await bus.collect("after_add_entity", wrong)
+    assert seen == []
+    equal = "".join(["after_add", "_entity"])  # equal, not the same object: fine
+    await bus.emit(equal, EntityEvent("after_add_entity", "Person", 1))
+    await bus.emit("after_add_entity", EntityEvent(equal, "Person", 1))
+    assert seen == ["sync", "sync"]
+
+
+async def test_two_buses_key_one_payload_class_by_two_fields_and_leave_it_untouched() -> None:
+    class Order(msgspec.Struct):
+        customer: str
+        region: str
+
+    class Tick(msgspec.Struct):
+        n: int
+
+    before = dict(vars(Order)), dict(vars(Tick))
+    by_customer, by_region = Bus(), Bus()
+    by_customer.declare("order_placed", Order, key="customer")
+    by_region.declare("order_placed", Order, key="region")
+    by_region.declare("tick", Tick)
+    seen: list[str] = []
+    by_customer.hook("order_placed", select=hookbus.match_key("acme"))(
+        lambda e: seen.append(f"customer:{e.customer}")
+    )
+    by_region.hook("order_placed", select=hookbus.match_key("eu"))(
+        lambda e: seen.append(f"region:{e.region}")
+    )
+    by_region.hook("tick")(lambda e: seen.append(f"tick:{e.n}"))
+    for order in (Order("acme", "us"), Order("other", "eu")):
+        await by_customer.emit("order_placed", order)
+        await by_region.emit("order_placed", order)
+    await by_region.emit("tick", Tick(1))
+    assert seen == ["customer:acme", "region:eu", "tick:1"]
+    assert (dict(vars(Order)), dict(vars(Tick))) == before
+    assert not hasattr(Order, "key") and not hasattr(Tick, "key")
+
+
+async def test_a_plain_hook_returning_a_coroutine_is_refused_naming_it(bus: Bus) -> None:
+    ran: list[int] = []
+
+    async def work(event: EntityEvent) -> None:
+        ran.append(event.eid)
+
+    def forgets_to_await(event: EntityEvent) -> Any:
+        return work(event)
+
+    bus.register(forgets_to_await, "after_add_entity")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the coroutine is closed: no "never awaited" on top
+        with pytest.raises(TypeError, match="forgets_to_await is a plain function that returned"):
+            await bus.emit("after_add_entity", added())
+        with pytest.raises(TypeError, match="returned a coroutine on event 'after_add_entity'"):
+            await bus.collect("after_add_entity", added())
+        bus.hook("after_add_entity", select=where(bool))(lambda e: None)  # the checked shape
+        with pytest.raises(TypeError, match="forgets_to_await"):
+            await bus.emit("after_add_entity", added())
+    assert ran == []
+
+
+async def test_async_callables_behind_a_partial_are_awaited(bus: Bus) -> None:
+    seen: list[tuple[str, int]] = []
+
+    class Notify:
+        async def __call__(self, channel: str, event: EntityEvent) -> None:
+            seen.append((channel, event.eid))
+
+    async def tagged(tag: str, event: EntityEvent) -> None:
+        seen.append((tag, event.eid))
+
+    bus.register(functools.partial(Notify(), "mail"), "after_add_entity")
+    bus.register(functools.partial(tagged, "tag"), "after_add_entity")
+    assert [info.is_async for info in bus.registered()] == [True, True]
+    await bus.emit("after_add_entity", added(eid=3))
+    assert seen == [("mail", 3), ("tag", 3)]
+
+
+async def test_a_raising_selector_is_named_with_its_hook_and_event(bus: Bus) -> None:
+    @bus.hook("after_add_entity", select=where(lambda e: e.edited["missing"]))
+    async def picky(event: EntityEvent) -> None: ...
+
+    with pytest.raises(KeyError) as info:
+        await bus.emit("after_add_entity", added())
+    assert info.value.__notes__ == [
+        f"raised by the selector of hook {__name__}.test_a_raising_selector_is_named_with_its_"
+        "hook_and_event.<locals>.picky on event 'after_add_entity'"
+    ]
+
+
+async def test_an_unhashable_key_fails_with_a_clear_error(bus: Bus) -> None:
+    class Batch(msgspec.Struct):
+        key: Any
+
+    bus.declare("batch", Batch)
+    bus.hook("batch")(lambda e: None)
+    with pytest.raises(TypeError, match=r"event 'batch': the key .* is unhashable"):
+        await bus.emit("batch", Batch([1, 2]))
+
+
+class _Counting(hookbus.Selector):
+    """A user's selector that names its key; counts how often the index asks it."""
+
+    asked = 0
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+    def specialize(self, spec: Any, key: Any) -> bool:
+        _Counting.asked += 1
+        return key == self.key
+
+    def keys(self, spec: Any) -> frozenset[Any]:
+        return frozenset({self.key})
+
+
+async def test_fresh_keys_never_scan_the_hooks_however_many_keys(bus: Bus) -> None:
+    class Ping(msgspec.Struct):
+        key: int
+
+    bus.declare("ping", Ping)
+    seen: list[int] = []
+    for i in range(50):
+        bus.hook("ping", select=_Counting(i * 1000))(lambda e: seen.append(e.key))
+    bus.hook("ping", select=~hookbus.match_key(7))(lambda e: seen.append(-1))
+    _Counting.asked = 0
+    for key in range(6000):  # past the bound of keys a table holds
+        await bus.emit("ping", Ping(key))
+    assert seen.count(-1) == 5999
+    assert [k for k in seen if k >= 0] == [k for k in range(6000) if k % 1000 == 0 and k < 50000]
+    assert _Counting.asked < 3000  # 6,000 keys x 50 hooks before: one scan per fresh key
+
+
+async def test_a_selector_that_cannot_name_its_keys_is_asked_per_dispatch(bus: Bus) -> None:
+    class Even(hookbus.Selector):
+        def specialize(self, spec: Any, key: Any) -> bool:
+            return isinstance(key, int) and key % 2 == 0
+
+    class Ping(msgspec.Struct):
+        key: int
+
+    bus.declare("ping", Ping)
+    seen: list[int] = []
+    bus.hook("ping", select=Even())(lambda e: seen.append(e.key))
+    for key in range(3000):
+        await bus.emit("ping", Ping(key))
+    assert seen == list(range(0, 3000, 2))
+
+
+async def test_entries_come_from_a_factory_that_instrumentation_can_replace(bus: Bus) -> None:
+    from hookbus._dispatch import Entry, make_entry
+
+    spans: list[str] = []
+
+    class Traced(Entry):
+        __slots__ = ()
+
+        async def emit(self, event: str, payload: Any) -> Break | None:
+            spans.append(f"{event}:{len(self[0])}")
+            return await self[0].emit(event, payload)
+
+        async def collect(self, event: str, payload: Any) -> Any:
+            spans.append(f"collect {event}")
+            return await self[0].collect(event, payload)
+
+    def traced(event: str, hooks: Any, names_event: bool) -> Entry:
+        inner = make_entry(event, hooks, names_event)
+        return Traced((inner,)) if inner else inner
+
+    calls: list[int] = []
+    bus.hook("after_add_entity")(lambda e: calls.append(e.eid))
+    await bus.emit("after_add_entity", added(eid=1))
+    bus._use_entries(traced)
+    await bus.emit("after_add_entity", added(eid=2))
+    await bus.emit("after_update_entity", EntityEvent("after_update_entity", "P", 3))  # a miss
+    assert await bus.collect("after_add_entity", added(eid=4)) == [None]
+    assert calls == [1, 2, 4]
+    assert spans == ["after_add_entity:1", "collect after_add_entity"]
+
+
+async def test_an_event_keyed_by_another_field_than_key_past_the_bound(bus: Bus) -> None:
+    class Order(msgspec.Struct):
+        customer: int
+
+    bus.declare("order_placed", Order, key="customer")
+    seen: list[int] = []
+    bus.hook("order_placed", select=hookbus.match_key(2500))(lambda e: seen.append(e.customer))
+    bus.hook("order_placed")(lambda e: seen.append(-1))
+    for customer in range(3000):  # resolved through the declared field at every dispatch
+        await bus.emit("order_placed", Order(customer))
+    assert seen.count(-1) == 3000
+    assert [c for c in seen if c >= 0] == [2500]

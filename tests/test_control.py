@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
+import warnings
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from hookbus import (
     Bus,
     EntityEvent,
     RegistrationError,
+    UnknownCategoryWarning,
     current_control,
     hooks_control,
 )
@@ -103,9 +106,59 @@ async def test_tasks_started_inside_a_block_inherit_it(bus: Bus, calls: list[str
     assert calls == ["integrity", "activeintegrity"]
 
 
-def test_protected_category_cannot_be_disabled(bus: Bus) -> None:
-    with pytest.raises(RegistrationError, match="protected categories cannot be disabled"):
-        hooks_control(ALLOW_ALL, "activeintegrity")
+async def test_a_protected_category_stays_enabled_and_naming_it_warns(
+    bus: Bus, calls: list[str]
+) -> None:
+    with (
+        pytest.warns(UnknownCategoryWarning, match="'activeintegrity' is protected"),
+        hooks_control(ALLOW_ALL, "activeintegrity", "metadata"),
+    ):
+        assert await run(bus, calls) == ["integrity", "notification", "activeintegrity"]
+
+
+async def test_what_one_bus_protects_changes_nothing_for_another(bus: Bus) -> None:
+    other = Bus()
+    seen: list[str] = []
+    other.register(lambda e: seen.append("other"), "after_add_entity", category="activeintegrity")
+    bus.register(lambda e: seen.append("bus"), "after_add_entity", category="activeintegrity")
+    with warnings.catch_warnings(), hooks_control(ALLOW_ALL, "activeintegrity"):
+        warnings.simplefilter("ignore", UnknownCategoryWarning)  # protected on `bus`
+        await bus.emit("after_add_entity", added())
+        await other.emit("after_add_entity", added())  # refused before: another bus's
+    assert seen == ["bus"]
+
+
+async def test_a_misspelled_category_warns_once_naming_the_closest(
+    bus: Bus, calls: list[str]
+) -> None:
+    with (
+        pytest.warns(UnknownCategoryWarning, match="'integrty'.*did you mean 'integrity'"),
+        hooks_control(ALLOW_ALL, "integrty"),
+    ):
+        await bus.emit("after_add_entity", added())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per name: no second warning
+        with hooks_control(DENY_ALL, "integrty", "notification"):
+            await bus.emit("after_add_entity", added())
+        with hooks_control(ALLOW_ALL, "mailing"):  # close to nothing here: meant elsewhere
+            await bus.emit("after_add_entity", added())
+
+
+async def test_ever_new_control_states_keep_memory_bounded(bus: Bus, calls: list[str]) -> None:
+    async def open_states(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            with hooks_control(ALLOW_ALL if i % 2 else DENY_ALL, f"c{i}", "metadata"):
+                await bus.emit("after_add_entity", added())
+
+    tracemalloc.start()  # what was allocated before is not traced: fill every bound first
+    try:
+        await open_states(0, 6000)
+        before = tracemalloc.get_traced_memory()[0]
+        await open_states(6000, 6000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000, f"{grown} bytes kept by 6,000 more control states"
 
 
 def test_bad_control_arguments_are_refused() -> None:

@@ -1,0 +1,324 @@
+"""The dispatch index of a bus: per event, key -> entry, for each ``hooks_control`` state.
+
+**Keys, inverted.** For an event, the keys some selector names (``is_instance("Person")``
+names ``"Person"``; see ``Selector.mentions``) each get their own entry, built on first use;
+every other key shares one entry, the event's *other* entry: the hooks whose selectors name
+no key, in call order. So any key resolves in constant time, however many keys an
+application dispatches and however many hooks the event has. A selector that cannot say
+which keys it singles out is asked per dispatch for keys no selector names.
+
+**Tables.** The table of an event is a plain ``dict`` key -> entry: ``Bus.emit`` does one
+subscript. Keys no selector names are added to it, all pointing at the other entry, up to
+``MAX_UNNAMED_KEYS``; past that the table becomes an ``_OpenTable`` that answers the other
+entry for any key it does not hold, from C (no Python call, nothing more stored): memory
+stays bounded and a fresh key costs about what a known one does.
+
+**Control states.** A ``hooks_control`` state changes a bus's entries only through the
+categories of its hooks, so states are reduced to their *canonical form* on this bus (the
+set of its hooks' categories they disable) and equal forms share one set of tables: the
+form that disables nothing shares the tables of dispatches under no state. The map from
+states to tables and the tables per form are both bounded (oldest dropped first), so
+an application opening ever new states cannot grow memory without end. Reducing a state
+is where a category named by ``hooks_control`` that no hook of this bus has is reported
+(``UnknownCategoryWarning``, once per name).
+
+**Payload keys.** ``Bus.emit`` reads ``payload.key``: hookbus's payload types alias it to
+their key field, and an application type whose key field is named ``key`` has it. Events
+whose payload type has no such attribute (or one that is not its key) never enter the
+tables ``Bus.emit`` reads: they are resolved here, through the declared field, on every
+dispatch. The user's class is never modified.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Hashable
+from functools import partial
+from itertools import repeat
+from typing import Any, Final, final
+
+from ._control import ALLOW_ALL, Control
+from ._dispatch import Chosen, Entry, EntryFactory
+from ._events import BUILTIN_EVENTS, EventSpec
+from ._exceptions import UnknownCategoryWarning, UnknownEventError
+from ._hooks import HookInfo
+from ._selectors import Predicate, Selector
+
+__all__ = ["MAX_UNNAMED_KEYS", "Index"]
+
+#: Keys no selector names that a table holds before it becomes an ``_OpenTable``.
+MAX_UNNAMED_KEYS: Final = 1024
+#: Control states mapped to their tables (the oldest mapping is dropped past it).
+MAX_STATES: Final = 256
+#: Canonical forms of control states with tables of their own.
+MAX_FORMS: Final = 32
+_NAMED_PAYLOADS: Final = tuple({spec.payload for spec in BUILTIN_EVENTS.values()})
+_MISSING: Final = object()
+_BASE: Final[frozenset[str]] = frozenset()  # the form of "no state": every category enabled
+
+Table = dict[Hashable, Entry]
+
+
+class _OpenTable(dict):  # type: ignore[type-arg]
+    """A table that answers its event's other entry for any key it does not hold.
+
+    Each instance gets a subclass whose ``__missing__`` is a C callable (``next`` on a
+    ``repeat`` of the entry): a subscript of a key it does not hold makes no Python call.
+    """
+
+    __slots__ = ()
+
+
+def _open_table(entries: Table, other: Entry) -> Table:
+    missing = staticmethod(partial(next, repeat(other)))
+    cls = type("_OpenTable", (_OpenTable,), {"__slots__": (), "__missing__": missing})
+    table: Table = cls(entries)
+    return table
+
+
+@final
+class _Unnamed:
+    """Stands for any key no selector names, when asking a selector about such keys."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<any other key>"
+
+
+_UNNAMED: Final = _Unnamed()
+
+
+@final
+class _PerKey:
+    """The check of a selector that cannot say which keys it singles out: asked per dispatch."""
+
+    __slots__ = ("field", "select", "spec")
+
+    def __init__(self, select: Selector, spec: EventSpec) -> None:
+        self.select, self.spec, self.field = select, spec, spec.key
+
+    def __call__(self, payload: Any) -> bool:
+        key = None if self.field is None else getattr(payload, self.field)
+        decided = self.select.specialize(self.spec, key)
+        return decided if isinstance(decided, bool) else bool(decided(payload))
+
+
+@final
+class _Plan:
+    """The entries of one event under one canonical control form, built on first use."""
+
+    __slots__ = ("fast", "hooks", "make", "named", "other", "spec", "table", "unnamed")
+
+    def __init__(self, spec: EventSpec, hooks: tuple[HookInfo, ...], make: EntryFactory) -> None:
+        self.spec, self.hooks, self.make = spec, hooks, make
+        self.fast = _reads_key(spec)  # whether Bus.emit may read its table
+        named: set[Hashable] = set()
+        for info in hooks:
+            mentions = None if info.select is None else info.select.mentions(spec)
+            named.update(mentions or ())
+        self.named = frozenset(named)
+        self.other: Entry | None = None
+        self.table: Table = {}
+        self.unnamed = 0
+
+    def entry(self, key: Hashable) -> tuple[Entry, bool]:
+        """The entry of ``key``, and whether the table was replaced to hold it."""
+        if key in self.named:
+            entry = self.table[key] = self._build(key)
+            return entry, False
+        if self.other is None:
+            self.other = self._build_other()
+        if isinstance(self.table, _OpenTable):  # read with .get() by the slow path
+            return self.other, False
+        if self.unnamed < MAX_UNNAMED_KEYS:
+            self.unnamed += 1
+            self.table[key] = self.other
+            return self.other, False
+        entries = {k: self.table.get(k) or self._build(k) for k in self.named}
+        self.table = _open_table(entries, self.other)
+        return self.other, True
+
+    def _build(self, key: Hashable) -> Entry:
+        chosen = []
+        for info in self.hooks:
+            check = True if info.select is None else specialize(info, self.spec, key)
+            if check is not False:
+                chosen.append(Chosen(info, None if check is True else check))
+        return self._make(chosen)
+
+    def _build_other(self) -> Entry:
+        chosen = []
+        for info in self.hooks:
+            check: bool | Predicate = True
+            if info.select is not None:
+                if info.select.mentions(self.spec) is None:
+                    check = _PerKey(info.select, self.spec)
+                else:
+                    try:
+                        check = specialize(info, self.spec, _UNNAMED)
+                    except Exception:  # a selector that cannot answer for "any key"
+                        check = _PerKey(info.select, self.spec)
+            if check is not False:
+                chosen.append(Chosen(info, None if check is True else check))
+        return self._make(chosen)
+
+    def _make(self, chosen: list[Chosen]) -> Entry:
+        names_event = issubclass(self.spec.payload, _NAMED_PAYLOADS)
+        return self.make(self.spec.name, tuple(chosen), names_event)
+
+
+@final
+class Index:
+    """A bus's entries: the tables ``Bus.emit`` reads and the slow path that fills them."""
+
+    __slots__ = (
+        "_forms", "_plans", "_warned", "by_event", "categories", "form_of", "make", "protected",
+        "specs", "tables", "views",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        specs: dict[str, EventSpec],
+        by_event: dict[str, list[HookInfo]],
+        protected: frozenset[str],
+        make: EntryFactory,
+    ) -> None:
+        self.specs, self.by_event, self.protected, self.make = specs, by_event, protected, make
+        #: event -> table, under no control state (``Bus.emit``'s first subscript)
+        self.tables: dict[str, Table] = {}
+        #: control state -> event -> table (shared by the states of one canonical form)
+        self.views: dict[Control, dict[str, Table]] = {}
+        self.form_of: dict[Control, frozenset[str]] = {}
+        self._forms: dict[frozenset[str], dict[str, Table]] = {_BASE: self.tables}
+        self._plans: dict[frozenset[str], dict[str, _Plan]] = {_BASE: {}}
+        self._warned: set[str] = set()
+        self.categories: frozenset[str] = frozenset()
+
+    def reset(self) -> None:
+        """Drop every entry: called on every registration change and factory swap."""
+        self.tables.clear()
+        self.views.clear()
+        self.form_of.clear()
+        self._forms = {_BASE: self.tables}
+        self._plans = {_BASE: {}}
+        self.categories = frozenset(
+            info.category for hooks in self.by_event.values() for info in hooks
+        )
+
+    # -- the slow path ------------------------------------------------------------------
+
+    def resolve(self, control: Control | None, event: str, payload: Any) -> Entry:
+        """The entry for a dispatch that the tables ``Bus.emit`` reads could not answer.
+
+        Taken for a key seen for the first time, a state met for the first time, an event
+        whose payload has no ``key`` attribute (every dispatch), and every mistake.
+        """
+        if control is None:
+            form = _BASE
+        else:
+            known = self.form_of.get(control)
+            form = self._form(control) if known is None else known
+        plans = self._plans[form]
+        plan = plans.get(event)
+        if plan is None:
+            plan = plans[event] = self._plan(form, event)
+        if not isinstance(payload, plan.spec.payload):
+            raise TypeError(
+                f"event {event!r} carries {plan.spec.payload.__qualname__} payloads, "
+                f"not {type(payload).__qualname__}"
+            )
+        field = plan.spec.key
+        key = None if field is None else getattr(payload, field)
+        try:
+            found = plan.table.get(key)
+        except TypeError:
+            raise TypeError(
+                f"event {event!r}: the key of this {plan.spec.payload.__qualname__} "
+                f"({field} = {key!r}) is unhashable; keys index dispatches and must be "
+                f"hashable (a str, an int, a tuple of those)"
+            ) from None
+        if found is not None:
+            return found
+        entry, replaced = plan.entry(key)
+        if plan.fast and (replaced or event not in self._forms[form]):
+            self._forms[form][event] = plan.table
+        return entry
+
+    def _plan(self, form: frozenset[str], event: str) -> _Plan:
+        spec = self.spec(event)
+        every = self.by_event.get(event, ())
+        hooks = tuple(info for info in every if info.category not in form)
+        return _Plan(spec, hooks, self.make)
+
+    def spec(self, name: str) -> EventSpec:
+        """The declared event ``name``; ``UnknownEventError`` with the closest names."""
+        spec = self.specs.get(name) if isinstance(name, str) else None
+        if spec is None:
+            close = difflib.get_close_matches(str(name), self.specs, n=3, cutoff=0.6)
+            raise UnknownEventError(str(name), tuple(close))
+        return spec
+
+    def _form(self, control: Control) -> frozenset[str]:
+        """The canonical form of ``control`` on this bus; maps the state to its tables."""
+        form = frozenset(c for c in self.categories if not control.enabled(c, self.protected))
+        self._report(control)
+        tables = self._forms.get(form)
+        if tables is None:
+            if len(self._forms) >= MAX_FORMS:  # drop the oldest form but the base one
+                oldest = next(f for f in self._forms if f)
+                del self._forms[oldest], self._plans[oldest]
+            tables = self._forms[form] = {}
+            self._plans[form] = {}
+        if len(self.views) >= MAX_STATES:
+            stale = next(iter(self.views))
+            del self.views[stale], self.form_of[stale]
+        self.views[control] = tables
+        self.form_of[control] = form
+        return form
+
+    def _report(self, control: Control) -> None:
+        """Warn, once per name, about categories of ``control`` that do nothing on this bus."""
+        for name in sorted(control.categories - self._warned):
+            if name in self.protected and control.mode is ALLOW_ALL:
+                message = (
+                    f"hooks_control(ALLOW_ALL, {name!r}): {name!r} is protected on this bus, "
+                    "its hooks stay enabled"
+                )
+            elif name not in self.categories and name not in self.protected:
+                # A name close to a category of this bus's hooks is most likely a typo; one
+                # close to none is taken as meant for hooks registered elsewhere or later.
+                close = difflib.get_close_matches(name, self.categories, n=3, cutoff=0.6)
+                if not close:
+                    continue
+                message = (
+                    f"hooks_control names category {name!r}, which no hook on this bus has; "
+                    f"did you mean {' or '.join(map(repr, close))}?"
+                )
+            else:
+                continue
+            if len(self._warned) >= 1024:
+                self._warned.clear()
+            self._warned.add(name)
+            warnings.warn(message, UnknownCategoryWarning, stacklevel=5)  # the emit
+
+
+def _reads_key(spec: EventSpec) -> bool:
+    """Whether ``payload.key`` is the key of ``spec``'s payloads (so ``Bus.emit`` may read it)."""
+    alias = getattr(spec.payload, "key", _MISSING)
+    if spec.key is None:
+        return alias is None
+    return alias is getattr(spec.payload, spec.key, _MISSING)
+
+
+def specialize(info: HookInfo, spec: EventSpec, key: Hashable) -> bool | Predicate:
+    """What ``info``'s selector leaves for ``key``: always, never, or a check."""
+    assert info.select is not None
+    result = info.select.specialize(spec, key)
+    if isinstance(result, bool) or callable(result):
+        return result
+    raise TypeError(
+        f"selector {info.select!r} of hook {info.name} returned {result!r} for {key!r} on "
+        f"{spec.name!r}: specialize() must return True, False or a predicate"
+    )
