@@ -346,7 +346,7 @@ async def test_the_recorder_sees_every_dispatch_first_even_one_a_hook_breaks() -
     with record_events(bus) as events:
         person = hookbus.EntityEvent("before_add_entity", "Person", 1, {})
         await bus.emit("before_add_entity", person)
-        await bus.emit("session_open", hookbus.SessionEvent(None))
+        await bus.emit("session_open", hookbus.SessionEvent("session_open"))
     await bus.emit("before_add_entity", person)  # not recorded: the recorder stopped
     assert events.assert_emitted("before_add_entity", key="Person", count=1) == [person]
     events.assert_emitted("session_open")
