@@ -168,6 +168,9 @@ def litestar_app(dsn: str, log: list[str]) -> Litestar:
         route_handlers=[add, refuse],
         lifespan=[open_pool],
         plugins=[HookbusPlugin(recording_bus(log), lambda: app.state.pool)],
+        # Litestar's default logging config installs handlers on the process's loggers that
+        # outlive the test session's streams: the test app keeps the process's logging as is.
+        logging_config=None,
     )
     return app
 
