@@ -346,3 +346,47 @@ def test_mistakes_are_refused_at_once(telemetry: Telemetry) -> None:
     telemetry.instrument(bus)
     with pytest.raises(RuntimeError, match="already instrumented"):
         telemetry.instrument(bus)
+
+
+# -- on the real PostgreSQL ----------------------------------------------------------------
+
+
+async def test_on_postgresql_a_commit_refused_by_a_deferred_constraint(
+    telemetry: Telemetry, pool: Any
+) -> None:
+    import asyncpg
+    import hookbus_asyncpg
+
+    await pool.execute(
+        "CREATE TABLE IF NOT EXISTS otel_parent (id int PRIMARY KEY);"
+        "CREATE TABLE IF NOT EXISTS otel_child (id int PRIMARY KEY, parent int"
+        " REFERENCES otel_parent (id) DEFERRABLE INITIALLY DEFERRED);"
+        "TRUNCATE otel_child, otel_parent"
+    )
+    telemetry.instrument(Bus())
+    async with hookbus_asyncpg.transaction(pool) as tx:
+        await tx.connection.execute("INSERT INTO otel_parent VALUES (1)")
+    committed = telemetry.named("hookbus.transaction")
+    assert committed.attributes is not None
+    assert committed.attributes["hookbus.transaction.outcome"] == "committed"
+    assert committed.attributes["hookbus.backend"] == "AsyncpgBackend"
+    telemetry.exporter.clear()
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        async with hookbus_asyncpg.transaction(pool) as tx:
+            await tx.connection.execute("INSERT INTO otel_child VALUES (1, 99)")
+    assert [s.name for s in telemetry.spans()] == [
+        "hookbus.precommit",
+        "hookbus.commit",
+        "hookbus.revertprecommit",
+        "hookbus.rollback",
+        "hookbus.transaction",
+    ]
+    assert telemetry.named("hookbus.commit").status.status_code is StatusCode.ERROR
+    scope = telemetry.named("hookbus.transaction")
+    assert scope.status.status_code is StatusCode.ERROR
+    assert scope.attributes is not None
+    assert scope.attributes["hookbus.transaction.outcome"] == "rolled_back"
+    outcomes = {p.attributes["hookbus.transaction.outcome"]: p.count
+                for p in telemetry.points("hookbus.commit.duration")}  # fmt: skip
+    assert outcomes == {"committed": 1, "rolled_back": 1}
+    assert await pool.fetchval("SELECT count(*) FROM otel_child") == 0
