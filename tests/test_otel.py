@@ -390,3 +390,15 @@ async def test_on_postgresql_a_commit_refused_by_a_deferred_constraint(
                 for p in telemetry.points("hookbus.commit.duration")}  # fmt: skip
     assert outcomes == {"committed": 1, "rolled_back": 1}
     assert await pool.fetchval("SELECT count(*) FROM otel_child") == 0
+
+
+async def test_trace_headers_carry_the_scope_trace(telemetry: Telemetry) -> None:
+    assert hookbus_otel.trace_headers() == {}
+    telemetry.instrument(Bus())
+    async with hookbus.transaction():
+        headers = hookbus_otel.trace_headers()
+    scope = telemetry.named("hookbus.transaction")
+    version, trace_id, span_id, flags = headers["traceparent"].split("-")
+    assert version == "00" and int(flags, 16) & 1  # sampled
+    assert int(trace_id, 16) == scope.context.trace_id
+    assert int(span_id, 16) == scope.context.span_id

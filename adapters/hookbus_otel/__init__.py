@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final, get_args
 
 from opentelemetry import metrics, trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from hookbus import Bus
 from hookbus._dispatch import make_entry
@@ -25,7 +26,14 @@ from ._entries import entry_factory
 from ._scopes import ScopeObserver
 from ._settings import SCOPE, Settings, SpanMode
 
-__all__ = ["SCOPE", "SpanMode", "instrument", "is_instrumented", "uninstrument"]
+__all__ = [
+    "SCOPE",
+    "SpanMode",
+    "instrument",
+    "is_instrumented",
+    "trace_headers",
+    "uninstrument",
+]
 
 
 @dataclass(slots=True)
@@ -117,3 +125,19 @@ def uninstrument(bus: Bus) -> None:
 def is_instrumented(bus: Bus) -> bool:
     """Tell whether ``instrument(bus)`` is in force."""
     return id(bus) in _installed
+
+
+_W3C: Final = TraceContextTextMapPropagator()
+
+
+def trace_headers() -> dict[str, str]:
+    """The W3C trace context of the current span, as headers to carry with a message.
+
+    ``{"traceparent": ..., "tracestate": ...}`` (``tracestate`` only when there is one):
+    store them with an outbox row or send them as NATS headers, so that the consumer's spans
+    join the trace of the scope that produced the message. Empty when no span is recording
+    a trace here (no SDK, or outside any span).
+    """
+    headers: dict[str, str] = {}
+    _W3C.inject(headers)
+    return headers
