@@ -51,6 +51,13 @@ Peers, each in its fair idiom, paired with the same floor (dev-only dependencies
   ``await sig.asend(sender=cls, ev=ev)`` (``sig.send`` for sync receivers).
 - pluggy: sync only (a hookspec per event; it cannot select by entity type).
 
+``--instrumented [none|slow|all]`` times hookbus with ``hookbus_otel.instrument(bus,
+dispatch_spans=...)`` on every bus (an SDK tracer and meter provider with no exporter, when
+the SDK is installed): ``none`` (the default when the flag is given) is the default
+instrumentation, spans of transaction scopes only, under which dispatch runs hookbus's own
+entries; ``slow`` and ``all`` time every hook and make dispatch spans (``all``: one per
+dispatch, with no hook spans).
+
 Peers have no categories: their "categories" row runs their hit idiom. A miss is each peer's
 idiom with nothing connected for that sender or type. Every subject and floor is checked,
 before timing, to call exactly the hooks the workload expects.
@@ -185,8 +192,30 @@ def payload(w: Workload) -> hookbus.EntityEvent:
     return hookbus.EntityEvent(EVENT, w.etype, 1, {})
 
 
-def hookbus_and_floor(w: Workload) -> tuple[Subject, Subject]:
+#: ``--instrumented``: the dispatch_spans mode to instrument every bus with, or None.
+INSTRUMENT: str | None = None
+
+
+def new_bus() -> hookbus.Bus:
+    """A bus, instrumented as ``--instrumented`` asks."""
     bus = hookbus.Bus()
+    if INSTRUMENT is not None:
+        import hookbus_otel
+
+        providers: dict[str, Any] = {}
+        try:
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.trace import TracerProvider
+        except ImportError:  # the API alone: its no-op providers
+            pass
+        else:
+            providers = {"tracer_provider": TracerProvider(), "meter_provider": MeterProvider()}
+        hookbus_otel.instrument(bus, dispatch_spans=INSTRUMENT, **providers)
+    return bus
+
+
+def hookbus_and_floor(w: Workload) -> tuple[Subject, Subject]:
+    bus = new_bus()
     for name in EVENTS[1:]:
         bus.declare(name, hookbus.EntityEvent)
     registered: list[tuple[str, str, Callable[[Any], Any]]] = []
@@ -337,7 +366,7 @@ async def key_pairs() -> list[Pair]:
     """Fresh key against cached key, on an event with ``n`` keyed hooks (see the docstring)."""
     pairs = []
     for n in KEY_HOOKS:
-        bus = hookbus.Bus()
+        bus = new_bus()
         bus.declare("ping", Ping)
         for i in range(n):
             bus.hook("ping", select=hookbus.match_key(i))(_async_hook())
@@ -485,7 +514,16 @@ def main() -> int:
     parser.add_argument("--no-peers", action="store_true", help="time hookbus and floors only")
     parser.add_argument("--json", metavar="PATH", help="also write all samples ('-': stdout)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--instrumented",
+        nargs="?",
+        const="none",
+        choices=("none", "slow", "all"),
+        help="hookbus_otel on every bus, with these dispatch spans (default: none)",
+    )
     args = parser.parse_args()
+    global INSTRUMENT
+    INSTRUMENT = args.instrumented
     args.rounds = args.rounds or (5 if args.quick else 21)
     args.sample_ms = args.sample_ms or (2.0 if args.quick else 10.0)
     v = versions()
@@ -493,6 +531,8 @@ def main() -> int:
         f"hookbus dispatch benchmark: Python {v['python']} ({platform.machine()}), "
         + ", ".join(f"{k} {v[k]}" for k in list(v)[1:])
     )
+    if INSTRUMENT is not None:
+        print(f"instrumented: hookbus_otel.instrument(bus, dispatch_spans={INSTRUMENT!r})")
     print(
         f"{args.rounds} rounds of {args.sample_ms:g} ms samples, interleaved, gc off in samples."
         "\nmachine note: this machine's speed drifts by up to 1.6x within seconds;"

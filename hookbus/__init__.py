@@ -31,6 +31,7 @@ from ._exceptions import (
     UnknownEventError,
     ValidationError,
 )
+from ._explain import ExplainedHook, Explanation, Verdict
 from ._hooks import Hook, HookInfo
 from ._migrations import (
     Batch,
@@ -78,6 +79,8 @@ __all__ = [
     "EntityEvent",
     "Environment",
     "EventSpec",
+    "ExplainedHook",
+    "Explanation",
     "Hook",
     "HookInfo",
     "HookRecursionError",
@@ -112,6 +115,7 @@ __all__ = [
     "UnknownCategoryWarning",
     "UnknownEventError",
     "ValidationError",
+    "Verdict",
     "added_in_transaction",
     "current_control",
     "current_transaction",

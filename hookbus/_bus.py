@@ -29,6 +29,7 @@ from ._dispatch import (
 )
 from ._events import BUILTIN_EVENTS, EventSpec
 from ._exceptions import Break, RegistrationError
+from ._explain import Explanation, explain
 from ._hooks import DEFAULT_CATEGORY, Hook, HookInfo, describe
 from ._index import Index, specialize
 from ._selectors import Selector
@@ -318,6 +319,16 @@ class Bus:
             if (control is None or control.enabled(info.category, self._protected))
             and (info.select is None or specialize(info, spec, key) is not False)
         )
+
+    def explain(self, event: str, key: Hashable = None, payload: Any = None) -> Explanation:
+        """Which hooks a dispatch of ``event`` for ``key`` would run, in order, and why not
+        the others (their selector, their category disabled by ``hooks_control`` here).
+
+        Hooks with a dynamic check are decided at dispatch, or now if ``payload`` is given
+        (its key is used when ``key`` is not). ``str()`` of the answer is a table.
+        """
+        spec = self._spec(event)
+        return explain(spec, self._by_event.get(event, ()), self._protected, key, payload)
 
     def registered(self) -> tuple[HookInfo, ...]:
         """Every registered hook, in registration order."""

@@ -42,7 +42,7 @@ import logging
 from collections.abc import Callable, Hashable
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
 import anyio.lowlevel
 
@@ -106,6 +106,30 @@ _OPEN: Final = frozenset({_S.ACTIVE, _S.PRECOMMITTING})
 _SCHEDULING: Final = ("add", "accumulate", "mark_added", "mark_deleted")
 
 _current: ContextVar[Transaction | None] = ContextVar("hookbus.transaction", default=None)
+
+
+class Observer(Protocol):
+    """What watches every scope's lifecycle (``_observe``): private, for instrumentation.
+
+    ``moved`` is told each state move of a scope, as it happens; ``ended`` is told once
+    the scope's ``async with`` block has been left (its last move is the scope's state then).
+    """
+
+    def moved(self, tx: Transaction, old: TransactionState, new: TransactionState) -> None: ...
+
+    def ended(self, tx: Transaction) -> None: ...
+
+
+# The observer of every scope, or None: read once per state move and once per scope end
+# (never per operation), so that with none set a scope pays two tests of None in all.
+_observer: Observer | None = None
+
+
+def _observe(observer: Observer | None) -> Observer | None:
+    """Set the observer of every scope from now on (``None``: none); return the previous one."""
+    global _observer
+    previous, _observer = _observer, observer
+    return previous
 
 
 def current_transaction() -> Transaction:
@@ -219,6 +243,8 @@ class Transaction:
                 f"a transaction scope cannot go from {old.value} to {new.value}"
             )
         self._state = new
+        if _observer is not None:
+            _observer.moved(self, old, new)
         opens = new in _OPEN
         if opens is not (old in _OPEN):
             # Open: the scheduling calls go straight to the ledger. Closed: to the methods
@@ -351,6 +377,8 @@ class Transaction:
             token, self._token = self._token, None
             if token is not None:
                 _current.reset(token)
+            if _observer is not None:
+                _observer.ended(self)
 
     async def rollback(self) -> None:
         """Roll the scope back now: ROLLBACK, then ``rollback`` on every operation.

@@ -34,6 +34,8 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("hooks", "list a bus's hooks, event by event, in call order", "hookbus._cli._hooks"),
+    Command("explain", "which hooks a dispatch of EVENT [KEY] would run, and why not",
+            "hookbus._cli._explain"),
     Command("plugins", "list plugins: version, installed version, state, requires",
             "hookbus._cli._plugins:plugins"),
     Command("install", "install plugins and what they require", "hookbus._cli._plugins:install"),

@@ -1,0 +1,222 @@
+"""Instrumented index entries: the hooks of an ``(event, key)``, timed, with opt-in spans.
+
+Built only by the factory that ``instrument`` gives a bus (``bus._use_entries``): a bus not
+instrumented builds hookbus's own entries and its dispatch never reaches this module. An
+instrumented entry keeps every rule of hookbus's entries (a ``Break`` stops the hooks, errors
+carry a note naming the hook, a recursion becomes a ``HookRecursionError``, a plain hook
+returning a coroutine is refused, a payload contradicting its dispatch is refused) and adds:
+
+- the ``hookbus.hook.duration`` and ``hookbus.dispatch.duration`` histograms, always;
+- with ``dispatch_spans="all"``, a live span per dispatch (``hookbus.emit EVENT``), current
+  while its hooks run (so the dispatches they make nest in it), and with ``hook_spans`` one
+  per hook (``hookbus.hook NAME``) inside it;
+- with ``dispatch_spans="slow"``, the same spans made afterwards, only for dispatches (and,
+  with ``hook_spans``, hooks) that took longer than the threshold, with their real start and
+  end times: a quick dispatch creates no span at all. Spans made afterwards are not current
+  while the hooks run: a slow dispatch nested in a slow hook is parented to what was current.
+"""
+
+from __future__ import annotations
+
+from time import time_ns
+from typing import Any, ClassVar, NamedTuple
+
+from opentelemetry import context, trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from hookbus._dispatch import (
+    EMPTY,
+    Chosen,
+    Entry,
+    EntryFactory,
+    Results,
+    contradiction,
+    endless,
+    note,
+    returned,
+)
+from hookbus._exceptions import Break
+from hookbus._selectors import Predicate
+
+from ._settings import Settings
+
+__all__ = ["entry_factory"]
+
+
+class _Hook(NamedTuple):
+    fn: Any
+    check: Predicate | None
+    is_async: bool
+    name: str
+    attributes: dict[str, str]
+
+
+class _Timed(NamedTuple):
+    hook: _Hook
+    start: int
+    end: int
+    error: BaseException | None
+
+
+class _Instrumented(Entry):
+    """An entry that times its hooks and makes the spans its settings ask for."""
+
+    __slots__ = ()
+    settings: ClassVar[Settings]
+    names_event: ClassVar[bool]
+
+    async def emit(self, event: str, payload: Any) -> Break | None:
+        return await self._run(event, payload, None)
+
+    async def collect(self, event: str, payload: Any) -> Results:
+        results = Results()
+        results.broken = await self._run(event, payload, results)
+        return results
+
+    async def _run(self, event: str, payload: Any, results: Results | None) -> Break | None:
+        if self.names_event and payload.event != event:
+            contradiction(event, payload)
+        settings = self.settings
+        live = settings.dispatch_spans == "all"
+        timed: list[_Timed] = []
+        attributes = {"hookbus.event": event}
+        span: Span | None = None
+        token = None
+        start = time_ns()
+        if live:
+            span = settings.tracer.start_span(
+                f"hookbus.emit {event}", attributes=attributes, start_time=start
+            )
+            token = context.attach(trace.set_span_in_context(span))
+        error: BaseException | None = None
+        broken: Break | None = None
+        try:
+            broken = await self._hooks(event, payload, results, timed, live)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            end = time_ns()
+            settings.dispatch_duration.record((end - start) / 1e9, attributes)
+            if span is not None:
+                assert token is not None
+                context.detach(token)
+                _close(span, error, broken, end)
+            elif settings.dispatch_spans == "slow" and end - start > settings.slow_threshold_ns:
+                self._afterwards(event, start, end, timed, error, broken)
+        return broken
+
+    async def _hooks(
+        self,
+        event: str,
+        payload: Any,
+        results: Results | None,
+        timed: list[_Timed],
+        live: bool,
+    ) -> Break | None:
+        settings = self.settings
+        hook_spans = live and settings.hook_spans
+        hook: _Hook | None = None
+        check: Predicate | None = None
+        try:
+            for hook in self:
+                check = hook.check
+                if check is not None:
+                    if not check(payload):
+                        continue
+                    check = None
+                span = token = None
+                error: BaseException | None = None
+                start = time_ns()
+                if hook_spans:
+                    span = settings.tracer.start_span(
+                        f"hookbus.hook {hook.name}", attributes=hook.attributes, start_time=start
+                    )
+                    token = context.attach(trace.set_span_in_context(span))
+                try:
+                    result = hook.fn(payload)
+                    if hook.is_async:
+                        result = await result
+                    elif result is not None:
+                        returned(hook.fn, event, result)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    end = time_ns()
+                    settings.hook_duration.record((end - start) / 1e9, hook.attributes)
+                    timed.append(_Timed(hook, start, end, error))
+                    if span is not None:
+                        assert token is not None
+                        context.detach(token)
+                        _close(span, error, None, end)
+                if results is not None:
+                    results.append(result)
+        except Break as broken:
+            return broken
+        except RecursionError as exc:
+            raise endless(exc, event)  # noqa: B904  (chained inside)
+        except Exception as exc:
+            assert hook is not None
+            note(exc, hook.fn, event, selector=check is not None)
+            raise
+        return None
+
+    def _afterwards(
+        self,
+        event: str,
+        start: int,
+        end: int,
+        timed: list[_Timed],
+        error: BaseException | None,
+        broken: Break | None,
+    ) -> None:
+        """The spans of a slow dispatch, and of its slow hooks, made once it has run."""
+        settings = self.settings
+        span = settings.tracer.start_span(
+            f"hookbus.emit {event}", attributes={"hookbus.event": event}, start_time=start
+        )
+        if settings.hook_spans:
+            parent = trace.set_span_in_context(span)
+            for hook, hook_start, hook_end, hook_error in timed:
+                if hook_end - hook_start > settings.slow_threshold_ns:
+                    child = settings.tracer.start_span(
+                        f"hookbus.hook {hook.name}",
+                        context=parent,
+                        attributes=hook.attributes,
+                        start_time=hook_start,
+                    )
+                    _close(child, hook_error, None, hook_end)
+        _close(span, error, broken, end)
+
+
+def _close(span: Span, error: BaseException | None, broken: Break | None, end: int) -> None:
+    if broken is not None:
+        span.set_attribute("hookbus.broken", True)
+    if error is not None and not isinstance(error, Break):
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__qualname__}: {error}"))
+    span.end(end_time=end)
+
+
+def entry_factory(settings: Settings) -> EntryFactory:
+    """The factory of instrumented entries recording with ``settings``."""
+    named = type("_NamedInstrumented", (_Instrumented,), {
+        "__slots__": (), "settings": settings, "names_event": True,
+    })  # fmt: skip
+    anything = type("_AnyInstrumented", (_Instrumented,), {
+        "__slots__": (), "settings": settings, "names_event": False,
+    })  # fmt: skip
+
+    def make_entry(event: str, hooks: tuple[Chosen, ...], names_event: bool) -> Entry:
+        if not hooks:
+            return EMPTY
+        cls = named if names_event else anything
+        entry: Entry = cls(
+            _Hook(c.info.fn, c.check, c.info.is_async, c.info.name,
+                  {"hookbus.event": event, "hookbus.hook.name": c.info.name})
+            for c in hooks
+        )  # fmt: skip
+        return entry
+
+    return make_entry
