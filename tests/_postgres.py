@@ -9,6 +9,20 @@ import hookbus_asyncpg
 from _recording import Recorded
 
 
+def gate_at_commit(table: str, lock: int) -> str:
+    """SQL: a deferred trigger on ``table`` that takes the advisory lock ``lock`` at COMMIT, so
+    that a test holding that lock holds a scope's COMMIT in flight."""
+    return f"""\
+CREATE OR REPLACE FUNCTION gate_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({lock});
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS gate_{table}_at_commit ON {table};
+CREATE CONSTRAINT TRIGGER gate_{table}_at_commit AFTER INSERT ON {table}
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate_{table}();"""
+
+
 async def ids(pool: asyncpg.Pool | asyncpg.Connection, table: str = "items") -> list[int]:
     """The ids of ``table``, in order."""
     return [r[0] for r in await pool.fetch(f"SELECT id FROM {table} ORDER BY id")]

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from _asgi import call, served
+from _postgres import gate_at_commit
 from _web_app import create_app
 from hookbus_asgi import ErrorResponse, TransactionMiddleware, error_response
 from starlette.responses import JSONResponse, StreamingResponse
@@ -409,14 +410,7 @@ def _quiet_client() -> Any:
 GATE = 4343  # the advisory lock a deferred trigger of ``gated_notes`` waits for at COMMIT
 GATED = f"""
 CREATE TABLE IF NOT EXISTS gated_notes (name text);
-CREATE OR REPLACE FUNCTION gate_note() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock({GATE});
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS gate_note_at_commit ON gated_notes;
-CREATE CONSTRAINT TRIGGER gate_note_at_commit AFTER INSERT ON gated_notes
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate_note();
+{gate_at_commit("gated_notes", GATE)}
 """
 
 

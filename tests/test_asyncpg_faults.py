@@ -21,7 +21,7 @@ import asyncpg
 import hookbus_asyncpg
 import pytest
 import pytest_asyncio
-from _postgres import ids, start_gated_commit
+from _postgres import gate_at_commit, ids, start_gated_commit
 from _recording import Recorded
 
 import hookbus
@@ -33,13 +33,9 @@ SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS victim (id int);
 CREATE TABLE IF NOT EXISTS gated (id int PRIMARY KEY);
+{gate_at_commit("gated", LOCK)}
 CREATE TABLE IF NOT EXISTS spoofed (id int PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS committed_xid (xid text);
-CREATE OR REPLACE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock({LOCK});
-    RETURN NULL;
-END $$;
 -- Passes a committed transaction's id for the scope's, nonce included (read from the
 -- scope's own query text), then waits at COMMIT like the gate.
 CREATE OR REPLACE FUNCTION spoof() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -51,9 +47,6 @@ BEGIN
     PERFORM pg_advisory_xact_lock({LOCK});
     RETURN NULL;
 END $$;
-DROP TRIGGER IF EXISTS gate_at_commit ON gated;
-CREATE CONSTRAINT TRIGGER gate_at_commit AFTER INSERT ON gated
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate();
 DROP TRIGGER IF EXISTS spoof_at_commit ON spoofed;
 CREATE CONSTRAINT TRIGGER spoof_at_commit AFTER INSERT ON spoofed
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION spoof();

@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from _postgres import (
     assert_pool_hands_out_everything,
+    gate_at_commit,
     ids,
     start_gated_commit,
     wait_until_blocked_on_lock,
@@ -36,14 +37,7 @@ CREATE TABLE IF NOT EXISTS child (
     parent_id int REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED
 );
 CREATE TABLE IF NOT EXISTS gated (id int PRIMARY KEY);
-CREATE OR REPLACE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock({LOCK});
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS gate_at_commit ON gated;
-CREATE CONSTRAINT TRIGGER gate_at_commit AFTER INSERT ON gated
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate();
+{gate_at_commit("gated", LOCK)}
 TRUNCATE items, child, parent, gated;
 """
 
