@@ -37,9 +37,10 @@ async def assert_pool_hands_out_everything(pool: asyncpg.Pool) -> None:
 
 
 async def wait_until_blocked_on_lock(pool: asyncpg.Pool | asyncpg.Connection, pid: int) -> None:
-    """Wait until backend ``pid`` waits for a lock (PostgreSQL offers nothing to await)."""
+    """Wait (10 s at most) until backend ``pid`` waits for a lock: PostgreSQL offers nothing
+    to await."""
     query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
-    for _ in range(500):
+    for _ in range(1000):
         if await pool.fetchval(query, pid) == "Lock":
             return
         await asyncio.sleep(0.01)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from _asgi import call, served
-from _postgres import gate_at_commit
+from _postgres import gate_at_commit, wait_until_blocked_on_lock
 from _web_app import create_app
 from hookbus_asgi import ErrorResponse, TransactionMiddleware, error_response
 from starlette.responses import JSONResponse, StreamingResponse
@@ -412,16 +412,6 @@ GATED = f"""
 CREATE TABLE IF NOT EXISTS gated_notes (name text);
 {gate_at_commit("gated_notes", GATE)}
 """
-
-
-async def wait_until_blocked_on_lock(pool: asyncpg.Pool, pid: int) -> None:
-    """Wait (bounded) until backend ``pid`` waits for a lock: PostgreSQL offers nothing to await."""
-    query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
-    for _ in range(1000):
-        if await pool.fetchval(query, pid) == "Lock":
-            return
-        await anyio.sleep(0.01)
-    raise AssertionError(f"backend {pid} never blocked")
 
 
 async def test_a_connection_lost_during_commit_is_never_answered_2xx(pool: asyncpg.Pool) -> None:
