@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import asyncpg
@@ -115,23 +115,6 @@ async def test_fastapi_a_deferred_constraint_failing_at_commit_is_409_not_200(
     assert await count(pool, name) == 0
 
 
-async def test_fastapi_validation_error_is_422_and_rolls_back(dsn: str, pool: asyncpg.Pool) -> None:
-    name = secrets.token_hex(4)
-    async with served(fastapi_app(dsn, [])) as client:
-        response = await client.post(f"/things/{name}", params={"invalid": True})
-    assert response.status_code == 422
-    assert response.json() == {"eid": None, "errors": {"name": "refused"}}
-    assert await count(pool, name) == 0
-
-
-async def test_fastapi_an_http_exception_rolls_back(dsn: str, pool: asyncpg.Pool) -> None:
-    name = secrets.token_hex(4)
-    async with served(fastapi_app(dsn, [])) as client:
-        response = await client.post(f"/refuse/{name}")
-    assert response.status_code == 404
-    assert await count(pool, name) == 0
-
-
 def test_fastapi_dependency_refuses_bad_options() -> None:
     with pytest.raises(ValueError, match="isolation"):
         hb_fastapi.transaction(lambda: None, isolation="snapshot")  # type: ignore[arg-type]
@@ -204,27 +187,37 @@ async def test_litestar_a_deferred_constraint_failing_at_commit_is_409(
     assert await count(pool, name) == 0
 
 
-async def test_litestar_validation_error_is_422_and_rolls_back(
-    dsn: str, pool: asyncpg.Pool
+def test_litestar_plugin_refuses_bad_options() -> None:
+    with pytest.raises(ValueError, match="retries"):
+        HookbusPlugin(Bus(), lambda: None, retries=-2)
+    with pytest.raises(ValueError, match="pool"):
+        HookbusPlugin(Bus())
+
+
+# -- both frameworks -------------------------------------------------------------------------
+
+# /refuse/ answers 404 through FastAPI's HTTPException and through a Litestar Response.
+APPS = [pytest.param(fastapi_app, id="fastapi"), pytest.param(litestar_app, id="litestar")]
+
+
+@pytest.mark.parametrize("make_app", APPS)
+async def test_validation_error_is_422_and_rolls_back(
+    dsn: str, pool: asyncpg.Pool, make_app: Callable[[str, list[str]], FastAPI | Litestar]
 ) -> None:
     name = secrets.token_hex(4)
-    async with served(litestar_app(dsn, [])) as client:
+    async with served(make_app(dsn, [])) as client:
         response = await client.post(f"/things/{name}", params={"invalid": True})
     assert response.status_code == 422
     assert response.json() == {"eid": None, "errors": {"name": "refused"}}
     assert await count(pool, name) == 0
 
 
-async def test_litestar_a_handler_returning_404_rolls_back(dsn: str, pool: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("make_app", APPS)
+async def test_a_404_rolls_back(
+    dsn: str, pool: asyncpg.Pool, make_app: Callable[[str, list[str]], FastAPI | Litestar]
+) -> None:
     name = secrets.token_hex(4)
-    async with served(litestar_app(dsn, [])) as client:
+    async with served(make_app(dsn, [])) as client:
         response = await client.post(f"/refuse/{name}")
     assert response.status_code == 404
     assert await count(pool, name) == 0
-
-
-def test_litestar_plugin_refuses_bad_options() -> None:
-    with pytest.raises(ValueError, match="retries"):
-        HookbusPlugin(Bus(), lambda: None, retries=-2)
-    with pytest.raises(ValueError, match="pool"):
-        HookbusPlugin(Bus())

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from _asgi import call, served
+from _postgres import gate_at_commit, wait_until_blocked_on_lock
 from _web_app import create_app
 from hookbus_asgi import ErrorResponse, TransactionMiddleware, error_response
 from starlette.responses import JSONResponse, StreamingResponse
@@ -409,25 +410,8 @@ def _quiet_client() -> Any:
 GATE = 4343  # the advisory lock a deferred trigger of ``gated_notes`` waits for at COMMIT
 GATED = f"""
 CREATE TABLE IF NOT EXISTS gated_notes (name text);
-CREATE OR REPLACE FUNCTION gate_note() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock({GATE});
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS gate_note_at_commit ON gated_notes;
-CREATE CONSTRAINT TRIGGER gate_note_at_commit AFTER INSERT ON gated_notes
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate_note();
+{gate_at_commit("gated_notes", GATE)}
 """
-
-
-async def wait_until_blocked_on_lock(pool: asyncpg.Pool, pid: int) -> None:
-    """Wait (bounded) until backend ``pid`` waits for a lock: PostgreSQL offers nothing to await."""
-    query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
-    for _ in range(1000):
-        if await pool.fetchval(query, pid) == "Lock":
-            return
-        await anyio.sleep(0.01)
-    raise AssertionError(f"backend {pid} never blocked")
 
 
 async def test_a_connection_lost_during_commit_is_never_answered_2xx(pool: asyncpg.Pool) -> None:

@@ -21,6 +21,7 @@ import asyncpg
 import hookbus_asyncpg
 import pytest
 import pytest_asyncio
+from _postgres import gate_at_commit, ids, start_gated_commit
 from _recording import Recorded
 
 import hookbus
@@ -32,13 +33,9 @@ SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS victim (id int);
 CREATE TABLE IF NOT EXISTS gated (id int PRIMARY KEY);
+{gate_at_commit("gated", LOCK)}
 CREATE TABLE IF NOT EXISTS spoofed (id int PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS committed_xid (xid text);
-CREATE OR REPLACE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock({LOCK});
-    RETURN NULL;
-END $$;
 -- Passes a committed transaction's id for the scope's, nonce included (read from the
 -- scope's own query text), then waits at COMMIT like the gate.
 CREATE OR REPLACE FUNCTION spoof() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -50,9 +47,6 @@ BEGIN
     PERFORM pg_advisory_xact_lock({LOCK});
     RETURN NULL;
 END $$;
-DROP TRIGGER IF EXISTS gate_at_commit ON gated;
-CREATE CONSTRAINT TRIGGER gate_at_commit AFTER INSERT ON gated
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate();
 DROP TRIGGER IF EXISTS spoof_at_commit ON spoofed;
 CREATE CONSTRAINT TRIGGER spoof_at_commit AFTER INSERT ON spoofed
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION spoof();
@@ -78,20 +72,6 @@ async def assert_pool_serves(pool: asyncpg.Pool) -> None:
     finally:
         for conn in held:
             await pool.release(conn)
-
-
-async def ids(pool: asyncpg.Pool | asyncpg.Connection, table: str = "items") -> list[int]:
-    return [r[0] for r in await pool.fetch(f"SELECT id FROM {table} ORDER BY id")]
-
-
-async def wait_until_blocked_on_lock(pool: asyncpg.Pool | asyncpg.Connection, pid: int) -> None:
-    """Wait until backend ``pid`` waits for a lock (PostgreSQL offers nothing to await)."""
-    query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
-    for _ in range(500):
-        if await pool.fetchval(query, pid) == "Lock":
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"backend {pid} never blocked")
 
 
 class Call(hookbus.Operation):
@@ -200,19 +180,9 @@ async def test_a_lost_commit_is_found_where_plpgsql_is_not_granted(
     db: asyncpg.Pool, plain_pool: asyncpg.Pool
 ) -> None:
     log: list[str] = []
-    txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
-
-    async def scope() -> None:
-        async with hookbus_asyncpg.transaction(plain_pool) as tx:
-            await tx.connection.execute("INSERT INTO gated VALUES (1)")
-            tx.add(Recorded(log, "a"))
-            txs.put_nowait(tx)
-
     async with db.acquire() as holder:
         await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
-        task = asyncio.create_task(scope())
-        tx = await txs.get()
-        await wait_until_blocked_on_lock(db, tx.connection.get_server_pid())
+        task, tx = await start_gated_commit(plain_pool, log, watcher=db)
         tx.connection.terminate()  # the client side drops; the server carries on and commits
         await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
         await task
@@ -229,20 +199,10 @@ async def test_a_notice_from_a_trigger_cannot_pass_for_the_transaction_id(
     async with db.acquire() as conn, conn.transaction():
         await conn.execute("INSERT INTO committed_xid SELECT pg_current_xact_id()::text")
     log: list[str] = []
-    txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
-
-    async def scope() -> None:
-        async with hookbus_asyncpg.transaction(db) as tx:
-            await tx.connection.execute("INSERT INTO spoofed VALUES (1)")
-            tx.add(Recorded(log, "a"))
-            txs.put_nowait(tx)
-
     async with db.acquire() as holder:
         await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
-        task = asyncio.create_task(scope())
-        tx = await txs.get()
+        task, tx = await start_gated_commit(db, log, table="spoofed")  # both notices are sent
         pid = tx.connection.get_server_pid()
-        await wait_until_blocked_on_lock(db, pid)  # both forged notices are sent by now
         assert await holder.fetchval("SELECT pg_terminate_backend($1)", pid)
         with pytest.raises(TransactionAbortedError, match="rolled transaction"):
             await task

@@ -22,6 +22,7 @@ import asyncpg
 import hookbus_asyncpg
 import pytest
 import pytest_asyncio
+from _postgres import assert_pool_hands_out_everything
 from _recording import LastRecorded, LateRecorded, Recorded
 
 import hookbus
@@ -163,13 +164,6 @@ class AsyncpgHarness:
 def connection(tx: hookbus.Transaction) -> asyncpg.Connection:
     assert isinstance(tx, hookbus_asyncpg.AsyncpgTransaction)
     return tx.connection
-
-
-async def assert_pool_hands_out_everything(pool: asyncpg.Pool) -> None:
-    held = [await pool.acquire(timeout=5) for _ in range(pool.get_max_size())]
-    for conn in held:
-        assert not conn.is_in_transaction()
-        await pool.release(conn)
 
 
 @pytest_asyncio.fixture

@@ -136,18 +136,17 @@ async def test_a_failing_validation_fails_the_stage_and_rolls_its_work_back(
     assert await db.fetchval("SELECT count(*) FROM item WHERE name IS NULL") == 0
 
 
-def hit(batch: Batch) -> Any:
+async def hit(batch: Batch) -> None:
+    """A batched stage's apply: one more hit on each row of the batch."""
     sql = "UPDATE item SET hits = hits + 1 WHERE id <= $1"
     if batch.after is None:
-        return batch.tx.connection.execute(sql, batch.last)
-    return batch.tx.connection.execute(sql + " AND id > $2", batch.last, batch.after)
+        await batch.tx.connection.execute(sql, batch.last)
+    else:
+        await batch.tx.connection.execute(sql + " AND id > $2", batch.last, batch.after)
 
 
 async def test_a_batched_stage_visits_every_row_once_in_key_order(db: asyncpg.Pool) -> None:
-    async def apply(batch: Batch) -> None:
-        await hit(batch)
-
-    migration = Migration("2.0", [BatchedStage("hits", apply, table="item", batch_size=64)])
+    migration = Migration("2.0", [BatchedStage("hits", hit, table="item", batch_size=64)])
     await (await migrator(db)).run("p", migration)
     assert await db.fetchval("SELECT count(*) FROM item WHERE hits <> 1") == 0
     stage = (await stages(db))["hits"]
@@ -206,15 +205,12 @@ async def test_a_failed_batch_rolls_back_alone_and_the_stage_resumes_after_the_l
 
 
 async def test_a_batched_stage_validates_after_its_last_batch(db: asyncpg.Pool) -> None:
-    async def apply(batch: Batch) -> None:
-        await hit(batch)
-
     async def every_row_hit(ctx: StageContext) -> bool:
         return not await ctx.tx.connection.fetchval("SELECT count(*) FROM item WHERE hits = 0")
 
     await db.execute("INSERT INTO item (id, name) VALUES (-1, 'behind the first key')")
     migration = Migration("2.0", [
-        BatchedStage("hits", apply, table="item", batch_size=500, validate=every_row_hit),
+        BatchedStage("hits", hit, table="item", batch_size=500, validate=every_row_hit),
     ])  # fmt: skip
     await (await migrator(db)).run("p", migration)  # -1 is the first key: visited
     assert (await stages(db))["hits"].status == "completed"
@@ -244,11 +240,8 @@ async def test_a_batched_stage_pages_any_key_type(db: asyncpg.Pool) -> None:
 
 
 async def test_a_stage_lock_timeout_bounds_its_wait_for_a_row_lock(db: asyncpg.Pool) -> None:
-    async def apply(batch: Batch) -> None:
-        await hit(batch)
-
     migration = Migration("2.0", [
-        BatchedStage("hits", apply, table="item", batch_size=1000, lock_timeout=0.2),
+        BatchedStage("hits", hit, table="item", batch_size=1000, lock_timeout=0.2),
     ])  # fmt: skip
     async with db.acquire() as holder, holder.transaction():
         await holder.execute("SELECT * FROM item WHERE id = 9 FOR UPDATE")
@@ -351,15 +344,12 @@ async def test_a_batched_stage_declaring_undo_is_undone_batch_by_batch_and_redon
 async def test_a_batched_stage_whose_validation_fails_is_failed_and_revalidated_on_rerun(
     db: asyncpg.Pool,
 ) -> None:
-    async def apply(batch: Batch) -> None:
-        await hit(batch)
-
     async def nothing_negative(ctx: StageContext) -> bool:
         return not await ctx.tx.connection.fetchval("SELECT count(*) FROM item WHERE id < 0")
 
     await db.execute("INSERT INTO item (id, name) VALUES (-5, 'bad')")
     migration = Migration("2.0", [
-        BatchedStage("hits", apply, table="item", batch_size=400, validate=nothing_negative),
+        BatchedStage("hits", hit, table="item", batch_size=400, validate=nothing_negative),
     ])  # fmt: skip
     m = await migrator(db)
     with pytest.raises(MigrationError, match="validation nothing_negative failed"):

@@ -72,6 +72,19 @@ def _fresh_log():
     app.log.clear()
 """
 
+# The conftest of a project whose pool is session-wide, in the session's loop.
+SESSION_POOL_CONFTEST = CONFTEST + textwrap.dedent(
+    """
+    import asyncpg
+    import pytest_asyncio
+
+    @pytest_asyncio.fixture(scope="session", loop_scope="session")
+    async def hookbus_pool(hookbus_dsn):
+        async with asyncpg.create_pool(hookbus_dsn, min_size=1, max_size=2) as pool:
+            yield pool
+    """
+)
+
 
 def _run(coro_factory: object) -> object:
     return asyncio.run(coro_factory())  # type: ignore[operator]
@@ -241,20 +254,7 @@ def test_scopes_in_test_mode_nest_roll_back_and_check_deferred_constraints(
 
 def test_a_session_wide_pool_with_session_loop_scope(project: pytest.Pytester, dsn: str) -> None:
     _ini(project, "strict", loop_scope="session")
-    project.makeconftest(
-        CONFTEST
-        + textwrap.dedent(
-            """
-            import asyncpg
-            import pytest_asyncio
-
-            @pytest_asyncio.fixture(scope="session", loop_scope="session")
-            async def hookbus_pool(hookbus_dsn):
-                async with asyncpg.create_pool(hookbus_dsn, min_size=1, max_size=2) as pool:
-                    yield pool
-            """
-        )
-    )
+    project.makeconftest(SESSION_POOL_CONFTEST)
     project.makepyfile(
         test_session=_module(
             """
@@ -592,20 +592,7 @@ def test_a_session_pool_used_from_a_test_loop_says_which_settings_fix_it(
     project: pytest.Pytester,
 ) -> None:
     _ini(project, "auto", loop_scope="function")
-    project.makeconftest(
-        CONFTEST
-        + textwrap.dedent(
-            """
-            import asyncpg
-            import pytest_asyncio
-
-            @pytest_asyncio.fixture(scope="session", loop_scope="session")
-            async def hookbus_pool(hookbus_dsn):
-                async with asyncpg.create_pool(hookbus_dsn, min_size=1, max_size=2) as pool:
-                    yield pool
-            """
-        )
-    )
+    project.makeconftest(SESSION_POOL_CONFTEST)
     project.makepyfile(
         test_loops="""
         async def test_in_its_own_loop(hookbus_db):

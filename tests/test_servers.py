@@ -43,6 +43,17 @@ def env_without(*names: str, **extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in names}, **extra}
 
 
+# A quick test module, run by pytest in a process of its own.
+PYTEST_SELECTORS = ("-m", "pytest", "-p", "no:cacheprovider", "tests/test_selectors.py")
+
+
+def python(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``python *args`` in the project's folder with ``env``; its output as text."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
+    )
+
+
 def test_an_explicit_dsn_that_does_not_answer_is_an_error_in_one_line(
     clean_env: pytest.MonkeyPatch, dead_port: int
 ) -> None:
@@ -127,14 +138,7 @@ def test_the_embedded_server_starts_takes_a_throwaway_database_and_stops(
 
 def test_pytest_stops_at_once_on_a_dead_test_dsn(dead_port: int) -> None:
     dead = f"postgresql://postgres@127.0.0.1:{dead_port}/test"
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/test_selectors.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env_without("HOOKBUS_DSN", HOOKBUS_TEST_DSN=dead),
-        timeout=60,
-    )
+    out = python(*PYTEST_SELECTORS, env=env_without("HOOKBUS_DSN", HOOKBUS_TEST_DSN=dead))
     assert out.returncode == pytest.ExitCode.USAGE_ERROR
     assert out.stderr.strip().splitlines() == [
         f"ERROR: HOOKBUS_TEST_DSN={dead} does not answer (connection refused); unset "
@@ -144,28 +148,14 @@ def test_pytest_stops_at_once_on_a_dead_test_dsn(dead_port: int) -> None:
 
 
 def test_the_pytest_header_names_the_server(server: str) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/test_selectors.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env_without("HOOKBUS_DSN", HOOKBUS_TEST_DSN=server),
-        timeout=60,
-    )
+    out = python(*PYTEST_SELECTORS, env=env_without("HOOKBUS_DSN", HOOKBUS_TEST_DSN=server))
     assert out.returncode == 0, out.stdout
     assert f"PostgreSQL: {server} (HOOKBUS_TEST_DSN; PostgreSQL " in out.stdout
 
 
 def test_an_example_on_a_dead_hookbus_dsn_says_so_in_one_line(dead_port: int) -> None:
     dead = f"postgresql://postgres@127.0.0.1:{dead_port}/test"
-    out = subprocess.run(
-        [sys.executable, "examples/person_age.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env_without("PYTHONPATH", HOOKBUS_DSN=dead),
-        timeout=60,
-    )
+    out = python("examples/person_age.py", env=env_without("PYTHONPATH", HOOKBUS_DSN=dead))
     assert (out.returncode, out.stdout) == (1, "")
     assert out.stderr == (
         f"hookbus: HOOKBUS_DSN={dead} does not answer (connection refused); unset HOOKBUS_DSN "

@@ -628,6 +628,16 @@ async def owned_project(pool: asyncpg.Pool, store: Store) -> tuple[int, int]:
     return project, acme
 
 
+async def acme_with_boss_ann(pool: asyncpg.Pool, store: Store) -> tuple[int, int]:
+    """A Company, Acme, whose boss is a Person, Ann."""
+    async with transaction(pool):
+        acme = await store.insert("Company", name="Acme")
+        ann = await store.insert("Person", name="Ann")
+        assert acme is not None and ann is not None
+        await store.add_relation(acme, "boss", ann)
+    return acme, ann
+
+
 async def test_deleting_the_only_owner_of_a_project_fails_at_commit(
     pool: asyncpg.Pool, store: Store
 ) -> None:
@@ -714,11 +724,7 @@ async def test_deleting_an_entity_emits_the_delete_events_of_each_of_its_relatio
 async def test_a_break_in_before_delete_relation_cancels_the_entity_delete(
     pool: asyncpg.Pool, store: Store
 ) -> None:
-    async with transaction(pool):
-        acme = await store.insert("Company", name="Acme")
-        ann = await store.insert("Person", name="Ann")
-        assert acme is not None and ann is not None
-        await store.add_relation(acme, "boss", ann)
+    _, ann = await acme_with_boss_ann(pool, store)
     before = await snapshot(pool)
 
     @store.bus.hook("before_delete_relation", select=match_rtype("boss"))
@@ -738,11 +744,7 @@ async def test_a_break_in_before_delete_relation_cancels_the_entity_delete(
 async def test_a_break_on_the_entity_delete_statement_leaves_its_relations(
     pool: asyncpg.Pool, store: Store
 ) -> None:
-    async with transaction(pool):
-        acme = await store.insert("Company", name="Acme")
-        ann = await store.insert("Person", name="Ann")
-        assert acme is not None and ann is not None
-        await store.add_relation(acme, "boss", ann)
+    _, ann = await acme_with_boss_ann(pool, store)
     before = await snapshot(pool)
 
     @store.bus.hook("before_query")
@@ -882,11 +884,7 @@ async def test_the_store_refuses_a_connection_without_its_tables(
 async def test_an_entity_is_deleted_in_transaction_in_the_hooks_its_delete_fires(
     pool: asyncpg.Pool, store: Store
 ) -> None:
-    async with transaction(pool):
-        acme = await store.insert("Company", name="Acme")
-        ann = await store.insert("Person", name="Ann")
-        assert acme is not None and ann is not None
-        await store.add_relation(acme, "boss", ann)
+    acme, ann = await acme_with_boss_ann(pool, store)
     seen: list[tuple[str, bool]] = []
 
     @store.bus.hook("before_delete_entity", "after_delete_entity")
@@ -1073,11 +1071,7 @@ async def test_a_search_path_changed_after_the_store_used_the_connection_is_refu
 async def test_deleting_a_relation_a_before_hook_deleted_returns_false_and_fires_once(
     pool: asyncpg.Pool, store: Store
 ) -> None:
-    async with transaction(pool):
-        acme = await store.insert("Company", name="Acme")
-        ann = await store.insert("Person", name="Ann")
-        assert acme is not None and ann is not None
-        await store.add_relation(acme, "boss", ann)
+    acme, ann = await acme_with_boss_ann(pool, store)
 
     @store.bus.hook("before_delete_relation", select=match_rtype("boss"))
     async def delete_it_first(event: RelationEvent) -> None:

@@ -15,6 +15,13 @@ import asyncpg
 import hookbus_asyncpg
 import pytest
 import pytest_asyncio
+from _postgres import (
+    assert_pool_hands_out_everything,
+    gate_at_commit,
+    ids,
+    start_gated_commit,
+    wait_until_blocked_on_lock,
+)
 from _recording import Recorded
 
 import hookbus
@@ -30,14 +37,7 @@ CREATE TABLE IF NOT EXISTS child (
     parent_id int REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED
 );
 CREATE TABLE IF NOT EXISTS gated (id int PRIMARY KEY);
-CREATE OR REPLACE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock({LOCK});
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS gate_at_commit ON gated;
-CREATE CONSTRAINT TRIGGER gate_at_commit AFTER INSERT ON gated
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate();
+{gate_at_commit("gated", LOCK)}
 TRUNCATE items, child, parent, gated;
 """
 
@@ -48,47 +48,6 @@ async def db(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
     await pool.execute(SCHEMA)
     yield pool
     await assert_pool_hands_out_everything(pool)
-
-
-async def assert_pool_hands_out_everything(pool: asyncpg.Pool) -> None:
-    held = [await pool.acquire(timeout=5) for _ in range(pool.get_max_size())]
-    for conn in held:
-        assert not conn.is_in_transaction()
-        await pool.release(conn)
-
-
-async def ids(pool: asyncpg.Pool, table: str = "items") -> list[int]:
-    return [r[0] for r in await pool.fetch(f"SELECT id FROM {table} ORDER BY id")]
-
-
-async def wait_until_blocked_on_lock(pool: asyncpg.Pool | asyncpg.Connection, pid: int) -> None:
-    """Wait until backend ``pid`` waits for a lock (PostgreSQL offers nothing to await)."""
-    query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
-    for _ in range(500):
-        if await pool.fetchval(query, pid) == "Lock":
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"backend {pid} never blocked")
-
-
-async def start_gated_commit(
-    db: asyncpg.Pool, log: list[str]
-) -> tuple[asyncio.Task[None], hookbus_asyncpg.AsyncpgTransaction]:
-    """Start a scope that inserts into ``gated`` and schedules ``Recorded(log, "a")``; return
-    once its COMMIT waits on the advisory lock the caller holds (a deferred trigger takes it).
-    """
-    txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
-
-    async def scope() -> None:
-        async with hookbus_asyncpg.transaction(db) as tx:
-            await tx.connection.execute("INSERT INTO gated VALUES (1)")
-            tx.add(Recorded(log, "a"))
-            txs.put_nowait(tx)
-
-    task = asyncio.create_task(scope())
-    tx = await txs.get()
-    await wait_until_blocked_on_lock(db, tx.connection.get_server_pid())
-    return task, tx
 
 
 # -- commit ---------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from ._plugin_state import (
     write_state,
 )
 from ._progress import StageProgress, read_progress
-from ._transaction import transaction
+from ._transaction import AsyncpgTransaction, transaction
 
 __all__ = ["PluginManager", "PluginStateError", "PluginStatus"]
 
@@ -198,17 +198,8 @@ class PluginManager:
         return done
 
     async def _install(self, plugin: Plugin, was: PluginStateName | None) -> None:
-        name, version, requires = plugin.name, plugin.version, plugin.requires
-        async with transaction(self._pool) as tx:
-            await write_state(
-                tx.connection,
-                name,
-                was=was,
-                version=None,
-                target=version,
-                state="installing",
-                requires=requires,
-            )
+        name, version = plugin.name, plugin.version
+        await self._begin(plugin, was, None, "installing")
         try:
             async with transaction(self._pool) as tx:
                 ctx = StageContext(tx, self._plugins.env, name, self._plugins.bus)
@@ -217,30 +208,48 @@ class PluginManager:
                 self._register(plugin)
                 if plugin.post_init is not None:
                     await plugin.post_init(ctx)
-                await write_state(
-                    tx.connection,
-                    name,
-                    was="installing",
-                    version=version,
-                    target=version,
-                    state="installed",
-                    requires=requires,
-                )
+                await self._finish(tx, plugin, "installing")
         except Exception as exc:
             self._unregister(name)
-            await self._fail(name, None, version, requires, exc, "installing")
+            await self._fail(plugin, None, exc, "installing")
             raise
         logger.info("installed %s %s", name, version)
 
-    async def _fail(
+    async def _begin(
         self,
-        name: str,
+        plugin: Plugin,
+        was: PluginStateName | None,
         version: str | None,
-        target: str,
-        requires: tuple[str, ...],
-        exc: Exception,
         doing: PluginStateName,
     ) -> None:
+        """Move ``plugin`` (at ``version``) from ``was`` to ``doing``, in a scope of its own."""
+        async with transaction(self._pool) as tx:
+            await write_state(
+                tx.connection,
+                plugin.name,
+                was=was,
+                version=version,
+                target=plugin.version,
+                state=doing,
+                requires=plugin.requires,
+            )
+
+    async def _finish(self, tx: AsyncpgTransaction, plugin: Plugin, doing: PluginStateName) -> None:
+        """Move ``plugin`` from ``doing`` to installed at its code's version, in ``tx``."""
+        await write_state(
+            tx.connection,
+            plugin.name,
+            was=doing,
+            version=plugin.version,
+            target=plugin.version,
+            state="installed",
+            requires=plugin.requires,
+        )
+
+    async def _fail(
+        self, plugin: Plugin, version: str | None, exc: Exception, doing: PluginStateName
+    ) -> None:
+        name, target = plugin.name, plugin.version
         async with transaction(self._pool) as tx:
             await write_state(
                 tx.connection,
@@ -249,7 +258,7 @@ class PluginManager:
                 version=version,
                 target=target,
                 state="failed",
-                requires=requires,
+                requires=plugin.requires,
                 error=f"{type(exc).__name__}: {exc}",
             )
         exc.add_note(f"while {doing} plugin {name!r} {target}: its state is now 'failed'")
@@ -284,17 +293,8 @@ class PluginManager:
     migrate = upgrade
 
     async def _upgrade(self, plugin: Plugin, installed: str, was: PluginStateName) -> None:
-        name, version, requires = plugin.name, plugin.version, plugin.requires
-        async with transaction(self._pool) as tx:
-            await write_state(
-                tx.connection,
-                name,
-                was=was,
-                version=installed,
-                target=version,
-                state="upgrading",
-                requires=requires,
-            )
+        name, version = plugin.name, plugin.version
+        await self._begin(plugin, was, installed, "upgrading")
         try:
             for migration in plugin.migrations_between(installed, version):
                 await self.migrator.run(name, migration)
@@ -302,17 +302,9 @@ class PluginManager:
                 if plugin.post_upgrade is not None:
                     ctx = StageContext(tx, self._plugins.env, name, self._plugins.bus)
                     await plugin.post_upgrade(ctx, installed)
-                await write_state(
-                    tx.connection,
-                    name,
-                    was="upgrading",
-                    version=version,
-                    target=version,
-                    state="installed",
-                    requires=requires,
-                )
+                await self._finish(tx, plugin, "upgrading")
         except Exception as exc:
-            await self._fail(name, installed, version, requires, exc, "upgrading")
+            await self._fail(plugin, installed, exc, "upgrading")
             raise
         logger.info("upgraded %s from %s to %s", name, installed, version)
 
