@@ -13,7 +13,8 @@ Three ways to set ``new_field`` and ``migrated`` on every row of a table, in bat
 
 The figure is time per migrated row; the stage and keyset runs are interleaved round by
 round, the order flipped every round, and the ratio quoted is the median of the rounds'.
-A database of its own is created on the server and dropped after.
+A throwaway database is made on the server (``--dsn``, else the rule of ``HOOKBUS_DSN``)
+and dropped after.
 
     python benchmarks/migrations.py [--dsn DSN] [--sizes 100000,1000000] [--rounds 3]
     python benchmarks/migrations.py --quick      # a smoke run: 10,000 rows, one round
@@ -22,20 +23,13 @@ A database of its own is created on the server and dropped after.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import secrets
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "adapters"))
 
 import asyncpg
 from hookbus_asyncpg import Migrator
+from hookbus_asyncpg.testing import run_with_database
 
 from hookbus import Batch, BatchedStage, Environment, Migration
 
@@ -128,47 +122,39 @@ async def timed(pool: asyncpg.Pool, size: int, case: Case) -> tuple[float, int]:
 
 
 async def run(dsn: str, sizes: list[int], rounds: int) -> None:
-    name = f"hookbus_bench_migrations_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = urlunsplit(urlsplit(dsn)._replace(path="/" + name))
-        async with asyncpg.create_pool(url, min_size=2, max_size=4) as pool:
-            print(f"{'rows':>9}  {'case':<7} {'us/row':>8}  {'passes':>6}  ratio to keyset")
-            for size in sizes:
-                stage: list[float] = []
-                keyset: list[float] = []
-                for round_ in range(rounds):
-                    pair = [(by_stage, stage), (by_keyset, keyset)]
-                    for case, into in pair if round_ % 2 == 0 else reversed(pair):
-                        into.append((await timed(pool, size, case))[0])
-                ratios = [s / k for s, k in zip(stage, keyset, strict=True)]
-                offset, passes = await timed(pool, size, by_offset)
-                ks = statistics.median(keyset)
-                for label, per_row, n in (
-                    ("keyset", ks, 1),
-                    ("stage", statistics.median(stage), 1),
-                    ("offset", offset, passes),
-                ):
-                    ratio = statistics.median(ratios) if label == "stage" else per_row / ks
-                    print(f"{size:>9,}  {label:<7} {per_row * 1e6:>8.2f}  {n:>6}  {ratio:.2f}x")
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    """``dsn`` names a throwaway database of the benchmark's own."""
+    async with asyncpg.create_pool(dsn, min_size=2, max_size=4) as pool:
+        print(f"{'rows':>9}  {'case':<7} {'us/row':>8}  {'passes':>6}  ratio to keyset")
+        for size in sizes:
+            stage: list[float] = []
+            keyset: list[float] = []
+            for round_ in range(rounds):
+                pair = [(by_stage, stage), (by_keyset, keyset)]
+                for case, into in pair if round_ % 2 == 0 else reversed(pair):
+                    into.append((await timed(pool, size, case))[0])
+            ratios = [s / k for s, k in zip(stage, keyset, strict=True)]
+            offset, passes = await timed(pool, size, by_offset)
+            ks = statistics.median(keyset)
+            for label, per_row, n in (
+                ("keyset", ks, 1),
+                ("stage", statistics.median(stage), 1),
+                ("offset", offset, passes),
+            ):
+                ratio = statistics.median(ratios) if label == "stage" else per_row / ks
+                print(f"{size:>9,}  {label:<7} {per_row * 1e6:>8.2f}  {n:>6}  {ratio:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument(
-        "--dsn", default=os.environ.get("HOOKBUS_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-    )
+    parser.add_argument("--dsn", help="the PostgreSQL server (default: HOOKBUS_DSN's rule)")
     parser.add_argument("--sizes", help="row counts, comma separated (default 100000,1000000)")
     parser.add_argument("--rounds", type=int, help="stage/keyset rounds per size (default 3)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 10,000 rows, 1 round")
     args = parser.parse_args()
     sizes = args.sizes or ("10000" if args.quick else "100000,1000000")
     rounds = args.rounds or (1 if args.quick else 3)
-    asyncio.run(run(args.dsn, [int(s) for s in sizes.split(",")], rounds))
+    counts = [int(s) for s in sizes.split(",")]
+    run_with_database(lambda dsn: run(dsn, counts, rounds), "bench_migrations", dsn=args.dsn)
 
 
 if __name__ == "__main__":
