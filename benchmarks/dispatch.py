@@ -33,6 +33,11 @@ key, N = 10 and 200. ``cached`` dispatches one key over and over; ``fresh`` a ke
 dispatched before at every call, after more keys than a table holds were seen. The ratio is
 fresh / cached, paired like the others (target: at most 1.5x, whatever N).
 
+A third table, ``application``: 3 async hooks on an application event whose payload is a
+plain ``msgspec.Struct``: keyed by a field named ``sku`` (``app sku``), by a field named
+``key`` (``app key``), unkeyed (``app none``). Floor: the hit floor over the same hooks. No
+target yet; it shows what a payload without a ``key`` attribute costs.
+
 Targets (issue 2): hit and selective <= 1.2x their floor; miss <= 1.2x the one-lookup
 coroutine; sync <= 1.5x; and hookbus faster than every peer on every workload.
 
@@ -391,6 +396,63 @@ async def key_pairs() -> list[Pair]:
     return pairs
 
 
+class _Placed(msgspec.Struct):
+    sku: str
+    qty: int
+
+
+class _Keyed(msgspec.Struct):
+    key: str
+    qty: int
+
+
+class _Plain(msgspec.Struct):
+    qty: int
+
+
+async def app_pairs() -> list[Pair]:
+    """Application events, 3 async hooks each: keyed by ``sku``, keyed by ``key``, unkeyed.
+
+    The payload classes are plain ``msgspec.Struct`` types (the first and last have no
+    attribute ``key``). Floor: the hit floor over the same hooks.
+    """
+    bus = hookbus.Bus()
+    bus.declare("placed", _Placed, key="sku")
+    bus.declare("keyed", _Keyed)
+    bus.declare("plain", _Plain)
+    cases = (
+        ("app sku", "placed", _Placed("a", 1)),
+        ("app key", "keyed", _Keyed("a", 1)),
+        ("app none", "plain", _Plain(1)),
+    )
+    pairs = []
+    for name, event, ev in cases:
+        select = None if event == "plain" else hookbus.match_key("a")
+        hooks = tuple(_async_hook() for _ in range(3))
+        for fn in hooks:
+            bus.hook(event, select=select)(fn)
+
+        async def floor(ev: Any, hooks: tuple[Callable[[Any], Any], ...] = hooks) -> None:
+            for h in hooks:
+                await h(ev)
+
+        pairs.append(
+            Pair(name, Subject("hookbus", bus.emit, (event, ev)), Subject("floor", floor, (ev,)))
+        )
+    return pairs
+
+
+def app_table(pairs: list[Pair]) -> str:
+    head = f"{'application':<11} {'hookbus ns':>10} {'floor ns':>9} {'hookbus/floor (IQR)':>21}"
+    lines = [head, "-" * len(head)]
+    for p in pairs:
+        lo, hi = p.spread
+        line = f"{p.workload:<11} {statistics.median(p.subject_ns):>10.0f}"
+        line += f" {statistics.median(p.floor_ns):>9.0f}"
+        lines.append(line + f" {f'{p.ratio:.2f}x ({lo:.2f}-{hi:.2f})':>21}")
+    return "\n".join(lines)
+
+
 def key_table(pairs: list[Pair]) -> tuple[str, bool]:
     head = f"{'keyed event':<11} {'fresh ns':>10} {'cached ns':>9}"
     head += f" {'fresh/cached (IQR)':>21} {'target':>7}  ok"
@@ -478,7 +540,7 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{n: version(n) for n in names}}
 
 
-async def measure(args: argparse.Namespace) -> tuple[list[Pair], list[Pair]]:
+async def measure(args: argparse.Namespace) -> tuple[list[Pair], list[Pair], list[Pair]]:
     pairs = build(not args.no_peers)
     for w in WORKLOADS:
         for pair in (p for p in pairs if p.workload == w.name):
@@ -486,8 +548,11 @@ async def measure(args: argparse.Namespace) -> tuple[list[Pair], list[Pair]]:
     keyed = await key_pairs()
     for pair in keyed:
         await check(pair, 1)
-    await run_pairs([*pairs, *keyed], args.rounds, args.sample_ms * 1e6)
-    return pairs, keyed
+    app = await app_pairs()
+    for pair in app:
+        await check(pair, 3)
+    await run_pairs([*pairs, *keyed, *app], args.rounds, args.sample_ms * 1e6)
+    return pairs, keyed, app
 
 
 def as_json(pairs: list[Pair], args: argparse.Namespace) -> str:
@@ -538,21 +603,22 @@ def main() -> int:
         "\nmachine note: this machine's speed drifts by up to 1.6x within seconds;"
         " quote the ratios, not the ns.\n"
     )
-    pairs, keyed = asyncio.run(measure(args))
+    pairs, keyed, app = asyncio.run(measure(args))
     text, ok = table(pairs)
     print(text)
     keys_text, keys_ok = key_table(keyed)
     print("\n" + keys_text)
     ok &= keys_ok
+    print("\n" + app_table(app))
     print(
         "\nhookbus/floor and peers: median over rounds of (subject ns / floor ns), each sample"
         "\ntimed right beside its floor sample; '-': no such idiom; ok: target met and hookbus"
         "\nfaster than every peer. ns are medians, for orientation only."
     )
     if args.json == "-":
-        print(as_json([*pairs, *keyed], args))
+        print(as_json([*pairs, *keyed, *app], args))
     elif args.json:
-        Path(args.json).write_text(as_json([*pairs, *keyed], args) + "\n")
+        Path(args.json).write_text(as_json([*pairs, *keyed, *app], args) + "\n")
     return 1 if args.check and not ok else 0
 
 

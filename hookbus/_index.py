@@ -23,10 +23,11 @@ is where a category named by ``hooks_control`` that no hook of this bus has is r
 (``UnknownCategoryWarning``, once per name).
 
 **Payload keys.** ``Bus.emit`` reads ``payload.key``: hookbus's payload types alias it to
-their key field, and an application type whose key field is named ``key`` has it. Events
-whose payload type has no such attribute (or one that is not its key) never enter the
-tables ``Bus.emit`` reads: they are resolved here, through the declared field, on every
-dispatch. The user's class is never modified.
+their key field, and an application type whose key field is named ``key`` has it. An event
+whose payload type has no such attribute (or one that is not its key) is marked ``None`` in
+``tables``, before ``payload.key`` is read (a failed attribute read costs more than a whole
+dispatch), and ``fielded`` gives its payload type, key field (``None``: unkeyed) and table.
+The user's class is never modified.
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ class Index:
     """A bus's entries: the tables ``Bus.emit`` reads and the slow path that fills them."""
 
     __slots__ = (
-        "_forms", "_plans", "_warned", "by_event", "categories", "form_of", "make", "protected",
-        "specs", "tables", "views",
+        "_forms", "_plans", "_warned", "by_event", "categories", "fielded", "form_of", "make",
+        "protected", "specs", "tables", "views",
     )  # fmt: skip
 
     def __init__(
@@ -187,11 +188,15 @@ class Index:
     ) -> None:
         self.specs, self.by_event, self.protected, self.make = specs, by_event, protected, make
         #: event -> table, under no control state (``Bus.emit``'s first subscript)
-        self.tables: dict[str, Table] = {}
+        #: (``None``: its payloads have no ``key``, read ``fielded``)
+        self.tables: dict[str, Table | None] = {}
+        #: event -> (payload type, key field or ``None``, table), for the events marked
+        #: ``None`` in ``tables`` (under no control state)
+        self.fielded: dict[str, tuple[type, str | None, Table]] = {}
         #: control state -> event -> table (shared by the states of one canonical form)
-        self.views: dict[Control, dict[str, Table]] = {}
+        self.views: dict[Control, dict[str, Table | None]] = {}
         self.form_of: dict[Control, frozenset[str]] = {}
-        self._forms: dict[frozenset[str], dict[str, Table]] = {_BASE: self.tables}
+        self._forms: dict[frozenset[str], dict[str, Table | None]] = {_BASE: self.tables}
         self._plans: dict[frozenset[str], dict[str, _Plan]] = {_BASE: {}}
         self._warned: set[str] = set()
         self.categories: frozenset[str] = frozenset()
@@ -199,6 +204,7 @@ class Index:
     def reset(self) -> None:
         """Drop every entry: called on every registration change and factory swap."""
         self.tables.clear()
+        self.fielded.clear()
         self.views.clear()
         self.form_of.clear()
         self._forms = {_BASE: self.tables}
@@ -213,7 +219,8 @@ class Index:
         """The entry for a dispatch that the tables ``Bus.emit`` reads could not answer.
 
         Taken for a key seen for the first time, a state met for the first time, an event
-        whose payload has no ``key`` attribute (every dispatch), and every mistake.
+        whose payload has no ``key`` attribute under a control state (every dispatch), a
+        payload of a subclass of its event's type, and every mistake.
         """
         if control is None:
             form = _BASE
@@ -242,8 +249,12 @@ class Index:
         if found is not None:
             return found
         entry, replaced = plan.entry(key)
-        if plan.fast and (replaced or event not in self._forms[form]):
-            self._forms[form][event] = plan.table
+        if plan.fast:
+            if replaced or event not in self._forms[form]:
+                self._forms[form][event] = plan.table
+        elif form is _BASE:
+            self.tables[event] = None
+            self.fielded[event] = (plan.spec.payload, field, plan.table)
         return entry
 
     def _plan(self, form: frozenset[str], event: str) -> _Plan:

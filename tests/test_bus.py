@@ -658,3 +658,45 @@ async def test_an_event_keyed_by_another_field_than_key_past_the_bound(bus: Bus)
         await bus.emit("order_placed", Order(customer))
     assert seen.count(-1) == 3000
     assert [c for c in seen if c >= 0] == [2500]
+
+
+async def test_payloads_without_a_key_attribute_skip_the_slow_path_after_the_first_dispatch(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Order(msgspec.Struct):
+        sku: str
+
+    class Tick(msgspec.Struct):
+        n: int
+
+    class SubTick(Tick):
+        pass
+
+    before = dict(vars(Order)), dict(vars(Tick))
+    bus.declare("order_placed", Order, key="sku")
+    bus.declare("tick", Tick)
+    seen: list[object] = []
+    bus.hook("order_placed", select=hookbus.match_key("a"))(lambda e: seen.append(e.sku))
+    bus.hook("tick")(lambda e: seen.append(e.n))
+    await bus.emit("order_placed", Order("a"))
+    await bus.emit("order_placed", Order("b"))
+    await bus.emit("tick", Tick(0))
+    slow: list[str] = []
+    resolve = hookbus._index.Index.resolve
+
+    def counted(self: Any, control: Any, event: str, payload: Any) -> Any:
+        slow.append(event)
+        return resolve(self, control, event, payload)
+
+    monkeypatch.setattr(hookbus._index.Index, "resolve", counted)
+    for _ in range(3):
+        await bus.emit("order_placed", Order("a"))
+        await bus.emit("order_placed", Order("b"))
+        await bus.emit("tick", Tick(1))
+    assert slow == []
+    await bus.emit("tick", SubTick(2))  # a subclass: through the slow path, which accepts it
+    with pytest.raises(TypeError, match=r"carries \S*Tick payloads"):
+        await bus.emit("tick", Order("a"))
+    assert slow == ["tick", "tick"]
+    assert seen == ["a", 0, "a", 1, "a", 1, "a", 1, 2]
+    assert (dict(vars(Order)), dict(vars(Tick))) == before
