@@ -1,6 +1,6 @@
 """A FastAPI back end on hookbus: server events, a transaction per request, 422 from a hook.
 
-Run it (one command; PostgreSQL from HOOKBUS_DSN, else an embedded one)::
+Run it (one command; PostgreSQL from HOOKBUS_DSN, else the local server, else an embedded one)::
 
     HOOKBUS_DSN=postgresql://postgres@127.0.0.1:5432/test .venv/bin/python examples/web_fastapi.py
 

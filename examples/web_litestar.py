@@ -1,6 +1,6 @@
 """A Litestar back end on hookbus: the same application as web_fastapi.py, with one plugin.
 
-Run it (one command; PostgreSQL from HOOKBUS_DSN, else an embedded one)::
+Run it (one command; PostgreSQL from HOOKBUS_DSN, else the local server, else an embedded one)::
 
     HOOKBUS_DSN=postgresql://postgres@127.0.0.1:5432/test .venv/bin/python examples/web_litestar.py
 
