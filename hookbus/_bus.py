@@ -57,8 +57,7 @@ class Bus:
     """
 
     __slots__ = (
-        "_by_event", "_fielded", "_hooks", "_index", "_indexer", "_order", "_protected", "_specs",
-        "_views",
+        "_by_event", "_hooks", "_index", "_indexer", "_order", "_protected", "_specs", "_views",
     )  # fmt: skip
 
     def __init__(self, *, protected: Iterable[str] = ()) -> None:
@@ -71,7 +70,6 @@ class Bus:
         # What emit reads, owned by the index: event -> key -> entry under no control
         # state, and control state -> the same.
         self._index = self._indexer.tables
-        self._fielded = self._indexer.fielded
         self._views = self._indexer.views
 
     # -- declaring events ---------------------------------------------------------------
@@ -235,14 +233,7 @@ class Bus:
         # an unhashable key all leave through the except clauses, which cost nothing until
         # they are taken.
         try:
-            table = self._index[event]
-            if table is None:  # its payloads have no ``key``: keyed by another field, or none
-                kind, field, table = self._fielded[event]
-                if type(payload) is not kind:
-                    raise TypeError  # to the slow path, which checks the type
-                entry = table[None if field is None else getattr(payload, field)]
-            else:
-                entry = table[payload.key]
+            entry = self._index[event][payload.key]
         except (KeyError, AttributeError, TypeError):
             entry = self._indexer.resolve(None, event, payload)
         if not entry:
@@ -250,7 +241,7 @@ class Bus:
         control = _get_control()
         if control is not None:
             try:
-                entry = self._views[control][event][payload.key]  # type: ignore[index]
+                entry = self._views[control][event][payload.key]
             except (KeyError, AttributeError, TypeError):
                 entry = self._indexer.resolve(control, event, payload)
         # The three bare shapes of entry run inline (the loops of their own ``emit``, which
@@ -307,7 +298,7 @@ class Bus:
         control = current_control()
         try:
             views = self._index if control is None else self._views[control]
-            entry = views[event][payload.key]  # type: ignore[index]  # None: the except
+            entry = views[event][payload.key]
         except (KeyError, AttributeError, TypeError):
             entry = self._indexer.resolve(control, event, payload)
         return await entry.collect(event, payload)

@@ -24,10 +24,11 @@ is where a category named by ``hooks_control`` that no hook of this bus has is r
 
 **Payload keys.** ``Bus.emit`` reads ``payload.key``: hookbus's payload types alias it to
 their key field, and an application type whose key field is named ``key`` has it. An event
-whose payload type has no such attribute (or one that is not its key) is marked ``None`` in
-``tables``, before ``payload.key`` is read (a failed attribute read costs more than a whole
-dispatch), and ``fielded`` gives its payload type, key field (``None``: unkeyed) and table.
-The user's class is never modified.
+whose payload type has no such attribute (or one that is not its key) never enters
+``tables``: the subscript ``Bus.emit`` reads fails on the event name, before ``payload.key``
+is read (a failed attribute read costs more than a whole dispatch), and the first lines of
+``resolve`` answer it from ``fielded``: its payload type, key field (``None``: unkeyed) and
+table. The built-in events pay nothing for it; the user's class is never modified.
 """
 
 from __future__ import annotations
@@ -188,15 +189,14 @@ class Index:
     ) -> None:
         self.specs, self.by_event, self.protected, self.make = specs, by_event, protected, make
         #: event -> table, under no control state (``Bus.emit``'s first subscript)
-        #: (``None``: its payloads have no ``key``, read ``fielded``)
-        self.tables: dict[str, Table | None] = {}
-        #: event -> (payload type, key field or ``None``, table), for the events marked
-        #: ``None`` in ``tables`` (under no control state)
+        self.tables: dict[str, Table] = {}
+        #: event -> (payload type, key field or ``None``, table), for the events whose payloads
+        #: have no ``key`` (under no control state): never in ``tables``
         self.fielded: dict[str, tuple[type, str | None, Table]] = {}
         #: control state -> event -> table (shared by the states of one canonical form)
-        self.views: dict[Control, dict[str, Table | None]] = {}
+        self.views: dict[Control, dict[str, Table]] = {}
         self.form_of: dict[Control, frozenset[str]] = {}
-        self._forms: dict[frozenset[str], dict[str, Table | None]] = {_BASE: self.tables}
+        self._forms: dict[frozenset[str], dict[str, Table]] = {_BASE: self.tables}
         self._plans: dict[frozenset[str], dict[str, _Plan]] = {_BASE: {}}
         self._warned: set[str] = set()
         self.categories: frozenset[str] = frozenset()
@@ -218,11 +218,22 @@ class Index:
     def resolve(self, control: Control | None, event: str, payload: Any) -> Entry:
         """The entry for a dispatch that the tables ``Bus.emit`` reads could not answer.
 
-        Taken for a key seen for the first time, a state met for the first time, an event
-        whose payload has no ``key`` attribute under a control state (every dispatch), a
-        payload of a subclass of its event's type, and every mistake.
+        Taken for a key seen for the first time, a state met for the first time, every
+        dispatch of an event whose payload type has no ``key`` attribute (answered first by
+        its lane in ``fielded``), a payload of a subclass of its event's type, and every
+        mistake.
         """
         if control is None:
+            lane = self.fielded.get(event)
+            if lane is not None and type(payload) is lane[0]:
+                # A payload without ``key``: its own field, or no key at all. (An unhashable
+                # key goes on to the checks below, which say so.)
+                try:
+                    found = lane[2].get(None if lane[1] is None else getattr(payload, lane[1]))
+                except TypeError:
+                    found = None
+                if found is not None:
+                    return found
             form = _BASE
         else:
             known = self.form_of.get(control)
@@ -253,7 +264,6 @@ class Index:
             if replaced or event not in self._forms[form]:
                 self._forms[form][event] = plan.table
         elif form is _BASE:
-            self.tables[event] = None
             self.fielded[event] = (plan.spec.payload, field, plan.table)
         return entry
 
