@@ -84,46 +84,6 @@ class Entry(tuple):  # type: ignore[type-arg]
 EntryFactory = Callable[[str, tuple[Chosen, ...], bool], Entry]
 
 
-@final
-class _Awaited(Entry):
-    """Coroutine functions, no dynamic check, on a payload that names its event."""
-
-    __slots__ = ()
-
-    async def emit(self, event: str, payload: Any) -> Break | None:
-        # Bus.emit runs a copy of this loop inline: keep the two alike.
-        if payload.event is not event:
-            contradiction(event, payload)
-        try:
-            for fn in self:
-                await fn(payload)
-        except Break as broken:
-            return broken
-        except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
-        except Exception as exc:
-            note(exc, fn, event)
-            raise
-        return None
-
-    async def collect(self, event: str, payload: Any) -> Results:
-        if payload.event is not event:
-            contradiction(event, payload)
-        results = Results()
-        try:
-            for fn in self:
-                results.append(await fn(payload))
-        except Break as broken:
-            results.broken = broken
-        except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
-        except Exception as exc:
-            note(exc, fn, event)
-            raise
-        return results
-
-
-@final
 class _AwaitedAny(Entry):
     """Coroutine functions, no dynamic check, on a payload that does not name its event."""
 
@@ -156,6 +116,24 @@ class _AwaitedAny(Entry):
             note(exc, fn, event)
             raise
         return results
+
+
+@final
+class _Awaited(_AwaitedAny):
+    """Coroutine functions, no dynamic check, on a payload that names its event."""
+
+    __slots__ = ()
+
+    async def emit(self, event: str, payload: Any) -> Break | None:
+        # Bus.emit runs this inline (the check, then _AwaitedAny's loop): keep the two alike.
+        if payload.event is not event:
+            contradiction(event, payload)
+        return await _AwaitedAny.emit(self, event, payload)
+
+    async def collect(self, event: str, payload: Any) -> Results:
+        if payload.event is not event:
+            contradiction(event, payload)
+        return await _AwaitedAny.collect(self, event, payload)
 
 
 @final
