@@ -25,12 +25,11 @@ from ._dispatch import (
     endless,
     make_entry,
     note,
-    returned,
 )
 from ._events import BUILTIN_EVENTS, EventSpec
 from ._exceptions import Break, RegistrationError
 from ._explain import Explanation, explain
-from ._hooks import DEFAULT_CATEGORY, Hook, HookInfo, describe
+from ._hooks import DEFAULT_CATEGORY, Hook, HookInfo, describe, returns_none
 from ._index import Index, specialize
 from ._selectors import Selector
 
@@ -196,7 +195,7 @@ class Bus:
         self._order += 1
         return HookInfo(
             name, fn, tuple(dict.fromkeys(events)), select, category, priority, self._order,
-            is_async,
+            is_async, not is_async and returns_none(fn),
         )  # fmt: skip
 
     def unregister(self, hook: Callable[[Any], Any] | HookInfo) -> None:
@@ -246,7 +245,8 @@ class Bus:
                 entry = self._indexer.resolve(control, event, payload)
         # The three bare shapes of entry run inline (the loops of their own ``emit``, which
         # awaiting would cost one more coroutine per dispatch); any other runs itself.
-        if type(entry) is _Awaited:
+        shape = type(entry)
+        if shape is _Awaited:
             if payload.event is not event:
                 contradiction(event, payload)
             try:
@@ -260,14 +260,12 @@ class Bus:
                 note(exc, fn, event)
                 raise
             return None
-        if type(entry) is _Called:
+        if shape is _Called:  # plain functions that return nothing, by their code
             if payload.event is not event:
                 contradiction(event, payload)
             try:
                 for fn in entry:
-                    result = fn(payload)
-                    if result is not None:
-                        returned(fn, event, result)
+                    fn(payload)
             except Break as broken:
                 return broken
             except RecursionError as exc:
@@ -276,7 +274,7 @@ class Bus:
                 note(exc, fn, event)
                 raise
             return None
-        if type(entry) is _AwaitedAny:  # an application payload, with no event name
+        if shape is _AwaitedAny:  # an application payload, with no event name
             try:
                 for fn in entry:
                     await fn(payload)

@@ -7,16 +7,19 @@ costs one truth test), and its class is chosen when it is built, by its shape:
 
 - ``_Awaited``: coroutine functions only, no dynamic check, on an event whose payload names
   its event (``payload.event``), which is checked against the dispatch first;
-- ``_Called``: plain functions only, likewise;
+- ``_Called``: plain functions only, likewise, each of which returns nothing by its code
+  (``HookInfo.returns_none``, read at registration), so nothing checks what they return;
+- ``_CalledChecked``: plain functions only, likewise, some of which may return something:
+  each result is checked (a coroutine returned would never run);
 - ``_AwaitedAny``: coroutine functions only, no dynamic check, any other payload;
 - ``_Checked``: ``(fn, check, is_async)`` triples: dynamic checks, mixed kinds, and plain
   functions on payloads that do not name their event.
 
-``Bus.emit`` runs the three bare shapes inline (the loop of their ``emit`` written in place,
-because awaiting one more coroutine per dispatch costs about a tenth of a three-hook
-dispatch, and ``emit`` must stay a coroutine function: web frameworks test that before
-awaiting a callable) and awaits ``entry.emit`` for any other class of entry. That is the
-seam:
+``Bus.emit`` runs ``_Awaited``, ``_Called`` and ``_AwaitedAny`` inline (the loop of their
+``emit`` written in place, because awaiting one more coroutine per dispatch costs about a
+tenth of a three-hook dispatch, and ``emit`` must stay a coroutine function: web frameworks
+test that before awaiting a callable) and awaits ``entry.emit`` for any other class of
+entry. That is the seam:
 
 **Entry factories.** A bus builds its entries with ``make_entry(event, hooks, names_event)``
 (the index of a bus keeps it; ``bus._use_entries(factory)`` swaps it and drops every entry
@@ -136,28 +139,10 @@ class _Awaited(_AwaitedAny):
         return await _AwaitedAny.collect(self, event, payload)
 
 
-@final
-class _Called(Entry):
+class _Plain(Entry):
     """Plain functions, no dynamic check, on a payload that names its event."""
 
     __slots__ = ()
-
-    async def emit(self, event: str, payload: Any) -> Break | None:
-        # Bus.emit runs a copy of this loop inline: keep the two alike.
-        if payload.event is not event:
-            contradiction(event, payload)
-        try:
-            for fn in self:
-                if (result := fn(payload)) is not None:
-                    returned(fn, event, result)
-        except Break as broken:
-            return broken
-        except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
-        except Exception as exc:
-            note(exc, fn, event)
-            raise
-        return None
 
     async def collect(self, event: str, payload: Any) -> Results:
         if payload.event is not event:
@@ -176,6 +161,54 @@ class _Called(Entry):
             note(exc, fn, event)
             raise
         return results
+
+
+@final
+class _Called(_Plain):
+    """Plain functions that return nothing (by their code), no dynamic check, on a payload
+    that names its event."""
+
+    __slots__ = ()
+
+    async def emit(self, event: str, payload: Any) -> Break | None:
+        # Bus.emit runs a copy of this loop inline: keep the two alike.
+        if payload.event is not event:
+            contradiction(event, payload)
+        try:
+            for fn in self:
+                fn(payload)
+        except Break as broken:
+            return broken
+        except RecursionError as exc:
+            raise endless(exc, event)  # noqa: B904  (chained inside)
+        except Exception as exc:
+            note(exc, fn, event)
+            raise
+        return None
+
+
+@final
+class _CalledChecked(_Plain):
+    """Plain functions, no dynamic check, on a payload that names its event; what each
+    returns is checked."""
+
+    __slots__ = ()
+
+    async def emit(self, event: str, payload: Any) -> Break | None:
+        if payload.event is not event:
+            contradiction(event, payload)
+        try:
+            for fn in self:
+                if (result := fn(payload)) is not None:
+                    returned(fn, event, result)
+        except Break as broken:
+            return broken
+        except RecursionError as exc:
+            raise endless(exc, event)  # noqa: B904  (chained inside)
+        except Exception as exc:
+            note(exc, fn, event)
+            raise
+        return None
 
 
 class _Checked(Entry):
@@ -254,7 +287,8 @@ def make_entry(event: str, hooks: tuple[Chosen, ...], names_event: bool) -> Entr
         if all(c.info.is_async for c in hooks):
             return (_Awaited if names_event else _AwaitedAny)(c.info.fn for c in hooks)
         if names_event and not any(c.info.is_async for c in hooks):
-            return _Called(c.info.fn for c in hooks)
+            plain = _Called if all(c.info.returns_none for c in hooks) else _CalledChecked
+            return plain(c.info.fn for c in hooks)
     triples = ((c.info.fn, c.check, c.info.is_async) for c in hooks)
     return _NamedChecked(triples) if names_event else _Checked(triples)
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dis
 import functools
 import inspect
+import types
 from collections.abc import Callable
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Final, final
 
 import msgspec
 
 from ._exceptions import RegistrationError
 from ._selectors import Selector
 
-__all__ = ["Hook", "HookInfo", "describe", "hook_name"]
+__all__ = ["Hook", "HookInfo", "describe", "hook_name", "returns_none"]
 
 #: The category of a hook registered without one.
 DEFAULT_CATEGORY = "default"
@@ -22,7 +24,9 @@ DEFAULT_CATEGORY = "default"
 class HookInfo(msgspec.Struct, frozen=True):
     """A registered hook, as ``bus.hooks_for()`` and the CLI listing show it.
 
-    Hooks run by ``priority`` (lower first), then by registration ``order``.
+    Hooks run by ``priority`` (lower first), then by registration ``order``. ``returns_none``
+    is true for a plain function whose every ``return`` returns ``None`` (read from its code
+    at registration): dispatch then skips checking that it returned no coroutine.
     """
 
     name: str
@@ -33,6 +37,7 @@ class HookInfo(msgspec.Struct, frozen=True):
     priority: int
     order: int
     is_async: bool
+    returns_none: bool = False
 
 
 class Hook:
@@ -93,3 +98,39 @@ def describe(fn: object) -> tuple[str, bool]:
             f"(its signature is {signature})"
         ) from None
     return name, is_async
+
+
+# Code flags of functions whose call returns a generator or coroutine object, not their value.
+_NOT_PLAIN: Final = (
+    inspect.CO_GENERATOR
+    | inspect.CO_COROUTINE
+    | inspect.CO_ASYNC_GENERATOR
+    | inspect.CO_ITERABLE_COROUTINE
+)
+
+
+def returns_none(fn: object) -> bool:
+    """Tell whether calling ``fn`` can only return ``None``, from its bytecode (conservative).
+
+    True for a Python function (or a method of one) each of whose return instructions
+    returns the constant ``None``: ``RETURN_CONST None``, or a ``RETURN_VALUE`` that no jump
+    lands on, right after ``LOAD_CONST None``. Anything else (a lambda returning a call, a
+    ``functools.partial``, a callable object, a builtin) is False: dispatch then checks what
+    the hook returned. Read once, at registration.
+    """
+    func = fn.__func__ if isinstance(fn, types.MethodType) else fn
+    if type(func) is not types.FunctionType or func.__code__.co_flags & _NOT_PLAIN:
+        return False
+    previous: dis.Instruction | None = None
+    for instruction in dis.get_instructions(func.__code__):
+        if instruction.opname == "RETURN_CONST":  # Python 3.12 and 3.13
+            if instruction.argval is not None:
+                return False
+        elif instruction.opname == "RETURN_VALUE":
+            returns_const_none = (
+                previous is not None and previous.opname == "LOAD_CONST" and previous.argval is None
+            )
+            if instruction.is_jump_target or not returns_const_none:
+                return False
+        previous = instruction
+    return True

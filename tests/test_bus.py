@@ -527,6 +527,75 @@ async def test_a_plain_hook_returning_a_coroutine_is_refused_naming_it(bus: Bus)
     assert ran == []
 
 
+def test_returns_none_reads_every_return_of_a_plain_function() -> None:
+    from hookbus._hooks import returns_none
+
+    def bare(event: Any) -> None:
+        pass
+
+    def early(event: Any) -> None:
+        if event:
+            return
+        print(event)
+
+    def guarded(event: Any) -> None:
+        try:
+            print(event)
+        except ValueError:
+            return None
+        finally:
+            print(event)
+
+    def returns_it(event: Any) -> Any:
+        return event
+
+    def or_none(event: Any) -> Any:
+        return event or None  # a jump lands on the return with `event` on the stack
+
+    def either(event: Any) -> Any:
+        return None if event else event
+
+    def generator(event: Any) -> Any:
+        yield event
+
+    async def coroutine(event: Any) -> None:
+        pass
+
+    class Method:
+        def method(self, event: Any) -> None:
+            pass
+
+        def __call__(self, event: Any) -> None:
+            pass
+
+    proven = (bare, early, guarded, Method().method, lambda e: None)
+    unproven = (returns_it, or_none, either, generator, coroutine, lambda e: print(e))
+    others = (Method(), functools.partial(bare), print)  # not Python functions: not read
+    assert [returns_none(fn) for fn in proven] == [True] * len(proven)
+    assert [returns_none(fn) for fn in (*unproven, *others)] == [False] * 9
+
+
+async def test_a_hook_that_may_return_a_coroutine_is_checked_whatever_its_shape(
+    bus: Bus,
+) -> None:
+    async def work(event: EntityEvent) -> None:
+        pass
+
+    def sometimes(event: EntityEvent) -> Any:
+        return work(event) or None  # only one return path is `None`
+
+    def quiet(event: EntityEvent) -> None:
+        pass
+
+    bus.register(quiet, "after_add_entity")
+    bus.register(sometimes, "after_add_entity")
+    assert [h.returns_none for h in bus.hooks_for("after_add_entity")] == [True, False]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError, match="sometimes is a plain function that returned"):
+            await bus.emit("after_add_entity", added())
+
+
 async def test_async_callables_behind_a_partial_are_awaited(bus: Bus) -> None:
     seen: list[tuple[str, int]] = []
 
