@@ -119,6 +119,8 @@ class Mark(msgspec.Struct, frozen=True):
 # (operation, the container's add or append, whether it is set-like, the factory)
 _Accumulation: TypeAlias = tuple[Operation, Callable[[Any], object], bool, Callable[[], Operation]]
 _NOT_ACCUMULATED: Final = object()
+# The key of ``Ledger._keys`` that says the scope is doomed (never an id: ids are positive).
+_DOOMED: Final = -1
 
 
 @final
@@ -152,7 +154,9 @@ class Ledger:
         self._at_last = 0
         self._ran: list[Operation] = []
         self._accumulated: dict[Hashable, _Accumulation] = {}
-        # id(op) -> key, for the accumulating operations whose precommit has not started;
+        # id(op) -> key, for the accumulating operations whose precommit has not started, and
+        # _DOOMED -> True while the scope is doomed: the precommit loop tests this one dict
+        # between operations, and looks closer only when it is not empty.
         # key -> factory, for the keys whose operation's precommit has started.
         self._keys: dict[int, Hashable] = {}
         self._closed: dict[Hashable, Callable[[], Operation]] = {}
@@ -184,7 +188,7 @@ class Ledger:
         """Queue ``op`` by its kind. A ``SingleLastOperation`` replaces a pending one of its
         class; one that ran (or is running) keeps its place and its callbacks.
 
-        ``Transaction.add`` documents it: this is that method while the scope is open.
+        ``tx.add`` is this method while the scope is open (``Transaction.add`` documents it).
         """
         if not isinstance(op, Operation):
             raise TypeError(f"tx.add() takes an Operation instance, not {op!r}")
@@ -231,14 +235,14 @@ class Ledger:
                 self._at_last += 1  # add() replaces only what stands past it
             else:
                 return
-            ran.append(op)
-            if keys:
+            if keys:  # an accumulation to close, or a doom (rare: one test otherwise)
+                if _DOOMED in keys:
+                    return  # doomed: op does not run (the scope now rolls back)
                 key = keys.pop(id(op), _NOT_ACCUMULATED)
                 if key is not _NOT_ACCUMULATED:
                     self._closed[key] = self._accumulated.pop(key)[3]
+            ran.append(op)
             await op.precommit()
-            if self._doom is not None:
-                return
 
     # -- accumulations -----------------------------------------------------------------------
 
@@ -251,7 +255,8 @@ class Ledger:
     ) -> None:
         """Add ``value`` to the operation accumulating under ``key``; create it if needed.
 
-        ``Transaction.accumulate`` documents it: this is that method while the scope is open.
+        ``tx.accumulate`` is this method while the scope is open (``Transaction.accumulate``
+        documents it).
         """
         try:  # a subscript is cheaper than .get() on this hot path, and hits are the rule
             entry = self._accumulated[key]
@@ -337,6 +342,7 @@ class Ledger:
         """Record ``error`` as what dooms the scope, unless it is doomed already."""
         if self._doom is None:
             self._doom = error
+            self._keys[_DOOMED] = True
             if self._undo is not None:
                 self._undo.append(Doomed())
 
@@ -399,6 +405,7 @@ class Ledger:
                     self._deleted.add(eid)
                 case Doomed():
                     self._doom = None
+                    del self._keys[_DOOMED]
         return dropped
 
     def require_innermost(self, mark: Mark) -> None:

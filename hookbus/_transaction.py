@@ -77,6 +77,10 @@ class TransactionState(enum.Enum):
     of COMMIT is unknown. Operations can be scheduled in ``ACTIVE`` and ``PRECOMMITTING`` only.
     """
 
+    # Members are singletons compared by identity: hash them by identity too, in C. (Enum's
+    # own __hash__ is a Python call, and the state table hashes states on every move.)
+    __hash__ = object.__hash__
+
     NEW = "new"
     ACTIVE = "active"
     PRECOMMITTING = "precommitting"
@@ -106,6 +110,18 @@ _OPEN: Final = frozenset({_S.ACTIVE, _S.PRECOMMITTING})
 _SCHEDULING: Final = ("add", "accumulate", "mark_added", "mark_deleted")
 
 _current: ContextVar[Transaction | None] = ContextVar("hookbus.transaction", default=None)
+
+
+class _Accumulate(Protocol):
+    """The signature of ``tx.accumulate``."""
+
+    def __call__(
+        self,
+        key: Hashable,
+        value: Any,
+        factory: Callable[[], Operation],
+        container: Callable[[], Any] = ...,
+    ) -> None: ...
 
 
 class Observer(Protocol):
@@ -188,19 +204,50 @@ class Transaction:
     (``add``, ``accumulate``, ``mark_added``, ``doom``) is refused once the scope is finished.
     """
 
-    # __dict__ holds the ledger's bound methods that stand in for the scheduling methods
-    # below while the scope is open (see _move): one call instead of two on the hot path.
-    __slots__ = ("__dict__", "_backend", "_ledger", "_state", "_token", "data", "postcommit_errors")
+    # The four scheduling calls are slots holding a bound method: the ledger's own while the
+    # scope is open, the scope's refusal otherwise (_move sets them, following the state). A
+    # slot is read in C and the ledger's method called directly: one Python call a
+    # scheduling, where a method of the scope forwarding to the ledger's made two.
+    __slots__ = {  # noqa: RUF023  (the scheduling calls first, as help() shows them)
+        "add": """tx.add(op): schedule the operation ``op``.
+
+        A ``SingleLastOperation`` replaces a pending (not yet run) one of its class; one
+        whose precommit already ran keeps its place and gets its postcommit or rollback.
+        Refused (``TransactionStateError``) unless the scope is open.""",
+        "accumulate": """tx.accumulate(key, value, factory, container=set): add ``value`` to the
+        values of the one operation built by ``factory`` under ``key``.
+
+        The first call for a key builds ``factory()`` (an ``Operation`` subclass, a
+        ``functools.partial`` or any callable of no argument returning an ``Operation``),
+        gives it ``container()`` as its ``values`` and schedules it; later calls only add
+        (``add`` or ``append``) to it. A key accumulates with one factory only. Values
+        accumulated once that operation's precommit has started go to a new operation from
+        the same factory, scheduled in the same precommit phase (it still runs before COMMIT).
+        Refused unless the scope is open.""",
+        "mark_added": "tx.mark_added(eid): record that the entity ``eid`` was added here.",
+        "mark_deleted": "tx.mark_deleted(eid): record that the entity ``eid`` was deleted here.",
+        "__dict__": None,  # for what observers keep on a scope (hookbus_otel's span)
+        "_backend": None,
+        "_ledger": None,
+        "_state": None,
+        "_token": None,
+        "data": "Data shared by the hooks and operations of this scope.",
+        "postcommit_errors": "How many postcommit operations raised (logged, never raised).",
+    }
+
+    add: Callable[[Operation], None]
+    accumulate: _Accumulate
+    mark_added: Callable[[Hashable], None]
+    mark_deleted: Callable[[Hashable], None]
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._state = TransactionState.NEW
         self._token: Token[Transaction | None] | None = None
         self._ledger = Ledger()
-        #: Data shared by the hooks and operations of this scope.
         self.data: dict[str, Any] = {}
-        #: How many postcommit operations raised (they are logged, never raised).
         self.postcommit_errors = 0
+        self._schedule_refused()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -208,7 +255,7 @@ class Transaction:
         if overridden:
             raise TypeError(
                 f"{cls.__qualname__} cannot override {', '.join(overridden)}: while the scope "
-                "is open, its ledger serves these calls directly"
+                "is open, its ledger serves these calls directly (they are slots)"
             )
 
     def __repr__(self) -> str:
@@ -247,14 +294,22 @@ class Transaction:
             _observer.moved(self, old, new)
         opens = new in _OPEN
         if opens is not (old in _OPEN):
-            # Open: the scheduling calls go straight to the ledger. Closed: to the methods
-            # below, which refuse. The state decides; these follow it, here only.
-            attributes = vars(self)
+            # Open: the scheduling calls go straight to the ledger. Closed: to the scope's
+            # refusals. The state decides; these follow it, here only.
             if opens:
-                attributes.update({name: getattr(self._ledger, name) for name in _SCHEDULING})
+                ledger = self._ledger
+                self.add = ledger.add
+                self.accumulate = ledger.accumulate
+                self.mark_added = ledger.mark_added
+                self.mark_deleted = ledger.mark_deleted
             else:
-                for name in _SCHEDULING:
-                    del attributes[name]
+                self._schedule_refused()
+
+    def _schedule_refused(self) -> None:
+        self.add = self._refuse_add
+        self.accumulate = self._refuse_accumulate
+        self.mark_added = self._refuse_mark_added
+        self.mark_deleted = self._refuse_mark_deleted
 
     def _refused(self, action: str) -> TransactionStateError:
         return TransactionStateError(
@@ -270,45 +325,29 @@ class Transaction:
         """Tell whether the scope still takes work (its savepoints ask)."""
         return self._state in _OPEN
 
-    # -- scheduling (plain calls: nothing here blocks) ---------------------------------------
-    # While the scope is open, the ledger's own methods stand in for these four (_move); the
-    # bodies here run only when it is not, and refuse.
+    # -- scheduling refused (the scope is not open): what the four scheduling slots hold then
 
-    def add(self, op: Operation) -> None:
-        """Schedule ``op``.
-
-        A ``SingleLastOperation`` replaces a pending (not yet run) one of its class; one
-        whose precommit already ran keeps its place and gets its postcommit or rollback.
-        """
+    def _refuse_add(self, op: Operation) -> None:
         if not isinstance(op, Operation):
             raise TypeError(f"tx.add() takes an Operation instance, not {op!r}")
         raise self._refused(f"schedule {op!r}")
 
-    def accumulate(
+    def _refuse_accumulate(
         self,
         key: Hashable,
         value: Any,
         factory: Callable[[], Operation],
         container: Callable[[], Any] = set,
     ) -> None:
-        """Add ``value`` to the values of the one operation built by ``factory`` under ``key``.
-
-        The first call for a key builds ``factory()`` (an ``Operation`` subclass, a
-        ``functools.partial`` or any callable of no argument returning an ``Operation``),
-        gives it ``container()`` as its ``values`` and schedules it; later calls only add
-        (``add`` or ``append``) to it. A key accumulates with one factory only. Values
-        accumulated once that operation's precommit has started go to a new operation from
-        the same factory, scheduled in the same precommit phase (it still runs before COMMIT).
-        """
         raise self._refused(f"accumulate into {key!r}")
 
-    def mark_added(self, eid: Hashable) -> None:
-        """Record that the entity ``eid`` was added in this scope."""
+    def _refuse_mark_added(self, eid: Hashable) -> None:
         raise self._refused(f"mark {eid!r} added")
 
-    def mark_deleted(self, eid: Hashable) -> None:
-        """Record that the entity ``eid`` was deleted in this scope."""
+    def _refuse_mark_deleted(self, eid: Hashable) -> None:
         raise self._refused(f"mark {eid!r} deleted")
+
+    # -- scheduling (plain calls: nothing here blocks) ---------------------------------------
 
     def unmark_deleted(self, eid: Hashable) -> None:
         """Forget that the entity ``eid`` was deleted in this scope: its delete was cancelled

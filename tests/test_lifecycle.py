@@ -695,6 +695,27 @@ async def test_a_precommit_that_dooms_the_scope_reverts_and_rolls_back(backend: 
     assert await backend.rows() == []
 
 
+async def test_a_precommit_that_lifts_its_own_doom_lets_the_others_run(backend: Harness) -> None:
+    log: list[str] = []
+
+    class Recovering(Recorded):
+        async def precommit(self) -> None:
+            await super().precommit()
+            tx = hookbus.current_transaction()
+            with contextlib.suppress(KeyError):
+                async with tx.savepoint():
+                    tx.doom(RuntimeError("recovered"))
+                    raise KeyError("undo")  # rolls the savepoint back, and the doom with it
+
+    async with backend.transaction() as tx:
+        await backend.write(tx, 1)
+        tx.add(Recovering(log, "r"))
+        tx.add(Recorded(log, "b"))
+    assert tx.doomed is None
+    assert log == ["r.precommit", "b.precommit", "r.postcommit", "b.postcommit"]
+    assert await backend.rows() == [1]
+
+
 # -- savepoints -----------------------------------------------------------------------------
 
 
