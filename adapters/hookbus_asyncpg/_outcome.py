@@ -11,7 +11,7 @@ asked of PostgreSQL (``pg_xact_status``) on another connection.
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 import time
 from typing import Any, Final, TypeAlias, final
 
@@ -58,14 +58,15 @@ class XidNotice:
     __slots__ = ("_prefix", "statement", "xid")
 
     def __init__(self) -> None:
-        self._prefix = prefix = f"hookbus xid {secrets.token_hex(8)} "
+        self._prefix = prefix = f"hookbus xid {os.urandom(8).hex()} "
         self.xid: Xid = NOT_RECEIVED
         # client_min_messages is raised for the rest of the transaction only, in case the
-        # session filters notices out; pg_current_xact_id_if_assigned() assigns no id.
+        # session filters notices out; pg_current_xact_id_if_assigned() assigns no id. The
+        # savepoint is not released: COMMIT commits it with the rest (one statement less).
         self.statement = (
             "SAVEPOINT hookbus_xid; SET LOCAL client_min_messages = notice; "
             f"DO $$BEGIN RAISE NOTICE '{prefix}%', pg_current_xact_id_if_assigned(); END$$; "
-            "RELEASE SAVEPOINT hookbus_xid; COMMIT"
+            "COMMIT"
         )
 
     def __call__(self, connection: object, message: Any) -> None:

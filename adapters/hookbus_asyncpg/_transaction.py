@@ -10,7 +10,6 @@ share one connection.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -60,14 +59,19 @@ class AsyncpgTransaction(Transaction):
 
 
 @final
-@dataclasses.dataclass(frozen=True, slots=True)
 class _Open:
     """A scope open in this context: what a nested ``transaction()`` may join."""
 
-    pool: asyncpg.Pool | None
-    connection: Connection
-    tx: AsyncpgTransaction
-    task: asyncio.Task[object] | None
+    __slots__ = ("connection", "pool", "task", "tx")
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool | None,
+        connection: Connection,
+        tx: AsyncpgTransaction,
+        task: asyncio.Task[object] | None,
+    ) -> None:
+        self.pool, self.connection, self.tx, self.task = pool, connection, tx, task
 
 
 # The scopes open in this context, outermost first.
