@@ -193,6 +193,9 @@ class Ledger:
         if not isinstance(op, Operation):
             raise TypeError(f"tx.add() takes an Operation instance, not {op!r}")
         phase = op._hookbus_phase
+        if not phase and self._undo is None:  # NORMAL (0), outside savepoints: the common case
+            self._normal.append(op)
+            return
         if phase == NORMAL:
             self._normal.append(op)
         elif phase == LATE:
