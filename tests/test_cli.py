@@ -5,13 +5,16 @@ and run like the core's own."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import asyncpg
 import pytest
+from hookbus_asyncpg.testing import with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKBUS = Path(sys.executable).parent / "hookbus"  # the console script pip installed
@@ -33,8 +36,11 @@ async def warm(event): ...
 """
 
 
-def hookbus(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+def hookbus(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HOOKBUS_DSN")
+    }
+    env.update(variables)
     return subprocess.run(
         [str(HOOKBUS), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=60
     )
@@ -267,3 +273,145 @@ def test_the_exit_statuses_are_the_documented_ones() -> None:
     assert {status.name: int(status) for status in ExitStatus} == {
         "OK": 0, "FAILURE": 1, "USAGE": 2, "NOT_FOUND": 3, "REFUSED": 4, "BUSY": 5,
     }  # fmt: skip
+
+
+# -- the database commands against hostile input: one line, its status, nothing changed -------
+
+PLUGINS = """
+from hookbus import Bus, Environment, Plugin, PluginSet
+
+plugins = PluginSet(
+    Bus(), [Plugin("crm", "1.0"), Plugin("mail", "1.0"), Plugin("sales", "1.0", requires=("crm",))],
+    env=Environment("test"),
+)
+
+def factory():
+    raise RuntimeError("config missing")
+
+def cyclic():
+    return PluginSet(Bus(), [Plugin("a", "1.0", requires=("b",)),
+                             Plugin("b", "1.0", requires=("a",))])
+"""
+
+
+def with_options(dsn: str, options: str) -> str:
+    return f"{dsn}{'&' if '?' in dsn else '?'}options={options}"
+
+
+def hostile_cases(dsn: str) -> list[tuple[list[str], str, int, str]]:
+    """(command line, HOOKBUS_DSN, exit status, the start of the message after 'hookbus X: ')"""
+    dead = "postgresql://postgres:hunter2@127.0.0.1:9/postgres"  # the discard port: nobody
+    no_db = with_database(dsn, "hookbus_no_such_database")
+    read_only = with_options(dsn, "-c%20default_transaction_read_only%3Don")
+    nats = "postgresql://postgres:hunter2@127.0.0.1:4222/postgres"  # NATS, not PostgreSQL
+    return [
+        (["plugins", "app:plugins"], dead, 1, "nothing answers at 127.0.0.1:9"),
+        (["plugins", "app:plugins"], "mysql://root:hunter2@db/x", 2,
+         "the DSN 'mysql://root:***@db/x' is not a PostgreSQL URL"),
+        (["plugins", "app:plugins"], "garbage", 2, "the DSN 'garbage' is not a PostgreSQL URL"),
+        (["plugins", "app:plugins"], "postgresql://u:hunter2@no-such-host.invalid/x", 1,
+         "cannot find the host of the DSN (no-such-host.invalid"),
+        (["plugins", "app:plugins"], no_db, 3,
+         'database "hookbus_no_such_database" does not exist'),
+        (["install", "app:plugins"], read_only, 4, "PostgreSQL at "),
+        (["status", "app:plugins"], dead, 1, "nothing answers"),
+        (["status", "app:plugins"], nats, 1, "cannot talk to PostgreSQL at 127.0.0.1:4222"),
+        (["plugins", "app:plugins"], nats, 1, "cannot talk to PostgreSQL"),
+        (["migrate", "--dry-run", "app:plugins"], nats, 1, "cannot talk to PostgreSQL"),
+        (["migrate", "--dry-run", "app:plugins"], dead, 1, "nothing answers"),
+        (["migrate", "--lock-wait", "-5", "app:plugins"], dsn, 2,
+         "argument --lock-wait: '-5': give a finite number of seconds"),
+        (["migrate", "--lock-wait", "nan", "app:plugins"], dsn, 2,
+         "argument --lock-wait: 'nan': give a finite number of seconds"),
+        (["install", "app:plugins", "nope"], dsn, 3,
+         "no plugin named 'nope' in app:plugins (it has: crm, mail, sales)"),
+        (["uninstall", "app:plugins", "mail"], dsn, 4, "plugin 'mail' is not installed"),
+        (["uninstall", "app:plugins", "crm"], dsn, 4, "cannot uninstall 'crm'"),
+        (["plugins", "app:factory"], dsn, 2,
+         "app:factory() raised RuntimeError: config missing ({cwd}/app.py:"),
+        (["plugins", "app:cyclic"], dsn, 4,
+         "1 plugin problem(s), nothing was run: dependency cycle: a -> b -> a"),
+        (["undo", "app:plugins", "crm", "9.0", "stage"], dsn, 4,
+         "plugin 'crm' has no migration to 9.0"),
+        (["status", "app:plugins"], "", 2, "HOOKBUS_DSN is not set to a database URL"),
+        (["install", "app:plugins"], "embedded", 2, "HOOKBUS_DSN is not set to a database URL"),
+        (["plugins", "app:plugin"], dsn, 2,
+         "app has no attribute 'plugin'; did you mean 'plugins'"),
+    ]  # fmt: skip
+
+
+async def snapshot(pool: asyncpg.Pool) -> list[object]:
+    """What the commands could change: the tables, and every row of hookbus's."""
+    tables = await pool.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
+    )
+    rows: list[object] = [name for (name,) in tables]
+    for (name,) in tables:
+        if name.startswith("hookbus_"):
+            rows += [tuple(r) for r in await pool.fetch(f'SELECT * FROM "{name}" ORDER BY 1')]
+    return rows
+
+
+async def test_every_hostile_command_line_is_one_line_with_its_status_and_changes_nothing(
+    tmp_path: Path, dsn: str, pool: asyncpg.Pool
+) -> None:
+    (tmp_path / "app.py").write_text(textwrap.dedent(PLUGINS))
+    ok = hookbus("install", "app:plugins", "sales", cwd=tmp_path, HOOKBUS_DSN=dsn)
+    assert (ok.returncode, ok.stdout) == (0, "installed: crm, sales\n"), ok.stderr
+    before = await snapshot(pool)
+    for args, environ, status, message in hostile_cases(dsn):
+        out = await asyncio.to_thread(hookbus, *args, cwd=tmp_path, HOOKBUS_DSN=environ)
+        said = f"{' '.join(args)} with HOOKBUS_DSN={environ!r}: {out.stderr}"
+        assert (out.returncode, out.stdout) == (status, ""), said
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, said
+        assert out.stderr.startswith(f"hookbus {args[0]}: " + message.format(cwd=tmp_path)), said
+        assert "hunter2" not in out.stderr, said
+        assert await snapshot(pool) == before, said
+
+
+async def test_a_command_waiting_for_another_migrators_lock_says_busy(
+    tmp_path: Path, dsn: str, pool: asyncpg.Pool
+) -> None:
+    from hookbus_asyncpg import MigrationLock
+
+    (tmp_path / "app.py").write_text(textwrap.dedent(PLUGINS))
+    async with MigrationLock(pool, wait=5):
+        out = await asyncio.to_thread(
+            hookbus, "install", "app:plugins", "--lock-wait", "0.2", cwd=tmp_path,
+            HOOKBUS_DSN=dsn,
+        )  # fmt: skip
+    assert (out.returncode, out.stdout, out.stderr.count("\n")) == (5, "", 1), out.stderr
+    assert out.stderr.startswith("hookbus install: another migrator holds the migration lock")
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly(app: Path) -> None:
+    lines = "\n".join(f"@bus.hook('server_startup')\ndef h{i}(event): ...\n" for i in range(3000))
+    (app / "many.py").write_text(f"from hookbus import Bus\nbus = Bus()\n{lines}")
+    piped = subprocess.run(
+        f"{HOOKBUS} hooks many:bus | head -1", shell=True, cwd=app, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert piped.stdout.startswith("EVENT") and piped.stderr == ""
+
+
+def test_a_program_of_run_with_server_whose_reader_goes_away_ends_quietly(
+    tmp_path: Path, server: str
+) -> None:
+    (tmp_path / "loud.py").write_text(
+        textwrap.dedent(
+            """
+            from hookbus_asyncpg.testing import run_with_database
+
+            async def main(dsn):
+                for i in range(100_000):
+                    print("line", i)
+
+            run_with_database(main, "loud")
+            """
+        )
+    )
+    piped = subprocess.run(
+        f"{sys.executable} loud.py | head -2", shell=True, cwd=tmp_path, capture_output=True,
+        text=True, timeout=120, env={**os.environ, "HOOKBUS_DSN": server},
+    )  # fmt: skip
+    assert piped.stdout.splitlines()[1:] == ["line 0"] and piped.stderr == ""

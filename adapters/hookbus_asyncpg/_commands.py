@@ -1,13 +1,17 @@
-"""``hookbus plugins|install|uninstall|upgrade|migrate|status``: plugins from the command line.
+"""``hookbus plugins|install|uninstall|upgrade|migrate|undo|status``: plugins from the command
+line.
 
 Each command takes the application as ``MODULE:ATTRIBUTE``, naming a ``hookbus.PluginSet``
 (or a function returning one), and the database from ``--dsn``, else ``HOOKBUS_DSN``. The
-commands that change state (install, uninstall, upgrade, migrate) refuse to run without it:
-falling back to a throwaway server would report success for work that went nowhere.
-``plugins``, ``status`` and ``migrate --dry-run`` without it show what the code alone says.
+commands that change state (install, uninstall, upgrade, migrate, undo) and ``status`` refuse
+to run without it: falling back to a throwaway server would report success for work that went
+nowhere. ``plugins`` and ``migrate --dry-run`` without it show what the code alone says.
+
+Whatever stops a command is one line with the exit status of its kind (``hookbus.cli``):
+:mod:`._command_errors`. Names are checked against the code before anything connects.
 
 Each command is a :class:`PluginCommand` of this module, registered in the ``hookbus.commands``
-entry-point group (pyproject.toml). asyncpg is imported when a command runs.
+entry-point group (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -15,25 +19,59 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+import math
+import traceback
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, final
 
-from hookbus import PluginSet
+from hookbus import PluginError, PluginSet
 from hookbus.cli import CommandError, ExitStatus, add_dsn_option, dsn_from, load_object
 
-__all__ = ["PluginCommand", "install", "migrate", "plugins", "status", "uninstall", "upgrade"]
+__all__ = [
+    "PluginCommand",
+    "install",
+    "migrate",
+    "plugins",
+    "status",
+    "undo",
+    "uninstall",
+    "upgrade",
+]
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def load_plugins(target: str) -> PluginSet:
     """The ``PluginSet`` named by ``MODULE:ATTRIBUTE`` (called first if it is a function)."""
+    from ._command_errors import one_line
+
     found: object = load_object(target, object, "a hookbus.PluginSet")
     if callable(found) and not isinstance(found, PluginSet):
-        found = found()
+        try:
+            found = found()
+        except PluginError as exc:
+            raise CommandError(one_line(str(exc)), ExitStatus.REFUSED) from None
+        except Exception as exc:  # the application's factory failed: what and where
+            frames = traceback.extract_tb(exc.__traceback__)
+            origin = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+            raise CommandError(
+                f"{target}() raised {type(exc).__name__}: {one_line(str(exc))}{origin}"
+            ) from None
     if not isinstance(found, PluginSet):
         raise CommandError(f"{target} is a {type(found).__qualname__}, not a hookbus.PluginSet")
     return found
+
+
+def _known(plugins: PluginSet, names: Iterable[str], target: str) -> None:
+    """Refuse (not found) a plugin name the application's code does not have."""
+    known = list(plugins.names())
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise CommandError(
+            f"no plugin named {', '.join(map(repr, unknown))} in {target} "
+            f"(it has: {', '.join(known) or 'none'})",
+            ExitStatus.NOT_FOUND,
+        )
 
 
 def _table(rows: Sequence[Sequence[object]]) -> str:
@@ -51,7 +89,12 @@ async def _with_manager(
 
     import hookbus_asyncpg
 
+    from ._command_errors import CONNECT_TIMEOUT, check_dsn, connecting, working
+
+    check_dsn(dsn)
     plugins = load_plugins(args.app)
+    named = getattr(args, "name", None)
+    _known(plugins, [*getattr(args, "names", ()), *([named] if named else [])], args.app)
     progress = None
     if getattr(args, "progress", "auto") != "auto":
         bar = args.progress == "bar"
@@ -59,14 +102,14 @@ async def _with_manager(
         def progress(title: str, total: int | None, done: int) -> Any:
             return hookbus_asyncpg.open_progress(title, total, done, bar=bar)
 
-    async with asyncpg.create_pool(dsn, min_size=1, max_size=4) as pool:
+    with connecting(dsn):
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT)
+    async with pool:
         manager = hookbus_asyncpg.PluginManager(
             pool, plugins, lock_wait=getattr(args, "lock_wait", 30.0), progress=progress
         )
-        try:
+        with working(dsn):
             return await work(manager)
-        except hookbus_asyncpg.MigrationLockTimeout as exc:
-            raise CommandError(str(exc), ExitStatus.BUSY) from None
 
 
 async def _plugins(args: argparse.Namespace) -> int:
@@ -77,7 +120,7 @@ async def _plugins(args: argparse.Namespace) -> int:
         rows += [(p.name, p.version, ",".join(p.requires) or "-") for p in plugins]
         print(_table(rows))
         print("(no database named: the code's plugins only, no install state)")
-        return 0
+        return ExitStatus.OK
 
     async def work(manager: Any) -> int:
         rows: list[Sequence[object]] = [
@@ -89,7 +132,7 @@ async def _plugins(args: argparse.Namespace) -> int:
             for s in await manager.status()
         ]  # fmt: skip
         print(_table(rows))
-        return 0
+        return ExitStatus.OK
 
     return await _with_manager(args, dsn, work)
 
@@ -101,7 +144,7 @@ async def _install(args: argparse.Namespace) -> int:
     async def work(manager: Any) -> int:
         done = await manager.install(args.names or None)
         print(f"installed: {', '.join(done) or 'nothing (all installed)'}")
-        return 0
+        return ExitStatus.OK
 
     return await _with_manager(args, dsn, work)
 
@@ -113,7 +156,7 @@ async def _uninstall(args: argparse.Namespace) -> int:
     async def work(manager: Any) -> int:
         done = await manager.uninstall(args.name, cascade=args.cascade)
         print(f"uninstalled: {', '.join(done)}")
-        return 0
+        return ExitStatus.OK
 
     return await _with_manager(args, dsn, work)
 
@@ -123,6 +166,7 @@ async def _upgrade(args: argparse.Namespace) -> int:
     dsn = dsn_from(args, required=not dry)
     if dsn is None:
         plugins = load_plugins(args.app)
+        _known(plugins, args.names, args.app)
         print("no database named: every migration of the code, as if nothing ran yet")
         rows: list[Sequence[object]] = [("PLUGIN", "VERSION", "STAGE", "KIND", "CONDITION")]
         for plugin in plugins:
@@ -131,36 +175,46 @@ async def _upgrade(args: argparse.Namespace) -> int:
                     runs = "runs" if stage.applies(plugins.env) else f"skipped in {plugins.env}"
                     rows.append((plugin.name, migration.version, stage.name, stage.kind, runs))
         print(_table(rows))
-        return 0
+        return ExitStatus.OK
 
     async def work(manager: Any) -> int:
         if dry:
             planned = await manager.plan(args.names or None)
             if not planned:
                 print("nothing to migrate")
-                return 0
+                return ExitStatus.OK
             rows: list[Sequence[object]] = [("PLUGIN", "VERSION", "STAGE", "KIND", "ACTION", "")]
             rows += [(s.plugin, s.version, s.stage, s.kind, s.action, s.detail) for s in planned]
             print(_table(rows))
-            return 0
+            return ExitStatus.OK
         done = await manager.upgrade(args.names or None)
         print(f"upgraded: {', '.join(done) or 'nothing (all up to date)'}")
-        return 0
+        return ExitStatus.OK
+
+    return await _with_manager(args, dsn, work)
+
+
+async def _undo(args: argparse.Namespace) -> int:
+    dsn = dsn_from(args, required=True)
+    assert dsn is not None
+
+    async def work(manager: Any) -> int:
+        batches = await manager.undo(args.name, args.version, args.stage)
+        print(f"undone: {batches} batch(es) of {args.name} {args.version} / {args.stage}")
+        return ExitStatus.OK
 
     return await _with_manager(args, dsn, work)
 
 
 async def _status(args: argparse.Namespace) -> int:
-    dsn = dsn_from(args, required=False)
-    if dsn is None:
-        print("HOOKBUS_DSN unset: no database to read the progress from")
-        return 0
+    dsn = dsn_from(args, required=True)
+    assert dsn is not None
 
     async def work(manager: Any) -> int:
         stages = await manager.progress(args.plugin)
         if not stages:
             print("no migration has run")
-            return 0
+            return ExitStatus.OK
         rows: list[Sequence[object]] = [
             ("PLUGIN", "VERSION", "STAGE", "KIND", "STATUS", "ROWS", "BATCHES", "SECONDS",
              "CURSOR", "ERROR")
@@ -175,11 +229,23 @@ async def _status(args: argparse.Namespace) -> int:
         holder = await manager.lock_holder()
         if holder is not None:
             print(f"a migrator holds the lock: pid {holder[0]} ({holder[1]}) since {holder[2]}")
-        return 0
+        return ExitStatus.OK
 
     return await _with_manager(args, dsn, work)
 
 
+def _seconds(text: str) -> float:
+    """``--lock-wait``: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds, 0 or more")
+    return value
+
+
+@final
 class PluginCommand:
     """One plugin command, a ``hookbus.cli.Subcommand``: ``summary``, ``configure(parser)``,
     ``run(args)``."""
@@ -207,12 +273,11 @@ class PluginCommand:
         add_dsn_option(parser)
         if self._changes:
             parser.add_argument(
-                "--lock-wait", type=float, default=30.0, metavar="SECONDS",
+                "--lock-wait", type=_seconds, default=30.0, metavar="SECONDS",
                 help="how long to wait for another migrator's lock (default 30)",
             )  # fmt: skip
         if self._extra is not None:
             self._extra(parser)
-        parser.set_defaults(plugin_command=self.name)
 
     def run(self, args: argparse.Namespace) -> int:
         """Run the command; its exit status."""
@@ -245,6 +310,12 @@ def _one(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _stage(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="the plugin")
+    parser.add_argument("version", help="the version of the migration holding the stage")
+    parser.add_argument("stage", help="the batched stage to undo (its undo function runs)")
+
+
 def _plugin_filter(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", help="only this plugin's stages")
 
@@ -267,6 +338,10 @@ upgrade = PluginCommand(
 migrate = PluginCommand(
     "migrate", "the same as upgrade; --dry-run prints the plan", _upgrade,
     changes=True, extra=_dry_run,
+)  # fmt: skip
+undo = PluginCommand(
+    "undo", "undo a batched stage of a plugin's migration, batch by batch", _undo,
+    changes=True, extra=_stage,
 )  # fmt: skip
 status = PluginCommand(
     "status", "the migration progress table", _status, changes=False, extra=_plugin_filter

@@ -20,11 +20,13 @@ Nothing here is needed in production: an application passes its own DSN to async
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import importlib.util
 import os
 import re
 import secrets
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -206,15 +208,26 @@ def run_with_server(main: Callable[[str], Coroutine[Any, Any, T]], *, dsn: str |
     """Run ``main(server_dsn)`` on the server :func:`choose_server` picks, started if embedded.
 
     A program's entry point: a server that cannot be used ends it with one line on stderr
-    (``SystemExit``), not a traceback.
+    (``SystemExit``), not a traceback; so does a reader of its output that went away
+    (``program | head``), once the throwaway database and server are cleaned up.
     """
     try:
         choice = choose_server(dsn=dsn)
     except ServerUnavailableError as error:
         raise SystemExit(f"hookbus: {error}") from None
-    print(f"PostgreSQL: {choice.describe()}")
-    with choice.start() as server_dsn:
-        return asyncio.run(main(server_dsn))
+    try:
+        print(f"PostgreSQL: {choice.describe()}")
+        with choice.start() as server_dsn:
+            return asyncio.run(main(server_dsn))
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, cleaned up
+        _quiet_stdout()
+        raise SystemExit(1) from None
+
+
+def _quiet_stdout() -> None:
+    # Python flushes stdout again at exit, which would raise once more: point it at devnull.
+    with contextlib.suppress(OSError, ValueError):  # no file descriptor: nothing to do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def run_with_database(

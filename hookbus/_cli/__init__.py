@@ -11,6 +11,7 @@ is wrong by raising :class:`~hookbus.cli.CommandError`: one line on stderr, its 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
 import sys
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "hookbus") -> int:
         namespace = parser.parse_args(args[1:])
         return int(command.run(namespace))
     except CommandError as error:
-        print(f"{where}: {_blank(error.message, namespace)}", file=sys.stderr)
+        print(f"{where}: {_blank(_one_line(error.message), namespace)}", file=sys.stderr)
         return error.status
     except KeyboardInterrupt:
         print(f"{where}: interrupted", file=sys.stderr)
@@ -102,10 +103,18 @@ def _blank(text: str, namespace: argparse.Namespace | None) -> str:
     return text
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line: a list under a heading (``problems:\n  - a\n  - b``) becomes
+    ``problems: a; b``."""
+    out = ""
+    for line in text.strip().splitlines():
+        line = line.strip().removeprefix("- ")
+        if line:
+            out = line if not out else f"{out} {line}" if out.endswith(":") else f"{out}; {line}"
+    return out
+
+
 def _quiet_stdout() -> None:
     # Python flushes stdout again at exit, which would raise once more: point it at devnull.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # no file descriptor (redirected in-process): nothing to do
-        pass
+    with contextlib.suppress(OSError, ValueError):  # no file descriptor: nothing to do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -52,8 +52,8 @@ def dsn_from(
         dsn = None
     if required and dsn is None:
         raise CommandError(
-            f"{DSN_VARIABLE} is not set to a database URL and no --dsn is given: this "
-            "command's work must outlive the run (never on a throwaway embedded server)",
+            f"{DSN_VARIABLE} is not set to a database URL and no --dsn is given: name the "
+            "database to work on (never a throwaway embedded server: its work would be lost)",
             ExitStatus.USAGE,
         )
     return dsn
