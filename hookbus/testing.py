@@ -14,9 +14,9 @@ it scheduled and, with ``execute=True``, runs their lifecycle when the block end
         await signup("alice")
     assert [type(op) for op in captured.operations] == [SendWelcome]
 
-Neither needs pytest; the pytest plugin (installed with hookbus) gives them as fixtures, and a
-database fixture in which scopes commit on savepoints of a transaction rolled back after each
-test.
+Neither needs pytest; hookbus's pytest plugin gives them as fixtures (``hookbus_recorder``,
+``hookbus_capture``), and the asyncpg adapter's plugin a database fixture (``hookbus_db``) in
+which scopes commit on savepoints of a transaction rolled back after each test.
 """
 
 from __future__ import annotations

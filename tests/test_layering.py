@@ -18,8 +18,6 @@ FORBIDDEN = sorted(
     {path.name for path in (ROOT / "adapters").iterdir() if path.is_dir()}
     | {"hookbus_nats", "asyncpg", "nats", "fastapi", "starlette", "litestar", "opentelemetry"}
 )
-# Moved into the asyncpg adapter by the pytest plugin's move (then this set is empty).
-NOT_YET_MOVED = {"hookbus/_pytest_plugin.py"}
 
 
 def imported(path: Path) -> set[str]:
@@ -41,8 +39,6 @@ def test_the_forbidden_list_knows_the_adapters() -> None:
     "path", sorted(CORE.rglob("*.py")), ids=lambda path: str(path.relative_to(ROOT))
 )
 def test_no_core_module_imports_an_adapter(path: Path) -> None:
-    if str(path.relative_to(ROOT)) in NOT_YET_MOVED:
-        pytest.xfail("moves into the asyncpg adapter")
     assert imported(path).isdisjoint(FORBIDDEN), sorted(imported(path) & set(FORBIDDEN))
 
 

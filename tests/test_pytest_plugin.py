@@ -298,9 +298,7 @@ def test_a_failing_assert_emitted_says_what_was_emitted(pytester: pytest.Pyteste
     )
 
 
-def test_the_plugin_loads_no_driver_until_a_database_fixture_is_used(
-    pytester: pytest.Pytester,
-) -> None:
+def test_the_core_plugin_alone_loads_no_driver(pytester: pytest.Pytester) -> None:
     _ini(pytester, "strict")
     pytester.makepyfile(
         test_light="""
@@ -308,29 +306,90 @@ def test_the_plugin_loads_no_driver_until_a_database_fixture_is_used(
 
         def test_no_driver(hookbus_recorder, request):
             assert request.config.pluginmanager.has_plugin("hookbus")
+            assert not request.config.pluginmanager.has_plugin("hookbus_asyncpg")
             assert "asyncpg" not in sys.modules
             assert "hookbus_asyncpg" not in sys.modules
+
+        def test_no_database_fixture(hookbus_db):
+            pass
         """
     )
-    result = pytester.runpytest_subprocess()
-    result.assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess("-p", "no:hookbus_asyncpg")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'hookbus_db' not found*"])
 
 
-def test_the_database_fixture_without_a_dsn_says_how_to_give_one(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+def test_no_hookbus_still_disables_the_database_fixtures_with_a_deprecation_warning(
+    pytester: pytest.Pytester,
 ) -> None:
-    monkeypatch.delenv("HOOKBUS_TEST_DSN", raising=False)
-    monkeypatch.delenv("HOOKBUS_DSN", raising=False)
     _ini(pytester, "auto")
     pytester.makepyfile(
-        test_nodsn="""
+        test_off="""
+        def test_recorder(hookbus_recorder):
+            pass
+
         async def test_db(hookbus_db):
             pass
         """
     )
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*set HOOKBUS_TEST_DSN (or HOOKBUS_DSN)*"])
+    result = pytester.runpytest_subprocess("-p", "no:hookbus")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*fixture 'hookbus_recorder' not found*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*DeprecationWarning: hookbus's database fixtures (hookbus_dsn, hookbus_pool, "
+            "hookbus_db) moved to the pytest plugin 'hookbus_asyncpg'*",
+        ]
+    )
+    quiet = pytester.runpytest_subprocess("-p", "no:hookbus", "-p", "no:hookbus_asyncpg")
+    quiet.assert_outcomes(errors=2)
+    assert "DeprecationWarning" not in quiet.stdout.str()
+
+
+async def _databases(server: str) -> set[str]:
+    conn = await asyncpg.connect(server)
+    try:
+        return {r[0] for r in await conn.fetch("SELECT datname FROM pg_database")}
+    finally:
+        await conn.close()
+
+
+WHERE_AM_I = """
+async def test_db(hookbus_db):
+    name = await hookbus_db.connection.fetchval("SELECT current_database()")
+    print("database:", name, "port:", await hookbus_db.connection.fetchval(
+        "SELECT current_setting('port')"))
+    await hookbus_db.connection.execute("CREATE TABLE mine (id int)")
+"""
+
+
+def test_without_a_dsn_the_database_fixtures_use_a_throwaway_database_on_the_local_server(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, server: str
+) -> None:
+    monkeypatch.delenv("HOOKBUS_TEST_DSN", raising=False)
+    monkeypatch.delenv("HOOKBUS_DSN", raising=False)
+    _ini(pytester, "auto")
+    pytester.makepyfile(test_nodsn=WHERE_AM_I)
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    [line] = [line for line in result.stdout.lines if "database: " in line]
+    name = line.split("database: ")[1].split()[0]
+    assert name.startswith("hookbus_hookbus_tests_")
+    if "host=" not in server:  # the local server (not an embedded one the suite started)
+        assert name not in asyncio.run(_databases(server)), "dropped after the session"
+
+
+def test_without_a_dsn_or_a_local_server_the_database_fixtures_start_an_embedded_one(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOOKBUS_TEST_DSN", raising=False)
+    monkeypatch.delenv("HOOKBUS_DSN", raising=False)
+    monkeypatch.setenv("PGPORT", "9")  # nothing answers there: the local server is absent
+    _ini(pytester, "auto")
+    pytester.makepyfile(test_nodsn=WHERE_AM_I)
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*database: hookbus_hookbus_tests_*"])
 
 
 # -- hookbus.testing used directly (no database) -------------------------------------------
@@ -609,3 +668,71 @@ async def test_capture_inside_an_open_scope_is_refused() -> None:
         with pytest.raises(hookbus.TransactionStateError, match="opens a scope of its own"):
             async with capture_operations():
                 pass
+
+
+# -- the documented ways: tables created in the test, a web app tested against hookbus_db ------
+
+WEB_APP = """
+import hookbus
+import hookbus_asyncpg
+from fastapi import FastAPI
+from hookbus_asgi.fastapi import install_error_handlers, transaction
+
+bus = hookbus.Bus()
+schema = hookbus_asyncpg.Schema(
+    entities=[hookbus_asyncpg.EntityType("Memo", body=hookbus_asyncpg.Attribute(str))]
+)
+store = hookbus_asyncpg.Store(bus, schema)
+sent = []
+
+
+class Notify(hookbus.Operation):
+    async def postcommit(self):
+        sent.append("memo")
+
+
+@bus.hook("after_add_entity")
+def notify(event):
+    hookbus.current_transaction().add(Notify())
+
+
+def make_app(pool):
+    app = FastAPI()  # in production: a lifespan opens the pool and sets app.state.pool
+    app.state.pool = pool
+    install_error_handlers(app)
+
+    @app.post("/memos", status_code=201)
+    async def add(body: str, tx=transaction(lambda: app.state.pool)):
+        return {"eid": await store.insert("Memo", body=body)}
+
+    return app
+"""
+
+
+def test_a_web_app_runs_against_hookbus_db_with_tables_made_in_the_test(
+    project: pytest.Pytester, dsn: str
+) -> None:
+    _ini(project, "auto")
+    project.makepyfile(web=WEB_APP)
+    project.makepyfile(
+        test_web="""
+        import httpx
+        import web
+
+        async def test_post(hookbus_db):
+            await web.store.create_tables(hookbus_db.connection)  # rolled back with the test
+            app = web.make_app(hookbus_db.pool)                  # not its lifespan's pool
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                answer = await client.post("/memos", params={"body": "hi"})
+            assert answer.status_code == 201, answer.text
+            assert web.sent == ["memo"]                          # its postcommit ran
+            assert await hookbus_db.connection.fetchval("SELECT count(*) FROM memo") == 1
+
+        async def test_gone(hookbus_db):
+            exists = "SELECT to_regclass('memo') IS NOT NULL"
+            assert await hookbus_db.connection.fetchval(exists) is False
+        """
+    )
+    result = project.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=2)
