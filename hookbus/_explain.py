@@ -16,6 +16,7 @@ import msgspec
 from ._control import current_control
 from ._events import EventSpec
 from ._hooks import HookInfo
+from ._table import render_table
 
 __all__ = ["Explanation", "ExplainedHook", "Verdict", "explain"]
 
@@ -88,12 +89,7 @@ class Explanation(msgspec.Struct, frozen=True):
                 (position, h.verdict.value, h.hook.name, h.hook.category, str(h.hook.priority),
                  h.reason)
             )  # fmt: skip
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        lines = [head]
-        for row in rows:
-            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-            lines.append("  ".join([*cells, row[5]]).rstrip())
-        return "\n".join(lines)
+        return f"{head}\n{render_table(rows)}"
 
 
 def explain(

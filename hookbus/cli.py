@@ -8,7 +8,8 @@ A distribution adds a subcommand with an entry point of the group ``hookbus.comm
 naming a :class:`Subcommand`: an object with ``summary`` (one line for ``hookbus --help``),
 ``configure(parser)`` and ``run(args) -> int``. Its module must import cheaply (``hookbus
 --help`` imports it to show the summary): import a driver inside ``run``. A mistake is a
-:class:`CommandError`: one line on stderr, an :class:`ExitStatus`, no traceback.
+:class:`CommandError`: one line on stderr, an :class:`ExitStatus`, no traceback. A listing
+is a :func:`render_table`, as every listing of ``hookbus`` is.
 
 >>> class Hello:
 ...     summary = "say hello"
@@ -26,6 +27,7 @@ from ._cli._dsn import DSN_VARIABLE, add_dsn_option, dsn_from, hide_password
 from ._cli._errors import CommandError, ExitStatus
 from ._cli._registry import GROUP, Subcommand
 from ._cli._target import load_object
+from ._table import render_table
 
 __all__ = [
     "DSN_VARIABLE",
@@ -38,4 +40,5 @@ __all__ = [
     "hide_password",
     "load_object",
     "main",
+    "render_table",
 ]

@@ -415,3 +415,17 @@ def test_a_program_of_run_with_server_whose_reader_goes_away_ends_quietly(
         text=True, timeout=120, env={**os.environ, "HOOKBUS_DSN": server},
     )  # fmt: skip
     assert piped.stdout.splitlines()[1:] == ["line 0"] and piped.stderr == ""
+
+
+def test_every_listing_is_one_table_layout() -> None:
+    from hookbus.cli import render_table
+
+    table = render_table([("NAME", "STATE", "ERROR"), ("crm", "installed", None), ("s", "", "x")])
+    assert table.splitlines() == ["NAME  STATE      ERROR", "crm   installed", "s                x"]
+    assert render_table([]) == ""
+
+
+def test_hookbus_cli_exports_what_it_names() -> None:
+    import hookbus.cli
+
+    assert all(hasattr(hookbus.cli, name) for name in hookbus.cli.__all__)

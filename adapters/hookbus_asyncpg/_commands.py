@@ -25,7 +25,14 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, final
 
 from hookbus import PluginError, PluginSet
-from hookbus.cli import CommandError, ExitStatus, add_dsn_option, dsn_from, load_object
+from hookbus.cli import (
+    CommandError,
+    ExitStatus,
+    add_dsn_option,
+    dsn_from,
+    load_object,
+    render_table,
+)
 
 __all__ = [
     "PluginCommand",
@@ -74,14 +81,6 @@ def _known(plugins: PluginSet, names: Iterable[str], target: str) -> None:
         )
 
 
-def _table(rows: Sequence[Sequence[object]]) -> str:
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    )
-
-
 async def _with_manager(
     args: argparse.Namespace, dsn: str, work: Callable[[Any], Coroutine[Any, Any, int]]
 ) -> int:
@@ -118,7 +117,7 @@ async def _plugins(args: argparse.Namespace) -> int:
         plugins = load_plugins(args.app)
         rows: list[Sequence[object]] = [("PLUGIN", "VERSION", "REQUIRES")]
         rows += [(p.name, p.version, ",".join(p.requires) or "-") for p in plugins]
-        print(_table(rows))
+        print(render_table(rows))
         print("(no database named: the code's plugins only, no install state)")
         return ExitStatus.OK
 
@@ -131,7 +130,7 @@ async def _plugins(args: argparse.Namespace) -> int:
              ",".join(s.requires) or "-", s.error or "")
             for s in await manager.status()
         ]  # fmt: skip
-        print(_table(rows))
+        print(render_table(rows))
         return ExitStatus.OK
 
     return await _with_manager(args, dsn, work)
@@ -174,7 +173,7 @@ async def _upgrade(args: argparse.Namespace) -> int:
                 for stage in migration.stages:
                     runs = "runs" if stage.applies(plugins.env) else f"skipped in {plugins.env}"
                     rows.append((plugin.name, migration.version, stage.name, stage.kind, runs))
-        print(_table(rows))
+        print(render_table(rows))
         return ExitStatus.OK
 
     async def work(manager: Any) -> int:
@@ -185,7 +184,7 @@ async def _upgrade(args: argparse.Namespace) -> int:
                 return ExitStatus.OK
             rows: list[Sequence[object]] = [("PLUGIN", "VERSION", "STAGE", "KIND", "ACTION", "")]
             rows += [(s.plugin, s.version, s.stage, s.kind, s.action, s.detail) for s in planned]
-            print(_table(rows))
+            print(render_table(rows))
             return ExitStatus.OK
         done = await manager.upgrade(args.names or None)
         print(f"upgraded: {', '.join(done) or 'nothing (all up to date)'}")
@@ -225,7 +224,7 @@ async def _status(args: argparse.Namespace) -> int:
              s.batches, f"{s.duration:.2f}", s.cursor or "", s.error or "")
             for s in stages
         ]  # fmt: skip
-        print(_table(rows))
+        print(render_table(rows))
         holder = await manager.lock_holder()
         if holder is not None:
             print(f"a migrator holds the lock: pid {holder[0]} ({holder[1]}) since {holder[2]}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._bus import Bus
+from .._table import render_table
 from ._target import load_object
 
 __all__ = ["configure", "list_hooks", "run"]
@@ -28,8 +29,4 @@ def list_hooks(bus: Bus) -> str:
         (event, keys, str(info.priority), info.category, info.name)
         for event, keys, info in bus.listing()
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(
-        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[4]])
-        for row in rows
-    )
+    return render_table(rows)
