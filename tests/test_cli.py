@@ -429,3 +429,16 @@ def test_hookbus_cli_exports_what_it_names() -> None:
     import hookbus.cli
 
     assert all(hasattr(hookbus.cli, name) for name in hookbus.cli.__all__)
+
+
+@pytest.mark.parametrize("reader", ["true", "head -1", "head -12", "head -40"])
+def test_run_demo_piped_into_a_reader_that_goes_away_ends_without_a_traceback(
+    server: str, reader: str
+) -> None:
+    piped = subprocess.run(
+        f"./run demo | {reader}", shell=True, cwd=ROOT, capture_output=True, text=True,
+        timeout=300, env={**os.environ, "HOOKBUS_DSN": server},
+    )  # fmt: skip
+    assert piped.stderr == ""
+    if reader.startswith("head"):
+        assert len(piped.stdout.splitlines()) == int(reader.split("-")[1])
