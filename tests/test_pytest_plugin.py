@@ -736,3 +736,23 @@ def test_a_web_app_runs_against_hookbus_db_with_tables_made_in_the_test(
     )
     result = project.runpytest_subprocess("-p", "no:randomly")
     result.assert_outcomes(passed=2)
+
+
+def test_the_scope_factory_opens_scopes_on_the_tests_transaction(project: pytest.Pytester) -> None:
+    _ini(project, "auto")
+    project.makepyfile(
+        test_factory="""
+        import app
+
+        async def test_write(hookbus_db, hookbus_scope):
+            async with hookbus_scope() as tx:
+                await tx.connection.execute("INSERT INTO note (body) VALUES ('kept?')")
+                tx.add(app.Remember("factory"))
+            assert app.log == ["factory.precommit", "factory.postcommit"]
+            assert await hookbus_db.connection.fetchval("SELECT count(*) FROM note") == 1
+
+        async def test_gone(hookbus_db):
+            assert await hookbus_db.connection.fetchval("SELECT count(*) FROM note") == 0
+        """
+    )
+    project.runpytest_subprocess().assert_outcomes(passed=2)

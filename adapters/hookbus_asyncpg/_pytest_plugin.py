@@ -16,6 +16,9 @@ Fixtures:
     test mode: a transaction rolled back after the test, in which the scopes opened on
     ``hookbus_pool`` run their whole lifecycle, postcommit included, on savepoints. A
     postcommit that raises fails the test.
+``hookbus_scope``
+    a scope factory on ``hookbus_db``: ``async with hookbus_scope() as tx:``, for code (a
+    web app) that takes a function opening its scopes rather than a pool.
 
 The async fixtures need pytest-asyncio (strict or auto mode).
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from contextlib import AbstractAsyncContextManager
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar, cast
 
@@ -32,6 +36,7 @@ import asyncpg
 import pytest
 
 from ._rollback_mode import RolledBackDatabase, rolled_back
+from ._transaction import AsyncpgTransaction, transaction
 from .testing import (
     EMBEDDED,
     ServerUnavailableError,
@@ -44,6 +49,7 @@ __all__ = [
     "hookbus_db",
     "hookbus_dsn",
     "hookbus_pool",
+    "hookbus_scope",
     "pytest_addoption",
     "pytest_configure",
     "pytest_runtest_call",
@@ -160,6 +166,22 @@ async def hookbus_db(hookbus_pool: asyncpg.Pool) -> AsyncIterator[RolledBackData
         yield database
     _fail_on_postcommit_errors(database, "after the test")
 
+
+
+@pytest.fixture
+def hookbus_scope(
+    hookbus_db: RolledBackDatabase,
+) -> Callable[[], AbstractAsyncContextManager[AsyncpgTransaction]]:
+    """A scope factory on the test's database: each call opens a scope on ``hookbus_db.pool``,
+    which runs on a savepoint of the test's transaction (see ``hookbus_db``). Hand it to
+    code that takes a function opening its scopes (a web app's per-request scope).
+    """
+    pool = hookbus_db.pool
+
+    def open_scope() -> AbstractAsyncContextManager[AsyncpgTransaction]:
+        return transaction(pool)
+
+    return open_scope
 
 def _check_loop(pool: asyncpg.Pool) -> None:
     """Refuse a pool of another event loop with the settings that fix it, not asyncpg's
