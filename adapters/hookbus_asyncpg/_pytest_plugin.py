@@ -167,7 +167,6 @@ async def hookbus_db(hookbus_pool: asyncpg.Pool) -> AsyncIterator[RolledBackData
     _fail_on_postcommit_errors(database, "after the test")
 
 
-
 @pytest.fixture
 def hookbus_scope(
     hookbus_db: RolledBackDatabase,
@@ -182,6 +181,7 @@ def hookbus_scope(
         return transaction(pool)
 
     return open_scope
+
 
 def _check_loop(pool: asyncpg.Pool) -> None:
     """Refuse a pool of another event loop with the settings that fix it, not asyncpg's
