@@ -442,3 +442,12 @@ def test_run_demo_piped_into_a_reader_that_goes_away_ends_without_a_traceback(
     assert piped.stderr == ""
     if reader.startswith("head"):
         assert len(piped.stdout.splitlines()) == int(reader.split("-")[1])
+
+
+def test_the_server_rule_never_shows_a_password() -> None:
+    from hookbus_asyncpg.testing import ServerUnavailableError, choose_server
+
+    with pytest.raises(ServerUnavailableError) as refused:
+        choose_server((), dsn="postgresql://u:hunter2@127.0.0.1:9/x?password=hunter3")
+    assert "hunter" not in str(refused.value)
+    assert "postgresql://u:***@127.0.0.1:9/x?password=***" in str(refused.value)

@@ -36,6 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from hookbus.cli import hide_password
+
 from ._embedded import EmbeddedPostgres
 
 __all__ = [
@@ -295,12 +297,8 @@ def _reason(exc: Exception) -> str:
 
 
 def _shown(dsn: str) -> str:
-    """``dsn`` with its password hidden."""
-    parts = urlsplit(dsn)
-    if not parts.password:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``dsn`` with its password hidden (in the URL or a ``password=`` parameter)."""
+    return hide_password(dsn)
 
 
 def _require_embedded(why: str) -> None:
