@@ -182,8 +182,22 @@ class Greet:
         print(f"hello {args.who} at {hide_password(dsn)}")
         return ExitStatus.OK
 
+class Outbox:
+    summary = "a command with sub-verbs"
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        verbs = parser.add_subparsers(dest="verb", required=True)
+        relay = verbs.add_parser("relay")
+        relay.add_argument("--batch", type=int, default=100)
+        verbs.add_parser("status")
+
+    def run(self, args: argparse.Namespace) -> int:
+        print(args.verb, getattr(args, "batch", "-"))
+        return ExitStatus.OK
+
 greet = Greet()
 hooks = Greet()
+outbox = Outbox()
 not_a_command = 42
 """
 
@@ -201,6 +215,7 @@ def distribution(app: Path) -> Path:
     (site / "greeter-1.0.dist-info" / "entry_points.txt").write_text(
         "[hookbus.commands]\n"
         "greet = greeter:greet\n"
+        "outbox = greeter:outbox\n"
         "hooks = greeter:hooks\n"
         "broken = greeter_broken:command\n"
         "wrong = greeter:not_a_command\n"
@@ -233,6 +248,19 @@ def test_a_registered_command_is_listed_and_runs(distribution: Path, app: Path) 
     assert (out.returncode, out.stdout) == (0, "hello ada at postgresql://u:***@db/x\n")
     out = with_site(distribution, "greet", "bob", cwd=app, HOOKBUS_DSN="postgresql://db/y")
     assert (out.returncode, out.stdout) == (0, "hello bob at postgresql://db/y\n")
+
+
+def test_a_registered_command_may_have_sub_verbs(distribution: Path, app: Path) -> None:
+    out = with_site(distribution, "outbox", "relay", "--batch", "7", cwd=app)
+    assert (out.returncode, out.stdout) == (0, "relay 7\n"), out.stderr
+    for args, message in [
+        ((), "hookbus outbox: the following arguments are required: verb"),
+        (("relay", "--batch", "x"), "hookbus outbox: argument --batch: invalid int value: 'x'"),
+        (("nope",), "hookbus outbox: argument verb: invalid choice: 'nope'"),
+    ]:
+        out = with_site(distribution, "outbox", *args, cwd=app)
+        assert (out.returncode, out.stdout, out.stderr.count("\n")) == (2, "", 1), out.stderr
+        assert out.stderr.startswith(message), out.stderr
 
 
 def test_a_built_in_command_cannot_be_replaced(distribution: Path, app: Path) -> None:
