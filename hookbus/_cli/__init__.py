@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from ._dsn import DSN_VARIABLE, secrets_of
 from ._errors import CommandError, ExitStatus
-from ._registry import BUILTIN, Found, Subcommand, registered
+from ._registry import BUILTIN, Found, Subcommand, UnusableCommand, registered
 
 __all__ = ["main"]
 
@@ -37,8 +37,8 @@ def _usage(prog: str, found: list[Found]) -> str:
     for entry in found:
         try:
             rows.append((entry.name, entry.load().summary))
-        except CommandError as error:
-            rows.append((entry.name, f"(cannot be used: {error.message})"))
+        except UnusableCommand as error:
+            rows.append((entry.name, f"(cannot be used: it {error.reason}; from {entry.source})"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(
         [

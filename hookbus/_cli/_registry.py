@@ -17,7 +17,7 @@ from typing import Final, Protocol, runtime_checkable
 
 from ._errors import CommandError, ExitStatus
 
-__all__ = ["BUILTIN", "GROUP", "Found", "Subcommand", "builtin", "registered"]
+__all__ = ["BUILTIN", "GROUP", "Found", "Subcommand", "UnusableCommand", "builtin", "registered"]
 
 GROUP: Final = "hookbus.commands"
 """The entry-point group where distributions register their subcommands."""
@@ -100,36 +100,40 @@ def registered() -> list[Found]:
     return [_found(name, eps) for name, eps in sorted(by_name.items())]
 
 
+class UnusableCommand(CommandError):
+    """A registered command that cannot be used; ``reason`` says why, short (for --help)."""
+
+    def __init__(self, name: str, source: str, reason: str, status: ExitStatus) -> None:
+        super().__init__(f"the command {name!r} ({source}) {reason}", status)
+        self.reason: str = reason
+
+
 def _found(name: str, eps: list[EntryPoint]) -> Found:
     ep = eps[0]
     source = f"{ep.value} ({ep.dist.name if ep.dist else 'unknown distribution'})"
 
     def load() -> Subcommand:
         if len({e.value for e in eps}) > 1:
-            raise CommandError(
-                f"the command {name!r} is registered twice in the entry-point group {GROUP}: "
-                + ", ".join(e.value for e in eps),
-                ExitStatus.USAGE,
+            twice = ", ".join(e.value for e in eps)
+            raise UnusableCommand(
+                name, source, f"is registered twice in {GROUP}: {twice}", ExitStatus.USAGE
             )
         try:
             obj: object = ep.load()
         except ModuleNotFoundError as exc:  # an extra not installed: say which module
-            raise CommandError(
-                f"the command {name!r} ({source}) needs the module {exc.name!r}, which is not "
-                "installed",
+            raise UnusableCommand(
+                name, source, f"needs the module {exc.name!r}, which is not installed",
                 ExitStatus.FAILURE,
-            ) from None
+            ) from None  # fmt: skip
         except Exception as exc:  # a broken installed distribution: say which, in one line
-            raise CommandError(
-                f"the command {name!r} ({source}) cannot be loaded: {type(exc).__name__}: {exc}",
-                ExitStatus.FAILURE,
+            raise UnusableCommand(
+                name, source, f"cannot be loaded: {type(exc).__name__}: {exc}", ExitStatus.FAILURE
             ) from None
         if not isinstance(obj, Subcommand) or not isinstance(getattr(obj, "summary", None), str):
-            raise CommandError(
-                f"the command {name!r} ({source}) is not a hookbus.cli.Subcommand: it needs "
-                "summary, configure(parser) and run(args)",
-                ExitStatus.FAILURE,
-            )
+            raise UnusableCommand(
+                name, source, "is not a hookbus.cli.Subcommand: it needs summary, "
+                "configure(parser) and run(args)", ExitStatus.FAILURE,
+            )  # fmt: skip
         return obj
 
     return Found(name, source, load)
