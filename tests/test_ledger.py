@@ -9,6 +9,7 @@ replacement of the first; another factory for an accumulation whose precommit ra
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -247,7 +248,8 @@ async def test_another_factory_is_refused_for_a_key_whose_operation_ran(scopes: 
             await super().precommit()
             tx = hookbus.current_transaction()
             if len(log) == 1:  # the first one: its key is closed now
-                with pytest.raises(TypeError, match="accumulates into") as raised:
+                message = r"key 'k' accumulates into functools.partial\(.*Refeeds.*\), not Other$"
+                with pytest.raises(TypeError, match=message) as raised:
                     tx.accumulate("k", 9, Other)
                 refused.append(str(raised.value))
                 tx.accumulate("k", 2, refeeds)  # the same factory: a new operation
@@ -263,3 +265,28 @@ async def test_another_factory_is_refused_for_a_key_whose_operation_ran(scopes: 
         ("postcommit", [1]),
         ("postcommit", [2]),
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class GatherInto:
+    """A factory of ``Gather``; two made alike are equal, not the same object."""
+
+    log: list[tuple[str, Any]]
+
+    def __call__(self) -> Gather:
+        return Gather(self.log)
+
+
+async def test_an_equal_factory_feeds_the_same_operation_another_is_refused(
+    scopes: Scopes,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        tx.accumulate("k", 1, GatherInto(log))
+        tx.accumulate("k", 2, GatherInto(log))  # equal: the same factory
+        message = r"key 'k' accumulates into GatherInto\(.*\), not Other$"
+        with pytest.raises(TypeError, match=message):
+            tx.accumulate("k", 3, Other)
+        assert len(tx.operations) == 1
+    assert log == [("precommit", [1, 2]), ("postcommit", [1, 2])]
