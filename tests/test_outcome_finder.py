@@ -1,0 +1,186 @@
+"""The outcome of a COMMIT whose connection was lost, asked of PostgreSQL on another one.
+
+A scope's COMMIT is held in flight by a deferred trigger waiting for an advisory lock the test
+holds; the test then drops the scope's connection on the client side (the server carries on)
+and watches the finder ask ``recovery_pool``, whose connections tell the test each time they
+ask a transaction's status. Issue 14's guards: the finder giving up when the connection it asks on
+is lost too; polling on after PostgreSQL has answered; the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import hookbus_asyncpg
+import pytest
+import pytest_asyncio
+from _postgres import (
+    assert_pool_hands_out_everything,
+    gate_at_commit,
+    ids,
+    wait_until_blocked_on_lock,
+)
+from _recording import Recorded
+
+from hookbus import CommitOutcomeUnknownError
+
+LOCK = 1515  # the advisory lock the table `gated` takes at COMMIT
+# A bound on what takes milliseconds once PostgreSQL can answer: only a finder that polls on to
+# its deadline (DEADLINE) reaches it. (The scope's COMMIT is awaited to its outcome whatever
+# cancels it: the bound is waited for with asyncio.wait, never by cancelling the scope.)
+BOUND = 20.0
+DEADLINE = 3 * BOUND
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS gated (id int);
+{gate_at_commit("gated", LOCK)}
+TRUNCATE gated;
+"""
+
+
+@pytest_asyncio.fixture
+async def db(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    await pool.execute(SCHEMA)
+    yield pool
+    await assert_pool_hands_out_everything(pool)
+
+
+class Asked:
+    """The server pids of the recovery pool's connections, each time one asks a status."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self._changed = asyncio.Event()
+
+    def saw(self, pid: int) -> None:
+        self.pids.append(pid)
+        self._changed.set()
+
+    async def wait(self, count: int = 1, other_than: int | None = None) -> int:
+        """Wait until ``count`` asks were made (by a pid other than ``other_than``); return
+        the pid of the last."""
+        async with asyncio.timeout(BOUND):
+            while True:
+                pids = [pid for pid in self.pids if pid != other_than]
+                if len(pids) >= count:
+                    return pids[-1]
+                self._changed.clear()
+                await self._changed.wait()
+
+
+def watched(asked: Asked) -> type[asyncpg.Connection]:
+    """A connection class that tells ``asked`` each statement asking ``pg_xact_status``."""
+
+    class Watched(asyncpg.Connection):  # type: ignore[misc]
+        def _see(self, query: str) -> None:
+            if "pg_xact_status" in query:
+                asked.saw(self.get_server_pid())
+
+        async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            self._see(query)
+            return await super().fetchval(query, *args, **kwargs)
+
+        async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            self._see(query)
+            return await super().fetchrow(query, *args, **kwargs)
+
+        async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            self._see(query)
+            return await super().fetch(query, *args, **kwargs)
+
+    return Watched
+
+
+@pytest.fixture
+def asked() -> Asked:
+    return Asked()
+
+
+@pytest_asyncio.fixture
+async def recovery(dsn: str, asked: Asked) -> AsyncIterator[asyncpg.Pool]:
+    """The pool the finder asks on, one connection at a time; its asks go to ``asked``."""
+    async with asyncpg.create_pool(
+        dsn, min_size=1, max_size=1, connection_class=watched(asked)
+    ) as pool:
+        yield pool
+
+
+async def ends_within_bound(task: asyncio.Task[None]) -> bool:
+    """Await ``task``; tell whether it had ended within ``BOUND`` seconds."""
+    done, _ = await asyncio.wait({task}, timeout=BOUND)
+    await task
+    return bool(done)
+
+
+async def lost_commit(
+    db: asyncpg.Pool, recovery: asyncpg.Pool, log: list[str], outcome_timeout: float
+) -> asyncio.Task[None]:
+    """Start a scope whose COMMIT waits on ``LOCK`` (held by the caller), drop its connection
+    on the client side once it waits, and return its task: its finder is now asking."""
+    started: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
+
+    async def scope() -> None:
+        async with hookbus_asyncpg.transaction(
+            db, recovery_pool=recovery, outcome_timeout=outcome_timeout
+        ) as tx:
+            await tx.connection.execute("INSERT INTO gated VALUES (1)")
+            tx.add(Recorded(log, "a"))
+            started.put_nowait(tx)
+
+    task = asyncio.create_task(scope())
+    tx = await started.get()
+    await wait_until_blocked_on_lock(db, tx.connection.get_server_pid())
+    tx.connection.terminate()  # the client side drops; the server's COMMIT carries on
+    return task
+
+
+async def test_the_finder_stops_asking_once_postgresql_answers(
+    db: asyncpg.Pool, recovery: asyncpg.Pool, asked: Asked, caplog: pytest.LogCaptureFixture
+) -> None:
+    log: list[str] = []
+    async with db.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
+        task = await lost_commit(db, recovery, log, outcome_timeout=DEADLINE)
+        await asked.wait(2)  # it was told "in progress", and asks again
+        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        with caplog.at_level(logging.WARNING, logger="hookbus"):
+            assert await ends_within_bound(task), "the finder asked on after the answer"
+    assert log == ["a.precommit", "a.postcommit"]
+    assert await ids(db, "gated") == [1]
+    assert "committed" in caplog.text
+
+
+async def test_the_finder_asks_again_when_its_own_connection_is_lost(
+    db: asyncpg.Pool, recovery: asyncpg.Pool, asked: Asked
+) -> None:
+    log: list[str] = []
+    async with db.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
+        task = await lost_commit(db, recovery, log, outcome_timeout=DEADLINE)
+        first = await asked.wait()
+        assert await holder.fetchval("SELECT pg_terminate_backend($1)", first)
+        await asked.wait(other_than=first)  # on a new connection of the recovery pool
+        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        assert await ends_within_bound(task)
+    assert log == ["a.precommit", "a.postcommit"]
+    assert await ids(db, "gated") == [1]
+
+
+async def test_the_finder_gives_up_at_its_deadline(
+    db: asyncpg.Pool, recovery: asyncpg.Pool
+) -> None:
+    log: list[str] = []
+    async with db.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
+        task = await lost_commit(db, recovery, log, outcome_timeout=0.5)
+        # Still in progress (the lock is held) when the deadline passes.
+        done, _ = await asyncio.wait({task}, timeout=BOUND)
+        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        assert done, "the finder asked on past its deadline"
+        with pytest.raises(CommitOutcomeUnknownError, match="in progress"):
+            await task
+    assert log == ["a.precommit"]  # neither postcommit nor rollback: the outcome is unknown

@@ -1,0 +1,244 @@
+"""Savepoints nested in savepoints, through the public API, on both backends (``_scopes``).
+
+Issue 14's guards: an outer savepoint that cannot end after an inner one rolled back; what
+the inner one undid, undone a second time by the outer one (a list value popped twice, a
+lifted doom lifted again); a failed or cancelled SAVEPOINT inside another leaving the nesting
+wrong; ``async with tx.savepoint() as sp`` giving something else than the savepoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from _postgres import assert_pool_hands_out_everything
+from _recording import Recorded
+from _scopes import SCHEMA, Scopes, open_scopes, statements
+
+import hookbus
+from hookbus import CommitOutcome, MemoryBackend, TransactionState
+
+
+@pytest_asyncio.fixture
+async def items(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    await pool.execute(SCHEMA)
+    yield pool
+    await assert_pool_hands_out_everything(pool)
+
+
+@pytest.fixture(params=["memory", "asyncpg"])
+def scopes(request: pytest.FixtureRequest) -> Scopes:
+    return open_scopes(request)
+
+
+class Boom(Exception):
+    """What the tests raise to roll a savepoint back."""
+
+
+class Collect(hookbus.Operation):
+    """Records a copy of its values at precommit."""
+
+    def __init__(self, seen: list[Any]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    async def precommit(self) -> None:
+        self.seen.append(list(self.values))
+
+
+def assert_well_nested(sent: list[str]) -> None:
+    """Every SAVEPOINT the memory backend recorded ended (RELEASE or ROLLBACK TO), innermost
+    first, before COMMIT or ROLLBACK."""
+    open_names: list[str] = []
+    for statement in sent:
+        if statement.startswith("SAVEPOINT "):
+            open_names.append(statement.removeprefix("SAVEPOINT "))
+        elif statement.startswith(("RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")):
+            assert open_names, f"{statement} ends no open savepoint: {sent}"
+            assert statement.endswith(" " + open_names.pop()), f"out of order: {sent}"
+        elif statement in ("COMMIT", "ROLLBACK"):
+            assert open_names == [], f"{statement} with savepoints open: {sent}"
+
+
+# -- an inner savepoint rolled back ----------------------------------------------------------
+
+
+async def test_an_outer_savepoint_is_released_after_an_inner_one_rolled_back(
+    scopes: Scopes,
+) -> None:
+    log: list[str] = []
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        async with tx.savepoint():
+            await scopes.write(tx, 2)
+            tx.add(Recorded(log, "outer"))
+            with pytest.raises(Boom):
+                async with tx.savepoint():
+                    await scopes.write(tx, 3)
+                    tx.add(Recorded(log, "inner"))
+                    raise Boom
+            await scopes.write(tx, 4)
+            async with tx.savepoint():  # a third one at the same depth, released
+                await scopes.write(tx, 5)
+        await scopes.write(tx, 6)
+    assert tx.state is TransactionState.COMMITTED
+    assert log == ["inner.rollback", "outer.precommit", "outer.postcommit"]
+    assert await scopes.rows() in (None, [1, 2, 4, 5, 6])
+    if scopes.name == "memory":
+        assert_well_nested(statements(tx))
+
+
+async def test_an_outer_savepoint_rolled_back_undoes_each_thing_once(scopes: Scopes) -> None:
+    log: list[str] = []
+    seen: list[Any] = []
+    collect = functools.partial(Collect, seen)
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        tx.accumulate("list", "x", collect, container=list)
+        tx.mark_added(1)
+        with pytest.raises(Boom, match="outer"):
+            async with tx.savepoint():
+                await scopes.write(tx, 2)
+                tx.accumulate("list", "a", collect, container=list)
+                tx.accumulate("list", "x", collect, container=list)
+                tx.add(Recorded(log, "outer"))
+                with pytest.raises(Boom, match="inner"):
+                    async with tx.savepoint():
+                        await scopes.write(tx, 3)
+                        tx.accumulate("list", "b", collect, container=list)
+                        tx.accumulate("list", "x", collect, container=list)
+                        tx.add(Recorded(log, "inner"))
+                        tx.mark_added(2)
+                        tx.mark_deleted(1)
+                        tx.doom(Boom("doomed inside"))
+                        raise Boom("inner")
+                assert tx.doomed is None  # the inner rollback lifted it
+                assert log == ["inner.rollback"]
+                # Work after the inner savepoint belongs to the outer one.
+                tx.accumulate("list", "c", collect, container=list)
+                tx.add(Recorded(log, "after"))
+                tx.mark_added(3)
+                raise Boom("outer")
+        # The outer rollback undid its own work, and only that.
+        assert log == ["inner.rollback", "outer.rollback", "after.rollback"]
+        assert not tx.added(3)
+        assert tx.doomed is None
+        assert tx.added(1) and not tx.added(2) and not tx.deleted(1)
+        await scopes.write(tx, 4)
+    assert tx.state is TransactionState.COMMITTED
+    assert seen == [["x"]]
+    assert await scopes.rows() in (None, [1, 4])
+    if scopes.name == "memory":
+        assert_well_nested(statements(tx))
+
+
+async def test_a_doom_set_in_an_outer_savepoint_survives_an_inner_rollback(
+    scopes: Scopes,
+) -> None:
+    with pytest.raises(Boom, match="outer doom"):
+        async with scopes.transaction() as tx:
+            await scopes.write(tx, 1)
+            async with tx.savepoint():
+                tx.doom(Boom("outer doom"))
+                with pytest.raises(KeyError):
+                    async with tx.savepoint():
+                        tx.doom(Boom("inner doom"))  # doomed already: the first error stays
+                        raise KeyError("inner")
+                assert isinstance(tx.doomed, Boom) and str(tx.doomed) == "outer doom"
+    assert tx.state is TransactionState.ROLLED_BACK
+    assert await scopes.rows() in (None, [])
+
+
+# -- a savepoint that could not begin ---------------------------------------------------------
+
+
+async def test_a_savepoint_cancelled_as_it_begins_leaves_the_outer_one_able_to_end(
+    scopes: Scopes,
+) -> None:
+    log: list[str] = []
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        async with tx.savepoint():
+            await scopes.write(tx, 2)
+            tx.add(Recorded(log, "outer"))
+            # Cancelled at its first await: during SAVEPOINT (or, at the latest, in the block).
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0), tx.savepoint():
+                    tx.add(Recorded(log, "inner"))
+                    await asyncio.sleep(0)
+            await scopes.write(tx, 3)
+            async with tx.savepoint():
+                await scopes.write(tx, 4)
+        await scopes.write(tx, 5)
+    assert tx.state is TransactionState.COMMITTED
+    assert "outer.postcommit" in log and "inner.postcommit" not in log
+    assert await scopes.rows() in (None, [1, 2, 3, 4, 5])
+    if scopes.name == "memory":
+        assert_well_nested(statements(tx))
+
+
+class RefusesSecondSavepoint:
+    """A memory backend whose second SAVEPOINT fails (as on a lost connection)."""
+
+    def __init__(self) -> None:
+        self.memory = MemoryBackend()
+        self.savepoints = 0
+
+    async def begin(self) -> None:
+        await self.memory.begin()
+
+    async def commit(self) -> CommitOutcome:
+        return await self.memory.commit()
+
+    async def rollback(self) -> None:
+        await self.memory.rollback()
+
+    async def savepoint(self, name: str) -> None:
+        self.savepoints += 1
+        if self.savepoints == 2:
+            raise ConnectionResetError("SAVEPOINT could not be sent")
+        await self.memory.savepoint(name)
+
+    async def release(self, name: str) -> None:
+        await self.memory.release(name)
+
+    async def rollback_to(self, name: str) -> None:
+        await self.memory.rollback_to(name)
+
+
+async def test_a_savepoint_that_failed_to_begin_leaves_the_outer_one_able_to_end() -> None:
+    log: list[str] = []
+    backend = RefusesSecondSavepoint()
+    async with hookbus.transaction(backend) as tx:
+        async with tx.savepoint():
+            tx.add(Recorded(log, "outer"))
+            with pytest.raises(ConnectionResetError):
+                async with tx.savepoint():
+                    tx.add(Recorded(log, "inner"))  # never runs: SAVEPOINT failed
+            tx.mark_added(1)
+            async with tx.savepoint():  # the third one
+                tx.mark_added(2)
+        assert tx.added(1) and tx.added(2)
+    assert tx.state is TransactionState.COMMITTED
+    assert log == ["outer.precommit", "outer.postcommit"]
+    assert_well_nested(backend.memory.statements)
+
+
+# -- what `async with` gives -------------------------------------------------------------------
+
+
+async def test_entering_a_savepoint_gives_the_savepoint(scopes: Scopes) -> None:
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        savepoint = tx.savepoint()
+        async with savepoint as entered:
+            assert entered is savepoint
+            assert isinstance(entered, hookbus.Savepoint)
+            inner = tx.savepoint()
+            async with inner as entered_inner:
+                assert entered_inner is inner

@@ -1,0 +1,200 @@
+"""Mutation testing of one module: ``./run mutate hookbus/_ledger.py [TEST ...]``.
+
+mutmut 3 does the work: it makes operator, comparison, boolean, return-value, constant and
+deleted-call mutants of every function of the module, finds which of the selected tests run
+each function, and runs only those against each mutant (in forked processes, so a mutant
+costs its tests, not an interpreter start). This script gives it what this repository needs:
+
+- a scratch copy of the working tree (tracked and untracked files, uncommitted edits
+  included) outside the repository, so that nothing here is touched and two runs of
+  different modules never share state; its folder is printed for ``mutmut show`` and
+  ``mutmut browse`` there;
+- the configuration (a ``setup.cfg`` in the copy): the code under ``hookbus/`` and
+  ``adapters/`` (pytest's ``pythonpath``), ``only_mutate`` the module, the tests that guard
+  it (the defaults below, or the ones given), the folders the tests read (docs, examples);
+- a summary: the counts, the score, and each survivor with its diff.
+
+The ``logger.`` calls are left alone unless ``--with-logging``: their wording is not what the
+tests guard, and their string mutants bury the survivors that matter.
+
+Score: (killed + timed out) / all mutants. A timeout is a mutant that made its tests hang
+(an endless loop), which no user would miss; "no tests" (no selected test runs the
+function) counts against the score. A survivor is not always a missing test: some mutants
+change nothing a user can observe (an error message's wording, a value only tested for
+truth); the summary lists them all for a reader to judge.
+
+Not part of CI: a run takes minutes (``_ledger.py``, 300 mutants: about 4 minutes on two
+shared cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The tests that guard each part, by module. A module not listed gets the whole suite.
+_SCOPE = [
+    "tests/test_ledger.py",
+    "tests/test_savepoints.py",
+    "tests/test_scope_states.py",
+    "tests/test_lifecycle.py",
+    "tests/test_transaction_memory.py",
+    "tests/test_transaction_asyncpg.py",
+]
+_ASYNCPG_SCOPE = [
+    *_SCOPE,
+    "tests/test_outcome_finder.py",
+    "tests/test_asyncpg_faults.py",
+]
+_DISPATCH = [
+    "tests/test_bus.py",
+    "tests/test_control.py",
+    "tests/test_hooks_control.py",
+    "tests/test_selectors.py",
+    "tests/test_explain.py",
+]
+GUARDS: dict[str, list[str]] = {
+    "hookbus/_ledger.py": _SCOPE,
+    "hookbus/_savepoints.py": _SCOPE,
+    "hookbus/_transaction.py": _SCOPE,
+    "hookbus/_shield.py": _SCOPE,
+    "hookbus/_operations.py": _SCOPE,
+    "hookbus/_backend.py": _SCOPE,
+    "adapters/hookbus_asyncpg/_transaction.py": _ASYNCPG_SCOPE,
+    "adapters/hookbus_asyncpg/_backend.py": _ASYNCPG_SCOPE,
+    "adapters/hookbus_asyncpg/_outcome.py": _ASYNCPG_SCOPE,
+    "hookbus/_control.py": _DISPATCH,
+    "hookbus/_index.py": _DISPATCH,
+    "hookbus/_selectors.py": _DISPATCH,
+    "hookbus/_dispatch.py": _DISPATCH,
+    "hookbus/_bus.py": _DISPATCH,
+}
+# What the tests read besides the code and the tests themselves.
+ALSO_COPY = ["docs", "examples", "benchmarks", "README.md"]
+# Lines left alone unless --with-logging: a log call's wording is not what the tests guard,
+# and its string mutants would bury the survivors that matter.
+LOGGING = r"^\s*logger\.(debug|info|warning|error|exception)\("
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="./run mutate",
+        description="Mutation-test one module with mutmut and print its score and survivors.",
+    )
+    parser.add_argument("module", help="the module to mutate, e.g. hookbus/_ledger.py")
+    parser.add_argument(
+        "tests", nargs="*", help="the test files to run (default: those that guard the module)"
+    )
+    parser.add_argument("--max-children", type=int, help="mutants run at once (mutmut's)")
+    parser.add_argument(
+        "--with-logging",
+        action="store_true",
+        help="mutate the logger calls too (left alone by default: their wording is not tested)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="the scratch copy (default: <tmp>/hookbus-mutate/<module>); replaced if present",
+    )
+    args = parser.parse_args(argv)
+    module = Path(args.module).as_posix()
+    if not module.endswith(".py") or not (ROOT / module).is_file():
+        parser.error(f"no module {module!r} in {ROOT}")
+    if not module.startswith(("hookbus/", "adapters/")):
+        parser.error("the module must be under hookbus/ or adapters/")
+    tests = args.tests or GUARDS.get(module, ["tests"])
+    slug = module.removesuffix(".py").replace("/", ".")
+    workdir = args.workdir or Path(tempfile.gettempdir()) / "hookbus-mutate" / slug
+    copy_tree(workdir)
+    (workdir / "setup.cfg").write_text(config(module, tests, args.with_logging))
+    print(f"mutate: {module} against {' '.join(tests)}\nmutate: scratch copy {workdir}")
+    log = workdir / "mutmut.log"
+    command = [sys.executable, "-m", "mutmut", "run"]
+    if args.max_children:
+        command += ["--max-children", str(args.max_children)]
+    with log.open("w") as out:
+        run = subprocess.run(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    if run.returncode != 0:
+        print(log.read_text()[-4000:], file=sys.stderr)
+        print(f"mutate: mutmut failed (exit {run.returncode}); its log: {log}", file=sys.stderr)
+        return 1
+    return summarize(workdir)
+
+
+def copy_tree(workdir: Path) -> None:
+    """Copy the working tree's files (as git sees them, ignored ones left out) to ``workdir``."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # (a file deleted but not yet staged is listed too)
+            target = workdir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def config(module: str, tests: list[str], with_logging: bool) -> str:
+    def values(items: list[str]) -> str:
+        return "".join(f"\n    {item}" for item in items)
+
+    # The code is found through pytest's pythonpath (".", "adapters"), as in the repository.
+    return (
+        "[mutmut]\n"
+        f"source_paths ={values(['hookbus', 'adapters'])}\n"
+        f"only_mutate ={values([module])}\n"
+        f"pytest_add_cli_args_test_selection ={values(tests)}\n"
+        f"also_copy ={values(ALSO_COPY)}\n"
+        + ("" if with_logging else f"do_not_mutate_patterns ={values([LOGGING])}\n")
+    )
+
+
+def mutmut(workdir: Path, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "mutmut", *args],
+        cwd=workdir,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def summarize(workdir: Path) -> int:
+    mutmut(workdir, "export-cicd-stats")
+    stats = json.loads((workdir / "mutants" / "mutmut-cicd-stats.json").read_text())
+    total = stats["total"]
+    caught = stats["killed"] + stats["timeout"]
+    counts = ", ".join(f"{key} {value}" for key, value in stats.items() if value)
+    score = caught / total if total else 1.0
+    print(f"mutate: {counts}")
+    print(f"mutate: score {score:.1%} ({caught} of {total} caught: killed or timed out)")
+    missed = [
+        line.strip().rsplit(": ", 1)[0]
+        for line in mutmut(workdir, "results").splitlines()
+        if line.strip().endswith((": survived", ": no tests", ": suspicious"))
+    ]
+    for name in missed:
+        diff = mutmut(workdir, "show", name)
+        changed = [line for line in diff.splitlines() if line[:2] in ("- ", "+ ")]
+        print(f"\n{name}\n" + "\n".join(f"    {line}" for line in changed))
+    if missed:
+        print(f"\nmutate: in {workdir}: {sys.executable} -m mutmut show NAME (or browse)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    raise SystemExit(main())
