@@ -1,32 +1,40 @@
-"""Migrator processes killed with SIGKILL mid-stage, and two migrators at once.
+"""Migrator processes killed with SIGKILL mid-stage, two migrators at once, a lock lost.
 
 The migrator is ``python -m hookbus migrate _migration_app:plugins``, started
 by the test and killed by its pid. 20,000 rows by default; ``HOOKBUS_SOAK_ROWS=1000000``
 (``./run migrate-soak``) for the full size. ``HOOKBUS_SOAK_SEED`` replays a run.
+
+The lock-loss test terminates the backend of a migrator's lock connection at a random point
+of a batched stage while a second migrator waits for the lock: ``HOOKBUS_LOCK_LOSSES`` rounds
+(20 by default; ``./run lock-loss`` for 500).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
 import pytest_asyncio
 from _migration_app import FILL, SETUP, make
-from hookbus_asyncpg import PluginManager
+from hookbus_asyncpg import LockLostError, Migrator, PluginManager
 from test_migrations import assert_batches_consistent
+
+from hookbus import Batch, BatchedStage, Environment, Migration, MigrationError
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 ROWS = int(os.environ.get("HOOKBUS_SOAK_ROWS", "20000"))
 BATCH = 1000 if ROWS >= 500_000 else 200
 SEED = int(os.environ.get("HOOKBUS_SOAK_SEED", str(random.randrange(1 << 30))))
+LOSSES = int(os.environ.get("HOOKBUS_LOCK_LOSSES", "20"))
 
 
 @pytest_asyncio.fixture
@@ -164,6 +172,128 @@ def test_state_changing_commands_refuse_to_run_without_an_explicit_dsn() -> None
     )  # fmt: skip
     assert dry.returncode == 0, dry.stderr
     assert "counter  2.0      count  batched  runs" in dry.stdout
+
+
+# -- the lock lost mid-stage (in this process: two Migrators, each with its own lock) ---------
+
+LOSSY_ROWS, LOSSY_BATCH = 800, 40  # 20 batches
+LOSSY = """
+DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, hookbus_error, lossy;
+CREATE TABLE lossy (id bigint PRIMARY KEY, hits integer NOT NULL DEFAULT 0);
+INSERT INTO lossy (id) SELECT i FROM generate_series(1, 800) i;
+"""
+
+
+async def count_lossy(batch: Batch) -> None:
+    await batch.tx.connection.execute(
+        "UPDATE lossy SET hits = hits + 1 WHERE id > $1 AND id <= $2",
+        batch.after if batch.after is not None else -1,
+        batch.last,
+    )
+    await batch.tx.connection.execute("SELECT pg_sleep(0.002)")  # a batch takes some time
+
+
+def lossy(apply: Callable[[Batch], Awaitable[None]] = count_lossy) -> Migration:
+    return Migration("2.0", [BatchedStage("count", apply, table="lossy", batch_size=LOSSY_BATCH)])
+
+
+class _Quiet:
+    def advance(self, rows: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def quiet_migrator(pool: asyncpg.Pool) -> Migrator:
+    return Migrator(pool, Environment("test"), progress=lambda *_: _Quiet())
+
+
+async def lock_backend(migrator: Migrator) -> int:
+    holder = await migrator.lock.holder()
+    assert holder is not None
+    return holder.pid
+
+
+async def test_a_migrator_whose_lock_is_lost_stops_and_leaves_its_stage_failed(
+    pool: asyncpg.Pool,
+) -> None:
+    await pool.execute(LOSSY)
+    inside = asyncio.Event()
+
+    async def apply(batch: Batch) -> None:
+        await count_lossy(batch)
+        if batch.number == 3:
+            inside.set()
+            await asyncio.wait_for(proceed.wait(), 30)
+
+    proceed = asyncio.Event()
+    first = quiet_migrator(pool)
+    running = asyncio.create_task(first.run("p", lossy(apply)))
+    await asyncio.wait_for(inside.wait(), 30)
+    await pool.execute("SELECT pg_terminate_backend($1, 10000)", await lock_backend(first))
+    proceed.set()
+    with pytest.raises(MigrationError, match="batch 4 after key 120: LockLostError") as caught:
+        await asyncio.wait_for(running, 30)
+    assert isinstance(caught.value.__cause__, LockLostError)
+    stage = await pool.fetchrow("SELECT status, rows, error FROM hookbus_stage")
+    assert (stage["status"], stage["rows"]) == ("failed", 120)  # batch 3 was fenced: it landed
+    assert "lost with its connection" in stage["error"]
+    history = await pool.fetch("SELECT step, error FROM hookbus_error")
+    assert [(r["step"], "LockLostError" in r["error"]) for r in history] == [("count", True)]
+
+    await quiet_migrator(pool).run("p", lossy())  # a rerun finishes the rows, each once
+    assert await pool.fetchval("SELECT count(*) FROM lossy WHERE hits <> 1") == 0
+    await assert_batches_consistent(pool, "count", LOSSY_ROWS)
+
+
+async def test_a_lost_lock_never_lets_two_migrators_run_batches_at_once(
+    pool: asyncpg.Pool,
+) -> None:
+    rng = random.Random(SEED)
+    print(f"HOOKBUS_SOAK_SEED={SEED} HOOKBUS_LOCK_LOSSES={LOSSES}")
+    for round_ in range(LOSSES):
+        await pool.execute(LOSSY)
+        inside = asyncio.Event()
+        number = rng.randint(2, 8)
+
+        async def apply(batch: Batch, number: int = number, inside: asyncio.Event = inside) -> None:
+            if batch.number == number:
+                inside.set()
+            await count_lossy(batch)
+
+        first, second = quiet_migrator(pool), quiet_migrator(pool)
+        loser = asyncio.create_task(first.run("p", lossy(apply)))
+        await asyncio.wait_for(inside.wait(), 30)
+        # The second migrator waits for the lock while the first is inside a batch; the
+        # first's lock connection dies at a random point of the stage.
+        winner = asyncio.create_task(second.run("p", lossy()))
+        await asyncio.sleep(rng.uniform(0, 0.02))  # a random point: no event marks it
+        await pool.execute("SELECT pg_terminate_backend($1, 10000)", await lock_backend(first))
+        lost, won = await asyncio.wait_for(
+            asyncio.gather(loser, winner, return_exceptions=True), 60
+        )
+        context = f"round {round_}, seed {SEED}"
+        assert won is None, context
+        assert isinstance(lost, MigrationError), (context, lost)
+        assert isinstance(lost.__cause__, LockLostError), context
+
+        batches = await pool.fetch(
+            "SELECT token, started_at, committed_at FROM hookbus_batch "
+            "WHERE status = 'completed' ORDER BY started_at"
+        )
+        tokens = sorted({b["token"] for b in batches})
+        assert len(tokens) == 2, context  # each migrator did batches, the loser first
+        for a, b in itertools.combinations(batches, 2):
+            if a["token"] != b["token"]:  # two migrators' batches never overlap in time
+                assert a["committed_at"] < b["started_at"], context
+        # the loser's stage failed: its error is kept, under its token
+        loss = await pool.fetch("SELECT token, error FROM hookbus_error")
+        assert [(r["token"], "LockLostError" in r["error"]) for r in loss] == [(tokens[0], True)], (
+            context
+        )
+        # every row exactly once, the batches a chain from the first key to the last
+        assert await pool.fetchval("SELECT count(*) FROM lossy WHERE hits <> 1") == 0, context
+        await assert_batches_consistent(pool, "count", LOSSY_ROWS)
+        assert await pool.fetchval("SELECT status FROM hookbus_stage") == "completed"
 
 
 @pytest.fixture(autouse=True)

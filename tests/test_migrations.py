@@ -26,7 +26,9 @@ from hookbus import (
 @pytest_asyncio.fixture
 async def db(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
     """The module's database with fresh progress tables and an ``item`` table of 1,000 rows."""
-    await pool.execute("DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, item")
+    await pool.execute(
+        "DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, hookbus_error, item"
+    )
     await pool.execute(
         "CREATE TABLE item (id bigint PRIMARY KEY, name text, hits int NOT NULL DEFAULT 0);"
         "INSERT INTO item (id, name) SELECT i * 3, 'n' || i FROM generate_series(1, 1000) i"

@@ -109,7 +109,8 @@ GOOD = Plugin("good", "1.0")
 async def db(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
     """The module's database with no plugin tables and no application table left over."""
     await pool.execute(
-        "DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, journal, item"
+        "DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, hookbus_error, "
+        "journal, item"
     )
     await pool.execute("CREATE TABLE journal (plugin text, what text)")
     yield pool

@@ -24,7 +24,7 @@ import msgspec
 
 from hookbus import HookInfo, Plugin, PluginSet, StageContext
 
-from ._migration_lock import MigrationLock, lock_holder
+from ._migration_lock import lock_holder
 from ._migrator import Migrator, PlannedStage, ProgressFactory
 from ._plugin_state import (
     PluginState,
@@ -61,7 +61,7 @@ class PluginManager:
     progress display of batched stages (by default a bar on a terminal, log lines otherwise).
     """
 
-    __slots__ = ("_active", "_plugins", "_pool", "lock_wait", "migrator")
+    __slots__ = ("_active", "_plugins", "_pool", "migrator")
 
     def __init__(
         self,
@@ -73,9 +73,15 @@ class PluginManager:
     ) -> None:
         self._pool = pool
         self._plugins = plugins
-        self.lock_wait = lock_wait
-        self.migrator: Final = Migrator(pool, plugins.env, bus=plugins.bus, progress=progress)
+        self.migrator: Final = Migrator(
+            pool, plugins.env, bus=plugins.bus, progress=progress, lock_wait=lock_wait
+        )
         self._active: dict[str, list[HookInfo]] = {}
+
+    @property
+    def lock_wait(self) -> float:
+        """How long a state-changing call waits for another migrator's lock, in seconds."""
+        return self.migrator.lock.wait
 
     # -- reading -------------------------------------------------------------------------
 
@@ -178,7 +184,7 @@ class PluginManager:
         installed by this call.
         """
         done = []
-        async with MigrationLock(self._pool, wait=self.lock_wait):
+        async with self.migrator.locked():
             await self._create_tables()
             states = await self.states()
             for plugin in self._selected(names, with_requirements=True):
@@ -201,7 +207,7 @@ class PluginManager:
         name, version = plugin.name, plugin.version
         await self._begin(plugin, was, None, "installing")
         try:
-            async with transaction(self._pool) as tx:
+            async with self.migrator.fenced(self._pool) as tx:
                 ctx = StageContext(tx, self._plugins.env, name, self._plugins.bus)
                 if plugin.pre_init is not None:
                     await plugin.pre_init(ctx)
@@ -223,7 +229,7 @@ class PluginManager:
         doing: PluginStateName,
     ) -> None:
         """Move ``plugin`` (at ``version``) from ``was`` to ``doing``, in a scope of its own."""
-        async with transaction(self._pool) as tx:
+        async with self.migrator.fenced(self._pool) as tx:
             await write_state(
                 tx.connection,
                 plugin.name,
@@ -250,7 +256,14 @@ class PluginManager:
         self, plugin: Plugin, version: str | None, exc: Exception, doing: PluginStateName
     ) -> None:
         name, target = plugin.name, plugin.version
-        async with transaction(self._pool) as tx:
+        lock = self.migrator.lock
+        async with transaction(self._pool, find_outcome=False) as tx:
+            if not await lock.still_current(tx.connection):
+                exc.add_note(
+                    f"while {doing} plugin {name!r} {target}: the migration lock was taken over, "
+                    "its state is left to the new holder"
+                )
+                return
             await write_state(
                 tx.connection,
                 name,
@@ -272,7 +285,7 @@ class PluginManager:
         Returns the names upgraded by this call.
         """
         done = []
-        async with MigrationLock(self._pool, wait=self.lock_wait):
+        async with self.migrator.locked():
             await self._create_tables()
             states = await self.states()
             for plugin in self._selected(names):
@@ -298,7 +311,7 @@ class PluginManager:
         try:
             for migration in plugin.migrations_between(installed, version):
                 await self.migrator.run(name, migration)
-            async with transaction(self._pool) as tx:
+            async with self.migrator.fenced(self._pool) as tx:
                 if plugin.post_upgrade is not None:
                     ctx = StageContext(tx, self._plugins.env, name, self._plugins.bus)
                     await plugin.post_upgrade(ctx, installed)
@@ -316,7 +329,7 @@ class PluginManager:
         is uninstalled in a scope of its own. Returns the names uninstalled, in order.
         """
         plugin = self._plugins[name]
-        async with MigrationLock(self._pool, wait=self.lock_wait):
+        async with self.migrator.locked():
             await self._create_tables()
             states = await self.states()
             state = states.get(name)
@@ -337,7 +350,7 @@ class PluginManager:
         return [p.name for p in order]
 
     async def _uninstall(self, plugin: Plugin, state: PluginState) -> None:
-        async with transaction(self._pool) as tx:
+        async with self.migrator.fenced(self._pool) as tx:
             if plugin.uninstall is not None:
                 ctx = StageContext(tx, self._plugins.env, plugin.name, self._plugins.bus)
                 await plugin.uninstall(ctx)
@@ -363,7 +376,7 @@ class PluginManager:
         migration = next((m for m in plugin.migrations if m.version == version), None)
         if migration is None:
             raise PluginStateError(f"plugin {name!r} has no migration to {version}")
-        async with MigrationLock(self._pool, wait=self.lock_wait):
+        async with self.migrator.locked():
             await self._create_tables()
             return await self.migrator.undo(name, migration, stage)
 

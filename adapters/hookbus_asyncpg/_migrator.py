@@ -7,14 +7,23 @@ counters and a batch row are written, all in that transaction; killed anywhere, 
 resumes after the last committed batch. A stage that fails is recorded ``failed`` with its
 error (after its transaction rolled back) and the error re-raised as ``MigrationError``.
 Completed stages are skipped on a rerun; a failed or interrupted one resumes.
+
+Every transaction of a migration is fenced by the migration lock (``FencedLock.fence``) as its
+first statement: no batch starts unless this migrator holds the lock, and a migrator whose
+lock was taken over commits nothing more. It then stops with ``MigrationError`` (caused by
+``LockLostError``) and its stage is ``failed``, unless another migrator took the stage over
+meanwhile: a failure is written only while no other holder took the lock
+(``FencedLock.still_current``), and always kept in the error history.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Final, final
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, Final, NoReturn, final
 
 import asyncpg
 import msgspec
@@ -29,10 +38,12 @@ from hookbus import (
     StageContext,
 )
 
+from ._fenced_lock import FencedLock
+from ._migration_lock import MigrationLock
 from ._plugin_state import create_tables
 from ._progress import StageRecord
 from ._progress_bar import Progress, open_progress
-from ._transaction import transaction
+from ._transaction import AsyncpgTransaction, transaction
 
 __all__ = ["Migrator", "PlannedStage"]
 
@@ -66,10 +77,12 @@ def _ms(seconds: float) -> str:
 class Migrator:
     """Runs migrations of plugins on ``pool``; progress shown by ``progress`` per stage.
 
-    It takes no lock itself: ``PluginManager`` runs it under ``MigrationLock``.
+    ``lock`` is the migration lock (by default a ``MigrationLock`` waiting ``lock_wait``
+    seconds): ``run`` and ``undo`` take it for their duration unless it is held already
+    (``PluginManager`` holds it across a whole upgrade), and fence every transaction with it.
     """
 
-    __slots__ = ("_bus", "_env", "_pool", "_progress")
+    __slots__ = ("_bus", "_env", "_pool", "_progress", "lock")
 
     def __init__(
         self,
@@ -78,6 +91,8 @@ class Migrator:
         *,
         bus: Any = None,
         progress: ProgressFactory | None = None,
+        lock: FencedLock | None = None,
+        lock_wait: float = 30.0,
     ) -> None:
         self._pool = pool
         self._env = env
@@ -85,11 +100,28 @@ class Migrator:
         self._progress: ProgressFactory = progress or (
             lambda title, total, done: open_progress(title, total, done)
         )
+        self.lock: Final = lock if lock is not None else MigrationLock(pool, wait=lock_wait)
+
+    @asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold the migration lock for the block, unless it is held already."""
+        if self.lock.held:
+            yield
+            return
+        async with self.lock:
+            yield
+
+    @asynccontextmanager
+    async def fenced(self, target: Any) -> AsyncIterator[AsyncpgTransaction]:
+        """A transaction scope on ``target`` (a pool or a connection), fenced by the lock."""
+        async with transaction(target, find_outcome=False) as tx:
+            await self.lock.fence(tx.connection)
+            yield tx
 
     async def create_tables(self) -> None:
-        """Create the plugin and progress tables if missing (run it under the lock)."""
-        async with self._pool.acquire() as conn:
-            await create_tables(conn)
+        """Create the plugin and progress tables if missing, under the lock."""
+        async with self.locked(), self.fenced(self._pool) as tx:
+            await create_tables(tx.connection)
 
     async def plan(self, plugin: str, migrations: Sequence[Migration]) -> list[PlannedStage]:
         """What ``run`` would do now, stage by stage, without doing any of it."""
@@ -123,32 +155,35 @@ class Migrator:
         return planned
 
     async def run(self, plugin: str, migration: Migration) -> None:
-        """Run the stages of ``migration`` not yet completed, in order."""
-        for position, stage in enumerate(migration.stages):
-            record = StageRecord(plugin, migration.version, stage.name, position, stage.kind)
-            async with self._pool.acquire() as conn:
-                status, cursor, rows, batches = await record.read(conn)
-            where = f"{plugin} {migration.version} / {stage.name}"
-            if status == "completed":
-                logger.info("%s: completed before, skipped", where)
-                continue
-            if not stage.applies(self._env):
-                logger.info("%s: skipped, its condition is false in %r", where, self._env)
-                async with transaction(self._pool) as tx:
-                    await record.finish(tx.connection, "skipped", 0.0)
-                continue
-            logger.info("%s: %s", where, "resumed" if status else "started")
-            if isinstance(stage, Stage):
-                await self._atomic(where, plugin, stage, record)
-            else:
-                await self._batched(where, plugin, stage, record, cursor, rows, batches)
+        """Run the stages of ``migration`` not yet completed, in order, under the lock."""
+        async with self.locked():
+            async with self.fenced(self._pool) as tx:
+                await create_tables(tx.connection)
+            for position, stage in enumerate(migration.stages):
+                record = StageRecord(plugin, migration.version, stage.name, position, stage.kind)
+                async with self._pool.acquire() as conn:
+                    status, cursor, rows, batches = await record.read(conn)
+                where = f"{plugin} {migration.version} / {stage.name}"
+                if status == "completed":
+                    logger.info("%s: completed before, skipped", where)
+                    continue
+                if not stage.applies(self._env):
+                    logger.info("%s: skipped, its condition is false in %r", where, self._env)
+                    async with self.fenced(self._pool) as tx:
+                        await record.finish(tx.connection, "skipped", 0.0)
+                    continue
+                logger.info("%s: %s", where, "resumed" if status else "started")
+                if isinstance(stage, Stage):
+                    await self._atomic(where, plugin, stage, record)
+                else:
+                    await self._batched(where, plugin, stage, record, cursor, rows, batches)
 
     async def _atomic(self, where: str, plugin: str, stage: Stage, record: StageRecord) -> None:
         started = time.perf_counter()
-        async with self._pool.acquire() as conn:
-            await record.start(conn, None)  # committed apart: seen while it runs, or dies
         try:
-            async with transaction(self._pool) as tx:
+            async with self.fenced(self._pool) as tx:  # committed apart: seen while it runs
+                await record.start(tx.connection, None)
+            async with self.fenced(self._pool) as tx:
                 await _timeouts(tx.connection, stage)
                 ctx = StageContext(tx, self._env, plugin, self._bus)
                 await stage.run(ctx)
@@ -176,11 +211,14 @@ class Migrator:
             raise MigrationError(f"{where} cannot be undone: {what}")
         record = StageRecord(plugin, migration.version, stage.name, position, stage.kind)
         undone = 0
-        async with self._pool.acquire() as conn:
-            key_type = await _key_type(conn, where, stage)
-            for number, after, last, rows in await record.done_batches(conn):
+        async with self.locked(), self._pool.acquire() as conn:
+            async with self.fenced(conn):
+                await _timeouts(conn, stage)
+                key_type = await _key_type(conn, where, stage)
+                done = await record.done_batches(conn)
+            for number, after, last, rows in done:
                 started = time.perf_counter()
-                async with transaction(conn, find_outcome=False) as tx:
+                async with self.fenced(conn) as tx:
                     await _timeouts(conn, stage)
                     keys = await conn.fetchrow(
                         f"SELECT $1::text::{key_type}, $2::text::{key_type}", after, last
@@ -195,12 +233,31 @@ class Migrator:
 
     async def _failed(
         self, where: str, record: StageRecord, started: float, exc: Exception
-    ) -> None:
+    ) -> NoReturn:
         error = f"{type(exc).__name__}: {exc}"
-        async with transaction(self._pool) as tx:
-            await record.finish(tx.connection, "failed", time.perf_counter() - started, error)
+        try:
+            async with transaction(self._pool, find_outcome=False) as tx:
+                await self._record_failure(
+                    tx.connection,
+                    record,
+                    error,
+                    record.finish(tx.connection, "failed", time.perf_counter() - started, error),
+                )
+        except Exception as lost:  # e.g. the database itself is gone
+            exc.add_note(f"the failure could not be recorded: {lost!r}")
         logger.error("%s: failed: %s", where, error)
         raise MigrationError(f"{where} failed: {error}") from exc
+
+    async def _record_failure(self, conn: Any, record: StageRecord, error: str, write: Any) -> None:
+        """Keep ``error`` in the history; run ``write`` (the stage's failure) unless another
+        migrator took the lock meanwhile (the stage is its own then)."""
+        token = self.lock.token
+        await record.error(conn, token, error)
+        if await self.lock.still_current(conn):
+            await write
+        else:
+            write.close()
+            logger.warning("the migration lock was taken over: the stage is left to its holder")
 
     async def _batched(
         self,
@@ -216,8 +273,14 @@ class Migrator:
         # One connection for the whole stage: a pooled connection per batch would cost the
         # pool's reset round trip on every release.
         async with self._pool.acquire() as conn:
-            pages = await _Pages.prepare(conn, where, stage, cursor)
-            await record.start(conn, rows + pages.left)
+            try:
+                async with self.fenced(conn):
+                    # Under the stage's timeouts: the count waits on the table's locks too.
+                    await _timeouts(conn, stage)
+                    pages = await _Pages.prepare(conn, where, stage, cursor)
+                    await record.start(conn, rows + pages.left)
+            except Exception as exc:
+                await self._failed(where, record, started, exc)
             progress = self._progress(where, rows + pages.left, rows)
             number = batches
             try:
@@ -226,8 +289,8 @@ class Migrator:
                     try:
                         # A COMMIT lost with its connection needs no finding out: the rerun
                         # reads the cursor, saved by this very transaction or not at all.
-                        async with transaction(conn, find_outcome=False) as tx:
-                            await _timeouts(conn, stage)
+                        async with self.fenced(conn) as tx:
+                            began = await _begin_batch(conn, stage)
                             last, last_text, count = await pages.next(conn)
                             if count == 0:
                                 break
@@ -235,7 +298,7 @@ class Migrator:
                             await stage.apply(batch)
                             await record.batch_done(
                                 conn, number + 1, pages.cursor, last_text, count,
-                                time.perf_counter() - batch_started,
+                                time.perf_counter() - batch_started, self.lock.token, began,
                             )  # fmt: skip
                     except Exception as exc:
                         error = (
@@ -246,9 +309,15 @@ class Migrator:
                         # two connections, the lock's and this one, is enough.
                         try:
                             async with transaction(conn, find_outcome=False):
-                                await record.batch_failed(
-                                    conn, number + 1, pages.cursor,
-                                    time.perf_counter() - batch_started, error,
+                                await self._record_failure(
+                                    conn,
+                                    record,
+                                    error,
+                                    record.batch_failed(
+                                        conn, number + 1, pages.cursor,
+                                        time.perf_counter() - batch_started, error,
+                                        self.lock.token,
+                                    ),
                                 )  # fmt: skip
                         except Exception as lost:  # e.g. the connection itself was lost
                             exc.add_note(f"the failure could not be recorded: {lost!r}")
@@ -261,7 +330,7 @@ class Migrator:
                 progress.close()
         validating = time.perf_counter()
         try:
-            async with transaction(self._pool) as tx:
+            async with self.fenced(self._pool) as tx:
                 await _timeouts(tx.connection, stage)
                 await _validate(stage, StageContext(tx, self._env, plugin, self._bus))
                 await record.finish(tx.connection, "completed", time.perf_counter() - validating)
@@ -325,19 +394,29 @@ async def _key_type(conn: Any, where: str, stage: BatchedStage) -> str:
     return key_type
 
 
-async def _timeouts(conn: Any, stage: Stage | BatchedStage) -> None:
-    """Set the stage's timeouts for the transaction ``conn`` is in (SET LOCAL)."""
-    settings = [
-        (name, _ms(value))
+async def _begin_batch(conn: Any, stage: BatchedStage) -> datetime:
+    """Set the stage's timeouts for the batch's transaction; the server's clock now."""
+    calls = "".join(f", {call}" for call in _settings(stage))
+    began: datetime = await conn.fetchval(f"SELECT clock_timestamp(){calls}")
+    return began
+
+
+def _settings(stage: Stage | BatchedStage) -> list[str]:
+    return [
+        f"set_config('{name}', '{_ms(value)}', true)"
         for name, value in (
             ("lock_timeout", stage.lock_timeout),
             ("statement_timeout", stage.statement_timeout),
         )
         if value is not None
     ]
+
+
+async def _timeouts(conn: Any, stage: Stage | BatchedStage) -> None:
+    """Set the stage's timeouts for the transaction ``conn`` is in (SET LOCAL)."""
+    settings = _settings(stage)
     if settings:
-        calls = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in settings)
-        await conn.execute(f"SELECT {calls}")
+        await conn.execute(f"SELECT {', '.join(settings)}")
 
 
 async def _validate(stage: Stage | BatchedStage, ctx: StageContext) -> None:

@@ -5,7 +5,10 @@
                     the last error.
 ``hookbus_stage``   one row per stage of a migration (plugin, version, stage): status,
                     cursor of a batched stage, rows, batches, duration, error.
-``hookbus_batch``   one row per batch committed (and per batch attempt that failed).
+``hookbus_batch``   one row per batch committed (and per batch attempt that failed): the
+                    lock token of the migrator that ran it, its interval by the server's
+                    clock (``started_at`` to ``committed_at``).
+``hookbus_error``   every failure's error with its time: a stage's, a batch's, a plugin's.
 """
 
 from __future__ import annotations
@@ -97,6 +100,28 @@ CREATE TABLE IF NOT EXISTS hookbus_batch (
 CREATE UNIQUE INDEX IF NOT EXISTS hookbus_batch_done
     ON hookbus_batch (plugin, version, stage, number) WHERE status = 'completed';
 """
+# What later versions added, for databases made before (tested from the layout of 92abf95):
+# each batch's lock token and its interval by the server's clock; every failure's error.
+_MISSING: Final = """
+SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'hookbus_batch'::regclass
+                   AND attname = 'committed_at' AND NOT attisdropped)
+    OR to_regclass('hookbus_error') IS NULL
+"""
+_UPGRADE: Final = """
+ALTER TABLE hookbus_batch ADD COLUMN IF NOT EXISTS token bigint,
+                          ADD COLUMN IF NOT EXISTS started_at timestamptz,
+                          ADD COLUMN IF NOT EXISTS committed_at timestamptz;
+CREATE TABLE IF NOT EXISTS hookbus_error (
+    id bigserial PRIMARY KEY,
+    plugin text NOT NULL,
+    version text,
+    step text NOT NULL,
+    token bigint,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    error text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hookbus_error_step ON hookbus_error (plugin, version, step);
+"""
 
 _EXIST: Final = "SELECT to_regclass('hookbus_plugin') IS NOT NULL"
 _READ: Final = (
@@ -135,8 +160,14 @@ class PluginState(msgspec.Struct, frozen=True):
 
 
 async def create_tables(conn: Any) -> None:
-    """Create the three tables if they are missing (run under the migration lock)."""
+    """Create the tables if they are missing, add what a newer hookbus records to older ones.
+
+    Run under the migration lock. Existing tables are altered only when something is
+    missing: ALTER TABLE takes an exclusive lock even when it has nothing to do.
+    """
     await conn.execute(_DDL)
+    if await conn.fetchval(_MISSING):
+        await conn.execute(_UPGRADE)
 
 
 async def tables_exist(conn: Any) -> bool:

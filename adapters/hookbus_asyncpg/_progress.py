@@ -23,40 +23,45 @@ ORDER BY plugin, string_to_array(version, '.')::int[], position
 """
 # Marks a stage as started (or restarted): a row to see while it runs, and the batch rows' parent.
 _START: Final = """
-INSERT INTO hookbus_stage (plugin, version, stage, position, kind, status, total)
-VALUES ($1, $2, $3, $4, $5, 'running', $6)
+INSERT INTO hookbus_stage (plugin, version, stage, position, kind, status, total, started_at,
+                           updated_at)
+VALUES ($1, $2, $3, $4, $5, 'running', $6, clock_timestamp(), clock_timestamp())
 ON CONFLICT (plugin, version, stage) DO UPDATE SET
-    status = 'running', total = EXCLUDED.total, error = NULL, updated_at = now(),
+    status = 'running', total = EXCLUDED.total, error = NULL, updated_at = clock_timestamp(),
     finished_at = NULL
 """
 _FINISH: Final = """
 INSERT INTO hookbus_stage AS s (plugin, version, stage, position, kind, status, duration,
                                 finished_at, error)
-VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8)
+VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp(), $8)
 ON CONFLICT (plugin, version, stage) DO UPDATE SET
-    status = EXCLUDED.status, duration = s.duration + EXCLUDED.duration, updated_at = now(),
-    finished_at = now(), error = EXCLUDED.error
+    status = EXCLUDED.status, duration = s.duration + EXCLUDED.duration,
+    updated_at = clock_timestamp(), finished_at = clock_timestamp(), error = EXCLUDED.error
 """
 # One round trip records a batch: its row, and the stage's cursor and counters.
 _BATCH_DONE: Final = """
 WITH stage AS (
     UPDATE hookbus_stage SET cursor = $6, rows = rows + $7, batches = batches + 1,
-                             duration = duration + $8, updated_at = now()
+                             duration = duration + $8, updated_at = clock_timestamp()
     WHERE plugin = $1 AND version = $2 AND stage = $3
 )
 INSERT INTO hookbus_batch (plugin, version, stage, number, after_key, last_key, rows,
-                           status, duration)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'completed', $8)
+                           status, duration, token, started_at, committed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'completed', $8, $9, $10, clock_timestamp())
 """
 _BATCH_FAILED: Final = """
 WITH stage AS (
-    UPDATE hookbus_stage SET status = 'failed', error = $8, updated_at = now(),
+    UPDATE hookbus_stage SET status = 'failed', error = $8, updated_at = clock_timestamp(),
                              duration = duration + $7
     WHERE plugin = $1 AND version = $2 AND stage = $3
 )
 INSERT INTO hookbus_batch (plugin, version, stage, number, after_key, rows, status,
-                           duration, error)
-VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, $8)
+                           duration, error, token)
+VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, $8, $9)
+"""
+
+_ERROR: Final = """
+INSERT INTO hookbus_error (plugin, version, step, token, error) VALUES ($1, $2, $3, $4, $5)
 """
 
 _DONE_BATCHES: Final = """
@@ -71,8 +76,8 @@ WITH batch AS (
     WHERE plugin = $1 AND version = $2 AND stage = $3 AND number = $4 AND status = 'completed'
 )
 UPDATE hookbus_stage SET status = 'undone', cursor = $5, rows = rows - $6,
-                         batches = batches - 1, duration = duration + $7, updated_at = now(),
-                         finished_at = NULL, error = NULL
+                         batches = batches - 1, duration = duration + $7,
+                         updated_at = clock_timestamp(), finished_at = NULL, error = NULL
 WHERE plugin = $1 AND version = $2 AND stage = $3
 """
 
@@ -129,16 +134,34 @@ class StageRecord:
         )
 
     async def batch_done(
-        self, conn: Any, number: int, after: str | None, last: str, rows: int, duration: float
+        self,
+        conn: Any,
+        number: int,
+        after: str | None,
+        last: str,
+        rows: int,
+        duration: float,
+        token: int,
+        started_at: datetime,
     ) -> None:
-        """Record a batch and move the cursor, in the batch's own transaction."""
-        await conn.execute(_BATCH_DONE, *self._ident, number, after, last, rows, duration)
+        """Record a batch and move the cursor, in the batch's own transaction.
+
+        The batch's interval runs from ``started_at`` (the server's clock once the batch was
+        fenced) to the server's clock now, just before its COMMIT.
+        """
+        await conn.execute(
+            _BATCH_DONE, *self._ident, number, after, last, rows, duration, token, started_at
+        )
 
     async def batch_failed(
-        self, conn: Any, number: int, after: str | None, duration: float, error: str
+        self, conn: Any, number: int, after: str | None, duration: float, error: str, token: int
     ) -> None:
         """Record a failed batch attempt and fail the stage (after the batch rolled back)."""
-        await conn.execute(_BATCH_FAILED, *self._ident, number, after, 0, duration, error)
+        await conn.execute(_BATCH_FAILED, *self._ident, number, after, 0, duration, error, token)
+
+    async def error(self, conn: Any, token: int | None, error: str) -> None:
+        """Keep ``error`` with its time in the stage's error history."""
+        await conn.execute(_ERROR, *self._ident, token, error)
 
     async def done_batches(self, conn: Any) -> list[tuple[int, str | None, str, int]]:
         """The committed batches, newest first: ``(number, after_key, last_key, rows)``."""
