@@ -25,7 +25,13 @@ from typing import Any, Final, TypeAlias, final
 from ._bus import Bus
 from ._exceptions import HookbusError
 from ._hooks import Hook
-from ._migrations import Environment, Migration, parse_version, signature_problem
+from ._migrations import (
+    Environment,
+    Migration,
+    parse_version,
+    signature_problem,
+    storable_text_problem,
+)
 from ._selectors import Selector
 
 __all__ = ["ENTRY_POINT_GROUP", "Plugin", "PluginError", "PluginHook", "PluginSet"]
@@ -128,8 +134,9 @@ class Plugin:
         """What is wrong with this plugin on its own (not its dependencies)."""
         who = f"plugin {self.name!r}"
         found: list[str] = []
-        if not isinstance(self.name, str) or not self.name:
-            return [f"plugin {self.name!r}: a name is a non-empty string"]
+        problem = storable_text_problem(self.name)
+        if problem:
+            return [f"plugin {self.name!r}: a plugin name {problem}"]
         try:
             parse_version(self.version)
         except ValueError as exc:

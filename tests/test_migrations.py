@@ -18,6 +18,7 @@ from hookbus import (
     Environment,
     Migration,
     MigrationError,
+    PluginError,
     Stage,
     StageContext,
 )
@@ -421,3 +422,113 @@ async def test_an_upgrade_and_its_failures_need_no_more_than_two_connections(
         broken[0] = False
         assert await asyncio.wait_for(manager.upgrade(), 60) == ["p"]
     assert await db.fetchval("SELECT count(*) FROM item WHERE hits <> 1") == 1  # id 3: "first"
+
+
+async def test_every_statement_of_a_batched_stage_runs_under_its_lock_timeout(
+    db: asyncpg.Pool,
+) -> None:
+    migration = Migration("2.0", [
+        BatchedStage("hits", hit, table="item", batch_size=100, lock_timeout=0.3),
+    ])  # fmt: skip
+    m = await migrator(db)
+    async with db.acquire() as holder, holder.transaction():
+        await holder.execute("LOCK TABLE item IN ACCESS EXCLUSIVE MODE")
+        # The stage's first statements (the key's type, the rows to do) wait on the table too.
+        with pytest.raises(MigrationError, match="LockNotAvailableError"):
+            await asyncio.wait_for(m.run("p", migration), 10)
+    assert (await stages(db))["hits"].status == "failed"
+    await m.run("p", migration)
+    assert await db.fetchval("SELECT count(*) FROM item WHERE hits <> 1") == 0
+
+
+async def test_a_batched_stage_refuses_a_key_that_is_not_unique_before_its_first_batch(
+    db: asyncpg.Pool,
+) -> None:
+    await db.execute(
+        "DROP TABLE IF EXISTS repeated;"
+        "CREATE TABLE repeated (id serial PRIMARY KEY, k int NOT NULL, seen int NOT NULL "
+        "DEFAULT 0, UNIQUE (k, id));"  # unique together, and another column's key: not enough
+        "CREATE INDEX ON repeated (k); CREATE UNIQUE INDEX ON repeated (k) WHERE k > 100;"
+        "INSERT INTO repeated (k) SELECT unnest('{1, 2, 3, 3, 3, 4, 5, 5, 6, 7}'::int[])"
+    )
+
+    async def see(batch: Batch) -> None:
+        await batch.tx.connection.execute(
+            "UPDATE repeated SET seen = seen + 1 WHERE ($1::int IS NULL OR k > $1) AND k <= $2",
+            batch.after,
+            batch.last,
+        )
+
+    migration = Migration("2.0", [
+        BatchedStage("see", see, table="repeated", key="k", batch_size=3),
+    ])  # fmt: skip
+    m = await migrator(db)
+    with pytest.raises(MigrationError, match="the key 'k' of 'repeated' is not unique"):
+        await m.run("p", migration)
+    assert await db.fetchval("SELECT count(*) FROM repeated WHERE seen > 0") == 0
+    assert (await stages(db))["see"].status == "failed"
+
+    await db.execute("DELETE FROM repeated a USING repeated b WHERE a.k = b.k AND a.ctid > b.ctid")
+    await db.execute("ALTER TABLE repeated ADD UNIQUE (k)")
+    await m.run("p", migration)
+    assert await db.fetchval("SELECT count(*) FROM repeated WHERE seen <> 1") == 0
+
+
+async def test_a_batch_that_changes_none_of_the_rows_of_its_page_is_recorded_and_reported(
+    db: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def forgets_the_first_batch(batch: Batch) -> None:  # id > NULL matches no row
+        await batch.tx.connection.execute(
+            "UPDATE item SET hits = hits + 1 WHERE id > $1 AND id <= $2", batch.after, batch.last
+        )
+
+    migration = Migration("2.0", [
+        BatchedStage("hits", forgets_the_first_batch, table="item", batch_size=300),
+    ])  # fmt: skip
+    caplog.set_level("WARNING", logger="hookbus.migrations")
+    await (await migrator(db)).run("p", migration)
+    stage = (await stages(db))["hits"]
+    assert (stage.status, stage.rows, stage.untouched) == ("completed", 1000, 1)
+    touched = await db.fetch("SELECT number, touched FROM hookbus_batch ORDER BY number")
+    assert [tuple(r) for r in touched] == [(1, 0), (2, 300), (3, 300), (4, 100)]
+    assert any(
+        "1 batch(es) changed none of the rows of their page (batches 1)" in message
+        and "batch.after, which is None for the first batch" in message
+        for message in caplog.messages
+    )
+
+    # a batch that deletes its rows, or writes them in a savepoint, changed them
+    async def delete_in_a_savepoint(batch: Batch) -> None:
+        async with batch.tx.savepoint():
+            await batch.tx.connection.execute(
+                "DELETE FROM item WHERE id <= $1 AND ($2::bigint IS NULL OR id > $2)",
+                batch.last,
+                batch.after,
+            )
+
+    migration = Migration("3.0", [
+        BatchedStage("delete", delete_in_a_savepoint, table="item", batch_size=300),
+    ])  # fmt: skip
+    await (await migrator(db)).run("p", migration)
+    assert (await stages(db))["delete"].untouched == 0
+
+
+def test_stage_timeouts_that_cannot_work_are_refused_where_they_are_declared() -> None:
+    async def run(ctx: StageContext) -> None: ...
+
+    for value in (float("nan"), float("inf"), True, 0, -1, "1", 1e10):
+        for option in ("lock_timeout", "statement_timeout"):
+            with pytest.raises(PluginError, match=f"{option} is a finite number of seconds"):
+                Stage("s", run, **{option: value})
+    Stage("s", run, lock_timeout=0.5, statement_timeout=60)
+
+
+def test_versions_and_stage_names_are_refused_where_they_are_declared() -> None:
+    async def run(ctx: StageContext) -> None: ...
+
+    with pytest.raises(PluginError, match=r"migration '٣\.1': a version is dotted integers"):
+        Migration("٣.1", [Stage("s", run)])  # an Arabic-Indic three
+    with pytest.raises(PluginError, match="must not contain a NUL character"):
+        Stage("a\x00b", run)
+    with pytest.raises(PluginError, match="must be valid Unicode"):
+        Stage("\udc80", run)

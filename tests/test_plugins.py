@@ -420,3 +420,17 @@ def test_migrations_declared_twice_or_wrongly_are_reported() -> None:
         "plugin 'erp': two migrations for the same version in ['2.0', '2.0']",
         "plugin 'hr': '2.0' is not a Migration",
     )
+
+
+def test_plugin_names_and_versions_postgresql_cannot_store_are_refused_before_anything_runs() -> (
+    None
+):
+    with pytest.raises(PluginError) as caught:
+        PluginSet(
+            Bus(),
+            [Plugin("nul\x00", "1.0"), Plugin("\ud800", "1.0"), Plugin("digits", "٣.1")],
+        )
+    problems = caught.value.problems
+    assert any("'nul\\x00': a plugin name must not contain a NUL character" in p for p in problems)
+    assert any("'\\ud800': a plugin name must be valid Unicode" in p for p in problems)
+    assert any("'digits': a version is dotted integers" in p for p in problems)

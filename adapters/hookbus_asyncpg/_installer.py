@@ -22,7 +22,7 @@ from typing import Final, final
 import asyncpg
 import msgspec
 
-from hookbus import HookInfo, Plugin, PluginSet, StageContext
+from hookbus import HookInfo, Plugin, PluginSet, StageContext, parse_version
 
 from ._migration_lock import lock_holder
 from ._migrator import Migrator, PlannedStage, ProgressFactory
@@ -292,7 +292,7 @@ class PluginManager:
                 state = states.get(plugin.name)
                 if state is None or not state.is_installed or state.version is None:
                     continue
-                if _version_key(state.version) > _version_key(plugin.version):
+                if parse_version(state.version) > parse_version(plugin.version):
                     raise PluginStateError(
                         f"plugin {plugin.name!r} is installed at {state.version}, newer than "
                         f"the code's {plugin.version}: downgrades are not supported"
@@ -423,7 +423,3 @@ def _load_order(plugins: PluginSet, names: Iterable[str]) -> list[Plugin]:
             "cannot run their uninstall hooks"
         )
     return [p for p in plugins if p.name in wanted]
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))

@@ -54,6 +54,17 @@ SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
 WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped
 """
 
+# A key column pages correctly only if no two rows share a key: a primary key, a unique
+# constraint or a unique index on that column alone (no predicate, no expression).
+_KEY_UNIQUE: Final = """
+SELECT EXISTS (
+    SELECT FROM pg_index i JOIN pg_attribute a
+        ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    WHERE i.indrelid = to_regclass($1) AND a.attname = $2 AND i.indisunique AND i.indisvalid
+      AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL
+)
+"""
+
 ProgressFactory = Callable[[str, "int | None", int], Progress]
 
 
@@ -283,6 +294,7 @@ class Migrator:
                 await self._failed(where, record, started, exc)
             progress = self._progress(where, rows + pages.left, rows)
             number = batches
+            untouched: list[int] = []
             try:
                 while True:
                     batch_started = time.perf_counter()
@@ -296,10 +308,14 @@ class Migrator:
                                 break
                             batch = Batch(tx, self._env, pages.after, last, count, number + 1)
                             await stage.apply(batch)
+                            touched = await pages.touched(conn, last, count)
                             await record.batch_done(
                                 conn, number + 1, pages.cursor, last_text, count,
                                 time.perf_counter() - batch_started, self.lock.token, began,
+                                touched,
                             )  # fmt: skip
+                            if touched == 0:
+                                untouched.append(number + 1)
                     except Exception as exc:
                         error = (
                             f"batch {number + 1} after key {pages.cursor}: "
@@ -328,6 +344,13 @@ class Migrator:
                     progress.advance(count)
             finally:
                 progress.close()
+        if untouched:
+            # Recorded (hookbus_batch.touched = 0) and said once, at the end of the stage.
+            logger.warning(
+                "%s: %d batch(es) changed none of the rows of their page (batches %s): does "
+                "apply read batch.after, which is None for the first batch?",
+                where, len(untouched), _ranges(untouched),
+            )  # fmt: skip
         validating = time.perf_counter()
         try:
             async with self.fenced(self._pool) as tx:
@@ -343,7 +366,16 @@ class Migrator:
 class _Pages:
     """The keyset pages of a batched stage: ``WHERE key > cursor ORDER BY key LIMIT n``."""
 
-    __slots__ = ("_first", "_next", "_size", "after", "cursor", "left")
+    __slots__ = (
+        "_first",
+        "_next",
+        "_size",
+        "_touched_first",
+        "_touched_next",
+        "after",
+        "cursor",
+        "left",
+    )
 
     def __init__(self, stage: BatchedStage, key_type: str) -> None:
         table, key = _quoted(stage.table), f'"{stage.key}"'
@@ -352,6 +384,14 @@ class _Pages:
         last = "SELECT max(k), max(k)::text, count(*) FROM ({}) AS b(k)"
         self._first = last.format(page)
         self._next = last.format(after)
+        # The page's rows the batch changed: those it wrote (their xmin is this transaction,
+        # or one of its subtransactions: age <= 0) and those it deleted (no longer there).
+        touched = (
+            "SELECT $1 - count(*) + count(*) FILTER (WHERE age(xmin) <= 0) "
+            f"FROM {table} WHERE {key} <= $2::{key_type}"
+        )
+        self._touched_first = touched + f" AND {key} IS NOT NULL"
+        self._touched_next = touched + f" AND {key} > $3::{key_type}"
         self._size = stage.batch_size
         self.after: Any = None  # the last key done, as the column's type
         self.cursor: str | None = None  # the same, as text: what the progress row keeps
@@ -362,6 +402,13 @@ class _Pages:
         cls, conn: Any, where: str, stage: BatchedStage, cursor: str | None
     ) -> _Pages:
         key_type = await _key_type(conn, where, stage)
+        if not await conn.fetchval(_KEY_UNIQUE, stage.table, stage.key):
+            raise MigrationError(
+                f"{where}: the key {stage.key!r} of {stage.table!r} is not unique: no primary "
+                "key, unique constraint or unique index on that column alone. Batches paged "
+                "by a key that repeats miscount their rows (and a page may end between equal "
+                "keys): page by a unique column"
+            )
         pages = cls(stage, key_type)
         table, key = _quoted(stage.table), f'"{stage.key}"'
         if cursor is None:
@@ -381,6 +428,12 @@ class _Pages:
         else:
             row = await conn.fetchrow(self._next, self._size, self.after)
         return row[0], row[1], row[2]
+
+    async def touched(self, conn: Any, last: Any, count: int) -> int:
+        """How many of the page's ``count`` rows the batch changed (wrote or deleted)."""
+        if self.after is None:
+            return int(await conn.fetchval(self._touched_first, count, last))
+        return int(await conn.fetchval(self._touched_next, count, last, self.after))
 
     def moved(self, last: Any, last_text: str) -> None:
         """The page ending at ``last`` was committed."""
@@ -422,6 +475,17 @@ async def _timeouts(conn: Any, stage: Stage | BatchedStage) -> None:
 async def _validate(stage: Stage | BatchedStage, ctx: StageContext) -> None:
     if stage.validate is not None and await stage.validate(ctx) is False:
         raise MigrationError(f"validation {getattr(stage.validate, '__name__', '')} failed")
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _quoted(table: str) -> str:

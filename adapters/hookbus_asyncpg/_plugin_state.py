@@ -104,13 +104,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS hookbus_batch_done
 # each batch's lock token and its interval by the server's clock; every failure's error.
 _MISSING: Final = """
 SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'hookbus_batch'::regclass
-                   AND attname = 'committed_at' AND NOT attisdropped)
+                   AND attname = 'touched' AND NOT attisdropped)
     OR to_regclass('hookbus_error') IS NULL
 """
 _UPGRADE: Final = """
 ALTER TABLE hookbus_batch ADD COLUMN IF NOT EXISTS token bigint,
                           ADD COLUMN IF NOT EXISTS started_at timestamptz,
-                          ADD COLUMN IF NOT EXISTS committed_at timestamptz;
+                          ADD COLUMN IF NOT EXISTS committed_at timestamptz,
+                          ADD COLUMN IF NOT EXISTS touched integer;
 CREATE TABLE IF NOT EXISTS hookbus_error (
     id bigserial PRIMARY KEY,
     plugin text NOT NULL,

@@ -17,8 +17,11 @@ WHERE plugin = $1 AND version = $2 AND stage = $3
 """
 _READ_ALL: Final = """
 SELECT plugin, version, stage, position, kind, status, cursor, rows, total, batches, duration,
-       started_at, updated_at, finished_at, error
-FROM hookbus_stage WHERE ($1::text IS NULL OR plugin = $1)
+       started_at, updated_at, finished_at, error,
+       (SELECT count(*) FROM hookbus_batch b
+        WHERE (b.plugin, b.version, b.stage) = (s.plugin, s.version, s.stage)
+          AND b.status = 'completed' AND b.touched = 0) AS untouched
+FROM hookbus_stage s WHERE ($1::text IS NULL OR plugin = $1)
 ORDER BY plugin, string_to_array(version, '.')::int[], position
 """
 # Marks a stage as started (or restarted): a row to see while it runs, and the batch rows' parent.
@@ -46,8 +49,8 @@ WITH stage AS (
     WHERE plugin = $1 AND version = $2 AND stage = $3
 )
 INSERT INTO hookbus_batch (plugin, version, stage, number, after_key, last_key, rows,
-                           status, duration, token, started_at, committed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'completed', $8, $9, $10, clock_timestamp())
+                           status, duration, token, started_at, touched, committed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'completed', $8, $9, $10, $11, clock_timestamp())
 """
 _BATCH_FAILED: Final = """
 WITH stage AS (
@@ -101,6 +104,7 @@ class StageProgress(msgspec.Struct, frozen=True):
     updated_at: datetime
     finished_at: datetime | None
     error: str | None
+    untouched: int = 0  # committed batches that changed none of the rows of their page
 
 
 @final
@@ -143,15 +147,18 @@ class StageRecord:
         duration: float,
         token: int,
         started_at: datetime,
+        touched: int | None,
     ) -> None:
         """Record a batch and move the cursor, in the batch's own transaction.
 
         The batch's interval runs from ``started_at`` (the server's clock once the batch was
-        fenced) to the server's clock now, just before its COMMIT.
+        fenced) to the server's clock now, just before its COMMIT. ``touched``: how many rows
+        of its page it changed.
         """
         await conn.execute(
-            _BATCH_DONE, *self._ident, number, after, last, rows, duration, token, started_at
-        )
+            _BATCH_DONE, *self._ident, number, after, last, rows, duration, token, started_at,
+            touched,
+        )  # fmt: skip
 
     async def batch_failed(
         self, conn: Any, number: int, after: str | None, duration: float, error: str, token: int
