@@ -178,7 +178,8 @@ def test_state_changing_commands_refuse_to_run_without_an_explicit_dsn() -> None
 
 LOSSY_ROWS, LOSSY_BATCH = 800, 40  # 20 batches
 LOSSY = """
-DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, hookbus_error, lossy;
+DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, hookbus_error, hookbus_hook_run,
+    lossy;
 CREATE TABLE lossy (id bigint PRIMARY KEY, hits integer NOT NULL DEFAULT 0);
 INSERT INTO lossy (id) SELECT i FROM generate_series(1, 800) i;
 """

@@ -28,7 +28,8 @@ from hookbus import (
 async def db(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
     """The module's database with fresh progress tables and an ``item`` table of 1,000 rows."""
     await pool.execute(
-        "DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, hookbus_error, item"
+        "DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, hookbus_error, "
+        "hookbus_hook_run, item"
     )
     await pool.execute(
         "CREATE TABLE item (id bigint PRIMARY KEY, name text, hits int NOT NULL DEFAULT 0);"
@@ -532,3 +533,40 @@ def test_versions_and_stage_names_are_refused_where_they_are_declared() -> None:
         Stage("a\x00b", run)
     with pytest.raises(PluginError, match="must be valid Unicode"):
         Stage("\udc80", run)
+
+
+async def test_recorded_times_are_the_server_clock_at_the_moment_they_describe(
+    db: asyncpg.Pool,
+) -> None:
+    async def slow(ctx: StageContext) -> None:
+        await ctx.tx.connection.execute("SELECT pg_sleep(0.3)")
+
+    async def slow_batch(batch: Batch) -> None:
+        await hit(batch)
+        await batch.tx.connection.execute("SELECT pg_sleep(0.1)")
+
+    async def slow_check(ctx: StageContext) -> bool:
+        await ctx.tx.connection.execute("SELECT pg_sleep(0.2)")
+        return True
+
+    migration = Migration("2.0", [
+        Stage("atomic", slow),
+        BatchedStage("batched", slow_batch, table="item", batch_size=500, validate=slow_check),
+    ])  # fmt: skip
+    await (await migrator(db)).run("p", migration)
+    progress = await stages(db)
+    atomic, batched = progress["atomic"], progress["batched"]
+    assert atomic.finished_at is not None and batched.finished_at is not None
+    # the stage's own duration, and its finish minus its start, tell the same story
+    elapsed = (atomic.finished_at - atomic.started_at).total_seconds()
+    assert 0.3 <= elapsed <= atomic.duration + 0.05
+    assert atomic.updated_at == atomic.finished_at
+    # a batched stage finishes after its validation; each batch's interval holds its work
+    elapsed = (batched.finished_at - batched.started_at).total_seconds()
+    assert elapsed >= 2 * 0.1 + 0.2
+    intervals = await db.fetch(
+        "SELECT committed_at - started_at AS took, duration FROM hookbus_batch ORDER BY number"
+    )
+    assert len(intervals) == 2
+    for row in intervals:
+        assert 0.1 <= row["took"].total_seconds() <= row["duration"] + 0.05

@@ -76,8 +76,74 @@ class PlannedStage(msgspec.Struct, frozen=True):
     version: str
     stage: str
     kind: str
-    action: str  # "run", "resume", "skip (completed)", "skip (condition)"
+    action: str  # "run", "resume", "run (condition now holds)", "skip (completed)",
+    # "skip (condition)", "skip (installed)": see ``decide``
     detail: str = ""
+
+
+#: The actions of a plan that run the stage.
+_RUNS: Final = frozenset({"run", "resume", "run (condition now holds)"})
+
+
+def decide(
+    stage: Stage | BatchedStage,
+    status: str | None,
+    cursor: str | None,
+    rows: int,
+    env: Environment,
+    *,
+    revisit: bool = False,
+) -> tuple[str, str]:
+    """What to do with a stage now: ``(action, detail)``. The one decision of the migrator.
+
+    ``plan`` shows it and ``run`` acts on it. A stage ``completed`` is skipped; one whose
+    condition is false in ``env`` is skipped (and recorded ``skipped``); a ``failed`` or
+    interrupted one resumes; a new one runs. ``revisit``: the migration is at or below the
+    plugin's installed version, so only a stage once ``skipped`` by its condition runs, now
+    that the condition holds (skipped is not completed), or resumes if that run failed.
+    """
+    if status == "completed":
+        return "skip (completed)", ""
+    if revisit and status not in ("failed", "running"):  # those resume, as anywhere
+        if status == "skipped" and stage.applies(env):
+            return "run (condition now holds)", f"skipped before, now in {env!r}"
+        return "skip (installed)", ""
+    if not stage.applies(env):
+        return "skip (condition)", f"not in {env!r}"
+    resumes = status in ("failed", "running") or cursor is not None
+    if resumes and cursor is not None:
+        return "resume", f"after key {cursor}, {rows:,} rows done"
+    action = "resume" if resumes else "run"
+    if isinstance(stage, BatchedStage):
+        return action, f"batches of {stage.batch_size:,} over {stage.table}.{stage.key}"
+    return action, ""
+
+
+@final
+class _Step:
+    """One stage in a plan: its record as read, and what to do with it."""
+
+    __slots__ = ("action", "batches", "cursor", "detail", "migration", "record", "rows", "stage")
+
+    def __init__(
+        self,
+        migration: Migration,
+        stage: Stage | BatchedStage,
+        record: StageRecord,
+        action: str,
+        detail: str,
+        cursor: str | None,
+        rows: int,
+        batches: int,
+    ) -> None:
+        self.migration = migration
+        self.stage = stage
+        self.record = record
+        self.action = action
+        self.detail = detail
+        self.cursor = cursor
+        self.rows = rows
+        self.batches = batches
 
 
 def _ms(seconds: float) -> str:
@@ -134,60 +200,77 @@ class Migrator:
         async with self.locked(), self.fenced(self._pool) as tx:
             await create_tables(tx.connection)
 
-    async def plan(self, plugin: str, migrations: Sequence[Migration]) -> list[PlannedStage]:
-        """What ``run`` would do now, stage by stage, without doing any of it."""
-        planned = []
-        async with self._pool.acquire() as conn:
-            exists = await conn.fetchval("SELECT to_regclass('hookbus_stage') IS NOT NULL")
-            for migration in migrations:
-                for position, stage in enumerate(migration.stages):
-                    record = StageRecord(
-                        plugin, migration.version, stage.name, position, stage.kind
-                    )
-                    status, cursor, rows, _ = (
-                        await record.read(conn) if exists else (None, None, 0, 0)
-                    )
-                    if status == "completed":
-                        action, detail = "skip (completed)", ""
-                    elif not stage.applies(self._env):
-                        action, detail = "skip (condition)", f"not in {self._env!r}"
-                    elif status in ("failed", "running") or cursor is not None:
-                        action = "resume"
-                        detail = f"after key {cursor}, {rows:,} rows done" if cursor else ""
-                    else:
-                        action, detail = "run", ""
-                    if isinstance(stage, BatchedStage) and not detail:
-                        detail = f"batches of {stage.batch_size:,} over {stage.table}.{stage.key}"
-                    planned.append(
-                        PlannedStage(
-                            plugin, migration.version, stage.name, stage.kind, action, detail
-                        )
-                    )
-        return planned
+    async def plan(
+        self, plugin: str, migrations: Sequence[Migration], *, revisit: bool = False
+    ) -> list[PlannedStage]:
+        """What ``run`` would do now, stage by stage, without doing any of it.
 
-    async def run(self, plugin: str, migration: Migration) -> None:
-        """Run the stages of ``migration`` not yet completed, in order, under the lock."""
+        ``revisit``: the migrations are at or below the plugin's installed version (only the
+        stages once skipped by their condition may run); only the stages that would run are
+        listed then.
+        """
+        async with self._pool.acquire() as conn:
+            steps = [
+                step
+                for migration in migrations
+                for step in await self._steps(conn, plugin, migration, revisit=revisit)
+            ]
+        return [
+            PlannedStage(
+                plugin,
+                step.migration.version,
+                step.stage.name,
+                step.stage.kind,
+                step.action,
+                step.detail,
+            )
+            for step in steps
+            if not revisit or step.action in _RUNS
+        ]
+
+    async def _steps(
+        self, conn: Any, plugin: str, migration: Migration, *, revisit: bool
+    ) -> list[_Step]:
+        """The plan of ``migration``: each stage's record and what to do with it now."""
+        exists = await conn.fetchval("SELECT to_regclass('hookbus_stage') IS NOT NULL")
+        steps = []
+        for position, stage in enumerate(migration.stages):
+            record = StageRecord(plugin, migration.version, stage.name, position, stage.kind)
+            status, cursor, rows, batches = (
+                await record.read(conn) if exists else (None, None, 0, 0)
+            )
+            action, detail = decide(stage, status, cursor, rows, self._env, revisit=revisit)
+            steps.append(_Step(migration, stage, record, action, detail, cursor, rows, batches))
+        return steps
+
+    async def run(self, plugin: str, migration: Migration, *, revisit: bool = False) -> None:
+        """Run the stages of ``migration`` that its plan says to run, in order, under the lock.
+
+        The plan is ``plan``'s, computed once the lock is held (see ``decide``).
+        """
         async with self.locked():
             async with self.fenced(self._pool) as tx:
                 await create_tables(tx.connection)
-            for position, stage in enumerate(migration.stages):
-                record = StageRecord(plugin, migration.version, stage.name, position, stage.kind)
-                async with self._pool.acquire() as conn:
-                    status, cursor, rows, batches = await record.read(conn)
+            async with self._pool.acquire() as conn:
+                steps = await self._steps(conn, plugin, migration, revisit=revisit)
+            for step in steps:
+                stage, record = step.stage, step.record
                 where = f"{plugin} {migration.version} / {stage.name}"
-                if status == "completed":
-                    logger.info("%s: completed before, skipped", where)
-                    continue
-                if not stage.applies(self._env):
+                if step.action == "skip (condition)" and not revisit:
                     logger.info("%s: skipped, its condition is false in %r", where, self._env)
                     async with self.fenced(self._pool) as tx:
                         await record.finish(tx.connection, "skipped", 0.0)
                     continue
-                logger.info("%s: %s", where, "resumed" if status else "started")
+                if step.action not in _RUNS:
+                    logger.info("%s: %s", where, step.action)
+                    continue
+                logger.info("%s: %s", where, "resumed" if step.action == "resume" else "started")
                 if isinstance(stage, Stage):
                     await self._atomic(where, plugin, stage, record)
                 else:
-                    await self._batched(where, plugin, stage, record, cursor, rows, batches)
+                    await self._batched(
+                        where, plugin, stage, record, step.cursor, step.rows, step.batches
+                    )
 
     async def _atomic(self, where: str, plugin: str, stage: Stage, record: StageRecord) -> None:
         started = time.perf_counter()

@@ -9,6 +9,7 @@
                     lock token of the migrator that ran it, its interval by the server's
                     clock (``started_at`` to ``committed_at``).
 ``hookbus_error``   every failure's error with its time: a stage's, a batch's, a plugin's.
+``hookbus_hook_run`` one row per run of a lifecycle hook: status, interval, duration, error.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS hookbus_batch_done
 _MISSING: Final = """
 SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'hookbus_batch'::regclass
                    AND attname = 'touched' AND NOT attisdropped)
-    OR to_regclass('hookbus_error') IS NULL
+    OR to_regclass('hookbus_hook_run') IS NULL
 """
 _UPGRADE: Final = """
 ALTER TABLE hookbus_batch ADD COLUMN IF NOT EXISTS token bigint,
@@ -122,6 +123,18 @@ CREATE TABLE IF NOT EXISTS hookbus_error (
     error text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS hookbus_error_step ON hookbus_error (plugin, version, step);
+CREATE TABLE IF NOT EXISTS hookbus_hook_run (
+    id bigserial PRIMARY KEY,
+    plugin text NOT NULL,
+    version text,
+    hook text NOT NULL CHECK (hook IN ('pre_init', 'post_init', 'post_upgrade', 'uninstall')),
+    status text NOT NULL CHECK (status IN ('completed', 'failed')),
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL,
+    duration double precision NOT NULL,
+    error text,
+    token bigint
+);
 """
 
 _EXIST: Final = "SELECT to_regclass('hookbus_plugin') IS NOT NULL"

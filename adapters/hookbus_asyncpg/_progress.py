@@ -7,7 +7,7 @@ from typing import Any, Final, Literal, final
 
 import msgspec
 
-__all__ = ["StageProgress", "read_progress"]
+__all__ = ["StageProgress", "read_progress", "skipped_stages"]
 
 StageStatus = Literal["running", "completed", "failed", "skipped", "undone"]
 
@@ -179,6 +179,17 @@ class StageRecord:
     ) -> None:
         """Mark a batch undone and move the cursor back, in the undo's own transaction."""
         await conn.execute(_BATCH_UNDONE, *self._ident, number, after, rows, duration)
+
+
+async def skipped_stages(conn: Any, plugin: str) -> set[tuple[str, str]]:
+    """``(version, stage)`` of the plugin's stages recorded ``skipped`` (or failed since)."""
+    if not await conn.fetchval("SELECT to_regclass('hookbus_stage') IS NOT NULL"):
+        return set()
+    rows = await conn.fetch(
+        "SELECT version, stage FROM hookbus_stage WHERE plugin = $1 AND status <> 'completed'",
+        plugin,
+    )
+    return {(row["version"], row["stage"]) for row in rows}
 
 
 async def read_progress(conn: Any, plugin: str | None = None) -> list[StageProgress]:
