@@ -137,6 +137,8 @@ class Plugin:
         problem = storable_text_problem(self.name)
         if problem:
             return [f"plugin {self.name!r}: a plugin name {problem}"]
+        if self.name == "hookbus":
+            return [f"{who}: the name is hookbus's own (its tables are migrated under it)"]
         try:
             parse_version(self.version)
         except ValueError as exc:

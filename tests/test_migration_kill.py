@@ -89,7 +89,9 @@ async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
 
 
 async def stage_row(pool: asyncpg.Pool) -> asyncpg.Record:
-    return await pool.fetchrow("SELECT status, rows, batches, cursor FROM hookbus_stage")
+    return await pool.fetchrow(
+        "SELECT status, rows, batches, cursor FROM hookbus_stage WHERE plugin = 'counter'"
+    )
 
 
 async def test_a_migrator_killed_twice_at_random_points_resumes_with_every_row_once(
@@ -122,7 +124,9 @@ async def test_a_migrator_killed_twice_at_random_points_resumes_with_every_row_o
     stage = await stage_row(counted)
     assert (stage["status"], stage["rows"], stage["batches"]) == ("completed", ROWS, batches)
     await assert_batches_consistent(counted, "count", ROWS)
-    state = await counted.fetchrow("SELECT state, version FROM hookbus_plugin")
+    state = await counted.fetchrow(
+        "SELECT state, version FROM hookbus_plugin WHERE name = 'counter'"
+    )
     assert tuple(state) == ("installed", "2.0")
 
 
@@ -235,7 +239,7 @@ async def test_a_migrator_whose_lock_is_lost_stops_and_leaves_its_stage_failed(
     with pytest.raises(MigrationError, match="batch 4 after key 120: LockLostError") as caught:
         await asyncio.wait_for(running, 30)
     assert isinstance(caught.value.__cause__, LockLostError)
-    stage = await pool.fetchrow("SELECT status, rows, error FROM hookbus_stage")
+    stage = await pool.fetchrow("SELECT status, rows, error FROM hookbus_stage WHERE plugin = 'p'")
     assert (stage["status"], stage["rows"]) == ("failed", 120)  # batch 3 was fenced: it landed
     assert "lost with its connection" in stage["error"]
     history = await pool.fetch("SELECT step, error FROM hookbus_error")
@@ -294,7 +298,110 @@ async def test_a_lost_lock_never_lets_two_migrators_run_batches_at_once(
         # every row exactly once, the batches a chain from the first key to the last
         assert await pool.fetchval("SELECT count(*) FROM lossy WHERE hits <> 1") == 0, context
         await assert_batches_consistent(pool, "count", LOSSY_ROWS)
-        assert await pool.fetchval("SELECT status FROM hookbus_stage") == "completed"
+        assert (
+            await pool.fetchval("SELECT status FROM hookbus_stage WHERE plugin = 'p'")
+            == "completed"
+        )
+
+
+# -- a database made by an older hookbus, upgraded by the documented command ----------------
+
+# The plugin tables as hookbus made them at commit 92abf95 (layout 1.0), verbatim.
+LAYOUT_92ABF95 = """
+CREATE TABLE IF NOT EXISTS hookbus_plugin (
+    name text PRIMARY KEY,
+    version text,
+    target_version text NOT NULL,
+    state text NOT NULL CHECK (state IN
+        ('installing', 'installed', 'upgrading', 'failed', 'uninstalled')),
+    requires text[] NOT NULL DEFAULT '{}',
+    installed_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    error text
+);
+CREATE TABLE IF NOT EXISTS hookbus_stage (
+    plugin text NOT NULL,
+    version text NOT NULL,
+    stage text NOT NULL,
+    position integer NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('atomic', 'batched')),
+    status text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'skipped',
+                                           'undone')),
+    cursor text,
+    rows bigint NOT NULL DEFAULT 0,
+    total bigint,
+    batches integer NOT NULL DEFAULT 0,
+    duration double precision NOT NULL DEFAULT 0,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    error text,
+    PRIMARY KEY (plugin, version, stage)
+);
+CREATE TABLE IF NOT EXISTS hookbus_batch (
+    id bigserial PRIMARY KEY,
+    plugin text NOT NULL,
+    version text NOT NULL,
+    stage text NOT NULL,
+    number integer NOT NULL,
+    after_key text,
+    last_key text,
+    rows integer NOT NULL,
+    status text NOT NULL CHECK (status IN ('completed', 'failed', 'undone')),
+    duration double precision NOT NULL,
+    error text,
+    at timestamptz NOT NULL DEFAULT now(),
+    FOREIGN KEY (plugin, version, stage) REFERENCES hookbus_stage ON DELETE CASCADE
+);
+CREATE UNIQUE INDEX IF NOT EXISTS hookbus_batch_done
+    ON hookbus_batch (plugin, version, stage, number) WHERE status = 'completed';
+"""
+
+
+async def test_a_database_made_by_hookbus_at_92abf95_is_upgraded_by_hookbus_migrate(
+    dsn: str, pool: asyncpg.Pool
+) -> None:
+    await pool.execute(SETUP + "DROP TABLE IF EXISTS hookbus_locks;")
+    await pool.execute(FILL, 1000)
+    await pool.execute(LAYOUT_92ABF95)
+    await pool.execute(  # what 'hookbus install' of counter 1.0 left there
+        "INSERT INTO hookbus_plugin (name, version, target_version, state, installed_at) "
+        "VALUES ('counter', '1.0', '1.0', 'installed', now())"
+    )
+    env = {"HOOKBUS_DSN": dsn, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "adapters")])}
+    for command in (
+        ["status", "_migration_app:plugins"],
+        ["migrate", "--dry-run", "_migration_app:plugins"],
+    ):
+        shown = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hookbus", *command, cwd=TESTS, env={**os.environ, **env},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        code, out, err = await finish(shown)
+        assert code == 0, err
+    plan = " ".join(out.split())
+    assert "hookbus 2.0 batch intervals, error history, hook runs atomic run" in plan
+    assert "counter 2.0 count batched run" in plan
+
+    code, out, err = await finish(await migrator(dsn))
+    assert code == 0, err
+    assert "upgraded: counter" in out
+    assert await pool.fetchval("SELECT count(*) FROM counted WHERE hits <> 1") == 0
+    own = await pool.fetchrow("SELECT state, version FROM hookbus_plugin WHERE name = 'hookbus'")
+    assert tuple(own) == ("installed", "2.0")
+    stage = await pool.fetchrow("SELECT status FROM hookbus_stage WHERE plugin = 'hookbus'")
+    assert stage["status"] == "completed"
+    # the counter's batches ran on the new layout: fenced, with their interval, all rows touched
+    batches = await pool.fetch(
+        "SELECT token, started_at, committed_at, touched, rows FROM hookbus_batch "
+        "WHERE plugin = 'counter'"
+    )
+    assert batches and all(
+        b["token"] and b["started_at"] < b["committed_at"] and b["touched"] == b["rows"]
+        for b in batches
+    )
+    code, out, err = await finish(await migrator(dsn))  # once upgraded, nothing is left
+    assert (code, out) == (0, "upgraded: nothing (all up to date)\n"), err
 
 
 @pytest.fixture(autouse=True)

@@ -54,7 +54,7 @@ async def stages(pool: asyncpg.Pool) -> dict[str, StageProgress]:
     async with pool.acquire() as conn:
         from hookbus_asyncpg._progress import read_progress
 
-        return {s.stage: s for s in await read_progress(conn)}
+        return {s.stage: s for s in await read_progress(conn, "p")}
 
 
 def counting(calls: list[str], name: str, fail: list[bool] | None = None) -> Any:

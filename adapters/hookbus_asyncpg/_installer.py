@@ -147,7 +147,7 @@ class PluginManager:
     async def plan(self, names: Iterable[str] | None = None) -> list[PlannedStage]:
         """The stages an upgrade of ``names`` (default: every plugin) would run now."""
         states = await self.states()
-        planned = []
+        planned = await self.migrator.own_plan()  # hookbus's own tables come first
         for plugin in self._selected(names):
             state = states.get(plugin.name)
             if state is None or not state.is_installed or state.version is None:

@@ -36,11 +36,22 @@ from hookbus import (
     MigrationError,
     Stage,
     StageContext,
+    parse_version,
 )
 
 from ._fenced_lock import FencedLock
 from ._migration_lock import MigrationLock
-from ._plugin_state import create_tables
+from ._plugin_state import (
+    BASE_VERSION,
+    OWN,
+    OWN_MIGRATIONS,
+    OWN_VERSION,
+    PluginStateError,
+    PluginStateName,
+    create_tables,
+    read_states,
+    write_state,
+)
 from ._progress import StageRecord
 from ._progress_bar import Progress, open_progress
 from ._transaction import AsyncpgTransaction, transaction
@@ -146,6 +157,11 @@ class _Step:
         self.batches = batches
 
 
+def _own_migrations(installed: str) -> list[Migration]:
+    low = parse_version(installed)
+    return [m for m in OWN_MIGRATIONS if m.version_key > low]
+
+
 def _ms(seconds: float) -> str:
     return f"{max(int(seconds * 1000), 1)}ms"
 
@@ -196,9 +212,47 @@ class Migrator:
             yield tx
 
     async def create_tables(self) -> None:
-        """Create the plugin and progress tables if missing, under the lock."""
-        async with self.locked(), self.fenced(self._pool) as tx:
+        """Create or upgrade hookbus's own tables, under the lock (see ``own_plan``)."""
+        async with self.locked():
+            await self._own_tables()
+
+    async def _own_tables(self) -> None:
+        # hookbus's own tables are a plugin's: layout 1.0 made if missing, then migrated.
+        async with self.fenced(self._pool) as tx:
             await create_tables(tx.connection)
+            state = (await read_states(tx.connection, own=True)).get(OWN)
+        installed = BASE_VERSION if state is None or state.version is None else state.version
+        if state is not None and state.state == "installed" and installed == OWN_VERSION:
+            return
+        if parse_version(installed) > parse_version(OWN_VERSION):
+            raise PluginStateError(
+                f"hookbus's tables are at layout {installed}, newer than this hookbus knows "
+                f"({OWN_VERSION}): run a newer hookbus"
+            )
+        was = None if state is None else state.state
+        doing: PluginStateName = (
+            "installing" if state is None or state.version is None else ("upgrading")
+        )
+        async with self.fenced(self._pool) as tx:
+            await write_state(
+                tx.connection, OWN, was=was, version=None if state is None else state.version,
+                target=OWN_VERSION, state=doing, requires=(),
+            )  # fmt: skip
+        for migration in _own_migrations(installed):
+            await self._run(OWN, migration, revisit=False)
+        async with self.fenced(self._pool) as tx:
+            await write_state(
+                tx.connection, OWN, was=doing, version=OWN_VERSION, target=OWN_VERSION,
+                state="installed", requires=(),
+            )  # fmt: skip
+        logger.info("hookbus's tables: layout %s, from %s", OWN_VERSION, installed)
+
+    async def own_plan(self) -> list[PlannedStage]:
+        """What ``create_tables`` would run now to bring hookbus's own tables up to date."""
+        async with self._pool.acquire() as conn:
+            state = (await read_states(conn, own=True)).get(OWN)
+        installed = BASE_VERSION if state is None or state.version is None else state.version
+        return await self.plan(OWN, _own_migrations(installed))
 
     async def plan(
         self, plugin: str, migrations: Sequence[Migration], *, revisit: bool = False
@@ -249,28 +303,30 @@ class Migrator:
         The plan is ``plan``'s, computed once the lock is held (see ``decide``).
         """
         async with self.locked():
-            async with self.fenced(self._pool) as tx:
-                await create_tables(tx.connection)
-            async with self._pool.acquire() as conn:
-                steps = await self._steps(conn, plugin, migration, revisit=revisit)
-            for step in steps:
-                stage, record = step.stage, step.record
-                where = f"{plugin} {migration.version} / {stage.name}"
-                if step.action == "skip (condition)" and not revisit:
-                    logger.info("%s: skipped, its condition is false in %r", where, self._env)
-                    async with self.fenced(self._pool) as tx:
-                        await record.finish(tx.connection, "skipped", 0.0)
-                    continue
-                if step.action not in _RUNS:
-                    logger.info("%s: %s", where, step.action)
-                    continue
-                logger.info("%s: %s", where, "resumed" if step.action == "resume" else "started")
-                if isinstance(stage, Stage):
-                    await self._atomic(where, plugin, stage, record)
-                else:
-                    await self._batched(
-                        where, plugin, stage, record, step.cursor, step.rows, step.batches
-                    )
+            await self._own_tables()
+            await self._run(plugin, migration, revisit=revisit)
+
+    async def _run(self, plugin: str, migration: Migration, *, revisit: bool) -> None:
+        async with self._pool.acquire() as conn:
+            steps = await self._steps(conn, plugin, migration, revisit=revisit)
+        for step in steps:
+            stage, record = step.stage, step.record
+            where = f"{plugin} {migration.version} / {stage.name}"
+            if step.action == "skip (condition)" and not revisit:
+                logger.info("%s: skipped, its condition is false in %r", where, self._env)
+                async with self.fenced(self._pool) as tx:
+                    await record.finish(tx.connection, "skipped", 0.0)
+                continue
+            if step.action not in _RUNS:
+                logger.info("%s: %s", where, step.action)
+                continue
+            logger.info("%s: %s", where, "resumed" if step.action == "resume" else "started")
+            if isinstance(stage, Stage):
+                await self._atomic(where, plugin, stage, record)
+            else:
+                await self._batched(
+                    where, plugin, stage, record, step.cursor, step.rows, step.batches
+                )
 
     async def _atomic(self, where: str, plugin: str, stage: Stage, record: StageRecord) -> None:
         started = time.perf_counter()

@@ -20,10 +20,14 @@ from typing import Any, Final, Literal, final
 
 import msgspec
 
-from hookbus import HookbusError
+from hookbus import HookbusError, Migration, Stage, StageContext
 
 __all__ = [
+    "BASE_VERSION",
     "MOVES",
+    "OWN",
+    "OWN_MIGRATIONS",
+    "OWN_VERSION",
     "PLUGIN_STATES",
     "PluginState",
     "PluginStateError",
@@ -101,14 +105,16 @@ CREATE TABLE IF NOT EXISTS hookbus_batch (
 CREATE UNIQUE INDEX IF NOT EXISTS hookbus_batch_done
     ON hookbus_batch (plugin, version, stage, number) WHERE status = 'completed';
 """
-# What later versions added, for databases made before (tested from the layout of 92abf95):
-# each batch's lock token and its interval by the server's clock; every failure's error.
-_MISSING: Final = """
-SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'hookbus_batch'::regclass
-                   AND attname = 'touched' AND NOT attisdropped)
-    OR to_regclass('hookbus_hook_run') IS NULL
-"""
-_UPGRADE: Final = """
+#: hookbus's own tables are migrated the way a plugin's are: as the plugin ``hookbus``,
+#: recorded in ``hookbus_plugin`` and ``hookbus_stage`` like any other. ``create_tables``
+#: makes the layout of version 1.0 (hookbus before fenced batches, commit 92abf95); the
+#: migrations of ``OWN_MIGRATIONS`` bring it to ``OWN_VERSION``.
+OWN: Final = "hookbus"
+BASE_VERSION: Final = "1.0"
+
+# 2.0: each batch's lock token and its interval by the server's clock, the rows of its page
+# it changed; every failure's error; every run of a lifecycle hook.
+_LAYOUT_2_0: Final = """
 ALTER TABLE hookbus_batch ADD COLUMN IF NOT EXISTS token bigint,
                           ADD COLUMN IF NOT EXISTS started_at timestamptz,
                           ADD COLUMN IF NOT EXISTS committed_at timestamptz,
@@ -173,15 +179,20 @@ class PluginState(msgspec.Struct, frozen=True):
         return self.version is not None and self.state != "uninstalled"
 
 
-async def create_tables(conn: Any) -> None:
-    """Create the tables if they are missing, add what a newer hookbus records to older ones.
+async def _layout_2_0(ctx: StageContext) -> None:
+    await ctx.tx.connection.execute(_LAYOUT_2_0)
 
-    Run under the migration lock. Existing tables are altered only when something is
-    missing: ALTER TABLE takes an exclusive lock even when it has nothing to do.
-    """
+
+OWN_MIGRATIONS: Final = (
+    Migration("2.0", [Stage("batch intervals, error history, hook runs", _layout_2_0)]),
+)
+OWN_VERSION: Final = OWN_MIGRATIONS[-1].version
+
+
+async def create_tables(conn: Any) -> None:
+    """Create the tables of layout 1.0 if they are missing (run under the migration lock);
+    ``OWN_MIGRATIONS`` take them further."""
     await conn.execute(_DDL)
-    if await conn.fetchval(_MISSING):
-        await conn.execute(_UPGRADE)
 
 
 async def tables_exist(conn: Any) -> bool:
@@ -189,11 +200,12 @@ async def tables_exist(conn: Any) -> bool:
     return bool(await conn.fetchval(_EXIST))
 
 
-async def read_states(conn: Any) -> dict[str, PluginState]:
-    """Every plugin row, by name (empty before the tables exist)."""
+async def read_states(conn: Any, *, own: bool = False) -> dict[str, PluginState]:
+    """Every plugin row, by name (empty before the tables exist); hookbus's own row with
+    ``own``."""
     if not await tables_exist(conn):
         return {}
-    rows = await conn.fetch(_READ)
+    rows = [row for row in await conn.fetch(_READ) if own or row["name"] != OWN]
     return {
         row["name"]: PluginState(
             row["name"],

@@ -15,12 +15,18 @@ _READ_ONE: Final = """
 SELECT status, cursor, rows, batches FROM hookbus_stage
 WHERE plugin = $1 AND version = $2 AND stage = $3
 """
+_UNTOUCHED: Final = """(SELECT count(*) FROM hookbus_batch b
+        WHERE (b.plugin, b.version, b.stage) = (s.plugin, s.version, s.stage)
+          AND b.status = 'completed' AND b.touched = 0)"""
+# Layout 1.0 (before hookbus migrated its own tables to 2.0) has no hookbus_batch.touched.
+_HAS_TOUCHED: Final = """
+SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'hookbus_batch'::regclass
+               AND attname = 'touched' AND NOT attisdropped)
+"""
 _READ_ALL: Final = """
 SELECT plugin, version, stage, position, kind, status, cursor, rows, total, batches, duration,
        started_at, updated_at, finished_at, error,
-       (SELECT count(*) FROM hookbus_batch b
-        WHERE (b.plugin, b.version, b.stage) = (s.plugin, s.version, s.stage)
-          AND b.status = 'completed' AND b.touched = 0) AS untouched
+       {untouched} AS untouched
 FROM hookbus_stage s WHERE ($1::text IS NULL OR plugin = $1)
 ORDER BY plugin, string_to_array(version, '.')::int[], position
 """
@@ -196,4 +202,6 @@ async def read_progress(conn: Any, plugin: str | None = None) -> list[StageProgr
     """Every stage row (of ``plugin``, or all), in plugin, version and stage order."""
     if not await conn.fetchval("SELECT to_regclass('hookbus_stage') IS NOT NULL"):
         return []
-    return [StageProgress(**dict(row)) for row in await conn.fetch(_READ_ALL, plugin)]
+    untouched = _UNTOUCHED if await conn.fetchval(_HAS_TOUCHED) else "0"
+    query = _READ_ALL.format(untouched=untouched)
+    return [StageProgress(**dict(row)) for row in await conn.fetch(query, plugin)]
