@@ -41,6 +41,7 @@ from ._migrations import (
     MigrationError,
     Stage,
     StageContext,
+    parse_version,
 )
 from ._operations import LateOperation, Operation, SingleLastOperation
 from ._plugins import Plugin, PluginError, PluginHook, PluginSet
@@ -125,6 +126,7 @@ __all__ = [
     "match_key",
     "match_rtype",
     "match_rtype_sets",
+    "parse_version",
     "transaction",
     "transaction_data",
     "where",

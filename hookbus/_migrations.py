@@ -6,9 +6,10 @@ same transaction as the work.
 
 >>> async def add_column(ctx):
 ...     await ctx.tx.connection.execute("ALTER TABLE item ADD COLUMN label text")
->>> async def fill_label(batch):
+>>> async def fill_label(batch):  # batch.after is None for the first batch (id > NULL: no row)
 ...     await batch.tx.connection.execute(
-...         "UPDATE item SET label = upper(name) WHERE id > $1 AND id <= $2",
+...         "UPDATE item SET label = upper(name)"
+...         " WHERE ($1::bigint IS NULL OR id > $1) AND id <= $2",
 ...         batch.after, batch.last)
 >>> Migration("2.0", [
 ...     Stage("add label", add_column),
@@ -20,10 +21,11 @@ Migration('2.0', ...)
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Final, Literal, TypeAlias, final
+from typing import Any, Final, Literal, NoReturn, TypeAlias, final
 
 from ._exceptions import HookbusError
 
@@ -41,11 +43,34 @@ __all__ = [
 EnvironmentName = Literal["production", "test", "development"]
 _ENVIRONMENTS: Final = ("production", "test", "development")
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
-_VERSION: Final = re.compile(r"\d+(\.\d+)*")
+# ASCII digits only: \d also matches "٣" (Arabic-Indic three), which int() reads as 3.
+_VERSION: Final = re.compile(r"[0-9]+(\.[0-9]+)*")
+# lock_timeout and statement_timeout are int milliseconds on the server.
+_MAX_TIMEOUT: Final = (2**31 - 1) / 1000
 
 
 class MigrationError(HookbusError):
-    """A stage failed (its error is the cause), or a migration was declared wrongly."""
+    """A stage failed (its error is the cause)."""
+
+
+def storable_text_problem(text: object) -> str | None:
+    """Why ``text`` cannot be a name PostgreSQL stores (NUL, lone surrogates), or None."""
+    if not isinstance(text, str) or not text.strip():
+        return "must be non-empty text"
+    if "\x00" in text:
+        return "must not contain a NUL character (PostgreSQL text cannot hold one)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"must be valid Unicode ({exc.reason} at position {exc.start})"
+    return None
+
+
+def refuse(problem: str) -> NoReturn:
+    """Raise the ``PluginError`` of a declaration refused where it is made."""
+    from ._plugins import PluginError  # here: the plugins module imports this one
+
+    raise PluginError([problem])
 
 
 def parse_version(version: str) -> tuple[int, ...]:
@@ -169,17 +194,26 @@ class _StageBase:
         lock_timeout: float | None,
         statement_timeout: float | None,
     ) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"a stage name is a non-empty string, not {name!r}")
+        problem = storable_text_problem(name)
+        if problem:
+            refuse(f"stage {name!r}: a stage name {problem}")
         if condition is not None and not callable(condition):
-            raise TypeError(f"stage {name!r}: condition must be callable, not {condition!r}")
+            refuse(f"stage {name!r}: condition must be callable, not {condition!r}")
         _check_async(name, "validate", validate, 1)
         for label, value in (
             ("lock_timeout", lock_timeout),
             ("statement_timeout", statement_timeout),
         ):
-            if value is not None and (not isinstance(value, int | float) or value <= 0):
-                raise ValueError(f"stage {name!r}: {label} is seconds > 0, not {value!r}")
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or not 0 < value <= _MAX_TIMEOUT
+            ):
+                refuse(
+                    f"stage {name!r}: {label} is a finite number of seconds, > 0 and at most "
+                    f"{_MAX_TIMEOUT:g}, not {value!r}"
+                )
         self.name: Final = name
         self.condition: Final = condition
         self.validate: Final = validate
@@ -256,11 +290,11 @@ class BatchedStage(_StageBase):
         _check_async(name, "undo", undo, 1)
         for part in table.split(".") if isinstance(table, str) else [None]:
             if not isinstance(part, str) or not _IDENTIFIER.fullmatch(part):
-                raise ValueError(f"stage {name!r}: table must be [schema.]name, not {table!r}")
+                refuse(f"stage {name!r}: table must be [schema.]name, not {table!r}")
         if not isinstance(key, str) or not _IDENTIFIER.fullmatch(key):
-            raise ValueError(f"stage {name!r}: key must be a column name, not {key!r}")
+            refuse(f"stage {name!r}: key must be a column name, not {key!r}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"stage {name!r}: batch_size is an int >= 1, not {batch_size!r}")
+            refuse(f"stage {name!r}: batch_size is an int >= 1, not {batch_size!r}")
         self.apply: Final = apply
         self.table: Final = table
         self.key: Final = key
@@ -285,18 +319,21 @@ class Migration:
     __slots__ = ("stages", "version", "version_key")
 
     def __init__(self, version: str, stages: Iterable[AnyStage]) -> None:
-        self.version_key: Final = parse_version(version)
+        try:
+            self.version_key: Final = parse_version(version)
+        except ValueError as exc:
+            refuse(f"migration {version!r}: {exc}")
         self.version: Final = version
         self.stages: Final = tuple(stages)
         seen: set[str] = set()
         for stage in self.stages:
             if not isinstance(stage, Stage | BatchedStage):
-                raise TypeError(f"migration {version}: {stage!r} is not a Stage or BatchedStage")
+                refuse(f"migration {version}: {stage!r} is not a Stage or BatchedStage")
             if stage.name in seen:
-                raise ValueError(f"migration {version}: two stages are named {stage.name!r}")
+                refuse(f"migration {version}: two stages are named {stage.name!r}")
             seen.add(stage.name)
         if not self.stages:
-            raise ValueError(f"migration {version} has no stage")
+            refuse(f"migration {version} has no stage")
 
     def __repr__(self) -> str:
         return f"Migration({self.version!r}, {[s.name for s in self.stages]})"
@@ -307,7 +344,7 @@ def _check_async(owner: str, what: str, fn: object, arity: int, *, required: boo
         return
     problem = signature_problem(fn, arity)
     if problem:
-        raise TypeError(f"stage {owner!r}: {what} {problem}")
+        refuse(f"stage {owner!r}: {what} {problem}")
 
 
 def signature_problem(fn: object, arity: int) -> str | None:

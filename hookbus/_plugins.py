@@ -16,7 +16,7 @@ that names the chains. Installing, upgrading and uninstalling belong to a databa
 
 from __future__ import annotations
 
-import heapq
+import graphlib
 import importlib.metadata
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -25,7 +25,13 @@ from typing import Any, Final, TypeAlias, final
 from ._bus import Bus
 from ._exceptions import HookbusError
 from ._hooks import Hook
-from ._migrations import Environment, Migration, parse_version, signature_problem
+from ._migrations import (
+    Environment,
+    Migration,
+    parse_version,
+    signature_problem,
+    storable_text_problem,
+)
 from ._selectors import Selector
 
 __all__ = ["ENTRY_POINT_GROUP", "Plugin", "PluginError", "PluginHook", "PluginSet"]
@@ -128,8 +134,11 @@ class Plugin:
         """What is wrong with this plugin on its own (not its dependencies)."""
         who = f"plugin {self.name!r}"
         found: list[str] = []
-        if not isinstance(self.name, str) or not self.name:
-            return [f"plugin {self.name!r}: a name is a non-empty string"]
+        problem = storable_text_problem(self.name)
+        if problem:
+            return [f"plugin {self.name!r}: a plugin name {problem}"]
+        if self.name == "hookbus":
+            return [f"{who}: the name is hookbus's own (its tables are migrated under it)"]
         try:
             parse_version(self.version)
         except ValueError as exc:
@@ -317,43 +326,33 @@ def _chain_to(name: str, by_name: dict[str, Plugin]) -> list[str]:
 
 
 def _topological(by_name: dict[str, Plugin]) -> tuple[tuple[Plugin, ...], list[list[str]]]:
-    """Kahn's algorithm with a heap: dependencies first, ties by name; and the cycles left."""
-    waiting = {name: set(_edges(p, by_name)) for name, p in by_name.items()}
-    users: dict[str, list[str]] = {name: [] for name in by_name}
-    for name, deps in waiting.items():
-        for dep in deps:
-            users[dep].append(name)
-    ready = [name for name, deps in waiting.items() if not deps]
-    heapq.heapify(ready)
-    order: list[Plugin] = []
-    while ready:
-        name = heapq.heappop(ready)
-        order.append(by_name[name])
-        for user in users[name]:
-            waiting[user].discard(name)
-            if not waiting[user]:
-                heapq.heappush(ready, user)
-    left = {name for name in by_name if name not in {p.name for p in order}}
-    return tuple(order), _cycles(left, by_name)
+    """Dependencies first, each ready set in name order; and every cycle, each reported once.
 
-
-def _cycles(left: set[str], by_name: dict[str, Plugin]) -> list[list[str]]:
+    ``graphlib`` finds one cycle per ``prepare()``: its plugins leave the graph and the rest is
+    sorted again, until no cycle is left (the plugins of a cycle are then not ordered: the
+    cycle is an error).
+    """
+    graph = {name: _edges(p, by_name) for name, p in by_name.items()}
     cycles: list[list[str]] = []
-    seen: set[str] = set()
-    for start in sorted(left):
-        if start in seen:
-            continue
-        path: list[str] = []
-        node: str | None = start
-        while node is not None and node not in path:
-            path.append(node)
-            node = next((d for d in _edges(by_name[node], by_name) if d in left), None)
-        if node is None:
-            continue
-        cycle = path[path.index(node) :]
-        if not seen.intersection(cycle):
-            turn = cycle.index(min(cycle))  # the same cycle always reads the same way
-            cycle = cycle[turn:] + cycle[:turn]
+    while True:
+        sorter = graphlib.TopologicalSorter(graph)
+        try:
+            sorter.prepare()
+        except graphlib.CycleError as exc:
+            found: list[str] = list(reversed(exc.args[1]))[:-1]  # read as "requires"
+            turn = found.index(min(found))  # the same cycle always reads the same way
+            cycle = found[turn:] + found[:turn]
             cycles.append([*cycle, cycle[0]])
-        seen.update(path)
-    return cycles
+            graph = {
+                name: [d for d in deps if d not in cycle]
+                for name, deps in graph.items()
+                if name not in cycle
+            }
+            continue
+        break
+    order: list[Plugin] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        order += (by_name[name] for name in ready)
+        sorter.done(*ready)
+    return tuple(order), sorted(cycles)

@@ -13,7 +13,8 @@ import os
 from hookbus import Batch, BatchedStage, Bus, Environment, Migration, Plugin, PluginSet
 
 SETUP = """
-DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, counted;
+DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, hookbus_error, hookbus_hook_run,
+    counted;
 CREATE TABLE counted (id bigint PRIMARY KEY, hits integer NOT NULL DEFAULT 0);
 """
 FILL = "INSERT INTO counted (id) SELECT i * 2 FROM generate_series(1, $1) i"

@@ -18,6 +18,7 @@ from hookbus import (
     Environment,
     Migration,
     MigrationError,
+    PluginError,
     Stage,
     StageContext,
 )
@@ -26,7 +27,10 @@ from hookbus import (
 @pytest_asyncio.fixture
 async def db(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
     """The module's database with fresh progress tables and an ``item`` table of 1,000 rows."""
-    await pool.execute("DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, item")
+    await pool.execute(
+        "DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, hookbus_error, "
+        "hookbus_hook_run, item"
+    )
     await pool.execute(
         "CREATE TABLE item (id bigint PRIMARY KEY, name text, hits int NOT NULL DEFAULT 0);"
         "INSERT INTO item (id, name) SELECT i * 3, 'n' || i FROM generate_series(1, 1000) i"
@@ -50,7 +54,7 @@ async def stages(pool: asyncpg.Pool) -> dict[str, StageProgress]:
     async with pool.acquire() as conn:
         from hookbus_asyncpg._progress import read_progress
 
-        return {s.stage: s for s in await read_progress(conn)}
+        return {s.stage: s for s in await read_progress(conn, "p")}
 
 
 def counting(calls: list[str], name: str, fail: list[bool] | None = None) -> Any:
@@ -252,10 +256,11 @@ async def test_a_stage_lock_timeout_bounds_its_wait_for_a_row_lock(db: asyncpg.P
 
 
 async def test_a_second_migrator_waits_then_names_the_holder(db: asyncpg.Pool) -> None:
-    async with MigrationLock(db, wait=5):
-        holder_pid = await db.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'hookbus migrator%'"
-        )
+    async with MigrationLock(db, wait=5) as lock:
+        # This database's holder only: another suite may run migrators on the same server.
+        holder = await lock.holder()
+        assert holder is not None
+        holder_pid = holder.pid
         with pytest.raises(MigrationLockTimeout) as caught:
             async with MigrationLock(db, wait=0.3):
                 pytest.fail("two migrators held the lock at once")
@@ -275,13 +280,18 @@ async def test_a_waiting_migrator_gets_the_lock_as_soon_as_it_is_released(
     first = MigrationLock(db, wait=1)
     await first.__aenter__()
     second = asyncio.create_task(MigrationLock(db, wait=30).__aenter__())
-    await asyncio.wait_for(
-        _until(db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"),
-        10,
-    )
+    await asyncio.wait_for(_until(db, _WAITING_FOR_THE_MIGRATION_LOCK), 10)
     await first.__aexit__(None, None, None)
     lock = await asyncio.wait_for(second, 10)
     await lock.__aexit__(None, None, None)
+
+
+# A migrator waiting for the migration lock of this test's database, not of any other.
+_WAITING_FOR_THE_MIGRATION_LOCK = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND NOT granted AND classid = x'686b6273'::int::oid AND objid = 1
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
 
 
 async def _until(pool: asyncpg.Pool, query: str) -> None:
@@ -413,3 +423,150 @@ async def test_an_upgrade_and_its_failures_need_no_more_than_two_connections(
         broken[0] = False
         assert await asyncio.wait_for(manager.upgrade(), 60) == ["p"]
     assert await db.fetchval("SELECT count(*) FROM item WHERE hits <> 1") == 1  # id 3: "first"
+
+
+async def test_every_statement_of_a_batched_stage_runs_under_its_lock_timeout(
+    db: asyncpg.Pool,
+) -> None:
+    migration = Migration("2.0", [
+        BatchedStage("hits", hit, table="item", batch_size=100, lock_timeout=0.3),
+    ])  # fmt: skip
+    m = await migrator(db)
+    async with db.acquire() as holder, holder.transaction():
+        await holder.execute("LOCK TABLE item IN ACCESS EXCLUSIVE MODE")
+        # The stage's first statements (the key's type, the rows to do) wait on the table too.
+        with pytest.raises(MigrationError, match="LockNotAvailableError"):
+            await asyncio.wait_for(m.run("p", migration), 10)
+    assert (await stages(db))["hits"].status == "failed"
+    await m.run("p", migration)
+    assert await db.fetchval("SELECT count(*) FROM item WHERE hits <> 1") == 0
+
+
+async def test_a_batched_stage_refuses_a_key_that_is_not_unique_before_its_first_batch(
+    db: asyncpg.Pool,
+) -> None:
+    await db.execute(
+        "DROP TABLE IF EXISTS repeated;"
+        "CREATE TABLE repeated (id serial PRIMARY KEY, k int NOT NULL, seen int NOT NULL "
+        "DEFAULT 0, UNIQUE (k, id));"  # unique together, and another column's key: not enough
+        "CREATE INDEX ON repeated (k); CREATE UNIQUE INDEX ON repeated (k) WHERE k > 100;"
+        "INSERT INTO repeated (k) SELECT unnest('{1, 2, 3, 3, 3, 4, 5, 5, 6, 7}'::int[])"
+    )
+
+    async def see(batch: Batch) -> None:
+        await batch.tx.connection.execute(
+            "UPDATE repeated SET seen = seen + 1 WHERE ($1::int IS NULL OR k > $1) AND k <= $2",
+            batch.after,
+            batch.last,
+        )
+
+    migration = Migration("2.0", [
+        BatchedStage("see", see, table="repeated", key="k", batch_size=3),
+    ])  # fmt: skip
+    m = await migrator(db)
+    with pytest.raises(MigrationError, match="the key 'k' of 'repeated' is not unique"):
+        await m.run("p", migration)
+    assert await db.fetchval("SELECT count(*) FROM repeated WHERE seen > 0") == 0
+    assert (await stages(db))["see"].status == "failed"
+
+    await db.execute("DELETE FROM repeated a USING repeated b WHERE a.k = b.k AND a.ctid > b.ctid")
+    await db.execute("ALTER TABLE repeated ADD UNIQUE (k)")
+    await m.run("p", migration)
+    assert await db.fetchval("SELECT count(*) FROM repeated WHERE seen <> 1") == 0
+
+
+async def test_a_batch_that_changes_none_of_the_rows_of_its_page_is_recorded_and_reported(
+    db: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def forgets_the_first_batch(batch: Batch) -> None:  # id > NULL matches no row
+        await batch.tx.connection.execute(
+            "UPDATE item SET hits = hits + 1 WHERE id > $1 AND id <= $2", batch.after, batch.last
+        )
+
+    migration = Migration("2.0", [
+        BatchedStage("hits", forgets_the_first_batch, table="item", batch_size=300),
+    ])  # fmt: skip
+    caplog.set_level("WARNING", logger="hookbus.migrations")
+    await (await migrator(db)).run("p", migration)
+    stage = (await stages(db))["hits"]
+    assert (stage.status, stage.rows, stage.untouched) == ("completed", 1000, 1)
+    touched = await db.fetch("SELECT number, touched FROM hookbus_batch ORDER BY number")
+    assert [tuple(r) for r in touched] == [(1, 0), (2, 300), (3, 300), (4, 100)]
+    assert any(
+        "1 batch(es) changed none of the rows of their page (batches 1)" in message
+        and "batch.after, which is None for the first batch" in message
+        for message in caplog.messages
+    )
+
+    # a batch that deletes its rows, or writes them in a savepoint, changed them
+    async def delete_in_a_savepoint(batch: Batch) -> None:
+        async with batch.tx.savepoint():
+            await batch.tx.connection.execute(
+                "DELETE FROM item WHERE id <= $1 AND ($2::bigint IS NULL OR id > $2)",
+                batch.last,
+                batch.after,
+            )
+
+    migration = Migration("3.0", [
+        BatchedStage("delete", delete_in_a_savepoint, table="item", batch_size=300),
+    ])  # fmt: skip
+    await (await migrator(db)).run("p", migration)
+    assert (await stages(db))["delete"].untouched == 0
+
+
+def test_stage_timeouts_that_cannot_work_are_refused_where_they_are_declared() -> None:
+    async def run(ctx: StageContext) -> None: ...
+
+    for value in (float("nan"), float("inf"), True, 0, -1, "1", 1e10):
+        for option in ("lock_timeout", "statement_timeout"):
+            with pytest.raises(PluginError, match=f"{option} is a finite number of seconds"):
+                Stage("s", run, **{option: value})
+    Stage("s", run, lock_timeout=0.5, statement_timeout=60)
+
+
+def test_versions_and_stage_names_are_refused_where_they_are_declared() -> None:
+    async def run(ctx: StageContext) -> None: ...
+
+    with pytest.raises(PluginError, match=r"migration '٣\.1': a version is dotted integers"):
+        Migration("٣.1", [Stage("s", run)])  # an Arabic-Indic three
+    with pytest.raises(PluginError, match="must not contain a NUL character"):
+        Stage("a\x00b", run)
+    with pytest.raises(PluginError, match="must be valid Unicode"):
+        Stage("\udc80", run)
+
+
+async def test_recorded_times_are_the_server_clock_at_the_moment_they_describe(
+    db: asyncpg.Pool,
+) -> None:
+    async def slow(ctx: StageContext) -> None:
+        await ctx.tx.connection.execute("SELECT pg_sleep(0.3)")
+
+    async def slow_batch(batch: Batch) -> None:
+        await hit(batch)
+        await batch.tx.connection.execute("SELECT pg_sleep(0.1)")
+
+    async def slow_check(ctx: StageContext) -> bool:
+        await ctx.tx.connection.execute("SELECT pg_sleep(0.2)")
+        return True
+
+    migration = Migration("2.0", [
+        Stage("atomic", slow),
+        BatchedStage("batched", slow_batch, table="item", batch_size=500, validate=slow_check),
+    ])  # fmt: skip
+    await (await migrator(db)).run("p", migration)
+    progress = await stages(db)
+    atomic, batched = progress["atomic"], progress["batched"]
+    assert atomic.finished_at is not None and batched.finished_at is not None
+    # the stage's own duration, and its finish minus its start, tell the same story
+    elapsed = (atomic.finished_at - atomic.started_at).total_seconds()
+    assert 0.3 <= elapsed <= atomic.duration + 0.05
+    assert atomic.updated_at == atomic.finished_at
+    # a batched stage finishes after its validation; each batch's interval holds its work
+    elapsed = (batched.finished_at - batched.started_at).total_seconds()
+    assert elapsed >= 2 * 0.1 + 0.2
+    intervals = await db.fetch(
+        "SELECT committed_at - started_at AS took, duration FROM hookbus_batch ORDER BY number"
+    )
+    assert len(intervals) == 2
+    for row in intervals:
+        assert 0.1 <= row["took"].total_seconds() <= row["duration"] + 0.05

@@ -109,7 +109,8 @@ GOOD = Plugin("good", "1.0")
 async def db(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
     """The module's database with no plugin tables and no application table left over."""
     await pool.execute(
-        "DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, journal, item"
+        "DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, hookbus_error, "
+        "hookbus_hook_run, journal, item"
     )
     await pool.execute("CREATE TABLE journal (plugin text, what text)")
     yield pool
@@ -262,7 +263,7 @@ async def test_a_failed_upgrade_stays_at_its_version_and_a_rerun_resumes(
         await manager.upgrade()
     state = (await manager.states())["crm"]
     assert (state.state, state.version, state.target_version) == ("failed", "1.0", "2.0")
-    assert [(s.stage, s.status) for s in await manager.progress()] == [
+    assert [(s.stage, s.status) for s in await manager.progress("crm")] == [
         ("first", "completed"),
         ("second", "failed"),
     ]
@@ -366,7 +367,11 @@ async def test_the_cli_lists_installs_plans_migrates_shows_status_and_uninstalls
     assert migrated.stdout == "upgraded: counter\n"
     assert "counter 2.0 / count: 1,000/1,000 rows" in migrated.stderr
     status = cli(dsn, "status", app).stdout
-    assert "counter  2.0      count  batched  completed  1,000/1,000  5" in status
+    # (column widths follow the longest stage: hookbus's own tables' stage is listed too)
+    assert "counter 2.0 count batched completed 1,000/1,000 5" in " ".join(status.split())
+    assert "hookbus 2.0 batch intervals, error history, hook runs atomic completed" in " ".join(
+        status.split()
+    )
 
     refused = cli(None, "uninstall", app, "counter")
     assert refused.returncode != 0 and "HOOKBUS_DSN is not set" in refused.stderr
@@ -405,7 +410,9 @@ async def test_a_plugin_state_moves_only_as_its_state_machine_allows(db: asyncpg
         with pytest.raises(PluginStateError, match="'crm' is no longer failed"):
             await write_state(conn, "crm", was="failed", version="1.0", target="2.0",
                               state="upgrading", requires=())  # fmt: skip
-    assert (await db.fetchval("SELECT state FROM hookbus_plugin")) == "installed"
+    assert (
+        await db.fetchval("SELECT state FROM hookbus_plugin WHERE name <> 'hookbus'")
+    ) == "installed"
 
 
 def test_migrations_declared_twice_or_wrongly_are_reported() -> None:
@@ -418,4 +425,104 @@ def test_migrations_declared_twice_or_wrongly_are_reported() -> None:
     assert caught.value.problems == (
         "plugin 'erp': two migrations for the same version in ['2.0', '2.0']",
         "plugin 'hr': '2.0' is not a Migration",
+    )
+
+
+def test_plugin_names_and_versions_postgresql_cannot_store_are_refused_before_anything_runs() -> (
+    None
+):
+    with pytest.raises(PluginError) as caught:
+        PluginSet(
+            Bus(),
+            [Plugin("nul\x00", "1.0"), Plugin("\ud800", "1.0"), Plugin("digits", "٣.1")],
+        )
+    problems = caught.value.problems
+    assert any("'nul\\x00': a plugin name must not contain a NUL character" in p for p in problems)
+    assert any("'\\ud800': a plugin name must be valid Unicode" in p for p in problems)
+    assert any("'digits': a version is dotted integers" in p for p in problems)
+
+
+async def test_a_stage_skipped_by_its_condition_runs_once_it_holds_and_the_dry_run_shows_it(
+    db: asyncpg.Pool,
+) -> None:
+    def plugins(version: str, env: Environment) -> PluginSet:
+        sync = Stage("sync", journal("sync"), condition=lambda e: e.enabled("external_sync"))
+        migrations = [Migration("2.0", [Stage("data", journal("data")), sync])]
+        return PluginSet(Bus(), [Plugin("p", version, migrations=migrations)], env=env)
+
+    production = Environment("production")
+    await PluginManager(db, plugins("1.0", production)).install()
+    assert await PluginManager(db, plugins("2.0", production)).upgrade() == ["p"]
+    assert await journal_rows(db) == [("p", "data")]  # sync skipped: the flag is off
+    flagged = PluginManager(db, plugins("2.0", Environment("test", flags=["external_sync"])))
+    assert [(s.version, s.stage, s.action) for s in await flagged.plan()] == [
+        ("2.0", "sync", "run (condition now holds)")
+    ]
+    assert await flagged.upgrade() == ["p"]
+    assert await journal_rows(db) == [("p", "data"), ("p", "sync")]
+    assert await flagged.plan() == []  # done now: nothing left to run, nothing runs twice
+    assert await flagged.upgrade() == []
+    # without the flag, the dry run of an up-to-date install has nothing to show
+    assert await PluginManager(db, plugins("2.0", production)).plan() == []
+
+
+async def test_lifecycle_hooks_are_recorded_like_stages_and_every_failure_is_kept(
+    db: asyncpg.Pool,
+) -> None:
+    fail = [2]
+
+    async def post_upgrade(ctx: StageContext, from_version: str) -> None:
+        await ctx.tx.connection.execute("SELECT pg_sleep(0.1)")
+        if fail[0]:
+            fail[0] -= 1
+            raise RuntimeError(f"post_upgrade broke ({fail[0]} more)")
+
+    def plugins(version: str) -> PluginSet:
+        return PluginSet(Bus(), [lifecycle("p", version, post_upgrade=post_upgrade)])
+
+    await PluginManager(db, plugins("1.0")).install()
+    manager = PluginManager(db, plugins("2.0"))
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="post_upgrade broke"):
+            await manager.upgrade()
+    assert await manager.upgrade() == ["p"]
+    await manager.uninstall("p")
+
+    runs = await manager.hook_runs("p")
+    assert [(r.hook, r.version, r.status) for r in runs] == [
+        ("pre_init", "1.0", "completed"),
+        ("post_init", "1.0", "completed"),
+        ("post_upgrade", "2.0", "failed"),
+        ("post_upgrade", "2.0", "failed"),
+        ("post_upgrade", "2.0", "completed"),
+        ("uninstall", "2.0", "completed"),
+    ]
+    for run in runs:  # the interval is the duration, by the server's clock
+        elapsed = (run.finished_at - run.started_at).total_seconds()
+        assert abs(elapsed - run.duration) < 0.001
+    assert all(r.duration >= 0.1 for r in runs if r.hook == "post_upgrade")
+    assert runs[2].error == "RuntimeError: post_upgrade broke (1 more)"
+    errors = await manager.errors("p")  # each failure with its time, not only the last
+    assert [(e.step, e.error) for e in errors] == [
+        ("post_upgrade", "RuntimeError: post_upgrade broke (1 more)"),
+        ("post_upgrade", "RuntimeError: post_upgrade broke (0 more)"),
+    ]
+    assert errors[0].at < errors[1].at
+
+
+def test_every_cycle_is_reported_with_the_missing_dependencies_and_the_rest_still_ordered() -> None:
+    plugins = [
+        Plugin("x", "1.0", requires=["y"]),
+        Plugin("y", "1.0", requires=["z"]),
+        Plugin("z", "1.0", requires=["x"]),
+        Plugin("b", "1.0", requires=["a"]),
+        Plugin("a", "1.0", requires=["b", "gone"]),
+        Plugin("fine", "1.0"),
+    ]
+    with pytest.raises(PluginError) as caught:
+        PluginSet(Bus(), plugins)
+    assert caught.value.problems == (
+        "missing dependency: b -> a -> gone ('gone' is not available)",
+        "dependency cycle: a -> b -> a",
+        "dependency cycle: x -> y -> z -> x",
     )

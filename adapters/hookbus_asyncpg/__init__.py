@@ -10,9 +10,11 @@ from __future__ import annotations
 from ._backend import AsyncpgBackend
 from ._embedded import EmbeddedPostgres
 from ._entity import Entity
+from ._fenced_lock import FencedLock, LockHolder, LockLostError, LockTimeoutError
+from ._hook_runs import ErrorRecord, HookRun
 from ._installer import PluginManager, PluginStatus
 from ._migration_lock import MigrationLock, MigrationLockTimeout
-from ._migrator import Migrator, PlannedStage
+from ._migrator import Migrator, PlannedStage, decide
 from ._options import TransactionOptions
 from ._plugin_state import PluginState, PluginStateError
 from ._progress import StageProgress
@@ -35,6 +37,12 @@ __all__ = [
     "EmbeddedPostgres",
     "Entity",
     "EntityType",
+    "ErrorRecord",
+    "FencedLock",
+    "HookRun",
+    "LockHolder",
+    "LockLostError",
+    "LockTimeoutError",
     "MigrationLock",
     "MigrationLockTimeout",
     "Migrator",
@@ -51,6 +59,7 @@ __all__ = [
     "Store",
     "TransactionOptions",
     "UnknownNameError",
+    "decide",
     "open_progress",
     "transaction",
 ]

@@ -15,6 +15,7 @@ Every state-changing call runs under the migration lock (one migrator at a time)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Final, final
@@ -22,9 +23,18 @@ from typing import Final, final
 import asyncpg
 import msgspec
 
-from hookbus import HookInfo, Plugin, PluginSet, StageContext
+from hookbus import HookInfo, Migration, Plugin, PluginSet, StageContext, parse_version
 
-from ._migration_lock import MigrationLock, lock_holder
+from ._hook_runs import (
+    ErrorRecord,
+    HookName,
+    HookRun,
+    read_errors,
+    read_hook_runs,
+    record_error,
+    record_hook,
+)
+from ._migration_lock import lock_holder
 from ._migrator import Migrator, PlannedStage, ProgressFactory
 from ._plugin_state import (
     PluginState,
@@ -33,7 +43,7 @@ from ._plugin_state import (
     read_states,
     write_state,
 )
-from ._progress import StageProgress, read_progress
+from ._progress import StageProgress, read_progress, skipped_stages
 from ._transaction import AsyncpgTransaction, transaction
 
 __all__ = ["PluginManager", "PluginStateError", "PluginStatus"]
@@ -61,7 +71,7 @@ class PluginManager:
     progress display of batched stages (by default a bar on a terminal, log lines otherwise).
     """
 
-    __slots__ = ("_active", "_plugins", "_pool", "lock_wait", "migrator")
+    __slots__ = ("_active", "_plugins", "_pool", "migrator")
 
     def __init__(
         self,
@@ -73,9 +83,15 @@ class PluginManager:
     ) -> None:
         self._pool = pool
         self._plugins = plugins
-        self.lock_wait = lock_wait
-        self.migrator: Final = Migrator(pool, plugins.env, bus=plugins.bus, progress=progress)
+        self.migrator: Final = Migrator(
+            pool, plugins.env, bus=plugins.bus, progress=progress, lock_wait=lock_wait
+        )
         self._active: dict[str, list[HookInfo]] = {}
+
+    @property
+    def lock_wait(self) -> float:
+        """How long a state-changing call waits for another migrator's lock, in seconds."""
+        return self.migrator.lock.wait
 
     # -- reading -------------------------------------------------------------------------
 
@@ -113,6 +129,16 @@ class PluginManager:
         async with self._pool.acquire() as conn:
             return await read_progress(conn, plugin)
 
+    async def hook_runs(self, plugin: str | None = None) -> list[HookRun]:
+        """Every run of a lifecycle hook (of ``plugin``, or all): status, times, error."""
+        async with self._pool.acquire() as conn:
+            return await read_hook_runs(conn, plugin)
+
+    async def errors(self, plugin: str | None = None) -> list[ErrorRecord]:
+        """Every failure kept (of ``plugin``, or all), with its time, oldest first."""
+        async with self._pool.acquire() as conn:
+            return await read_errors(conn, plugin)
+
     async def lock_holder(self) -> tuple[int, str, datetime | None] | None:
         """The migrator holding the migration lock now: ``(pid, application_name, since)``."""
         async with self._pool.acquire() as conn:
@@ -121,14 +147,32 @@ class PluginManager:
     async def plan(self, names: Iterable[str] | None = None) -> list[PlannedStage]:
         """The stages an upgrade of ``names`` (default: every plugin) would run now."""
         states = await self.states()
-        planned = []
+        planned = await self.migrator.own_plan()  # hookbus's own tables come first
         for plugin in self._selected(names):
             state = states.get(plugin.name)
             if state is None or not state.is_installed or state.version is None:
                 continue
-            migrations = plugin.migrations_between(state.version, plugin.version)
-            planned += await self.migrator.plan(plugin.name, migrations)
+            revisits = await self._revisits(plugin, state.version)
+            planned += await self.migrator.plan(plugin.name, revisits, revisit=True)
+            if state.version != plugin.version or state.state != "installed":
+                migrations = plugin.migrations_between(state.version, plugin.version)
+                planned += await self.migrator.plan(plugin.name, migrations)
         return planned
+
+    async def _revisits(self, plugin: Plugin, installed: str) -> list[Migration]:
+        """The plugin's migrations at or below ``installed`` with a stage left undone (skipped
+        by its condition, or failed since) that may run now."""
+        async with self._pool.acquire() as conn:
+            left = await skipped_stages(conn, plugin.name)
+        if not left:
+            return []
+        ceiling = parse_version(installed)
+        return [
+            m
+            for m in plugin.migrations
+            if m.version_key <= ceiling
+            and any((m.version, stage.name) in left for stage in m.stages)
+        ]
 
     # -- the bus -------------------------------------------------------------------------
 
@@ -178,7 +222,7 @@ class PluginManager:
         installed by this call.
         """
         done = []
-        async with MigrationLock(self._pool, wait=self.lock_wait):
+        async with self.migrator.locked():
             await self._create_tables()
             states = await self.states()
             for plugin in self._selected(names, with_requirements=True):
@@ -200,18 +244,17 @@ class PluginManager:
     async def _install(self, plugin: Plugin, was: PluginStateName | None) -> None:
         name, version = plugin.name, plugin.version
         await self._begin(plugin, was, None, "installing")
+        running = _Running()
         try:
-            async with transaction(self._pool) as tx:
+            async with self.migrator.fenced(self._pool) as tx:
                 ctx = StageContext(tx, self._plugins.env, name, self._plugins.bus)
-                if plugin.pre_init is not None:
-                    await plugin.pre_init(ctx)
+                await self._call(running, tx, plugin, version, "pre_init", ctx)
                 self._register(plugin)
-                if plugin.post_init is not None:
-                    await plugin.post_init(ctx)
+                await self._call(running, tx, plugin, version, "post_init", ctx)
                 await self._finish(tx, plugin, "installing")
         except Exception as exc:
             self._unregister(name)
-            await self._fail(plugin, None, exc, "installing")
+            await self._fail(plugin, None, exc, "installing", running)
             raise
         logger.info("installed %s %s", name, version)
 
@@ -223,7 +266,7 @@ class PluginManager:
         doing: PluginStateName,
     ) -> None:
         """Move ``plugin`` (at ``version``) from ``was`` to ``doing``, in a scope of its own."""
-        async with transaction(self._pool) as tx:
+        async with self.migrator.fenced(self._pool) as tx:
             await write_state(
                 tx.connection,
                 plugin.name,
@@ -246,11 +289,45 @@ class PluginManager:
             requires=plugin.requires,
         )
 
+    async def _call(
+        self,
+        running: _Running,
+        tx: AsyncpgTransaction,
+        plugin: Plugin,
+        version: str | None,
+        hook: HookName,
+        *args: object,
+    ) -> None:
+        """Run a lifecycle hook of ``plugin`` in ``tx``, recorded there when it completes."""
+        fn = getattr(plugin, hook)
+        if fn is None:
+            return
+        running.hook, running.started = hook, time.perf_counter()
+        await fn(*args)
+        took = time.perf_counter() - running.started
+        running.hook = None
+        token = self.migrator.lock.token
+        await record_hook(tx.connection, plugin.name, version, hook, "completed", took, None, token)
+
     async def _fail(
-        self, plugin: Plugin, version: str | None, exc: Exception, doing: PluginStateName
+        self,
+        plugin: Plugin,
+        version: str | None,
+        exc: Exception,
+        doing: PluginStateName,
+        running: _Running,
     ) -> None:
         name, target = plugin.name, plugin.version
-        async with transaction(self._pool) as tx:
+        lock = self.migrator.lock
+        error = f"{type(exc).__name__}: {exc}"
+        async with transaction(self._pool, find_outcome=False) as tx:
+            await self._record_failure(tx, plugin, target, running, error)
+            if not await lock.still_current(tx.connection):
+                exc.add_note(
+                    f"while {doing} plugin {name!r} {target}: the migration lock was taken over, "
+                    "its state is left to the new holder"
+                )
+                return
             await write_state(
                 tx.connection,
                 name,
@@ -259,9 +336,27 @@ class PluginManager:
                 target=target,
                 state="failed",
                 requires=plugin.requires,
-                error=f"{type(exc).__name__}: {exc}",
+                error=error,
             )
         exc.add_note(f"while {doing} plugin {name!r} {target}: its state is now 'failed'")
+
+    async def _record_failure(
+        self,
+        tx: AsyncpgTransaction,
+        plugin: Plugin,
+        version: str | None,
+        running: _Running,
+        error: str,
+    ) -> None:
+        """Keep the error in the history, and the failed hook's run if a hook failed."""
+        token = self.migrator.lock.token
+        if running.hook is None:
+            return  # a stage's failure: the migrator kept it
+        took = time.perf_counter() - running.started
+        await record_error(tx.connection, plugin.name, version, running.hook, token, error)
+        await record_hook(
+            tx.connection, plugin.name, version, running.hook, "failed", took, error, token
+        )
 
     async def upgrade(self, names: Iterable[str] | None = None) -> list[str]:
         """Bring installed plugins (``names``, default all) to their code's version.
@@ -272,39 +367,54 @@ class PluginManager:
         Returns the names upgraded by this call.
         """
         done = []
-        async with MigrationLock(self._pool, wait=self.lock_wait):
+        async with self.migrator.locked():
             await self._create_tables()
             states = await self.states()
             for plugin in self._selected(names):
                 state = states.get(plugin.name)
                 if state is None or not state.is_installed or state.version is None:
                     continue
-                if _version_key(state.version) > _version_key(plugin.version):
+                if parse_version(state.version) > parse_version(plugin.version):
                     raise PluginStateError(
                         f"plugin {plugin.name!r} is installed at {state.version}, newer than "
                         f"the code's {plugin.version}: downgrades are not supported"
                     )
+                revisits = await self._revisits(plugin, state.version)
                 if state.version == plugin.version and state.state == "installed":
+                    # Up to date, but stages once skipped by their condition may run now.
+                    plan = await self.migrator.plan(plugin.name, revisits, revisit=True)
+                    if plan:
+                        for migration in revisits:
+                            await self.migrator.run(plugin.name, migration, revisit=True)
+                        done.append(plugin.name)
                     continue
-                await self._upgrade(plugin, state.version, state.state)
+                await self._upgrade(plugin, state.version, state.state, revisits)
                 done.append(plugin.name)
         return done
 
     migrate = upgrade
 
-    async def _upgrade(self, plugin: Plugin, installed: str, was: PluginStateName) -> None:
+    async def _upgrade(
+        self,
+        plugin: Plugin,
+        installed: str,
+        was: PluginStateName,
+        revisits: Iterable[Migration] = (),
+    ) -> None:
         name, version = plugin.name, plugin.version
         await self._begin(plugin, was, installed, "upgrading")
+        running = _Running()
         try:
+            for migration in revisits:
+                await self.migrator.run(name, migration, revisit=True)
             for migration in plugin.migrations_between(installed, version):
                 await self.migrator.run(name, migration)
-            async with transaction(self._pool) as tx:
-                if plugin.post_upgrade is not None:
-                    ctx = StageContext(tx, self._plugins.env, name, self._plugins.bus)
-                    await plugin.post_upgrade(ctx, installed)
+            async with self.migrator.fenced(self._pool) as tx:
+                ctx = StageContext(tx, self._plugins.env, name, self._plugins.bus)
+                await self._call(running, tx, plugin, version, "post_upgrade", ctx, installed)
                 await self._finish(tx, plugin, "upgrading")
         except Exception as exc:
-            await self._fail(plugin, installed, exc, "upgrading")
+            await self._fail(plugin, installed, exc, "upgrading", running)
             raise
         logger.info("upgraded %s from %s to %s", name, installed, version)
 
@@ -316,7 +426,7 @@ class PluginManager:
         is uninstalled in a scope of its own. Returns the names uninstalled, in order.
         """
         plugin = self._plugins[name]
-        async with MigrationLock(self._pool, wait=self.lock_wait):
+        async with self.migrator.locked():
             await self._create_tables()
             states = await self.states()
             state = states.get(name)
@@ -337,19 +447,25 @@ class PluginManager:
         return [p.name for p in order]
 
     async def _uninstall(self, plugin: Plugin, state: PluginState) -> None:
-        async with transaction(self._pool) as tx:
-            if plugin.uninstall is not None:
+        running = _Running()
+        try:
+            async with self.migrator.fenced(self._pool) as tx:
                 ctx = StageContext(tx, self._plugins.env, plugin.name, self._plugins.bus)
-                await plugin.uninstall(ctx)
-            await write_state(
-                tx.connection,
-                plugin.name,
-                was=state.state,
-                version=state.version,
-                target=state.target_version,
-                state="uninstalled",
-                requires=state.requires,
-            )
+                await self._call(running, tx, plugin, state.version, "uninstall", ctx)
+                await write_state(
+                    tx.connection,
+                    plugin.name,
+                    was=state.state,
+                    version=state.version,
+                    target=state.target_version,
+                    state="uninstalled",
+                    requires=state.requires,
+                )
+        except Exception as exc:  # the plugin stays installed; the failure is kept
+            error = f"{type(exc).__name__}: {exc}"
+            async with transaction(self._pool, find_outcome=False) as tx:
+                await self._record_failure(tx, plugin, state.version, running, error)
+            raise
         self._unregister(plugin.name)
         logger.info("uninstalled %s", plugin.name)
 
@@ -363,7 +479,7 @@ class PluginManager:
         migration = next((m for m in plugin.migrations if m.version == version), None)
         if migration is None:
             raise PluginStateError(f"plugin {name!r} has no migration to {version}")
-        async with MigrationLock(self._pool, wait=self.lock_wait):
+        async with self.migrator.locked():
             await self._create_tables()
             return await self.migrator.undo(name, migration, stage)
 
@@ -382,6 +498,17 @@ class PluginManager:
             return self._plugins.with_dependencies(names)
         wanted = {self._plugins[n].name for n in names}
         return tuple(p for p in self._plugins if p.name in wanted)
+
+
+@final
+class _Running:
+    """The lifecycle hook running now, if any, and since when (to record its failure)."""
+
+    __slots__ = ("hook", "started")
+
+    def __init__(self) -> None:
+        self.hook: HookName | None = None
+        self.started = 0.0
 
 
 def _installed_dependants(name: str, states: dict[str, PluginState]) -> dict[str, list[str]]:
@@ -410,7 +537,3 @@ def _load_order(plugins: PluginSet, names: Iterable[str]) -> list[Plugin]:
             "cannot run their uninstall hooks"
         )
     return [p for p in plugins if p.name in wanted]
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))

@@ -7,14 +7,23 @@ counters and a batch row are written, all in that transaction; killed anywhere, 
 resumes after the last committed batch. A stage that fails is recorded ``failed`` with its
 error (after its transaction rolled back) and the error re-raised as ``MigrationError``.
 Completed stages are skipped on a rerun; a failed or interrupted one resumes.
+
+Every transaction of a migration is fenced by the migration lock (``FencedLock.fence``) as its
+first statement: no batch starts unless this migrator holds the lock, and a migrator whose
+lock was taken over commits nothing more. It then stops with ``MigrationError`` (caused by
+``LockLostError``) and its stage is ``failed``, unless another migrator took the stage over
+meanwhile: a failure is written only while no other holder took the lock
+(``FencedLock.still_current``), and always kept in the error history.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Final, final
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, Final, NoReturn, final
 
 import asyncpg
 import msgspec
@@ -27,12 +36,25 @@ from hookbus import (
     MigrationError,
     Stage,
     StageContext,
+    parse_version,
 )
 
-from ._plugin_state import create_tables
+from ._fenced_lock import FencedLock
+from ._migration_lock import MigrationLock
+from ._plugin_state import (
+    BASE_VERSION,
+    OWN,
+    OWN_MIGRATIONS,
+    OWN_VERSION,
+    PluginStateError,
+    PluginStateName,
+    create_tables,
+    read_states,
+    write_state,
+)
 from ._progress import StageRecord
 from ._progress_bar import Progress, open_progress
-from ._transaction import transaction
+from ._transaction import AsyncpgTransaction, transaction
 
 __all__ = ["Migrator", "PlannedStage"]
 
@@ -41,6 +63,17 @@ logger: Final = logging.getLogger("hookbus.migrations")
 _KEY_TYPE: Final = """
 SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
 WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped
+"""
+
+# A key column pages correctly only if no two rows share a key: a primary key, a unique
+# constraint or a unique index on that column alone (no predicate, no expression).
+_KEY_UNIQUE: Final = """
+SELECT EXISTS (
+    SELECT FROM pg_index i JOIN pg_attribute a
+        ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    WHERE i.indrelid = to_regclass($1) AND a.attname = $2 AND i.indisunique AND i.indisvalid
+      AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL
+)
 """
 
 ProgressFactory = Callable[[str, "int | None", int], Progress]
@@ -54,8 +87,79 @@ class PlannedStage(msgspec.Struct, frozen=True):
     version: str
     stage: str
     kind: str
-    action: str  # "run", "resume", "skip (completed)", "skip (condition)"
+    action: str  # "run", "resume", "run (condition now holds)", "skip (completed)",
+    # "skip (condition)", "skip (installed)": see ``decide``
     detail: str = ""
+
+
+#: The actions of a plan that run the stage.
+_RUNS: Final = frozenset({"run", "resume", "run (condition now holds)"})
+
+
+def decide(
+    stage: Stage | BatchedStage,
+    status: str | None,
+    cursor: str | None,
+    rows: int,
+    env: Environment,
+    *,
+    revisit: bool = False,
+) -> tuple[str, str]:
+    """What to do with a stage now: ``(action, detail)``. The one decision of the migrator.
+
+    ``plan`` shows it and ``run`` acts on it. A stage ``completed`` is skipped; one whose
+    condition is false in ``env`` is skipped (and recorded ``skipped``); a ``failed`` or
+    interrupted one resumes; a new one runs. ``revisit``: the migration is at or below the
+    plugin's installed version, so only a stage once ``skipped`` by its condition runs, now
+    that the condition holds (skipped is not completed), or resumes if that run failed.
+    """
+    if status == "completed":
+        return "skip (completed)", ""
+    if revisit and status not in ("failed", "running"):  # those resume, as anywhere
+        if status == "skipped" and stage.applies(env):
+            return "run (condition now holds)", f"skipped before, now in {env!r}"
+        return "skip (installed)", ""
+    if not stage.applies(env):
+        return "skip (condition)", f"not in {env!r}"
+    resumes = status in ("failed", "running") or cursor is not None
+    if resumes and cursor is not None:
+        return "resume", f"after key {cursor}, {rows:,} rows done"
+    action = "resume" if resumes else "run"
+    if isinstance(stage, BatchedStage):
+        return action, f"batches of {stage.batch_size:,} over {stage.table}.{stage.key}"
+    return action, ""
+
+
+@final
+class _Step:
+    """One stage in a plan: its record as read, and what to do with it."""
+
+    __slots__ = ("action", "batches", "cursor", "detail", "migration", "record", "rows", "stage")
+
+    def __init__(
+        self,
+        migration: Migration,
+        stage: Stage | BatchedStage,
+        record: StageRecord,
+        action: str,
+        detail: str,
+        cursor: str | None,
+        rows: int,
+        batches: int,
+    ) -> None:
+        self.migration = migration
+        self.stage = stage
+        self.record = record
+        self.action = action
+        self.detail = detail
+        self.cursor = cursor
+        self.rows = rows
+        self.batches = batches
+
+
+def _own_migrations(installed: str) -> list[Migration]:
+    low = parse_version(installed)
+    return [m for m in OWN_MIGRATIONS if m.version_key > low]
 
 
 def _ms(seconds: float) -> str:
@@ -66,10 +170,12 @@ def _ms(seconds: float) -> str:
 class Migrator:
     """Runs migrations of plugins on ``pool``; progress shown by ``progress`` per stage.
 
-    It takes no lock itself: ``PluginManager`` runs it under ``MigrationLock``.
+    ``lock`` is the migration lock (by default a ``MigrationLock`` waiting ``lock_wait``
+    seconds): ``run`` and ``undo`` take it for their duration unless it is held already
+    (``PluginManager`` holds it across a whole upgrade), and fence every transaction with it.
     """
 
-    __slots__ = ("_bus", "_env", "_pool", "_progress")
+    __slots__ = ("_bus", "_env", "_pool", "_progress", "lock")
 
     def __init__(
         self,
@@ -78,6 +184,8 @@ class Migrator:
         *,
         bus: Any = None,
         progress: ProgressFactory | None = None,
+        lock: FencedLock | None = None,
+        lock_wait: float = 30.0,
     ) -> None:
         self._pool = pool
         self._env = env
@@ -85,70 +193,147 @@ class Migrator:
         self._progress: ProgressFactory = progress or (
             lambda title, total, done: open_progress(title, total, done)
         )
+        self.lock: Final = lock if lock is not None else MigrationLock(pool, wait=lock_wait)
+
+    @asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold the migration lock for the block, unless it is held already."""
+        if self.lock.held:
+            yield
+            return
+        async with self.lock:
+            yield
+
+    @asynccontextmanager
+    async def fenced(self, target: Any) -> AsyncIterator[AsyncpgTransaction]:
+        """A transaction scope on ``target`` (a pool or a connection), fenced by the lock."""
+        async with transaction(target, find_outcome=False) as tx:
+            await self.lock.fence(tx.connection)
+            yield tx
 
     async def create_tables(self) -> None:
-        """Create the plugin and progress tables if missing (run it under the lock)."""
-        async with self._pool.acquire() as conn:
-            await create_tables(conn)
+        """Create or upgrade hookbus's own tables, under the lock (see ``own_plan``)."""
+        async with self.locked():
+            await self._own_tables()
 
-    async def plan(self, plugin: str, migrations: Sequence[Migration]) -> list[PlannedStage]:
-        """What ``run`` would do now, stage by stage, without doing any of it."""
-        planned = []
-        async with self._pool.acquire() as conn:
-            exists = await conn.fetchval("SELECT to_regclass('hookbus_stage') IS NOT NULL")
-            for migration in migrations:
-                for position, stage in enumerate(migration.stages):
-                    record = StageRecord(
-                        plugin, migration.version, stage.name, position, stage.kind
-                    )
-                    status, cursor, rows, _ = (
-                        await record.read(conn) if exists else (None, None, 0, 0)
-                    )
-                    if status == "completed":
-                        action, detail = "skip (completed)", ""
-                    elif not stage.applies(self._env):
-                        action, detail = "skip (condition)", f"not in {self._env!r}"
-                    elif status in ("failed", "running") or cursor is not None:
-                        action = "resume"
-                        detail = f"after key {cursor}, {rows:,} rows done" if cursor else ""
-                    else:
-                        action, detail = "run", ""
-                    if isinstance(stage, BatchedStage) and not detail:
-                        detail = f"batches of {stage.batch_size:,} over {stage.table}.{stage.key}"
-                    planned.append(
-                        PlannedStage(
-                            plugin, migration.version, stage.name, stage.kind, action, detail
-                        )
-                    )
-        return planned
+    async def _own_tables(self) -> None:
+        # hookbus's own tables are a plugin's: layout 1.0 made if missing, then migrated.
+        async with self.fenced(self._pool) as tx:
+            await create_tables(tx.connection)
+            state = (await read_states(tx.connection, own=True)).get(OWN)
+        installed = BASE_VERSION if state is None or state.version is None else state.version
+        if state is not None and state.state == "installed" and installed == OWN_VERSION:
+            return
+        if parse_version(installed) > parse_version(OWN_VERSION):
+            raise PluginStateError(
+                f"hookbus's tables are at layout {installed}, newer than this hookbus knows "
+                f"({OWN_VERSION}): run a newer hookbus"
+            )
+        was = None if state is None else state.state
+        doing: PluginStateName = (
+            "installing" if state is None or state.version is None else ("upgrading")
+        )
+        async with self.fenced(self._pool) as tx:
+            await write_state(
+                tx.connection, OWN, was=was, version=None if state is None else state.version,
+                target=OWN_VERSION, state=doing, requires=(),
+            )  # fmt: skip
+        for migration in _own_migrations(installed):
+            await self._run(OWN, migration, revisit=False)
+        async with self.fenced(self._pool) as tx:
+            await write_state(
+                tx.connection, OWN, was=doing, version=OWN_VERSION, target=OWN_VERSION,
+                state="installed", requires=(),
+            )  # fmt: skip
+        logger.info("hookbus's tables: layout %s, from %s", OWN_VERSION, installed)
 
-    async def run(self, plugin: str, migration: Migration) -> None:
-        """Run the stages of ``migration`` not yet completed, in order."""
+    async def own_plan(self) -> list[PlannedStage]:
+        """What ``create_tables`` would run now to bring hookbus's own tables up to date."""
+        async with self._pool.acquire() as conn:
+            state = (await read_states(conn, own=True)).get(OWN)
+        installed = BASE_VERSION if state is None or state.version is None else state.version
+        return await self.plan(OWN, _own_migrations(installed))
+
+    async def plan(
+        self, plugin: str, migrations: Sequence[Migration], *, revisit: bool = False
+    ) -> list[PlannedStage]:
+        """What ``run`` would do now, stage by stage, without doing any of it.
+
+        ``revisit``: the migrations are at or below the plugin's installed version (only the
+        stages once skipped by their condition may run); only the stages that would run are
+        listed then.
+        """
+        async with self._pool.acquire() as conn:
+            steps = [
+                step
+                for migration in migrations
+                for step in await self._steps(conn, plugin, migration, revisit=revisit)
+            ]
+        return [
+            PlannedStage(
+                plugin,
+                step.migration.version,
+                step.stage.name,
+                step.stage.kind,
+                step.action,
+                step.detail,
+            )
+            for step in steps
+            if not revisit or step.action in _RUNS
+        ]
+
+    async def _steps(
+        self, conn: Any, plugin: str, migration: Migration, *, revisit: bool
+    ) -> list[_Step]:
+        """The plan of ``migration``: each stage's record and what to do with it now."""
+        exists = await conn.fetchval("SELECT to_regclass('hookbus_stage') IS NOT NULL")
+        steps = []
         for position, stage in enumerate(migration.stages):
             record = StageRecord(plugin, migration.version, stage.name, position, stage.kind)
-            async with self._pool.acquire() as conn:
-                status, cursor, rows, batches = await record.read(conn)
+            status, cursor, rows, batches = (
+                await record.read(conn) if exists else (None, None, 0, 0)
+            )
+            action, detail = decide(stage, status, cursor, rows, self._env, revisit=revisit)
+            steps.append(_Step(migration, stage, record, action, detail, cursor, rows, batches))
+        return steps
+
+    async def run(self, plugin: str, migration: Migration, *, revisit: bool = False) -> None:
+        """Run the stages of ``migration`` that its plan says to run, in order, under the lock.
+
+        The plan is ``plan``'s, computed once the lock is held (see ``decide``).
+        """
+        async with self.locked():
+            await self._own_tables()
+            await self._run(plugin, migration, revisit=revisit)
+
+    async def _run(self, plugin: str, migration: Migration, *, revisit: bool) -> None:
+        async with self._pool.acquire() as conn:
+            steps = await self._steps(conn, plugin, migration, revisit=revisit)
+        for step in steps:
+            stage, record = step.stage, step.record
             where = f"{plugin} {migration.version} / {stage.name}"
-            if status == "completed":
-                logger.info("%s: completed before, skipped", where)
-                continue
-            if not stage.applies(self._env):
+            if step.action == "skip (condition)" and not revisit:
                 logger.info("%s: skipped, its condition is false in %r", where, self._env)
-                async with transaction(self._pool) as tx:
+                async with self.fenced(self._pool) as tx:
                     await record.finish(tx.connection, "skipped", 0.0)
                 continue
-            logger.info("%s: %s", where, "resumed" if status else "started")
+            if step.action not in _RUNS:
+                logger.info("%s: %s", where, step.action)
+                continue
+            logger.info("%s: %s", where, "resumed" if step.action == "resume" else "started")
             if isinstance(stage, Stage):
                 await self._atomic(where, plugin, stage, record)
             else:
-                await self._batched(where, plugin, stage, record, cursor, rows, batches)
+                await self._batched(
+                    where, plugin, stage, record, step.cursor, step.rows, step.batches
+                )
 
     async def _atomic(self, where: str, plugin: str, stage: Stage, record: StageRecord) -> None:
         started = time.perf_counter()
-        async with self._pool.acquire() as conn:
-            await record.start(conn, None)  # committed apart: seen while it runs, or dies
         try:
-            async with transaction(self._pool) as tx:
+            async with self.fenced(self._pool) as tx:  # committed apart: seen while it runs
+                await record.start(tx.connection, None)
+            async with self.fenced(self._pool) as tx:
                 await _timeouts(tx.connection, stage)
                 ctx = StageContext(tx, self._env, plugin, self._bus)
                 await stage.run(ctx)
@@ -176,11 +361,14 @@ class Migrator:
             raise MigrationError(f"{where} cannot be undone: {what}")
         record = StageRecord(plugin, migration.version, stage.name, position, stage.kind)
         undone = 0
-        async with self._pool.acquire() as conn:
-            key_type = await _key_type(conn, where, stage)
-            for number, after, last, rows in await record.done_batches(conn):
+        async with self.locked(), self._pool.acquire() as conn:
+            async with self.fenced(conn):
+                await _timeouts(conn, stage)
+                key_type = await _key_type(conn, where, stage)
+                done = await record.done_batches(conn)
+            for number, after, last, rows in done:
                 started = time.perf_counter()
-                async with transaction(conn, find_outcome=False) as tx:
+                async with self.fenced(conn) as tx:
                     await _timeouts(conn, stage)
                     keys = await conn.fetchrow(
                         f"SELECT $1::text::{key_type}, $2::text::{key_type}", after, last
@@ -195,12 +383,31 @@ class Migrator:
 
     async def _failed(
         self, where: str, record: StageRecord, started: float, exc: Exception
-    ) -> None:
+    ) -> NoReturn:
         error = f"{type(exc).__name__}: {exc}"
-        async with transaction(self._pool) as tx:
-            await record.finish(tx.connection, "failed", time.perf_counter() - started, error)
+        try:
+            async with transaction(self._pool, find_outcome=False) as tx:
+                await self._record_failure(
+                    tx.connection,
+                    record,
+                    error,
+                    record.finish(tx.connection, "failed", time.perf_counter() - started, error),
+                )
+        except Exception as lost:  # e.g. the database itself is gone
+            exc.add_note(f"the failure could not be recorded: {lost!r}")
         logger.error("%s: failed: %s", where, error)
         raise MigrationError(f"{where} failed: {error}") from exc
+
+    async def _record_failure(self, conn: Any, record: StageRecord, error: str, write: Any) -> None:
+        """Keep ``error`` in the history; run ``write`` (the stage's failure) unless another
+        migrator took the lock meanwhile (the stage is its own then)."""
+        token = self.lock.token
+        await record.error(conn, token, error)
+        if await self.lock.still_current(conn):
+            await write
+        else:
+            write.close()
+            logger.warning("the migration lock was taken over: the stage is left to its holder")
 
     async def _batched(
         self,
@@ -216,27 +423,38 @@ class Migrator:
         # One connection for the whole stage: a pooled connection per batch would cost the
         # pool's reset round trip on every release.
         async with self._pool.acquire() as conn:
-            pages = await _Pages.prepare(conn, where, stage, cursor)
-            await record.start(conn, rows + pages.left)
+            try:
+                async with self.fenced(conn):
+                    # Under the stage's timeouts: the count waits on the table's locks too.
+                    await _timeouts(conn, stage)
+                    pages = await _Pages.prepare(conn, where, stage, cursor)
+                    await record.start(conn, rows + pages.left)
+            except Exception as exc:
+                await self._failed(where, record, started, exc)
             progress = self._progress(where, rows + pages.left, rows)
             number = batches
+            untouched: list[int] = []
             try:
                 while True:
                     batch_started = time.perf_counter()
                     try:
                         # A COMMIT lost with its connection needs no finding out: the rerun
                         # reads the cursor, saved by this very transaction or not at all.
-                        async with transaction(conn, find_outcome=False) as tx:
-                            await _timeouts(conn, stage)
+                        async with self.fenced(conn) as tx:
+                            began = await _begin_batch(conn, stage)
                             last, last_text, count = await pages.next(conn)
                             if count == 0:
                                 break
                             batch = Batch(tx, self._env, pages.after, last, count, number + 1)
                             await stage.apply(batch)
+                            touched = await pages.touched(conn, last, count)
                             await record.batch_done(
                                 conn, number + 1, pages.cursor, last_text, count,
-                                time.perf_counter() - batch_started,
+                                time.perf_counter() - batch_started, self.lock.token, began,
+                                touched,
                             )  # fmt: skip
+                            if touched == 0:
+                                untouched.append(number + 1)
                     except Exception as exc:
                         error = (
                             f"batch {number + 1} after key {pages.cursor}: "
@@ -246,9 +464,15 @@ class Migrator:
                         # two connections, the lock's and this one, is enough.
                         try:
                             async with transaction(conn, find_outcome=False):
-                                await record.batch_failed(
-                                    conn, number + 1, pages.cursor,
-                                    time.perf_counter() - batch_started, error,
+                                await self._record_failure(
+                                    conn,
+                                    record,
+                                    error,
+                                    record.batch_failed(
+                                        conn, number + 1, pages.cursor,
+                                        time.perf_counter() - batch_started, error,
+                                        self.lock.token,
+                                    ),
                                 )  # fmt: skip
                         except Exception as lost:  # e.g. the connection itself was lost
                             exc.add_note(f"the failure could not be recorded: {lost!r}")
@@ -259,9 +483,16 @@ class Migrator:
                     progress.advance(count)
             finally:
                 progress.close()
+        if untouched:
+            # Recorded (hookbus_batch.touched = 0) and said once, at the end of the stage.
+            logger.warning(
+                "%s: %d batch(es) changed none of the rows of their page (batches %s): does "
+                "apply read batch.after, which is None for the first batch?",
+                where, len(untouched), _ranges(untouched),
+            )  # fmt: skip
         validating = time.perf_counter()
         try:
-            async with transaction(self._pool) as tx:
+            async with self.fenced(self._pool) as tx:
                 await _timeouts(tx.connection, stage)
                 await _validate(stage, StageContext(tx, self._env, plugin, self._bus))
                 await record.finish(tx.connection, "completed", time.perf_counter() - validating)
@@ -274,7 +505,16 @@ class Migrator:
 class _Pages:
     """The keyset pages of a batched stage: ``WHERE key > cursor ORDER BY key LIMIT n``."""
 
-    __slots__ = ("_first", "_next", "_size", "after", "cursor", "left")
+    __slots__ = (
+        "_first",
+        "_next",
+        "_size",
+        "_touched_first",
+        "_touched_next",
+        "after",
+        "cursor",
+        "left",
+    )
 
     def __init__(self, stage: BatchedStage, key_type: str) -> None:
         table, key = _quoted(stage.table), f'"{stage.key}"'
@@ -283,6 +523,14 @@ class _Pages:
         last = "SELECT max(k), max(k)::text, count(*) FROM ({}) AS b(k)"
         self._first = last.format(page)
         self._next = last.format(after)
+        # The page's rows the batch changed: those it wrote (their xmin is this transaction,
+        # or one of its subtransactions: age <= 0) and those it deleted (no longer there).
+        touched = (
+            "SELECT $1 - count(*) + count(*) FILTER (WHERE age(xmin) <= 0) "
+            f"FROM {table} WHERE {key} <= $2::{key_type}"
+        )
+        self._touched_first = touched + f" AND {key} IS NOT NULL"
+        self._touched_next = touched + f" AND {key} > $3::{key_type}"
         self._size = stage.batch_size
         self.after: Any = None  # the last key done, as the column's type
         self.cursor: str | None = None  # the same, as text: what the progress row keeps
@@ -293,6 +541,13 @@ class _Pages:
         cls, conn: Any, where: str, stage: BatchedStage, cursor: str | None
     ) -> _Pages:
         key_type = await _key_type(conn, where, stage)
+        if not await conn.fetchval(_KEY_UNIQUE, stage.table, stage.key):
+            raise MigrationError(
+                f"{where}: the key {stage.key!r} of {stage.table!r} is not unique: no primary "
+                "key, unique constraint or unique index on that column alone. Batches paged "
+                "by a key that repeats miscount their rows (and a page may end between equal "
+                "keys): page by a unique column"
+            )
         pages = cls(stage, key_type)
         table, key = _quoted(stage.table), f'"{stage.key}"'
         if cursor is None:
@@ -313,6 +568,12 @@ class _Pages:
             row = await conn.fetchrow(self._next, self._size, self.after)
         return row[0], row[1], row[2]
 
+    async def touched(self, conn: Any, last: Any, count: int) -> int:
+        """How many of the page's ``count`` rows the batch changed (wrote or deleted)."""
+        if self.after is None:
+            return int(await conn.fetchval(self._touched_first, count, last))
+        return int(await conn.fetchval(self._touched_next, count, last, self.after))
+
     def moved(self, last: Any, last_text: str) -> None:
         """The page ending at ``last`` was committed."""
         self.after, self.cursor = last, last_text
@@ -325,24 +586,45 @@ async def _key_type(conn: Any, where: str, stage: BatchedStage) -> str:
     return key_type
 
 
-async def _timeouts(conn: Any, stage: Stage | BatchedStage) -> None:
-    """Set the stage's timeouts for the transaction ``conn`` is in (SET LOCAL)."""
-    settings = [
-        (name, _ms(value))
+async def _begin_batch(conn: Any, stage: BatchedStage) -> datetime:
+    """Set the stage's timeouts for the batch's transaction; the server's clock now."""
+    calls = "".join(f", {call}" for call in _settings(stage))
+    began: datetime = await conn.fetchval(f"SELECT clock_timestamp(){calls}")
+    return began
+
+
+def _settings(stage: Stage | BatchedStage) -> list[str]:
+    return [
+        f"set_config('{name}', '{_ms(value)}', true)"
         for name, value in (
             ("lock_timeout", stage.lock_timeout),
             ("statement_timeout", stage.statement_timeout),
         )
         if value is not None
     ]
+
+
+async def _timeouts(conn: Any, stage: Stage | BatchedStage) -> None:
+    """Set the stage's timeouts for the transaction ``conn`` is in (SET LOCAL)."""
+    settings = _settings(stage)
     if settings:
-        calls = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in settings)
-        await conn.execute(f"SELECT {calls}")
+        await conn.execute(f"SELECT {', '.join(settings)}")
 
 
 async def _validate(stage: Stage | BatchedStage, ctx: StageContext) -> None:
     if stage.validate is not None and await stage.validate(ctx) is False:
         raise MigrationError(f"validation {getattr(stage.validate, '__name__', '')} failed")
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _quoted(table: str) -> str:

@@ -5,7 +5,11 @@
                     the last error.
 ``hookbus_stage``   one row per stage of a migration (plugin, version, stage): status,
                     cursor of a batched stage, rows, batches, duration, error.
-``hookbus_batch``   one row per batch committed (and per batch attempt that failed).
+``hookbus_batch``   one row per batch committed (and per batch attempt that failed): the
+                    lock token of the migrator that ran it, its interval by the server's
+                    clock (``started_at`` to ``committed_at``).
+``hookbus_error``   every failure's error with its time: a stage's, a batch's, a plugin's.
+``hookbus_hook_run`` one row per run of a lifecycle hook: status, interval, duration, error.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from typing import Any, Final, Literal, final
 
 import msgspec
 
-from hookbus import HookbusError
+from hookbus import HookbusError, Migration, Stage, StageContext
 
 __all__ = [
+    "BASE_VERSION",
     "MOVES",
+    "OWN",
+    "OWN_MIGRATIONS",
+    "OWN_VERSION",
     "PLUGIN_STATES",
     "PluginState",
     "PluginStateError",
@@ -97,6 +105,43 @@ CREATE TABLE IF NOT EXISTS hookbus_batch (
 CREATE UNIQUE INDEX IF NOT EXISTS hookbus_batch_done
     ON hookbus_batch (plugin, version, stage, number) WHERE status = 'completed';
 """
+#: hookbus's own tables are migrated the way a plugin's are: as the plugin ``hookbus``,
+#: recorded in ``hookbus_plugin`` and ``hookbus_stage`` like any other. ``create_tables``
+#: makes the layout of version 1.0 (hookbus before fenced batches, commit 92abf95); the
+#: migrations of ``OWN_MIGRATIONS`` bring it to ``OWN_VERSION``.
+OWN: Final = "hookbus"
+BASE_VERSION: Final = "1.0"
+
+# 2.0: each batch's lock token and its interval by the server's clock, the rows of its page
+# it changed; every failure's error; every run of a lifecycle hook.
+_LAYOUT_2_0: Final = """
+ALTER TABLE hookbus_batch ADD COLUMN IF NOT EXISTS token bigint,
+                          ADD COLUMN IF NOT EXISTS started_at timestamptz,
+                          ADD COLUMN IF NOT EXISTS committed_at timestamptz,
+                          ADD COLUMN IF NOT EXISTS touched integer;
+CREATE TABLE IF NOT EXISTS hookbus_error (
+    id bigserial PRIMARY KEY,
+    plugin text NOT NULL,
+    version text,
+    step text NOT NULL,
+    token bigint,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    error text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hookbus_error_step ON hookbus_error (plugin, version, step);
+CREATE TABLE IF NOT EXISTS hookbus_hook_run (
+    id bigserial PRIMARY KEY,
+    plugin text NOT NULL,
+    version text,
+    hook text NOT NULL CHECK (hook IN ('pre_init', 'post_init', 'post_upgrade', 'uninstall')),
+    status text NOT NULL CHECK (status IN ('completed', 'failed')),
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL,
+    duration double precision NOT NULL,
+    error text,
+    token bigint
+);
+"""
 
 _EXIST: Final = "SELECT to_regclass('hookbus_plugin') IS NOT NULL"
 _READ: Final = (
@@ -134,8 +179,19 @@ class PluginState(msgspec.Struct, frozen=True):
         return self.version is not None and self.state != "uninstalled"
 
 
+async def _layout_2_0(ctx: StageContext) -> None:
+    await ctx.tx.connection.execute(_LAYOUT_2_0)
+
+
+OWN_MIGRATIONS: Final = (
+    Migration("2.0", [Stage("batch intervals, error history, hook runs", _layout_2_0)]),
+)
+OWN_VERSION: Final = OWN_MIGRATIONS[-1].version
+
+
 async def create_tables(conn: Any) -> None:
-    """Create the three tables if they are missing (run under the migration lock)."""
+    """Create the tables of layout 1.0 if they are missing (run under the migration lock);
+    ``OWN_MIGRATIONS`` take them further."""
     await conn.execute(_DDL)
 
 
@@ -144,11 +200,12 @@ async def tables_exist(conn: Any) -> bool:
     return bool(await conn.fetchval(_EXIST))
 
 
-async def read_states(conn: Any) -> dict[str, PluginState]:
-    """Every plugin row, by name (empty before the tables exist)."""
+async def read_states(conn: Any, *, own: bool = False) -> dict[str, PluginState]:
+    """Every plugin row, by name (empty before the tables exist); hookbus's own row with
+    ``own``."""
     if not await tables_exist(conn):
         return {}
-    rows = await conn.fetch(_READ)
+    rows = [row for row in await conn.fetch(_READ) if own or row["name"] != OWN]
     return {
         row["name"]: PluginState(
             row["name"],

@@ -7,7 +7,7 @@ from typing import Any, Final, Literal, final
 
 import msgspec
 
-__all__ = ["StageProgress", "read_progress"]
+__all__ = ["StageProgress", "read_progress", "skipped_stages"]
 
 StageStatus = Literal["running", "completed", "failed", "skipped", "undone"]
 
@@ -15,48 +15,62 @@ _READ_ONE: Final = """
 SELECT status, cursor, rows, batches FROM hookbus_stage
 WHERE plugin = $1 AND version = $2 AND stage = $3
 """
+_UNTOUCHED: Final = """(SELECT count(*) FROM hookbus_batch b
+        WHERE (b.plugin, b.version, b.stage) = (s.plugin, s.version, s.stage)
+          AND b.status = 'completed' AND b.touched = 0)"""
+# Layout 1.0 (before hookbus migrated its own tables to 2.0) has no hookbus_batch.touched.
+_HAS_TOUCHED: Final = """
+SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'hookbus_batch'::regclass
+               AND attname = 'touched' AND NOT attisdropped)
+"""
 _READ_ALL: Final = """
 SELECT plugin, version, stage, position, kind, status, cursor, rows, total, batches, duration,
-       started_at, updated_at, finished_at, error
-FROM hookbus_stage WHERE ($1::text IS NULL OR plugin = $1)
+       started_at, updated_at, finished_at, error,
+       {untouched} AS untouched
+FROM hookbus_stage s WHERE ($1::text IS NULL OR plugin = $1)
 ORDER BY plugin, string_to_array(version, '.')::int[], position
 """
 # Marks a stage as started (or restarted): a row to see while it runs, and the batch rows' parent.
 _START: Final = """
-INSERT INTO hookbus_stage (plugin, version, stage, position, kind, status, total)
-VALUES ($1, $2, $3, $4, $5, 'running', $6)
+INSERT INTO hookbus_stage (plugin, version, stage, position, kind, status, total, started_at,
+                           updated_at)
+VALUES ($1, $2, $3, $4, $5, 'running', $6, clock_timestamp(), clock_timestamp())
 ON CONFLICT (plugin, version, stage) DO UPDATE SET
-    status = 'running', total = EXCLUDED.total, error = NULL, updated_at = now(),
+    status = 'running', total = EXCLUDED.total, error = NULL, updated_at = clock_timestamp(),
     finished_at = NULL
 """
 _FINISH: Final = """
 INSERT INTO hookbus_stage AS s (plugin, version, stage, position, kind, status, duration,
                                 finished_at, error)
-VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8)
+VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp(), $8)
 ON CONFLICT (plugin, version, stage) DO UPDATE SET
-    status = EXCLUDED.status, duration = s.duration + EXCLUDED.duration, updated_at = now(),
-    finished_at = now(), error = EXCLUDED.error
+    status = EXCLUDED.status, duration = s.duration + EXCLUDED.duration,
+    updated_at = clock_timestamp(), finished_at = clock_timestamp(), error = EXCLUDED.error
 """
 # One round trip records a batch: its row, and the stage's cursor and counters.
 _BATCH_DONE: Final = """
 WITH stage AS (
     UPDATE hookbus_stage SET cursor = $6, rows = rows + $7, batches = batches + 1,
-                             duration = duration + $8, updated_at = now()
+                             duration = duration + $8, updated_at = clock_timestamp()
     WHERE plugin = $1 AND version = $2 AND stage = $3
 )
 INSERT INTO hookbus_batch (plugin, version, stage, number, after_key, last_key, rows,
-                           status, duration)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'completed', $8)
+                           status, duration, token, started_at, touched, committed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'completed', $8, $9, $10, $11, clock_timestamp())
 """
 _BATCH_FAILED: Final = """
 WITH stage AS (
-    UPDATE hookbus_stage SET status = 'failed', error = $8, updated_at = now(),
+    UPDATE hookbus_stage SET status = 'failed', error = $8, updated_at = clock_timestamp(),
                              duration = duration + $7
     WHERE plugin = $1 AND version = $2 AND stage = $3
 )
 INSERT INTO hookbus_batch (plugin, version, stage, number, after_key, rows, status,
-                           duration, error)
-VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, $8)
+                           duration, error, token)
+VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, $8, $9)
+"""
+
+_ERROR: Final = """
+INSERT INTO hookbus_error (plugin, version, step, token, error) VALUES ($1, $2, $3, $4, $5)
 """
 
 _DONE_BATCHES: Final = """
@@ -71,8 +85,8 @@ WITH batch AS (
     WHERE plugin = $1 AND version = $2 AND stage = $3 AND number = $4 AND status = 'completed'
 )
 UPDATE hookbus_stage SET status = 'undone', cursor = $5, rows = rows - $6,
-                         batches = batches - 1, duration = duration + $7, updated_at = now(),
-                         finished_at = NULL, error = NULL
+                         batches = batches - 1, duration = duration + $7,
+                         updated_at = clock_timestamp(), finished_at = NULL, error = NULL
 WHERE plugin = $1 AND version = $2 AND stage = $3
 """
 
@@ -96,6 +110,7 @@ class StageProgress(msgspec.Struct, frozen=True):
     updated_at: datetime
     finished_at: datetime | None
     error: str | None
+    untouched: int = 0  # committed batches that changed none of the rows of their page
 
 
 @final
@@ -129,16 +144,37 @@ class StageRecord:
         )
 
     async def batch_done(
-        self, conn: Any, number: int, after: str | None, last: str, rows: int, duration: float
+        self,
+        conn: Any,
+        number: int,
+        after: str | None,
+        last: str,
+        rows: int,
+        duration: float,
+        token: int,
+        started_at: datetime,
+        touched: int | None,
     ) -> None:
-        """Record a batch and move the cursor, in the batch's own transaction."""
-        await conn.execute(_BATCH_DONE, *self._ident, number, after, last, rows, duration)
+        """Record a batch and move the cursor, in the batch's own transaction.
+
+        The batch's interval runs from ``started_at`` (the server's clock once the batch was
+        fenced) to the server's clock now, just before its COMMIT. ``touched``: how many rows
+        of its page it changed.
+        """
+        await conn.execute(
+            _BATCH_DONE, *self._ident, number, after, last, rows, duration, token, started_at,
+            touched,
+        )  # fmt: skip
 
     async def batch_failed(
-        self, conn: Any, number: int, after: str | None, duration: float, error: str
+        self, conn: Any, number: int, after: str | None, duration: float, error: str, token: int
     ) -> None:
         """Record a failed batch attempt and fail the stage (after the batch rolled back)."""
-        await conn.execute(_BATCH_FAILED, *self._ident, number, after, 0, duration, error)
+        await conn.execute(_BATCH_FAILED, *self._ident, number, after, 0, duration, error, token)
+
+    async def error(self, conn: Any, token: int | None, error: str) -> None:
+        """Keep ``error`` with its time in the stage's error history."""
+        await conn.execute(_ERROR, *self._ident, token, error)
 
     async def done_batches(self, conn: Any) -> list[tuple[int, str | None, str, int]]:
         """The committed batches, newest first: ``(number, after_key, last_key, rows)``."""
@@ -151,8 +187,21 @@ class StageRecord:
         await conn.execute(_BATCH_UNDONE, *self._ident, number, after, rows, duration)
 
 
+async def skipped_stages(conn: Any, plugin: str) -> set[tuple[str, str]]:
+    """``(version, stage)`` of the plugin's stages recorded ``skipped`` (or failed since)."""
+    if not await conn.fetchval("SELECT to_regclass('hookbus_stage') IS NOT NULL"):
+        return set()
+    rows = await conn.fetch(
+        "SELECT version, stage FROM hookbus_stage WHERE plugin = $1 AND status <> 'completed'",
+        plugin,
+    )
+    return {(row["version"], row["stage"]) for row in rows}
+
+
 async def read_progress(conn: Any, plugin: str | None = None) -> list[StageProgress]:
     """Every stage row (of ``plugin``, or all), in plugin, version and stage order."""
     if not await conn.fetchval("SELECT to_regclass('hookbus_stage') IS NOT NULL"):
         return []
-    return [StageProgress(**dict(row)) for row in await conn.fetch(_READ_ALL, plugin)]
+    untouched = _UNTOUCHED if await conn.fetchval(_HAS_TOUCHED) else "0"
+    query = _READ_ALL.format(untouched=untouched)
+    return [StageProgress(**dict(row)) for row in await conn.fetch(query, plugin)]
