@@ -31,6 +31,11 @@ class Backend(Protocol):
     backend that lost its connection during COMMIT finds the outcome out where it can and
     raises ``CommitOutcomeUnknownError`` where it cannot. ``rollback`` after a lost connection
     may raise: the scope logs that and carries on, the server having rolled back on its own.
+
+    A backend may also have ``async def close()``: the scope calls it once the outcome is
+    known (after COMMIT, after ROLLBACK, after a failed BEGIN), before any postcommit or
+    rollback operation runs, to give its session back (to a pool); what it raises is
+    logged, never raised.
     """
 
     async def begin(self) -> None:

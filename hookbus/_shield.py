@@ -17,7 +17,7 @@ import anyio
 
 from ._operations import Operation
 
-__all__ = ["callbacks", "scope_cancelled", "uncancellable"]
+__all__ = ["callbacks", "scope_cancelled", "settled", "uncancellable"]
 
 logger: Final = logging.getLogger("hookbus")
 
@@ -35,16 +35,31 @@ def _on_asyncio() -> bool:
 async def uncancellable(func: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
     """Run ``func(*args)`` to its end even if the caller is cancelled meanwhile.
 
+    A cancellation that arrived meanwhile is re-raised once the work is done (see
+    ``settled``). A ``KeyboardInterrupt`` or ``SystemExit`` from the work is raised in the
+    caller's task.
+    """
+    result, cancelled = await settled(func, *args)
+    if cancelled is not None:
+        raise cancelled
+    return result
+
+
+async def settled(
+    func: Callable[..., Coroutine[Any, Any, _T]], *args: Any
+) -> tuple[_T, BaseException | None]:
+    """Run ``func(*args)`` to its end even if the caller is cancelled meanwhile; return its
+    result and the cancellation that arrived meanwhile (``None`` if none), for the caller to
+    raise when it is ready.
+
     An anyio shield keeps anyio's cancellation out; on asyncio the work also runs in its own
     task, because ``task.cancel()`` goes through any shield: a cancelled asyncpg query sends a
     cancel request to the server, which would abort a COMMIT still running deferred triggers.
-    A cancellation that arrived meanwhile is re-raised once the work is done. A
-    ``KeyboardInterrupt`` or ``SystemExit`` from the work is raised in the caller's task (out
-    of a task of its own, asyncio would let it escape the event loop).
+    What the work raises is raised here at once, chained to a cancellation held meanwhile.
     """
     with anyio.CancelScope(shield=True):
         if not _on_asyncio():
-            return await func(*args)
+            return await func(*args), None
         task = asyncio.get_running_loop().create_task(_carrying_fatal(func, args))
         cancelled: asyncio.CancelledError | None = None
         while True:
@@ -62,12 +77,10 @@ async def uncancellable(func: Callable[..., Coroutine[Any, Any, _T]], *args: Any
             raise cancelled
         if task.exception() is not None:
             raise cancelled from task.exception()
-        fatal = task.result()[1]
-        raise cancelled if fatal is None else fatal
     result, fatal = task.result()  # raises what the work raised
     if fatal is not None:
         raise fatal
-    return cast(_T, result)
+    return cast(_T, result), cancelled
 
 
 async def _carrying_fatal(

@@ -12,13 +12,17 @@ asyncpg adapter's). While it is open, ``current_transaction()`` finds it from an
 3. COMMIT, uncancellable: if the server refuses it, ``revertprecommit`` and ``rollback``
    (no ROLLBACK is sent) and the error propagates; if the server answers ROLLBACK (an error
    was swallowed inside the scope) the same, then ``TransactionAbortedError``;
-4. ``postcommit`` of every operation: errors are logged on the ``hookbus`` logger and
-   counted in ``tx.postcommit_errors``, never raised;
+4. the backend gives its session back (``close``: the pooled connection goes back to its
+   pool), then ``postcommit`` of every operation: errors are logged on the ``hookbus``
+   logger and counted in ``tx.postcommit_errors``, never raised; a cancellation of the
+   scope's task stops the phase (the operations left are logged as not run, counted in
+   ``tx.postcommit_not_run``) and propagates;
 5. an exception in the body, or ``await tx.rollback()``: ROLLBACK, then ``rollback`` on
    every operation.
 
 A cancelled scope still completes its ROLLBACK and rollback operations; a COMMIT already
-sent is awaited to its outcome and its callbacks run before the cancellation propagates.
+sent is awaited to its outcome and its callbacks run before the cancellation propagates
+(postcommit alone can be cancelled while it runs).
 In ``revertprecommit``, ``rollback`` and ``postcommit`` every operation runs whatever another
 one raised: errors are logged, never masking the scope's outcome; a ``KeyboardInterrupt`` or
 ``SystemExit`` propagates once the phase has run. A ``CancelledError`` an operation raises
@@ -39,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, Final, Protocol, final
@@ -51,7 +55,7 @@ from ._exceptions import CommitOutcomeUnknownError, TransactionAbortedError, Tra
 from ._ledger import Ledger
 from ._operations import Operation
 from ._savepoints import Savepoint
-from ._shield import callbacks, scope_cancelled, uncancellable
+from ._shield import callbacks, scope_cancelled, settled, uncancellable
 
 __all__ = [
     "Transaction",
@@ -228,11 +232,13 @@ class Transaction:
         "mark_deleted": "tx.mark_deleted(eid): record that the entity ``eid`` was deleted here.",
         "__dict__": None,  # for what observers keep on a scope (hookbus_otel's span)
         "_backend": None,
+        "_backend_close": None,
         "_ledger": None,
         "_state": None,
         "_token": None,
         "data": "Data shared by the hooks and operations of this scope.",
         "postcommit_errors": "How many postcommit operations raised (logged, never raised).",
+        "postcommit_not_run": "How many postcommit operations a cancellation left unrun.",
     }
 
     add: Callable[[Operation], None]
@@ -242,11 +248,14 @@ class Transaction:
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
+        # Optional in the protocol: a backend without a session to give back has none.
+        self._backend_close: Callable[[], Awaitable[None]] | None = getattr(backend, "close", None)
         self._state = TransactionState.NEW
         self._token: Token[Transaction | None] | None = None
         self._ledger = Ledger()
         self.data: dict[str, Any] = {}
         self.postcommit_errors = 0
+        self.postcommit_not_run = 0
         self._schedule_refused()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -393,6 +402,7 @@ class Transaction:
             await self._backend.begin()
         except BaseException:
             self._move(_S.FAILED)
+            await uncancellable(self._close)
             raise
         self._move(_S.ACTIVE)
         self._token = _current.set(self)
@@ -449,16 +459,23 @@ class Transaction:
                 "the scope rolled back and committed nothing"
             )
             raise doom
-        await uncancellable(self._commit_and_callbacks)
+        # COMMIT and the giving back of the connection run to their end; a cancellation
+        # that arrived meanwhile is held until postcommit has run (postcommit itself can be
+        # cancelled: it runs with the connection back in its pool).
+        _, cancelled = await settled(self._commit_and_close)
+        await self._postcommit()
+        if cancelled is not None:
+            raise cancelled
         # A cancellation of anyio's that was held off by the shield surfaces here.
         await anyio.lowlevel.checkpoint_if_cancelled()
 
-    async def _commit_and_callbacks(self) -> None:
+    async def _commit_and_close(self) -> None:
         self._move(_S.COMMITTING)
         try:
             outcome = await self._backend.commit()
         except CommitOutcomeUnknownError:
             self._move(_S.FAILED)
+            await self._close()
             raise
         except BaseException:
             await self._rollback_path(False)
@@ -471,19 +488,45 @@ class Transaction:
                 "committed and the rollback operations ran"
             )
         self._move(_S.COMMITTED)
+        await self._close()
+
+    async def _postcommit(self) -> None:
         # callbacks(), written out: this loop runs on every commit, and op.postcommit()
         # costs 50 ns an operation less than getattr(op, "postcommit")().
         fatal: BaseException | None = None
-        for op in self._ledger.operations():
+        ops = self._ledger.operations()
+        for op in ops:
             try:
                 await op.postcommit()
             except (KeyboardInterrupt, SystemExit) as exc:
                 fatal = fatal or exc
-            except BaseException:  # an Exception, or the operation's own CancelledError
+            except BaseException as exc:  # an Exception, or a CancelledError
+                if isinstance(exc, asyncio.CancelledError) and scope_cancelled():
+                    # The scope's task is cancelled: this postcommit and the ones after it
+                    # do not run (the data stays committed), and the cancellation goes on.
+                    left = ops[ops.index(op) :]
+                    logger.warning(
+                        "postcommit cancelled after COMMIT (data committed): not run for %s",
+                        ", ".join(map(repr, left)),
+                    )
+                    self.postcommit_not_run = len(left)
+                    raise
                 self.postcommit_errors += 1
                 logger.exception("postcommit of %r failed after COMMIT (data committed)", op)
         if fatal is not None:
             raise fatal
+
+    async def _close(self) -> None:
+        """Give the backend's session back (to its pool): the outcome is known."""
+        close = self._backend_close
+        if close is not None:
+            try:
+                await close()
+            except Exception:
+                logger.warning(
+                    "the backend could not give its session back; the scope's outcome stands",
+                    exc_info=True,
+                )
 
     async def _rollback_path(self, send_rollback: bool) -> None:
         self._move(_S.ROLLING_BACK)
@@ -494,6 +537,7 @@ class Transaction:
             except Exception:
                 # The session is gone or broken: the server rolls back on its own.
                 logger.warning("ROLLBACK failed; the server ends the transaction", exc_info=True)
+        await self._close()
         self._move(_S.ROLLED_BACK)
         fatal_in_rollback = await callbacks(self._ledger.operations(), "rollback")
         fatal = fatal or fatal_in_rollback

@@ -17,7 +17,7 @@ from hookbus import CommitOutcome, TransactionAbortedError
 from ._options import DEFAULT, TransactionOptions
 from ._outcome import ASK_XID, NOT_RECEIVED, Xid, XidNotice, find_outcome, is_connection_loss
 
-__all__ = ["AsyncpgBackend", "Connection"]
+__all__ = ["AsyncpgBackend", "Connection", "give_back"]
 
 logger: Final = logging.getLogger("hookbus")
 
@@ -47,7 +47,7 @@ class AsyncpgBackend:
     role may not run a DO block (plpgsql not granted), the id is asked with a round trip.
     """
 
-    __slots__ = ("_options", "_pool", "connection")
+    __slots__ = ("_home", "_options", "_pool", "connection")
 
     def __init__(
         self,
@@ -61,6 +61,8 @@ class AsyncpgBackend:
         self.connection = connection
         self._options = options
         self._pool = options.recovery_pool or pool
+        # The pool ``connection`` goes back to once the outcome is known (``close``).
+        self._home = pool
 
     @property
     def options(self) -> TransactionOptions:
@@ -141,6 +143,16 @@ class AsyncpgBackend:
             return await find_outcome(xid, exc, self._options, self._pool)
         return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
 
+    async def close(self) -> None:
+        """Give the connection back to the pool it came from (once; a no-op without a pool).
+
+        The scope calls it once the outcome is known, before postcommit runs. A failure is
+        logged, never raised (the pool replaces a connection it could not reset).
+        """
+        pool, self._home = self._home, None
+        if pool is not None:
+            await give_back(pool, self.connection)
+
     async def rollback(self) -> None:
         """Send ROLLBACK, unless the connection is gone (the server then rolled back)."""
         try:
@@ -162,6 +174,20 @@ class AsyncpgBackend:
         """Send ROLLBACK TO SAVEPOINT and RELEASE it, in one round trip."""
         quoted = _quoted(name)
         await self.connection.execute(f"ROLLBACK TO SAVEPOINT {quoted}; RELEASE SAVEPOINT {quoted}")
+
+
+async def give_back(pool: asyncpg.Pool, conn: Connection) -> None:
+    """Return ``conn`` to ``pool``; a failure is logged, never raised: the caller sees the
+    scope's outcome (the pool replaces a connection it could not reset)."""
+    try:
+        # Pool.release is shielded: the connection goes back even when cancelled.
+        await pool.release(conn)
+    except Exception:
+        logger.warning(
+            "the connection could not be reset and returned to its pool (the pool replaces "
+            "it); the scope's outcome stands",
+            exc_info=True,
+        )
 
 
 def _quoted(name: str) -> str:

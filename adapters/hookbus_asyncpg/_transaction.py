@@ -22,7 +22,7 @@ import asyncpg.pool
 
 from hookbus import Savepoint, Transaction, TransactionState, TransactionStateError
 
-from ._backend import AsyncpgBackend, Connection
+from ._backend import AsyncpgBackend, Connection, give_back
 from ._options import DEFAULT, Isolation, TransactionOptions
 from ._test_backend import SavepointBackend
 
@@ -145,7 +145,7 @@ class _Scope:
             await tx.__aenter__()
         except BaseException:
             if pool is not None:
-                await _give_back(pool, conn)
+                await give_back(pool, conn)
             raise
         self._token = _open.set((*_open.get(), _Open(pool, conn, tx, asyncio.current_task())))
         return tx
@@ -184,11 +184,13 @@ class _Scope:
                 _open.reset(token)
             return
         try:
+            # The scope gives the connection back itself, before postcommit runs.
             await tx.__aexit__(exc_type, exc, tb)
         finally:
             _open.reset(token)
-            if self._pool is not None:
-                await _give_back(self._pool, tx.connection)
+            backend = tx.backend
+            if isinstance(backend, AsyncpgBackend):  # a no-op once the scope gave it back
+                await backend.close()
 
 
 def _point_to_savepoints(exc: asyncpg.InterfaceError) -> None:
@@ -196,20 +198,6 @@ def _point_to_savepoints(exc: asyncpg.InterfaceError) -> None:
     seen = getattr(exc, "__notes__", ())
     if "Connection.transaction()" in str(exc) and _DRIVER_TRANSACTION_HINT not in seen:
         exc.add_note(_DRIVER_TRANSACTION_HINT)  # once, though nested scopes see it go by
-
-
-async def _give_back(pool: asyncpg.Pool, conn: Connection) -> None:
-    """Return ``conn`` to ``pool``; a failure is logged, never raised: the caller sees the
-    scope's outcome (the pool replaces a connection it could not reset)."""
-    try:
-        # Pool.release is shielded: the connection goes back even when cancelled.
-        await pool.release(conn)
-    except Exception:
-        logger.warning(
-            "the connection could not be reset and returned to its pool (the pool replaces "
-            "it); the scope's outcome stands",
-            exc_info=True,
-        )
 
 
 _SOURCES: Final = (asyncpg.Pool, asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)

@@ -1,0 +1,143 @@
+"""The scope under a back end's load: the connection back before postcommit, a cancellable
+postcommit, a lazy begin, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+import asyncpg
+import hookbus_asyncpg
+import pytest
+import pytest_asyncio
+from _postgres import assert_pool_hands_out_everything, ids
+
+import hookbus
+from hookbus import TransactionState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS seen (id int PRIMARY KEY);
+TRUNCATE items, seen;
+"""
+
+
+@pytest_asyncio.fixture
+async def small_pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool of 5 connections, on empty tables."""
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=5) as pool:
+        await pool.execute(SCHEMA)
+        yield pool
+        await assert_pool_hands_out_everything(pool)
+
+
+class Borrow(hookbus.Operation):
+    """A postcommit that takes a connection from ``pool``: the scope's own pool."""
+
+    def __init__(self, pool: asyncpg.Pool, row: int) -> None:
+        super().__init__()
+        self.pool, self.row = pool, row
+
+    async def postcommit(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute("INSERT INTO seen VALUES ($1)", self.row)
+
+
+async def test_postcommits_borrowing_from_a_full_pool_all_finish(
+    small_pool: asyncpg.Pool,
+) -> None:
+    # 20 scopes on a pool of 5, each postcommit taking a connection from the same pool: the
+    # scope's own connection is back in the pool before its postcommit runs.
+    async def scope(row: int) -> None:
+        async with hookbus_asyncpg.transaction(small_pool) as tx:
+            await tx.connection.execute("INSERT INTO items VALUES ($1)", row)
+            tx.add(Borrow(small_pool, row))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            for row in range(20):
+                group.start_soon(scope, row)
+    assert await ids(small_pool) == list(range(20))
+    assert await ids(small_pool, "seen") == list(range(20))  # once per committed scope
+
+
+async def test_postcommit_runs_with_the_connection_back_in_its_pool(
+    small_pool: asyncpg.Pool,
+) -> None:
+    sizes: list[int] = []
+
+    class Count(hookbus.Operation):
+        async def postcommit(self) -> None:
+            sizes.append(small_pool.get_idle_size())
+
+    async with hookbus_asyncpg.transaction(small_pool) as tx:
+        await tx.connection.execute("INSERT INTO items VALUES (1)")
+        idle = small_pool.get_idle_size()
+        tx.add(Count())
+    assert sizes == [idle + 1]
+
+
+async def test_a_cancelled_postcommit_is_logged_as_not_run(
+    small_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    started, log = asyncio.Event(), []
+
+    class Slow(hookbus.Operation):
+        async def postcommit(self) -> None:
+            started.set()
+            await asyncio.Event().wait()  # never set: only a cancellation ends it
+            log.append("slow")
+
+    class After(hookbus.Operation):
+        async def postcommit(self) -> None:
+            log.append("after")
+
+    async def scope() -> hookbus.Transaction:
+        async with hookbus_asyncpg.transaction(small_pool) as tx:
+            await tx.connection.execute("INSERT INTO items VALUES (1)")
+            tx.add(Slow())
+            tx.add(After())
+        raise AssertionError("not reached")
+
+    task = asyncio.create_task(scope())
+    await started.wait()
+    with caplog.at_level(logging.WARNING, logger="hookbus"):
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert log == []
+    assert await ids(small_pool) == [1]  # committed
+    assert "postcommit cancelled after COMMIT (data committed): not run for" in caplog.text
+    assert "Slow" in caplog.text and "After" in caplog.text
+
+
+async def test_a_cancellation_during_commit_still_runs_postcommit_then_propagates(
+    small_pool: asyncpg.Pool,
+) -> None:
+    # A cancellation that arrives while COMMIT is in flight waits for COMMIT's outcome; the
+    # postcommit then runs (it had not started when the cancellation came), and the
+    # cancellation propagates after it.
+    log: list[str] = []
+
+    class Record(hookbus.Operation):
+        async def precommit(self) -> None:
+            asyncio.get_running_loop().call_soon(task.cancel)
+
+        async def postcommit(self) -> None:
+            log.append("postcommit")
+
+    async def scope() -> None:
+        try:
+            async with hookbus_asyncpg.transaction(small_pool) as tx:
+                await tx.connection.execute("INSERT INTO items VALUES (1)")
+                tx.add(Record())
+        finally:
+            assert tx.state is TransactionState.COMMITTED
+
+    task = asyncio.create_task(scope())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert log == ["postcommit"]
+    assert await ids(small_pool) == [1]
