@@ -55,6 +55,7 @@ class Savepoint:
         if self._entered:
             raise TransactionStateError("a savepoint is entered once")
         self._entered = True
+        await self._tx.begin()  # a savepoint needs the transaction: it begins it
         mark = self._ledger.mark_savepoint()
         try:
             await uncancellable(self._set, mark)

@@ -103,7 +103,8 @@ _MOVES: Final[dict[TransactionState, frozenset[TransactionState]]] = {
     _S.PRECOMMITTING: frozenset({_S.COMMITTING, _S.ROLLING_BACK}),
     _S.COMMITTING: frozenset({_S.COMMITTED, _S.ROLLING_BACK, _S.FAILED}),
     _S.COMMITTED: frozenset(),
-    _S.ROLLING_BACK: frozenset({_S.ROLLED_BACK}),
+    # FAILED: a BEGIN sent lazily (by the first statement) failed; the rollback path ran.
+    _S.ROLLING_BACK: frozenset({_S.ROLLED_BACK, _S.FAILED}),
     _S.ROLLED_BACK: frozenset(),
     _S.FAILED: frozenset(),
 }
@@ -233,6 +234,10 @@ class Transaction:
         "__dict__": None,  # for what observers keep on a scope (hookbus_otel's span)
         "_backend": None,
         "_backend_close": None,
+        "_begin_error": None,
+        "_begun": None,
+        "_beginning": None,
+        "_begins_lazily": None,
         "_ledger": None,
         "_state": None,
         "_token": None,
@@ -251,6 +256,14 @@ class Transaction:
         # Optional in the protocol: a backend without a session to give back has none.
         self._backend_close: Callable[[], Awaitable[None]] | None = getattr(backend, "close", None)
         self._state = TransactionState.NEW
+        # The transaction begins lazily (``begin``): no session is taken and no statement
+        # sent until the first statement needs it.
+        self._begun = False
+        self._beginning: anyio.Event | None = None
+        self._begin_error: BaseException | None = None
+        # Only a backend that sees every statement of the scope go by can begin lazily (a
+        # connection its user also holds would run statements outside the transaction).
+        self._begins_lazily: bool = getattr(backend, "lazy", False) is True
         self._token: Token[Transaction | None] | None = None
         self._ledger = Ledger()
         self.data: dict[str, Any] = {}
@@ -389,6 +402,45 @@ class Transaction:
             raise self._refused(f"doom it with {error!r}")
         self._ledger.doom(error)
 
+    @property
+    def begun(self) -> bool:
+        """Whether the database transaction has begun (BEGIN sent): see ``begin``."""
+        return self._begun
+
+    async def begin(self) -> None:
+        """Begin the database transaction now, if it has not begun.
+
+        On a backend that begins lazily (``backend.lazy``: the in-memory one, the asyncpg one
+        on a pool), entering the scope takes no connection and sends nothing; its first
+        statement (the adapter's connection calls this), or its first savepoint, sends BEGIN.
+        Other backends begin when the scope is entered.
+        A scope that never begins commits nothing: its operations still run their phases
+        (precommit, postcommit, or rollback), with no statement sent. If BEGIN fails, the
+        scope runs its rollback path (no ROLLBACK: nothing began), ends ``FAILED``, and the
+        error propagates; the scope then commits nothing. Refused once the scope is over.
+        """
+        if self._begun:
+            return
+        if self._state not in _OPEN:
+            raise self._refused("begin the transaction")
+        beginning = self._beginning
+        if beginning is not None:  # another task of this scope is sending BEGIN
+            await beginning.wait()
+            if not self._begun:
+                raise self._refused("begin the transaction")
+            return
+        beginning = self._beginning = anyio.Event()
+        try:
+            await self._backend.begin()
+        except BaseException as exc:
+            self._begin_error = exc
+            await uncancellable(self._rollback_path, False, _S.FAILED)
+            raise
+        else:
+            self._begun = True
+        finally:
+            beginning.set()
+
     def savepoint(self) -> Savepoint:
         """Return a savepoint of this scope, to enter with ``async with``."""
         return Savepoint(self, self._backend, self._ledger)
@@ -398,13 +450,9 @@ class Transaction:
     async def __aenter__(self) -> Transaction:
         if self._state is not _S.NEW:
             raise self._refused("enter the scope again")
-        try:
-            await self._backend.begin()
-        except BaseException:
-            self._move(_S.FAILED)
-            await uncancellable(self._close)
-            raise
         self._move(_S.ACTIVE)
+        if not self._begins_lazily:
+            await self.begin()
         self._token = _current.set(self)
         return self
 
@@ -420,6 +468,12 @@ class Transaction:
                     await self._commit()
                 else:
                     await uncancellable(self._rollback_path, True)
+            elif self._begin_error is not None:
+                if exc is None:  # the block caught BEGIN's error and went on
+                    raise TransactionAbortedError(
+                        "BEGIN failed in this scope (its error was caught inside the block); "
+                        "nothing was committed and the rollback operations ran"
+                    ) from self._begin_error
             elif self._state is not _S.ROLLED_BACK:
                 raise self._refused("end the scope")
         finally:
@@ -445,6 +499,8 @@ class Transaction:
             try:
                 await ledger.precommit()
             except BaseException as exc:
+                if self._begin_error is not None:
+                    raise  # a precommit's statement failed to BEGIN: the rollback path ran
                 ran = ledger.ran()
                 error = _own_error(exc, ran[-1] if ran else None)
                 await uncancellable(self._rollback_path, True)
@@ -471,6 +527,9 @@ class Transaction:
 
     async def _commit_and_close(self) -> None:
         self._move(_S.COMMITTING)
+        if not self._begun:  # nothing began: nothing to commit, no session to give back
+            self._move(_S.COMMITTED)
+            return
         try:
             outcome = await self._backend.commit()
         except CommitOutcomeUnknownError:
@@ -528,17 +587,20 @@ class Transaction:
                     exc_info=True,
                 )
 
-    async def _rollback_path(self, send_rollback: bool) -> None:
+    async def _rollback_path(
+        self, send_rollback: bool, end: TransactionState = _S.ROLLED_BACK
+    ) -> None:
         self._move(_S.ROLLING_BACK)
         fatal = await callbacks(reversed(self._ledger.ran()), "revertprecommit")
-        if send_rollback:
+        if send_rollback and self._begun:
             try:
                 await self._backend.rollback()
             except Exception:
                 # The session is gone or broken: the server rolls back on its own.
                 logger.warning("ROLLBACK failed; the server ends the transaction", exc_info=True)
-        await self._close()
-        self._move(_S.ROLLED_BACK)
+        if self._begun or self._begin_error is not None:
+            await self._close()
+        self._move(end)
         fatal_in_rollback = await callbacks(self._ledger.operations(), "rollback")
         fatal = fatal or fatal_in_rollback
         if fatal is not None:

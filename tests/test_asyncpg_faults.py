@@ -304,6 +304,7 @@ async def test_a_savepoint_name_that_is_not_a_plain_identifier_is_refused(
     db: asyncpg.Pool, name: Any
 ) -> None:
     async with hookbus_asyncpg.transaction(db) as tx:
+        await tx.connect()  # the scope begins lazily: begin it before driving its backend
         backend = tx.backend
         assert isinstance(backend, hookbus_asyncpg.AsyncpgBackend)
         for send in (backend.savepoint, backend.release, backend.rollback_to):

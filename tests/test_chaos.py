@@ -125,7 +125,7 @@ async def run_scope(pool: asyncpg.Pool, scope: Scope, rng: random.Random) -> Non
 
     async def body() -> None:
         async with hookbus_asyncpg.transaction(pool) as tx:
-            conn = tx.connection
+            conn = await tx.connect()  # BEGIN now (a lazy scope begins at its first statement)
             if add_first:
                 tx.add(Record(scope))
                 scope.scheduled = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import asyncpg
@@ -13,6 +14,7 @@ import hookbus_asyncpg
 import pytest
 import pytest_asyncio
 from _postgres import assert_pool_hands_out_everything, ids
+from _recording import Recorded
 
 import hookbus
 from hookbus import TransactionState
@@ -141,3 +143,107 @@ async def test_a_cancellation_during_commit_still_runs_postcommit_then_propagate
         await task
     assert log == ["postcommit"]
     assert await ids(small_pool) == [1]
+
+
+# -- a lazy begin ------------------------------------------------------------------------------
+
+
+class Counting(asyncpg.Connection):  # type: ignore[misc]
+    """A connection that records every statement it is asked to send, in ``sent``."""
+
+    sent: list[str] = []  # noqa: RUF012 (one list for the test's pool, cleared by the test)
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(query)
+        return await super().execute(query, *args, **kwargs)
+
+    async def _execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(query)
+        return await super()._execute(query, *args, **kwargs)
+
+
+@pytest_asyncio.fixture
+async def counted(dsn: str) -> AsyncIterator[tuple[asyncpg.Pool, list[str], list[int]]]:
+    """A pool whose connections record what they send, and the count of its acquisitions."""
+    acquired: list[int] = []
+
+    async def setup(conn: asyncpg.Connection) -> None:
+        acquired.append(1)
+
+    async with asyncpg.create_pool(
+        dsn, min_size=1, max_size=2, connection_class=Counting, setup=setup
+    ) as pool:
+        await pool.execute(SCHEMA)
+        acquired.clear()
+        Counting.sent.clear()
+        yield pool, Counting.sent, acquired
+
+
+async def test_a_scope_that_never_touches_the_database_sends_nothing(
+    counted: tuple[asyncpg.Pool, list[str], list[int]],
+) -> None:
+    pool, sent, acquired = counted
+    log: list[str] = []
+    async with hookbus_asyncpg.transaction(pool) as tx:
+        tx.add(Recorded(log, "a"))
+        tx.data["seen"] = True
+    assert (sent, acquired) == ([], [])  # no connection taken, no statement sent
+    assert log == ["a.precommit", "a.postcommit"]
+    assert tx.state is TransactionState.COMMITTED and not tx.begun
+
+    with pytest.raises(KeyError):
+        async with hookbus_asyncpg.transaction(pool) as tx:
+            tx.add(Recorded(log, "b"))
+            raise KeyError("body")
+    assert (sent, acquired) == ([], [])
+    assert log[-1] == "b.rollback"
+
+
+async def test_the_first_statement_takes_the_connection_and_begins(
+    counted: tuple[asyncpg.Pool, list[str], list[int]],
+) -> None:
+    pool, sent, acquired = counted
+    async with hookbus_asyncpg.transaction(pool) as tx:
+        conn = tx.connection  # usable before the first statement
+        with pytest.raises(hookbus.TransactionStateError, match=r"await tx\.connect"):
+            conn.get_server_pid()  # needs the connection, which is not taken yet
+        assert sent == [] and not tx.begun
+        await conn.execute("INSERT INTO items VALUES (1)")
+        assert tx.begun and len(acquired) == 1
+        assert tx.connection.is_in_transaction()
+        await conn.execute("INSERT INTO items VALUES (2)")  # the same connection
+        async with hookbus_asyncpg.transaction(conn):  # joins, as on tx.connection
+            await tx.connection.execute("INSERT INTO items VALUES (3)")
+    assert sent[0] == "BEGIN" and sent[1] == "INSERT INTO items VALUES (1)"
+    assert len(acquired) == 1
+    assert await ids(pool) == [1, 2, 3]
+
+
+async def test_a_precommit_that_writes_begins_the_scope(dsn: str, small_pool: asyncpg.Pool) -> None:
+    class Writes(hookbus.Operation):
+        async def precommit(self) -> None:
+            tx = hookbus.current_transaction()
+            assert isinstance(tx, hookbus_asyncpg.AsyncpgTransaction)
+            await tx.connection.execute("INSERT INTO items VALUES (7)")
+
+    async with hookbus_asyncpg.transaction(small_pool) as tx:
+        tx.add(Writes())
+        assert not tx.begun
+    assert await ids(small_pool) == [7]
+
+
+async def test_a_failed_begin_fails_the_scope_and_rolls_it_back(dsn: str) -> None:
+    log: list[str] = []
+    async with asyncpg.create_pool(dsn, min_size=0, max_size=1) as pool:
+        held = await pool.acquire()
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                async with hookbus_asyncpg.transaction(pool) as tx:
+                    tx.add(Recorded(log, "a"))
+                    async with asyncio.timeout(0.05):  # the pool is empty: BEGIN never comes
+                        await tx.connection.execute("SELECT 1")
+        finally:
+            await pool.release(held)
+        assert tx.state is TransactionState.FAILED
+        assert log == ["a.rollback"]
+        await assert_pool_hands_out_everything(pool)

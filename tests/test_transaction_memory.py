@@ -17,25 +17,98 @@ from hookbus import CommitOutcome, MemoryBackend, TransactionState, TransactionS
 
 async def test_the_statements_of_a_commit_a_rollback_and_a_refused_commit() -> None:
     async with hookbus.transaction() as tx:
-        pass
+        await tx.begin()  # what a first statement does
     assert isinstance(tx.backend, MemoryBackend)
     assert tx.backend.statements == ["BEGIN", "COMMIT"]
 
     with pytest.raises(KeyError):
         async with hookbus.transaction() as tx:
+            await tx.begin()
             raise KeyError("body")
     assert tx.backend.statements == ["BEGIN", "ROLLBACK"]  # type: ignore[attr-defined]
 
     refused = MemoryBackend(commit_error=RuntimeError("deferred constraint violated"))
     with pytest.raises(RuntimeError):
-        async with hookbus.transaction(refused):
-            pass
+        async with hookbus.transaction(refused) as tx:
+            await tx.begin()
     assert refused.statements == ["BEGIN", "COMMIT"]  # the server rolled back: no ROLLBACK
 
     with pytest.raises(ValueError):
         async with hookbus.transaction() as tx:
+            await tx.begin()
             tx.doom(ValueError("doomed"))
     assert tx.backend.statements == ["BEGIN", "ROLLBACK"]  # type: ignore[attr-defined]
+
+
+async def test_a_scope_that_never_begins_sends_nothing_and_runs_its_operations() -> None:
+    log: list[str] = []
+    async with hookbus.transaction() as tx:
+        tx.add(Recorded(log, "a"))
+    assert tx.backend.statements == []  # type: ignore[attr-defined]
+    assert tx.state is TransactionState.COMMITTED and not tx.begun
+    assert log == ["a.precommit", "a.postcommit"]
+
+    log.clear()
+    with pytest.raises(KeyError):
+        async with hookbus.transaction() as tx:
+            tx.add(Recorded(log, "a"))
+            raise KeyError("body")
+    assert tx.backend.statements == []  # type: ignore[attr-defined]
+    assert log == ["a.rollback"]
+
+    log.clear()
+    async with hookbus.transaction() as tx:
+        tx.add(Recorded(log, "a"))
+        await tx.rollback()
+    assert tx.backend.statements == []  # type: ignore[attr-defined]
+    assert log == ["a.rollback"]
+
+
+async def test_a_precommit_can_begin_the_scope() -> None:
+    class Begins(hookbus.Operation):
+        async def precommit(self) -> None:
+            await hookbus.current_transaction().begin()
+
+    async with hookbus.transaction() as tx:
+        tx.add(Begins())
+    assert tx.backend.statements == ["BEGIN", "COMMIT"]  # type: ignore[attr-defined]
+
+
+async def test_a_failed_begin_rolls_the_scope_back_and_fails_it() -> None:
+    class Unreachable:
+        """A lazy backend whose BEGIN fails."""
+
+        lazy = True
+
+        async def begin(self) -> None:
+            raise ConnectionError("no server")
+
+        async def commit(self) -> CommitOutcome:
+            raise AssertionError("never begun: never committed")
+
+        async def rollback(self) -> None:
+            raise AssertionError("never begun: never rolled back")
+
+        async def savepoint(self, name: str) -> None: ...
+        async def release(self, name: str) -> None: ...
+        async def rollback_to(self, name: str) -> None: ...
+
+    log: list[str] = []
+    backend = Unreachable()
+    with pytest.raises(ConnectionError):
+        async with hookbus.transaction(backend) as tx:
+            tx.add(Recorded(log, "a"))
+            await tx.begin()
+    assert tx.state is TransactionState.FAILED
+    assert log == ["a.rollback"]
+
+    with pytest.raises(hookbus.TransactionAbortedError, match="BEGIN failed") as raised:
+        async with hookbus.transaction(backend) as tx:
+            with pytest.raises(ConnectionError):
+                await tx.begin()  # caught: the scope still commits nothing
+    assert isinstance(raised.value.__cause__, ConnectionError)
+    with pytest.raises(TransactionStateError):
+        tx.add(Recorded(log, "b"))
 
 
 async def test_the_statements_of_nested_savepoints() -> None:

@@ -11,6 +11,7 @@ from ._backend import AsyncpgBackend
 from ._embedded import EmbeddedPostgres
 from ._entity import Entity
 from ._installer import PluginManager, PluginStatus
+from ._lazy import LazyConnection
 from ._migration_lock import MigrationLock, MigrationLockTimeout
 from ._migrator import Migrator, PlannedStage
 from ._options import TransactionOptions
@@ -35,6 +36,7 @@ __all__ = [
     "EmbeddedPostgres",
     "Entity",
     "EntityType",
+    "LazyConnection",
     "MigrationLock",
     "MigrationLockTimeout",
     "Migrator",

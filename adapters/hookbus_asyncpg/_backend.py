@@ -47,22 +47,30 @@ class AsyncpgBackend:
     role may not run a DO block (plpgsql not granted), the id is asked with a round trip.
     """
 
-    __slots__ = ("_home", "_options", "_pool", "connection")
+    __slots__ = ("_home", "_options", "_pool", "connection", "lazy")
 
     def __init__(
         self,
-        connection: Connection,
+        connection: Connection | None,
         options: TransactionOptions = DEFAULT,
         *,
         pool: asyncpg.Pool | None = None,
     ) -> None:
         if not isinstance(options, TransactionOptions):
             raise TypeError(f"options must be a TransactionOptions, not {options!r}")
-        self.connection = connection
+        if connection is None and pool is None:
+            raise TypeError("an AsyncpgBackend needs a connection or a pool to take one from")
+        #: The connection: the one given, else the one ``begin`` takes from ``pool``.
+        self.connection: Any = connection
         self._options = options
         self._pool = options.recovery_pool or pool
-        # The pool ``connection`` goes back to once the outcome is known (``close``).
-        self._home = pool
+        # The pool the connection is taken from at BEGIN and goes back to once the outcome
+        # is known (``close``); None for a connection given.
+        self._home = pool if connection is None else None
+        #: A scope on a pool begins at its first statement, which goes through
+        #: ``tx.connection`` (the pool's connection is reachable no other way); one on a
+        #: connection given begins when entered (its user may send on it directly).
+        self.lazy = connection is None
 
     @property
     def options(self) -> TransactionOptions:
@@ -70,12 +78,17 @@ class AsyncpgBackend:
         return self._options
 
     async def begin(self) -> None:
-        """Send BEGIN with the scope's options.
+        """Take a connection from the pool (unless one was given), then send BEGIN with the
+        scope's options.
 
         If BEGIN fails or is cancelled, the connection is left outside any transaction: a
-        cancellation can arrive after the server has run BEGIN.
+        cancellation can arrive after the server has run BEGIN. (The scope then calls
+        ``close``, which gives it back.)
         """
         conn = self.connection
+        if conn is None:
+            assert self._home is not None
+            conn = self.connection = await self._home.acquire()
         try:
             await conn.execute(self._options.begin)
         except BaseException as exc:
@@ -150,7 +163,7 @@ class AsyncpgBackend:
         logged, never raised (the pool replaces a connection it could not reset).
         """
         pool, self._home = self._home, None
-        if pool is not None:
+        if pool is not None and self.connection is not None:
             await give_back(pool, self.connection)
 
     async def rollback(self) -> None:

@@ -111,9 +111,10 @@ class Store:
             raise TransactionStateError(f"no transaction scope is open here: {_NO_SCOPE}") from None
         session: Session | None = tx.data.get(self._key)
         if session is None:
-            conn = getattr(tx, "connection", None)
-            if conn is None:
+            connect = getattr(tx, "connect", None)
+            if connect is None:
                 raise TransactionStateError(f"this scope has no PostgreSQL connection: {_NO_SCOPE}")
+            conn = await connect()  # the scope begins lazily: its first action begins it
             db = await self._databases.of(conn)
             session = tx.data[self._key] = Session(
                 tx, conn, self._databases, db, self._catalog, self._bus.emit, self._key
