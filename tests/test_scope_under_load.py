@@ -13,8 +13,14 @@ import asyncpg
 import hookbus_asyncpg
 import pytest
 import pytest_asyncio
-from _postgres import assert_pool_hands_out_everything, ids
+from _postgres import (
+    assert_pool_hands_out_everything,
+    gate_at_commit,
+    ids,
+    wait_until_blocked_on_lock,
+)
 from _recording import Recorded
+from hookbus_asyncpg import Attribute, EntityType, Schema, Store
 
 import hookbus
 from hookbus import TransactionState
@@ -23,6 +29,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS seen (id int PRIMARY KEY);
 TRUNCATE items, seen;
+DROP TABLE IF EXISTS gated, hookbus_entities CASCADE;
 """
 
 
@@ -247,3 +254,75 @@ async def test_a_failed_begin_fails_the_scope_and_rolls_it_back(dsn: str) -> Non
         assert tx.state is TransactionState.FAILED
         assert log == ["a.rollback"]
         await assert_pool_hands_out_everything(pool)
+
+
+# -- the transaction id from the first write -----------------------------------------------------
+
+LOCK = 4545  # the advisory lock the gated entity table's deferred trigger waits for at COMMIT
+GATED = Schema(entities=[EntityType("Gated", n=Attribute(int))])
+
+
+async def test_a_store_insert_carries_the_id_and_commit_is_plain(
+    counted: tuple[asyncpg.Pool, list[str], list[int]],
+) -> None:
+    pool, sent, _ = counted
+    store = Store(hookbus.Bus(), GATED)
+    await store.create_tables(pool)
+    sent.clear()
+    async with hookbus_asyncpg.transaction(pool):
+        await store.insert("Gated", n=1)
+    assert "COMMIT" in sent  # a plain COMMIT: no id block, no notice
+    assert not [s for s in sent if "hookbus xid" in s]
+
+
+async def test_a_lost_commit_after_a_store_insert_is_found(small_pool: asyncpg.Pool) -> None:
+    store = Store(hookbus.Bus(), GATED)
+    await store.create_tables(small_pool)
+    await small_pool.execute(gate_at_commit("gated", LOCK))
+    log: list[str] = []
+    txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
+
+    async def scope() -> None:
+        async with hookbus_asyncpg.transaction(small_pool) as tx:
+            await store.insert("Gated", n=1)
+            tx.add(Recorded(log, "a"))
+            txs.put_nowait(tx)
+
+    async with small_pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
+        task = asyncio.create_task(scope())
+        tx = await txs.get()
+        await wait_until_blocked_on_lock(holder, tx.connection.get_server_pid())
+        tx.connection.terminate()  # the client side drops; the server carries on and commits
+        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        await task
+    assert log == ["a.precommit", "a.postcommit"]
+    assert tx.state is TransactionState.COMMITTED
+    assert [r[0] for r in await small_pool.fetch("SELECT n FROM gated")] == [1]
+
+
+async def test_a_store_insert_lost_before_commit_ran_rolls_back(small_pool: asyncpg.Pool) -> None:
+    store = Store(hookbus.Bus(), GATED)
+    await store.create_tables(small_pool)
+    await small_pool.execute(gate_at_commit("gated", LOCK))
+    log: list[str] = []
+    txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
+
+    async def scope() -> None:
+        async with hookbus_asyncpg.transaction(small_pool) as tx:
+            await store.insert("Gated", n=2)
+            tx.add(Recorded(log, "a"))
+            txs.put_nowait(tx)
+
+    async with small_pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
+        task = asyncio.create_task(scope())
+        tx = await txs.get()
+        pid = tx.connection.get_server_pid()
+        await wait_until_blocked_on_lock(holder, pid)
+        assert await holder.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(hookbus.TransactionAbortedError):
+            await task
+        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
+    assert await small_pool.fetch("SELECT n FROM gated") == []

@@ -47,7 +47,7 @@ class AsyncpgBackend:
     role may not run a DO block (plpgsql not granted), the id is asked with a round trip.
     """
 
-    __slots__ = ("_home", "_options", "_pool", "connection", "lazy")
+    __slots__ = ("_home", "_options", "_pool", "connection", "lazy", "xid")
 
     def __init__(
         self,
@@ -71,6 +71,8 @@ class AsyncpgBackend:
         #: ``tx.connection`` (the pool's connection is reachable no other way); one on a
         #: connection given begins when entered (its user may send on it directly).
         self.lazy = connection is None
+        #: The transaction's id, once a write told it (``know_xid``): COMMIT then carries none.
+        self.xid: str | None = None
 
     @property
     def options(self) -> TransactionOptions:
@@ -95,14 +97,26 @@ class AsyncpgBackend:
             await _to_the_end(_end_any_transaction(conn), exc)
             raise
 
+    def know_xid(self, xid: str) -> None:
+        """Take the transaction's id (``pg_current_xact_id()::text``) from a write that
+        returned it: the COMMIT then sends nothing to carry it (a plain COMMIT)."""
+        self.xid = xid
+
     async def commit(self) -> CommitOutcome:
-        """Send COMMIT and read its answer; find the outcome out if the connection drops."""
+        """Send COMMIT and read its answer; find the outcome out if the connection drops.
+
+        The transaction's id, needed to ask the outcome of a COMMIT whose connection was
+        lost, comes from the scope's first write where the store wrote it (``know_xid``);
+        otherwise it is carried by a NOTICE sent in the COMMIT's own round trip.
+        """
         conn = self.connection
         if not _is_usable(conn):
             # Lost before COMMIT was sent (the loss was seen meanwhile): the server rolls back.
             raise asyncpg.InterfaceError("the connection was lost before COMMIT was sent")
         if not self._options.find_outcome:
             return await self._commit(conn, "COMMIT", NOT_RECEIVED)
+        if self.xid is not None:
+            return await self._commit(conn, "COMMIT", self.xid)
         if _NO_DO_BLOCK and conn.get_server_pid() in _NO_DO_BLOCK:
             return await self._commit_asking_xid(conn)
         notice = XidNotice()

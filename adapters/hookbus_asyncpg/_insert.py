@@ -54,10 +54,12 @@ async def insert(session: Session, kind: EntityType, edited: Edited) -> int | No
         if rows is None:
             return None
         record = rows[0]
-        if record[-1] != session.db.sequence:
+        if record[-2] != session.db.sequence:
             raise session.moved()
+        if session.xid is None:
+            session.wrote(record[-1])
         added(session, kind, eid)
-        entity = entity_of(kind, record[:-1])
+        entity = entity_of(kind, record[:-2])
         return EntityEvent("after_add_entity", etype, eid, edited.readonly(), entity, tx)
 
     before = EntityEvent("before_add_entity", etype, eid, edited, None, tx)

@@ -1,11 +1,14 @@
 """The outcome of a COMMIT whose connection was lost: the transaction's id, then its status.
 
-Just before COMMIT, in the same round trip, a DO block sends the transaction's id in a NOTICE
-that starts with a nonce drawn for this COMMIT: PostgreSQL flushes a notice at once, so the id
-has arrived if the connection is lost during the COMMIT itself, and no other notice (a
-deferred trigger's, say) can pass for it. Where PostgreSQL refuses the DO block (plpgsql not
-granted), the id is asked with a round trip of its own instead. With the id, the outcome is
-asked of PostgreSQL (``pg_xact_status``) on another connection.
+Where the scope's first write returned the transaction's id (the store's inserts do:
+``RETURNING ..., pg_current_xact_id()``), COMMIT is sent plain and that id is the one asked
+about. Otherwise, just before COMMIT, in the same round trip, a DO block sends the
+transaction's id in a NOTICE that starts with a nonce drawn for this COMMIT: PostgreSQL
+flushes a notice at once, so the id has arrived if the connection is lost during the COMMIT
+itself, and no other notice (a deferred trigger's, say) can pass for it. Where PostgreSQL
+refuses the DO block (plpgsql not granted), the id is asked with a round trip of its own
+instead. With the id, the outcome is asked of PostgreSQL (``pg_xact_status``) on another
+connection.
 """
 
 from __future__ import annotations

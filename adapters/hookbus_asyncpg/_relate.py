@@ -34,6 +34,8 @@ async def add_relation(session: Session, relation: RelationType, eidfrom: int, e
             raise LookupError(f"{rtype}: entity {eidfrom} or {eidto} no longer exists") from exc
         if rows is None:
             return None
+        if session.xid is None:
+            session.wrote(rows[0][1])
         return RelationEvent("after_add_relation", rtype, eidfrom, eidto, tx)
 
     before = RelationEvent("before_add_relation", rtype, eidfrom, eidto, tx)

@@ -66,6 +66,7 @@ class Session:
         "emit",
         "key",
         "tx",
+        "xid",
     )
 
     def __init__(
@@ -91,6 +92,8 @@ class Session:
         #: Eids whose row a delete of this scope removed (so a cancelled delete of the
         #: same eid further up the stack leaves it marked deleted).
         self.deleted_here: set[int] = set()
+        #: The transaction's id, once a write of the store returned it.
+        self.xid: str | None = None
 
     # -- the statement runner ----------------------------------------------------------------
 
@@ -203,6 +206,13 @@ class Session:
         """The scope can no longer commit: a store action failed half-way with ``error``."""
         with contextlib.suppress(TransactionStateError):  # a scope already over commits nothing
             self.tx.doom(error)
+
+    def wrote(self, xid: str) -> None:
+        """A write returned the transaction's id: the scope's COMMIT need not carry it."""
+        self.xid = xid
+        note = getattr(self.tx, "note_transaction_id", None)
+        if note is not None:
+            note(xid)
 
     def unmark_deleted(self, eid: int) -> None:
         """A delete was cancelled: ``eid`` is not deleted in this scope after all."""

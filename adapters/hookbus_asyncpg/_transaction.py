@@ -81,6 +81,16 @@ class AsyncpgTransaction(Transaction):
             await self.begin()
         return self._pg.connection
 
+    def note_transaction_id(self, xid: str) -> None:
+        """Tell the scope its transaction's id, read from a write of its own
+        (``INSERT ... RETURNING pg_current_xact_id()::text``).
+
+        A scope that knows its id sends a plain COMMIT: the id is what finds the outcome of
+        a COMMIT whose connection is lost, and otherwise travels with the COMMIT (a NOTICE in
+        the same round trip). The store does this on its inserts.
+        """
+        self._pg.know_xid(xid)
+
     def _runs_on(self, source: object) -> bool:
         """Tell whether ``source`` is this scope's connection (or its lazy stand-in)."""
         return source is not None and (source is self._pg.connection or source is self._lazy)
