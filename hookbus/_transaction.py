@@ -103,8 +103,7 @@ _MOVES: Final[dict[TransactionState, frozenset[TransactionState]]] = {
     _S.PRECOMMITTING: frozenset({_S.COMMITTING, _S.ROLLING_BACK}),
     _S.COMMITTING: frozenset({_S.COMMITTED, _S.ROLLING_BACK, _S.FAILED}),
     _S.COMMITTED: frozenset(),
-    # FAILED: a BEGIN sent lazily (by the first statement) failed; the rollback path ran.
-    _S.ROLLING_BACK: frozenset({_S.ROLLED_BACK, _S.FAILED}),
+    _S.ROLLING_BACK: frozenset({_S.ROLLED_BACK}),
     _S.ROLLED_BACK: frozenset(),
     _S.FAILED: frozenset(),
 }
@@ -234,7 +233,6 @@ class Transaction:
         "__dict__": None,  # for what observers keep on a scope (hookbus_otel's span)
         "_backend": None,
         "_backend_close": None,
-        "_begin_error": None,
         "_begun": None,
         "_beginning": None,
         "_begins_lazily": None,
@@ -260,7 +258,6 @@ class Transaction:
         # sent until the first statement needs it.
         self._begun = False
         self._beginning: anyio.Event | None = None
-        self._begin_error: BaseException | None = None
         # Only a backend that sees every statement of the scope go by can begin lazily (a
         # connection its user also holds would run statements outside the transaction).
         self._begins_lazily: bool = getattr(backend, "lazy", False) is True
@@ -415,9 +412,9 @@ class Transaction:
         statement (the adapter's connection calls this), or its first savepoint, sends BEGIN.
         Other backends begin when the scope is entered.
         A scope that never begins commits nothing: its operations still run their phases
-        (precommit, postcommit, or rollback), with no statement sent. If BEGIN fails, the
-        scope runs its rollback path (no ROLLBACK: nothing began), ends ``FAILED``, and the
-        error propagates; the scope then commits nothing. Refused once the scope is over.
+        (precommit, postcommit, or rollback), with no statement sent. If BEGIN fails or is
+        cancelled, the error propagates and the scope has still not begun (the backend gave
+        back what it took): the next statement tries again. Refused once the scope is over.
         """
         if self._begun:
             return
@@ -432,13 +429,9 @@ class Transaction:
         beginning = self._beginning = anyio.Event()
         try:
             await self._backend.begin()
-        except BaseException as exc:
-            self._begin_error = exc
-            await uncancellable(self._rollback_path, False, _S.FAILED)
-            raise
-        else:
             self._begun = True
         finally:
+            self._beginning = None
             beginning.set()
 
     def savepoint(self) -> Savepoint:
@@ -450,9 +443,15 @@ class Transaction:
     async def __aenter__(self) -> Transaction:
         if self._state is not _S.NEW:
             raise self._refused("enter the scope again")
-        self._move(_S.ACTIVE)
         if not self._begins_lazily:
-            await self.begin()
+            try:
+                await self._backend.begin()
+            except BaseException:
+                self._move(_S.FAILED)
+                await uncancellable(self._close)
+                raise
+            self._begun = True
+        self._move(_S.ACTIVE)
         self._token = _current.set(self)
         return self
 
@@ -468,12 +467,6 @@ class Transaction:
                     await self._commit()
                 else:
                     await uncancellable(self._rollback_path, True)
-            elif self._begin_error is not None:
-                if exc is None:  # the block caught BEGIN's error and went on
-                    raise TransactionAbortedError(
-                        "BEGIN failed in this scope (its error was caught inside the block); "
-                        "nothing was committed and the rollback operations ran"
-                    ) from self._begin_error
             elif self._state is not _S.ROLLED_BACK:
                 raise self._refused("end the scope")
         finally:
@@ -499,8 +492,6 @@ class Transaction:
             try:
                 await ledger.precommit()
             except BaseException as exc:
-                if self._begin_error is not None:
-                    raise  # a precommit's statement failed to BEGIN: the rollback path ran
                 ran = ledger.ran()
                 error = _own_error(exc, ran[-1] if ran else None)
                 await uncancellable(self._rollback_path, True)
@@ -587,9 +578,7 @@ class Transaction:
                     exc_info=True,
                 )
 
-    async def _rollback_path(
-        self, send_rollback: bool, end: TransactionState = _S.ROLLED_BACK
-    ) -> None:
+    async def _rollback_path(self, send_rollback: bool) -> None:
         self._move(_S.ROLLING_BACK)
         fatal = await callbacks(reversed(self._ledger.ran()), "revertprecommit")
         if send_rollback and self._begun:
@@ -598,9 +587,9 @@ class Transaction:
             except Exception:
                 # The session is gone or broken: the server rolls back on its own.
                 logger.warning("ROLLBACK failed; the server ends the transaction", exc_info=True)
-        if self._begun or self._begin_error is not None:
+        if self._begun:
             await self._close()
-        self._move(end)
+        self._move(_S.ROLLED_BACK)
         fatal_in_rollback = await callbacks(self._ledger.operations(), "rollback")
         fatal = fatal or fatal_in_rollback
         if fatal is not None:

@@ -83,18 +83,24 @@ class AsyncpgBackend:
         """Take a connection from the pool (unless one was given), then send BEGIN with the
         scope's options.
 
-        If BEGIN fails or is cancelled, the connection is left outside any transaction: a
-        cancellation can arrive after the server has run BEGIN. (The scope then calls
-        ``close``, which gives it back.)
+        If BEGIN fails or is cancelled, the connection is left outside any transaction (a
+        cancellation can arrive after the server has run BEGIN), and one taken from the pool
+        goes back to it: the backend is as it was, and a later ``begin`` starts afresh.
         """
         conn = self.connection
+        home = self._home
         if conn is None:
-            assert self._home is not None
-            conn = self.connection = await self._home.acquire()
+            assert home is not None
+            conn = self.connection = await home.acquire()
         try:
             await conn.execute(self._options.begin)
         except BaseException as exc:
-            await _to_the_end(_end_any_transaction(conn), exc)
+            try:
+                await _to_the_end(_end_any_transaction(conn), exc)
+            finally:
+                if home is not None:
+                    self.connection = None
+                    await give_back(home, conn)  # Pool.release is shielded
             raise
 
     def know_xid(self, xid: str) -> None:
