@@ -55,7 +55,7 @@ from ._exceptions import CommitOutcomeUnknownError, TransactionAbortedError, Tra
 from ._ledger import Ledger
 from ._operations import Operation
 from ._savepoints import Savepoint
-from ._shield import callbacks, scope_cancelled, settled, uncancellable
+from ._shield import callbacks, on_asyncio, scope_cancelled, settled, uncancellable
 
 __all__ = [
     "Transaction",
@@ -513,8 +513,10 @@ class Transaction:
         await self._postcommit()
         if cancelled is not None:
             raise cancelled
-        # A cancellation of anyio's that was held off by the shield surfaces here.
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        if not on_asyncio():
+            # A cancellation of anyio's that was held off by the shield surfaces here (on
+            # asyncio, settled() kept it and it was raised above).
+            await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def _commit_and_close(self) -> None:
         self._move(_S.COMMITTING)
