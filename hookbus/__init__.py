@@ -43,6 +43,7 @@ from ._migrations import (
     StageContext,
 )
 from ._operations import LateOperation, Operation, SingleLastOperation
+from ._outcome import StatusOf, find_commit_outcome
 from ._plugins import Plugin, PluginError, PluginHook, PluginSet
 from ._savepoints import Savepoint
 from ._selectors import (
@@ -107,6 +108,7 @@ __all__ = [
     "SingleLastOperation",
     "Stage",
     "StageContext",
+    "StatusOf",
     "Transaction",
     "TransactionAbortedError",
     "TransactionError",
@@ -120,6 +122,7 @@ __all__ = [
     "current_control",
     "current_transaction",
     "deleted_in_transaction",
+    "find_commit_outcome",
     "hooks_control",
     "is_instance",
     "match_key",

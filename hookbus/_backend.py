@@ -35,7 +35,12 @@ class Backend(Protocol):
     A backend may say ``lazy = True``: every statement of the scope goes through it (or
     through the adapter's connection, which calls ``tx.begin()`` first), so the scope calls
     ``begin`` only at the first statement, never for a scope that sends none. Without it
-    the scope begins when it is entered. A backend may also have ``async def close()``: the
+    the scope begins when it is entered. A backend may have ``async def prepare()``: the
+    scope calls it after the precommit phase, before COMMIT, on a scope that began (an ORM
+    session flushes there); what it raises fails the scope as a precommit's error does
+    (revertprecommit, ROLLBACK, rollback), never as a refused COMMIT. A backend that finds
+    the outcome of a lost COMMIT asks it through ``hookbus.find_commit_outcome`` and a
+    ``status_of(xid)`` callable of its own. A backend may also have ``async def close()``: the
     scope calls it once the outcome is known (after COMMIT, after ROLLBACK, after a failed
     BEGIN), before any postcommit or rollback operation runs, to give its session back (to
     a pool); what it raises is logged, never raised.

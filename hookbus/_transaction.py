@@ -41,12 +41,11 @@ The scope's bookkeeping (queues, accumulations, marks, doom, the savepoints' und
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, Protocol
 
 import anyio.lowlevel
 
@@ -56,6 +55,7 @@ from ._ledger import Ledger
 from ._operations import Operation
 from ._savepoints import Savepoint
 from ._shield import callbacks, on_asyncio, scope_cancelled, settled, uncancellable
+from ._states import MOVES, OPEN, TransactionState
 
 __all__ = [
     "Transaction",
@@ -70,45 +70,7 @@ __all__ = [
 logger: Final = logging.getLogger("hookbus")
 
 
-@final
-class TransactionState(enum.Enum):
-    """The states of a transaction scope.
-
-    ``NEW`` until entered; ``ACTIVE`` while the block runs; ``PRECOMMITTING`` during the
-    precommit phase; ``COMMITTING`` while COMMIT is sent; then ``COMMITTED`` (postcommit runs
-    in it). A scope that fails goes through ``ROLLING_BACK`` (revertprecommit, ROLLBACK) to
-    ``ROLLED_BACK`` (rollback operations run in it). ``FAILED``: BEGIN failed, or the outcome
-    of COMMIT is unknown. Operations can be scheduled in ``ACTIVE`` and ``PRECOMMITTING`` only.
-    """
-
-    # Members are singletons compared by identity: hash them by identity too, in C. (Enum's
-    # own __hash__ is a Python call, and the state table hashes states on every move.)
-    __hash__ = object.__hash__
-
-    NEW = "new"
-    ACTIVE = "active"
-    PRECOMMITTING = "precommitting"
-    COMMITTING = "committing"
-    COMMITTED = "committed"
-    ROLLING_BACK = "rolling back"
-    ROLLED_BACK = "rolled back"
-    FAILED = "failed"
-
-
 _S = TransactionState
-# Every legal move of the state machine, in one place.
-_MOVES: Final[dict[TransactionState, frozenset[TransactionState]]] = {
-    _S.NEW: frozenset({_S.ACTIVE, _S.FAILED}),
-    _S.ACTIVE: frozenset({_S.PRECOMMITTING, _S.ROLLING_BACK}),
-    _S.PRECOMMITTING: frozenset({_S.COMMITTING, _S.ROLLING_BACK}),
-    _S.COMMITTING: frozenset({_S.COMMITTED, _S.ROLLING_BACK, _S.FAILED}),
-    _S.COMMITTED: frozenset(),
-    _S.ROLLING_BACK: frozenset({_S.ROLLED_BACK}),
-    _S.ROLLED_BACK: frozenset(),
-    _S.FAILED: frozenset(),
-}
-# The states in which the scope takes operations, marks, a doom and savepoints.
-_OPEN: Final = frozenset({_S.ACTIVE, _S.PRECOMMITTING})
 
 # The scheduling methods the ledger's own stand in for while the scope is open.
 _SCHEDULING: Final = ("add", "accumulate", "mark_added", "mark_deleted")
@@ -233,6 +195,7 @@ class Transaction:
         "__dict__": None,  # for what observers keep on a scope (hookbus_otel's span)
         "_backend": None,
         "_backend_close": None,
+        "_backend_prepare": None,
         "_begun": None,
         "_beginning": None,
         "_begins_lazily": None,
@@ -253,6 +216,9 @@ class Transaction:
         self._backend = backend
         # Optional in the protocol: a backend without a session to give back has none.
         self._backend_close: Callable[[], Awaitable[None]] | None = getattr(backend, "close", None)
+        self._backend_prepare: Callable[[], Awaitable[None]] | None = getattr(
+            backend, "prepare", None
+        )
         self._state = TransactionState.NEW
         # The transaction begins lazily (``begin``): no session is taken and no statement
         # sent until the first statement needs it.
@@ -304,15 +270,15 @@ class Transaction:
 
     def _move(self, new: TransactionState) -> None:
         old = self._state
-        if new not in _MOVES[old]:
+        if new not in MOVES[old]:
             raise TransactionStateError(
                 f"a transaction scope cannot go from {old.value} to {new.value}"
             )
         self._state = new
         if _observer is not None:
             _observer.moved(self, old, new)
-        opens = new in _OPEN
-        if opens is not (old in _OPEN):
+        opens = new in OPEN
+        if opens is not (old in OPEN):
             # Open: the scheduling calls go straight to the ledger. Closed: to the scope's
             # refusals. The state decides; these follow it, here only.
             if opens:
@@ -334,15 +300,6 @@ class Transaction:
         return TransactionStateError(
             f"cannot {action}: the transaction scope is {self._state.value}"
         )
-
-    def _require_open(self, action: str) -> None:
-        """Refuse ``action`` unless the scope takes work (its savepoints ask)."""
-        if self._state not in _OPEN:
-            raise self._refused(action)
-
-    def _is_open(self) -> bool:
-        """Tell whether the scope still takes work (its savepoints ask)."""
-        return self._state in _OPEN
 
     # -- scheduling refused (the scope is not open): what the four scheduling slots hold then
 
@@ -372,7 +329,7 @@ class Transaction:
         """Forget that the entity ``eid`` was deleted in this scope: its delete was cancelled
         (a ``before_delete_entity`` hook raised ``Break``). A savepoint rolled back afterwards
         marks it again."""
-        if self._state not in _OPEN:
+        if self._state not in OPEN:
             raise self._refused(f"unmark {eid!r} deleted")
         self._ledger.unmark_deleted(eid)
 
@@ -395,7 +352,7 @@ class Transaction:
         """
         if not isinstance(error, BaseException):
             raise TypeError(f"tx.doom() takes an exception, not {error!r}")
-        if self._state not in _OPEN:
+        if self._state not in OPEN:
             raise self._refused(f"doom it with {error!r}")
         self._ledger.doom(error)
 
@@ -418,7 +375,7 @@ class Transaction:
         """
         if self._begun:
             return
-        if self._state not in _OPEN:
+        if self._state not in OPEN:
             raise self._refused("begin the transaction")
         beginning = self._beginning
         if beginning is not None:  # another task of this scope is sending BEGIN
@@ -491,6 +448,11 @@ class Transaction:
             self._move(_S.PRECOMMITTING)
             try:
                 await ledger.precommit()
+                prepare = self._backend_prepare
+                if prepare is not None and self._begun and ledger.doomed is None:
+                    # The backend's last work before COMMIT (an ORM's flush): what it raises
+                    # fails the scope as a precommit would, never as a refused COMMIT.
+                    await prepare()
             except BaseException as exc:
                 ran = ledger.ran()
                 error = _own_error(exc, ran[-1] if ran else None)
