@@ -119,6 +119,7 @@ class Store:
             session = tx.data[self._key] = Session(
                 tx, conn, self._databases, db, self._catalog, self._bus.emit, self._key
             )
+            session.hooks_for = self._bus.hooks_for
         return session
 
     # -- entities ---------------------------------------------------------------------------
