@@ -286,6 +286,11 @@ async def accumulated(values: range) -> None:
             accumulate("key", value, Nothing)
 
 
+async def accumulated_many(values: range) -> None:
+    async with hookbus.transaction() as tx:
+        tx.accumulate_many("key", values, Nothing)
+
+
 def by_hand(into: dict[Any, Any], key: Any, value: Any) -> None:
     # The floor: a hand-written function doing the same lookup and add.
     try:
@@ -314,11 +319,16 @@ async def floors(rounds: int) -> None:
             Subject("tx.accumulate", accumulated, (values,)),
             Subject("lookup and add by hand", added_by_hand, (values,)),
         ),
+        Pair(
+            f"accumulate_many ({VALUES})",
+            Subject("tx.accumulate_many", accumulated_many, (values,)),
+            Subject("lookup and add by hand", added_by_hand, (values,)),
+        ),
     ]
     await run_pairs(pairs, rounds, 20e6, max_iterations=2000)
     print("floors, in memory: hookbus / hand-written, median of paired rounds")
     print(f"{'case':<22} {'hookbus ns':>11} {'floor ns':>9} {'ratio':>7} {'quartiles':>13}")
-    for pair, count in zip(pairs, (OPS, VALUES), strict=True):
+    for pair, count in zip(pairs, (OPS, VALUES, VALUES), strict=True):
         q1, q3 = pair.spread
         now = statistics.median(pair.subject_ns) / count
         floor = statistics.median(pair.floor_ns) / count

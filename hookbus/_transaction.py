@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, Final, Protocol
@@ -324,6 +324,23 @@ class Transaction:
         raise self._refused(f"mark {eid!r} deleted")
 
     # -- scheduling (plain calls: nothing here blocks) ---------------------------------------
+
+    def accumulate_many(
+        self,
+        key: Hashable,
+        values: Iterable[Any],
+        factory: Callable[[], Operation],
+        container: Callable[[], Any] = set,
+    ) -> None:
+        """``tx.accumulate(key, value, factory, container)`` for each of ``values``, at once.
+
+        Outside savepoints the operation's container takes them in one call (``update`` for
+        a set-like one, ``extend`` for a list-like one): the bulk form of accumulating, for
+        an import of many rows. Refused (``TransactionStateError``) unless the scope is open.
+        """
+        if self._state not in OPEN:
+            raise self._refused(f"accumulate into {key!r}")
+        self._ledger.accumulate_many(key, values, factory, container)
 
     def unmark_deleted(self, eid: Hashable) -> None:
         """Forget that the entity ``eid`` was deleted in this scope: its delete was cancelled

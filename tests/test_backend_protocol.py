@@ -94,3 +94,37 @@ async def test_a_scope_that_never_began_neither_prepares_nor_closes() -> None:
     async with hookbus.transaction(backend) as tx:
         tx.add(Logs(log, "a", backend))
     assert backend.log == ["precommit", "postcommit"]
+
+
+# -- accumulating many values at once ---------------------------------------------------------
+
+
+class Collect(hookbus.Operation):
+    seen: list[object]
+
+    async def precommit(self) -> None:
+        Collect.seen.append(self.values)
+
+
+async def test_accumulate_many_adds_every_value_to_one_operation() -> None:
+    Collect.seen = []
+    async with hookbus.transaction() as tx:
+        tx.accumulate("ids", 1, Collect)
+        tx.accumulate_many("ids", range(2, 5), Collect)
+        tx.accumulate_many("order", ["b", "a", "b"], Collect, container=list)
+        with pytest.raises(TypeError, match="accumulates into"):
+            tx.accumulate_many("ids", [9], Logs)  # type: ignore[arg-type]
+    assert Collect.seen == [{1, 2, 3, 4}, ["b", "a", "b"]]
+    with pytest.raises(hookbus.TransactionStateError):
+        tx.accumulate_many("ids", [5], Collect)
+
+
+async def test_accumulate_many_inside_a_rolled_back_savepoint_leaves_nothing() -> None:
+    Collect.seen = []
+    async with hookbus.transaction() as tx:
+        tx.accumulate_many("ids", [1, 2], Collect)
+        with pytest.raises(KeyError):
+            async with tx.savepoint():
+                tx.accumulate_many("ids", [2, 3, 4], Collect)
+                raise KeyError("undo")
+    assert Collect.seen == [{1, 2}]
