@@ -43,27 +43,54 @@ class LazyConnection:
     async def _connection(self) -> Any:
         return await self._tx.connect()
 
-    # The statement methods, written out: they are the common first use of a scope.
+    async def _first(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The statement that begins the scope: take the connection, then run it there."""
+        conn = await self._tx.connect()
+        return await getattr(conn, name)(*args, **kwargs)
 
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109 (asyncpg's)
+    # The statement methods, written out: they are the common first use of a scope. Once the
+    # scope has begun they hand back the connection's own call (no coroutine of their own):
+    # code that took ``tx.connection`` before the first statement pays one test a statement.
+
+    def execute(self, query: str, *args: Any, timeout: float | None = None) -> Awaitable[str]:
         """``Connection.execute``, after the scope has begun."""
-        return await (await self._connection()).execute(query, *args, timeout=timeout)  # type: ignore[no-any-return]
+        tx = self._tx
+        if tx.begun:
+            conn: Any = tx.backend_connection
+            return conn.execute(query, *args, timeout=timeout)  # type: ignore[no-any-return]
+        return self._first("execute", (query, *args), {"timeout": timeout})
 
-    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> list[Any]:
+    def fetch(self, query: str, *args: Any, **kwargs: Any) -> Awaitable[list[Any]]:
         """``Connection.fetch``, after the scope has begun."""
-        return await (await self._connection()).fetch(query, *args, **kwargs)  # type: ignore[no-any-return]
+        tx = self._tx
+        if tx.begun:
+            conn: Any = tx.backend_connection
+            return conn.fetch(query, *args, **kwargs)  # type: ignore[no-any-return]
+        return self._first("fetch", (query, *args), kwargs)
 
-    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+    def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         """``Connection.fetchrow``, after the scope has begun."""
-        return await (await self._connection()).fetchrow(query, *args, **kwargs)
+        tx = self._tx
+        if tx.begun:
+            conn: Any = tx.backend_connection
+            return conn.fetchrow(query, *args, **kwargs)  # type: ignore[no-any-return]
+        return self._first("fetchrow", (query, *args), kwargs)
 
-    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+    def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         """``Connection.fetchval``, after the scope has begun."""
-        return await (await self._connection()).fetchval(query, *args, **kwargs)
+        tx = self._tx
+        if tx.begun:
+            conn: Any = tx.backend_connection
+            return conn.fetchval(query, *args, **kwargs)  # type: ignore[no-any-return]
+        return self._first("fetchval", (query, *args), kwargs)
 
-    async def executemany(self, command: str, args: Any, **kwargs: Any) -> None:
+    def executemany(self, command: str, args: Any, **kwargs: Any) -> Awaitable[None]:
         """``Connection.executemany``, after the scope has begun."""
-        await (await self._connection()).executemany(command, args, **kwargs)
+        tx = self._tx
+        if tx.begun:
+            conn: Any = tx.backend_connection
+            return conn.executemany(command, args, **kwargs)  # type: ignore[no-any-return]
+        return self._first("executemany", (command, args), kwargs)
 
     def __getattr__(self, name: str) -> Any:
         backend_connection = self._tx.backend_connection
