@@ -12,7 +12,8 @@ scopes per second (>= 1 is as fast as bare); and 1,000 concurrent scopes whose p
 takes a connection from the scope's own pool (it must finish: the scope's connection is back
 in the pool before postcommit runs). And the floors, in memory: per scheduled operation
 against a list append and an awaited loop, per accumulated value against a hand-written
-lookup and add.
+lookup and add. And the carriers of the transaction's id with COMMIT (``--part carriers``):
+after one INSERT, each against a plain COMMIT, on the driver alone (no scope).
 
     python benchmarks/transaction.py [--dsn DSN] [--rounds 30] [--batch 50] [--part ...]
 """
@@ -100,16 +101,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument(
-        "--part", choices=("scope", "concurrent", "floors"), action="append", help="(all)"
+        "--part",
+        choices=("scope", "concurrent", "floors", "carriers"),
+        action="append",
+        help="(all)",
     )
     args = parser.parse_args()
-    parts = args.part or ["scope", "concurrent", "floors"]
+    parts = args.part or ["scope", "concurrent", "floors", "carriers"]
     if "floors" in parts:
         asyncio.run(floors(args.rounds))
     if "scope" in parts:
         run_with_database(lambda dsn: measure(dsn, args), "bench_transaction", dsn=args.dsn)
     if "concurrent" in parts:
         run_with_database(lambda dsn: concurrent(dsn, args), "bench_concurrent", dsn=args.dsn)
+    if "carriers" in parts:
+        run_with_database(lambda dsn: carriers(dsn, args.rounds), "bench_carriers", dsn=args.dsn)
 
 
 async def measure(dsn: str, args: argparse.Namespace) -> None:
@@ -336,6 +342,81 @@ async def floors(rounds: int) -> None:
             f"{pair.workload:<22} {now:>11.0f} {floor:>9.0f} {pair.ratio:>7.3f} "
             f"{f'{q1:.3f}-{q3:.3f}':>13}"
         )
+
+
+# -- carriers of the transaction id --------------------------------------------------------------
+
+_NOTICE = (
+    "DO $$BEGIN RAISE NOTICE 'hookbus xid 0123456789abcdef %', "
+    "pg_current_xact_id_if_assigned(); END$$"
+)
+_IF_ASSIGNED = (
+    "DO $$DECLARE x xid8 := pg_current_xact_id_if_assigned(); BEGIN IF x IS NOT NULL THEN "
+    "RAISE NOTICE 'hookbus xid 0123456789abcdef %', x; END IF; END$$"
+)
+CARRIERS = {
+    # what hookbus sends for a scope whose writes were the user's own SQL
+    "SAVEPOINT, SET LOCAL, DO, COMMIT": (
+        f"SAVEPOINT hookbus_xid; SET LOCAL client_min_messages = notice; {_NOTICE}; COMMIT"
+    ),
+    "SET LOCAL, DO, COMMIT (no savepoint)": (
+        f"SET LOCAL client_min_messages = notice; {_NOTICE}; COMMIT"
+    ),
+    "DO only if an id was assigned": (
+        f"SAVEPOINT hookbus_xid; SET LOCAL client_min_messages = notice; {_IF_ASSIGNED}; COMMIT"
+    ),
+}
+
+
+async def carriers(dsn: str, rounds: int) -> None:
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
+        await pool.execute("CREATE UNLOGGED TABLE IF NOT EXISTS hookbus_bench (n int)")
+
+        async def plain(pool: asyncpg.Pool) -> None:
+            async with pool.acquire() as conn:
+                await conn.execute("BEGIN")
+                await conn.execute(ONE, 1)
+                await conn.execute("COMMIT")
+
+        def carrying(sql: str) -> Callable[[asyncpg.Pool], Awaitable[None]]:
+            async def run(pool: asyncpg.Pool) -> None:
+                async with pool.acquire() as conn:
+                    await conn.execute("BEGIN")
+                    await conn.execute(ONE, 1)
+                    await conn.execute(sql)
+
+            return run
+
+        async def returning(pool: asyncpg.Pool) -> None:  # the store's: the id from the write
+            async with pool.acquire() as conn:
+                await conn.execute("BEGIN")
+                await conn.fetchval(RETURNING, 1)
+                await conn.execute("COMMIT")
+
+        async def round_trip(pool: asyncpg.Pool) -> None:
+            async with pool.acquire() as conn:
+                await conn.execute("BEGIN")
+                await conn.execute(ONE, 1)
+                await conn.fetchval("SELECT pg_current_xact_id_if_assigned()::text")
+                await conn.execute("COMMIT")
+
+        floor = Subject("plain COMMIT", plain, (pool,))
+        pairs = [
+            Pair(name, Subject(name, carrying(sql), (pool,)), floor)
+            for name, sql in CARRIERS.items()
+        ]
+        pairs.append(
+            Pair("INSERT RETURNING the id", Subject("returning", returning, (pool,)), floor)
+        )
+        pairs.append(
+            Pair("a separate round trip", Subject("round trip", round_trip, (pool,)), floor)
+        )
+        await run_pairs(pairs, rounds, 30e6, max_iterations=400)
+        print("\nthe transaction id with COMMIT, after one INSERT: / a plain COMMIT")
+        for pair in pairs:
+            q1, q3 = pair.spread
+            print(f"{pair.workload:<38} {pair.ratio:>7.3f} {f'{q1:.3f}-{q3:.3f}':>13}")
+        await pool.execute("DROP TABLE hookbus_bench")
 
 
 if __name__ == "__main__":
