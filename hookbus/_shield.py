@@ -109,7 +109,7 @@ class _Guarded:
             # The work's own future: the task is told it does not wait on it, and waits on
             # stand-ins until it is done; then the work reads its result itself.
             waited._asyncio_future_blocking = False
-            loop = waited.get_loop()
+            loop = asyncio.get_running_loop()
             while not waited.done():
                 stand_in = loop.create_future()
                 waited.add_done_callback(functools.partial(_wake, stand_in))

@@ -2,10 +2,14 @@
 
 A scope is an async context manager over a backend (``hookbus.MemoryBackend``, or the
 asyncpg adapter's). While it is open, ``current_transaction()`` finds it from anywhere below
-(a hook, a service function). At its end it drives the lifecycle:
+(a hook, a service function). On a backend that begins lazily (``backend.lazy``), entering
+it sends nothing: its first statement (``tx.begin()``) does, and a scope that never begins
+sends no BEGIN nor COMMIT. At its end it drives the lifecycle:
 
 1. ``precommit`` of every operation, in scheduling order; operations scheduled meanwhile run
    in the same phase, before the ``LateOperation``s, and a ``SingleLastOperation`` runs last;
+   then, on a scope that began, the backend's ``prepare`` if it has one (an ORM's flush):
+   what it raises is a precommit's error;
 2. if a precommit raises (or the scope was doomed with ``tx.doom()``): ``revertprecommit``
    (newest first) on those that ran, ROLLBACK, ``rollback`` on every operation, and the
    error propagates;
