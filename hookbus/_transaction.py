@@ -227,7 +227,7 @@ class Transaction:
         # The transaction begins lazily (``begin``): no session is taken and no statement
         # sent until the first statement needs it.
         self._begun = False
-        self._beginning: anyio.Event | None = None
+        self._beginning: list[anyio.Event] | None = None
         # Only a backend that sees every statement of the scope go by can begin lazily (a
         # connection its user also holds would run statements outside the transaction).
         self._begins_lazily: bool = getattr(backend, "lazy", False) is True
@@ -398,19 +398,23 @@ class Transaction:
             return
         if self._state not in OPEN:
             raise self._refused("begin the transaction")
-        beginning = self._beginning
-        if beginning is not None:  # another task of this scope is sending BEGIN
-            await beginning.wait()
-            if not self._begun:
-                raise self._refused("begin the transaction")
+        waiting = self._beginning
+        if waiting is not None:  # another task of this scope is sending BEGIN: wait for it
+            done = anyio.Event()
+            waiting.append(done)
+            await done.wait()
+            await self.begin()  # begun meanwhile (returns), or failed: this task tries
             return
-        beginning = self._beginning = anyio.Event()
+        # The tasks that wait for this BEGIN, if any (an anyio.Event each: an Event costs
+        # microseconds to make, so none is made unless another task waits).
+        waiting = self._beginning = []
         try:
             await self._backend.begin()
             self._begun = True
         finally:
             self._beginning = None
-            beginning.set()
+            for done in waiting:
+                done.set()
 
     def savepoint(self) -> Savepoint:
         """Return a savepoint of this scope, to enter with ``async with``."""

@@ -6,6 +6,7 @@ plugs into these, in the core, for every backend.
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from _recording import Recorded
 
@@ -128,3 +129,20 @@ async def test_accumulate_many_inside_a_rolled_back_savepoint_leaves_nothing() -
                 tx.accumulate_many("ids", [2, 3, 4], Collect)
                 raise KeyError("undo")
     assert Collect.seen == [{1, 2}]
+
+
+async def test_tasks_of_one_scope_that_begin_it_at_once_send_one_begin() -> None:
+    gate = anyio.Event()
+
+    class Slow(Flushing):
+        async def begin(self) -> None:
+            await gate.wait()
+            await super().begin()
+
+    backend = Slow()
+    async with hookbus.transaction(backend) as tx, anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(tx.begin)
+        await anyio.wait_all_tasks_blocked()
+        gate.set()
+    assert backend.log == ["BEGIN", "flush", "COMMIT", "close"]
