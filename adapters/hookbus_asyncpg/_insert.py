@@ -87,16 +87,25 @@ async def take_eids(session: Session, n: int) -> list[int] | None:
 
 
 async def insert_batch(
-    session: Session, kind: EntityType, eids: list[int], pending: list[Edited]
+    session: Session,
+    kind: EntityType,
+    eids: list[int],
+    pending: list[Edited],
+    *,
+    checked: bool = False,
 ) -> list[int | None]:
     """Insert ``pending`` (eids given) with COPY: every before hook, the COPYs, every after hook.
 
-    Returns the eid of each, ``None`` for an entity a hook cancelled.
+    Returns the eid of each, ``None`` for an entity a hook cancelled. ``checked``: the values
+    were checked whole, required attributes included (``insert_many`` does that where no
+    before_add_entity hook can run); then, with no such hook, nothing is checked again.
     """
     tx, etype, emit = session.tx, kind.name, session.emit
-    # The values were checked before (insert_many): with no before_add_entity hook to change
-    # them, only the required attributes are left to check, not every value again.
+    # With no before_add_entity hook to change the values (checked by insert_many), only the
+    # required attributes may be left to check, not every value again; with no after hook,
+    # no after event is built.
     hooked = bool(session.hooks_for("before_add_entity", etype))
+    told = bool(session.hooks_for("after_add_entity", etype))
     try:
         result: list[int | None] = []
         records: list[tuple[Any, ...]] = []
@@ -109,7 +118,7 @@ async def insert_batch(
                     result.append(None)
                     continue
                 recheck(kind, edited, eid, "before_add_entity", adding=True)
-            else:
+            elif not checked:
                 _check_required(kind, edited, eid)
             records.append((eid, *[edited.get(c) for c in columns]))
             written.append((eid, edited))
@@ -134,9 +143,11 @@ async def insert_batch(
             raise session.catalog.unique_error(exc, None, None) from exc
         for eid, edited in written:
             added(session, kind, eid)
-            entity = Entity(etype, eid, {c: edited.get(c) for c in columns})
-            event = EntityEvent("after_add_entity", etype, eid, edited.readonly(), entity, tx)
-            await emit("after_add_entity", event)
+            if told:
+                entity = Entity(etype, eid, {c: edited.get(c) for c in columns})
+                readonly = edited.readonly()
+                event = EntityEvent("after_add_entity", etype, eid, readonly, entity, tx)
+                await emit("after_add_entity", event)
     except Stopped:
         return [None] * len(pending)
     except Exception as exc:
@@ -165,11 +176,12 @@ def recheck(kind: EntityType, edited: Edited, eid: int, event: str, *, adding: b
 
 def _check_required(kind: EntityType, edited: Edited, eid: int) -> None:
     """The part of ``recheck`` left for values already checked that no hook changed."""
-    missing = [attr for attr in kind.required if edited.get(attr) is None]
-    if missing:
-        exc = ValidationError(eid, {a: f"{kind.name}.{a} is required" for a in sorted(missing)})
-        exc.add_note("as the before_add_entity hooks left it")
-        raise exc
+    for attr in kind.required:
+        if edited.get(attr) is None:
+            missing = sorted(a for a in kind.required if edited.get(a) is None)
+            exc = ValidationError(eid, {a: f"{kind.name}.{a} is required" for a in missing})
+            exc.add_note("as the before_add_entity hooks left it")
+            raise exc
 
 
 async def _allocate(session: Session, n: int) -> list[int]:
