@@ -8,7 +8,10 @@ its eid from the sequence inside the statement, the store from a block fetched a
 * one insert per transaction: hookbus_asyncpg.transaction + store.insert, against asyncpg's
   conn.transaction() + the INSERT (what the per-request path costs);
 * 100 inserts in one transaction: the per-insert cost of the store, events and all;
-* insert_many of 100,000 rows (events per entity, COPY) against the eids + two bare COPYs.
+* insert_many of 100,000 rows (events per entity, COPY) against the eids + two bare COPYs,
+  with the three hooks and with none;
+* under load: 1,000 concurrent scopes on a pool of 20, each one store.insert, against the
+  same INSERT in bare asyncpg transactions, as scopes per second (>= 1 is bare's speed).
 
 Two rows attribute the first case: the same with ``find_outcome=False`` (the scope's COMMIT
 without the transaction-id notice), and a bare INSERT inside a hookbus scope (the scope's
@@ -25,6 +28,7 @@ else the local one, else an embedded one) and dropped after.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -83,7 +87,7 @@ def hooked_store() -> Store:
 Case = tuple[str, Callable[[], Awaitable[object]], Callable[[], Awaitable[object]], int]
 
 
-def cases(pool: asyncpg.Pool, store: Store, many: int) -> list[Case]:
+def cases(pool: asyncpg.Pool, store: Store, plain: Store, many: int) -> list[Case]:
     rows = [{"name": f"person {i}", "age": i % 100} for i in range(many)]
 
     async def store_one() -> None:
@@ -116,6 +120,10 @@ def cases(pool: asyncpg.Pool, store: Store, many: int) -> list[Case]:
         async with transaction(pool):
             await store.insert_many("Person", rows)
 
+    async def plain_many() -> None:  # no hook at all
+        async with transaction(pool):
+            await plain.insert_many("Person", rows)
+
     async def bare_many() -> None:
         async with pool.acquire() as conn, conn.transaction():
             eids = await conn.fetchval(ALLOCATE, len(rows))
@@ -135,6 +143,7 @@ def cases(pool: asyncpg.Pool, store: Store, many: int) -> list[Case]:
         ("  bare INSERT in hookbus scope", scope_only, bare_one, 200),
         (f"insert, {PER_TRANSACTION} per transaction", store_batch, bare_batch, 4),
         (f"insert_many {many:,} vs COPY", store_many, bare_many, 1),
+        ("  same, no hooks", plain_many, bare_many, 1),
     ]
 
 
@@ -149,8 +158,9 @@ async def run(dsn: str, rounds: int, many: int) -> None:
     async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
         store = hooked_store()
         await store.create_tables(pool)
+        plain = Store(hookbus.Bus(), SCHEMA)
         print(f"{'case':<30} {'bare ms':>9} {'store ms':>9} {'ratio':>7} {'quartiles':>13}")
-        for label, hooked, bare, repeat in cases(pool, store, many):
+        for label, hooked, bare, repeat in cases(pool, store, plain, many):
             await timed(hooked, repeat)  # warm up both sides: prepared statements, eid block
             await timed(bare, repeat)
             bares: list[float] = []
@@ -172,6 +182,47 @@ async def run(dsn: str, rounds: int, many: int) -> None:
             )
 
 
+CONCURRENT, POOL = 1000, 20
+
+
+async def concurrent(dsn: str, rounds: int) -> None:
+    async with asyncpg.create_pool(dsn, min_size=POOL, max_size=POOL) as pool:
+        store = hooked_store()
+        await store.create_tables(pool)
+
+        async def store_one(i: int) -> None:
+            async with transaction(pool):
+                await store.insert("Person", name="Ann", age=40)
+
+        async def bare_one(i: int) -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.fetch(BARE_INSERT, "Ann", 40, False)
+
+        async def wave(one: Callable[[int], Awaitable[None]]) -> float:
+            start = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(CONCURRENT)))
+            return time.perf_counter() - start
+
+        await wave(store_one)  # warm up
+        await wave(bare_one)
+        stores, bares = [], []
+        for r in range(rounds):
+            if r % 2:
+                b, s = await wave(bare_one), await wave(store_one)
+            else:
+                s, b = await wave(store_one), await wave(bare_one)
+            stores.append(s)
+            bares.append(b)
+            await pool.execute("TRUNCATE hookbus_entities CASCADE")
+        ratio = statistics.median(b / s for b, s in zip(bares, stores, strict=True))
+        print(
+            f"\n{CONCURRENT} concurrent scopes on a pool of {POOL}, one insert each: "
+            f"bare {CONCURRENT / statistics.median(bares):.0f} /s, store "
+            f"{CONCURRENT / statistics.median(stores):.0f} /s, store / bare {ratio:.3f} "
+            "(scopes/s, median of paired rounds)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--dsn", help="the PostgreSQL server (default: HOOKBUS_DSN's rule)")
@@ -179,6 +230,9 @@ def main() -> None:
     parser.add_argument("--many", type=int, default=100_000)
     args = parser.parse_args()
     run_with_database(lambda dsn: run(dsn, args.rounds, args.many), "bench_store", dsn=args.dsn)
+    run_with_database(
+        lambda dsn: concurrent(dsn, max(3, args.rounds // 3)), "bench_store_load", dsn=args.dsn
+    )
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/versus.py REF                 # dispatch and transaction
+    .venv/bin/python benchmarks/versus.py                     # against 92abf95
     .venv/bin/python benchmarks/versus.py REF --part dispatch --rounds 21
 
-``REF`` is any git revision (a tag, a commit). Its tree is extracted with ``git archive`` to a
+``REF`` is any git revision (a tag, a commit); by default ``92abf95``, the commit before the
+work on the scope under load (lazy begin, the connection back before postcommit, the id from
+the first write, no task per COMMIT). Its tree is extracted with ``git archive`` to a
 temporary folder, and both trees' ``hookbus`` and ``hookbus_asyncpg`` are imported side by side
 into this process (each under its own entries of ``sys.modules``, swapped in while it is
 imported). Each case is then built once per tree, from the *same* workload code (this tree's
@@ -102,12 +104,14 @@ def dispatch_subjects(label: str) -> dict[str, Subject]:
     return {w.name: module.hookbus_and_floor(w)[0] for w in module.WORKLOADS}
 
 
+BEFORE = "92abf95"  # the commit before the scope's work under load
 TRANSACTION_CASES = (
-    ("N = 0", 0, True),
-    ("N = 10", 10, True),
-    ("N = 1000", 1000, True),
-    ("N = 0, no find", 0, False),
-    ("N = 10, no find", 10, False),
+    ("one INSERT, N = 0", 0, True, 1),
+    ("N = 0", 0, True, 3),
+    ("N = 10", 10, True, 3),
+    ("N = 1000", 1000, True, 3),
+    ("N = 0, no find", 0, False, 3),
+    ("N = 10, no find", 10, False, 3),
 )
 
 
@@ -122,18 +126,21 @@ def transaction_subjects(modules: dict[str, ModuleType], pool: Any) -> dict[str,
         async def postcommit(self) -> None:
             pass
 
-    def case(find: bool) -> Callable[[Any, int], Awaitable[None]]:
+    def case(find: bool, inserts: int) -> Callable[[Any, int], Awaitable[None]]:
         async def run(pool: Any, n: int) -> None:
             async with adapter.transaction(pool, find_outcome=find) as tx:
                 conn = tx.connection
-                for i in range(3):
+                for i in range(inserts):
                     await conn.execute(INSERT, i)
                 for _ in range(n):
                     tx.add(Noop())
 
         return run
 
-    return {label: Subject(label, case(find), (pool, n)) for label, n, find in TRANSACTION_CASES}
+    return {
+        label: Subject(label, case(find, inserts), (pool, n))
+        for label, n, find, inserts in TRANSACTION_CASES
+    }
 
 
 def memory_subjects(modules: dict[str, ModuleType]) -> dict[str, Subject]:
@@ -189,7 +196,12 @@ async def run_transactions(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("ref", help="the git revision to compare against (a tag, a commit)")
+    parser.add_argument(
+        "ref",
+        nargs="?",
+        default=BEFORE,
+        help=f"the git revision to compare against (a tag, a commit; default {BEFORE})",
+    )
     parser.add_argument("--part", choices=("dispatch", "memory", "transaction"), action="append")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--dsn", help="the PostgreSQL server (default: HOOKBUS_DSN's rule)")

@@ -44,6 +44,7 @@ from ._migrations import (
     parse_version,
 )
 from ._operations import LateOperation, Operation, SingleLastOperation
+from ._outcome import StatusOf, find_commit_outcome
 from ._plugins import Plugin, PluginError, PluginHook, PluginSet
 from ._savepoints import Savepoint
 from ._selectors import (
@@ -108,6 +109,7 @@ __all__ = [
     "SingleLastOperation",
     "Stage",
     "StageContext",
+    "StatusOf",
     "Transaction",
     "TransactionAbortedError",
     "TransactionError",
@@ -121,6 +123,7 @@ __all__ = [
     "current_control",
     "current_transaction",
     "deleted_in_transaction",
+    "find_commit_outcome",
     "hooks_control",
     "is_instance",
     "match_key",

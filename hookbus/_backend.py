@@ -31,6 +31,19 @@ class Backend(Protocol):
     backend that lost its connection during COMMIT finds the outcome out where it can and
     raises ``CommitOutcomeUnknownError`` where it cannot. ``rollback`` after a lost connection
     may raise: the scope logs that and carries on, the server having rolled back on its own.
+
+    A backend may say ``lazy = True``: every statement of the scope goes through it (or
+    through the adapter's connection, which calls ``tx.begin()`` first), so the scope calls
+    ``begin`` only at the first statement, never for a scope that sends none. Without it
+    the scope begins when it is entered. A backend may have ``async def prepare()``: the
+    scope calls it after the precommit phase, before COMMIT, on a scope that began (an ORM
+    session flushes there); what it raises fails the scope as a precommit's error does
+    (revertprecommit, ROLLBACK, rollback), never as a refused COMMIT. A backend that finds
+    the outcome of a lost COMMIT asks it through ``hookbus.find_commit_outcome`` and a
+    ``status_of(xid)`` callable of its own. A backend may also have ``async def close()``: the
+    scope calls it once the outcome is known (after COMMIT, after ROLLBACK, after a failed
+    BEGIN), before any postcommit or rollback operation runs, to give its session back (to
+    a pool); what it raises is logged, never raised.
     """
 
     async def begin(self) -> None:
@@ -62,14 +75,19 @@ class Backend(Protocol):
 class MemoryBackend:
     """A backend without a database, for tests and scripts.
 
-    It records the statements it would have sent in ``statements``. ``commit_error`` makes
-    COMMIT fail with that exception (as a deferred constraint would); ``commit_outcome``
-    makes the server answer with it (``ABORTED``: the silent rollback of a swallowed error).
+    It records the statements it would have sent in ``statements``. It begins lazily: a
+    scope records BEGIN only once ``await tx.begin()`` (what a statement would do) or a
+    savepoint asks. ``commit_error`` makes COMMIT fail with that exception (as a deferred
+    constraint would); ``commit_outcome`` makes the server answer with it (``ABORTED``: the
+    silent rollback of a swallowed error).
 
     >>> backend = MemoryBackend()
     """
 
     __slots__ = ("commit_error", "commit_outcome", "statements")
+
+    #: A scope on it begins at ``tx.begin()`` (its first statement, its first savepoint).
+    lazy = True
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ The ledger does not know the scope's state: the scope hands out its scheduling m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, TypeAlias, final
 
@@ -281,6 +281,36 @@ class Ledger:
         else:
             entry[1](value)
             undo.append(AppendedValue(entry[0], value))
+
+    def accumulate_many(
+        self,
+        key: Hashable,
+        values: Iterable[Any],
+        factory: Callable[[], Operation],
+        container: Callable[[], Any] = set,
+    ) -> None:
+        """``accumulate`` for each of ``values``, in one call: outside savepoints the
+        container takes them all at once (``update`` or ``extend``, at C speed)."""
+        if self._undo is not None:  # every value is logged: one at a time
+            for value in values:
+                self.accumulate(key, value, factory, container)
+            return
+        try:
+            entry = self._accumulated[key]
+        except KeyError:
+            entry = self._open_accumulation(key, factory, container)
+        else:
+            if entry[3] is not factory and entry[3] != factory:
+                raise TypeError(
+                    f"key {key!r} accumulates into {_name(entry[3])}, not {_name(factory)}"
+                )
+        bulk = getattr(entry[0].values, "update" if entry[2] else "extend", None)
+        if bulk is not None:
+            bulk(values)
+        else:
+            add = entry[1]
+            for value in values:
+                add(value)
 
     def _open_accumulation(
         self, key: Hashable, factory: Callable[[], Operation], container: Callable[[], Any]

@@ -13,19 +13,26 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, final
+from typing import Final, Protocol, final
 
 from ._backend import Backend
 from ._exceptions import TransactionStateError
 from ._ledger import Ledger, Mark
 from ._shield import callbacks, uncancellable
+from ._states import OPEN, TransactionState
 
-if TYPE_CHECKING:
-    from ._transaction import Transaction
-
-__all__ = ["Savepoint"]
+__all__ = ["Savepoint", "SavepointScope"]
 
 logger: Final = logging.getLogger("hookbus")
+
+
+class SavepointScope(Protocol):
+    """What a savepoint reads of its scope: its state, and a way to begin it (both public)."""
+
+    @property
+    def state(self) -> TransactionState: ...
+
+    async def begin(self) -> None: ...
 
 
 @final
@@ -41,20 +48,25 @@ class Savepoint:
     back, and the scope can go on and commit.
     """
 
-    __slots__ = ("_backend", "_entered", "_ledger", "_mark", "_tx")
+    __slots__ = ("_backend", "_entered", "_ledger", "_mark", "_scope")
 
-    def __init__(self, tx: Transaction, backend: Backend, ledger: Ledger) -> None:
-        self._tx = tx
+    def __init__(self, scope: SavepointScope, backend: Backend, ledger: Ledger) -> None:
+        self._scope = scope
         self._backend = backend
         self._ledger = ledger
         self._entered = False
         self._mark: Mark | None = None  # set once SAVEPOINT succeeded
 
     async def __aenter__(self) -> Savepoint:
-        self._tx._require_open("set a savepoint")
+        state = self._scope.state
+        if state not in OPEN:
+            raise TransactionStateError(
+                f"cannot set a savepoint: the transaction scope is {state.value}"
+            )
         if self._entered:
             raise TransactionStateError("a savepoint is entered once")
         self._entered = True
+        await self._scope.begin()  # a savepoint needs the transaction: it begins it
         mark = self._ledger.mark_savepoint()
         try:
             await uncancellable(self._set, mark)
@@ -73,7 +85,7 @@ class Savepoint:
     ) -> None:
         mark = self._mark
         assert mark is not None
-        if not self._tx._is_open():
+        if self._scope.state not in OPEN:
             return  # the whole scope rolled back meanwhile: nothing left to release or undo
         self._ledger.require_innermost(mark)  # before any statement is sent
         if exc is None:

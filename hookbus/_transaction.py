@@ -2,23 +2,31 @@
 
 A scope is an async context manager over a backend (``hookbus.MemoryBackend``, or the
 asyncpg adapter's). While it is open, ``current_transaction()`` finds it from anywhere below
-(a hook, a service function). At its end it drives the lifecycle:
+(a hook, a service function). On a backend that begins lazily (``backend.lazy``), entering
+it sends nothing: its first statement (``tx.begin()``) does, and a scope that never begins
+sends no BEGIN nor COMMIT. At its end it drives the lifecycle:
 
 1. ``precommit`` of every operation, in scheduling order; operations scheduled meanwhile run
    in the same phase, before the ``LateOperation``s, and a ``SingleLastOperation`` runs last;
+   then, on a scope that began, the backend's ``prepare`` if it has one (an ORM's flush):
+   what it raises is a precommit's error;
 2. if a precommit raises (or the scope was doomed with ``tx.doom()``): ``revertprecommit``
    (newest first) on those that ran, ROLLBACK, ``rollback`` on every operation, and the
    error propagates;
 3. COMMIT, uncancellable: if the server refuses it, ``revertprecommit`` and ``rollback``
    (no ROLLBACK is sent) and the error propagates; if the server answers ROLLBACK (an error
    was swallowed inside the scope) the same, then ``TransactionAbortedError``;
-4. ``postcommit`` of every operation: errors are logged on the ``hookbus`` logger and
-   counted in ``tx.postcommit_errors``, never raised;
+4. the backend gives its session back (``close``: the pooled connection goes back to its
+   pool), then ``postcommit`` of every operation: errors are logged on the ``hookbus``
+   logger and counted in ``tx.postcommit_errors``, never raised; a cancellation of the
+   scope's task stops the phase (the operations left are logged as not run, counted in
+   ``tx.postcommit_not_run``) and propagates;
 5. an exception in the body, or ``await tx.rollback()``: ROLLBACK, then ``rollback`` on
    every operation.
 
 A cancelled scope still completes its ROLLBACK and rollback operations; a COMMIT already
-sent is awaited to its outcome and its callbacks run before the cancellation propagates.
+sent is awaited to its outcome and its callbacks run before the cancellation propagates
+(postcommit alone can be cancelled while it runs).
 In ``revertprecommit``, ``rollback`` and ``postcommit`` every operation runs whatever another
 one raised: errors are logged, never masking the scope's outcome; a ``KeyboardInterrupt`` or
 ``SystemExit`` propagates once the phase has run. A ``CancelledError`` an operation raises
@@ -37,12 +45,11 @@ The scope's bookkeeping (queues, accumulations, marks, doom, the savepoints' und
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, Protocol
 
 import anyio.lowlevel
 
@@ -51,7 +58,8 @@ from ._exceptions import CommitOutcomeUnknownError, TransactionAbortedError, Tra
 from ._ledger import Ledger
 from ._operations import Operation
 from ._savepoints import Savepoint
-from ._shield import callbacks, scope_cancelled, uncancellable
+from ._shield import callbacks, on_asyncio, scope_cancelled, settled, uncancellable
+from ._states import MOVES, OPEN, TransactionState
 
 __all__ = [
     "Transaction",
@@ -66,45 +74,7 @@ __all__ = [
 logger: Final = logging.getLogger("hookbus")
 
 
-@final
-class TransactionState(enum.Enum):
-    """The states of a transaction scope.
-
-    ``NEW`` until entered; ``ACTIVE`` while the block runs; ``PRECOMMITTING`` during the
-    precommit phase; ``COMMITTING`` while COMMIT is sent; then ``COMMITTED`` (postcommit runs
-    in it). A scope that fails goes through ``ROLLING_BACK`` (revertprecommit, ROLLBACK) to
-    ``ROLLED_BACK`` (rollback operations run in it). ``FAILED``: BEGIN failed, or the outcome
-    of COMMIT is unknown. Operations can be scheduled in ``ACTIVE`` and ``PRECOMMITTING`` only.
-    """
-
-    # Members are singletons compared by identity: hash them by identity too, in C. (Enum's
-    # own __hash__ is a Python call, and the state table hashes states on every move.)
-    __hash__ = object.__hash__
-
-    NEW = "new"
-    ACTIVE = "active"
-    PRECOMMITTING = "precommitting"
-    COMMITTING = "committing"
-    COMMITTED = "committed"
-    ROLLING_BACK = "rolling back"
-    ROLLED_BACK = "rolled back"
-    FAILED = "failed"
-
-
 _S = TransactionState
-# Every legal move of the state machine, in one place.
-_MOVES: Final[dict[TransactionState, frozenset[TransactionState]]] = {
-    _S.NEW: frozenset({_S.ACTIVE, _S.FAILED}),
-    _S.ACTIVE: frozenset({_S.PRECOMMITTING, _S.ROLLING_BACK}),
-    _S.PRECOMMITTING: frozenset({_S.COMMITTING, _S.ROLLING_BACK}),
-    _S.COMMITTING: frozenset({_S.COMMITTED, _S.ROLLING_BACK, _S.FAILED}),
-    _S.COMMITTED: frozenset(),
-    _S.ROLLING_BACK: frozenset({_S.ROLLED_BACK}),
-    _S.ROLLED_BACK: frozenset(),
-    _S.FAILED: frozenset(),
-}
-# The states in which the scope takes operations, marks, a doom and savepoints.
-_OPEN: Final = frozenset({_S.ACTIVE, _S.PRECOMMITTING})
 
 # The scheduling methods the ledger's own stand in for while the scope is open.
 _SCHEDULING: Final = ("add", "accumulate", "mark_added", "mark_deleted")
@@ -228,11 +198,17 @@ class Transaction:
         "mark_deleted": "tx.mark_deleted(eid): record that the entity ``eid`` was deleted here.",
         "__dict__": None,  # for what observers keep on a scope (hookbus_otel's span)
         "_backend": None,
+        "_backend_close": None,
+        "_backend_prepare": None,
+        "_begun": None,
+        "_beginning": None,
+        "_begins_lazily": None,
         "_ledger": None,
         "_state": None,
         "_token": None,
         "data": "Data shared by the hooks and operations of this scope.",
         "postcommit_errors": "How many postcommit operations raised (logged, never raised).",
+        "postcommit_not_run": "How many postcommit operations a cancellation left unrun.",
     }
 
     add: Callable[[Operation], None]
@@ -242,11 +218,24 @@ class Transaction:
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
+        # Optional in the protocol: a backend without a session to give back has none.
+        self._backend_close: Callable[[], Awaitable[None]] | None = getattr(backend, "close", None)
+        self._backend_prepare: Callable[[], Awaitable[None]] | None = getattr(
+            backend, "prepare", None
+        )
         self._state = TransactionState.NEW
+        # The transaction begins lazily (``begin``): no session is taken and no statement
+        # sent until the first statement needs it.
+        self._begun = False
+        self._beginning: list[anyio.Event] | None = None
+        # Only a backend that sees every statement of the scope go by can begin lazily (a
+        # connection its user also holds would run statements outside the transaction).
+        self._begins_lazily: bool = getattr(backend, "lazy", False) is True
         self._token: Token[Transaction | None] | None = None
         self._ledger = Ledger()
         self.data: dict[str, Any] = {}
         self.postcommit_errors = 0
+        self.postcommit_not_run = 0
         self._schedule_refused()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -285,15 +274,15 @@ class Transaction:
 
     def _move(self, new: TransactionState) -> None:
         old = self._state
-        if new not in _MOVES[old]:
+        if new not in MOVES[old]:
             raise TransactionStateError(
                 f"a transaction scope cannot go from {old.value} to {new.value}"
             )
         self._state = new
         if _observer is not None:
             _observer.moved(self, old, new)
-        opens = new in _OPEN
-        if opens is not (old in _OPEN):
+        opens = new in OPEN
+        if opens is not (old in OPEN):
             # Open: the scheduling calls go straight to the ledger. Closed: to the scope's
             # refusals. The state decides; these follow it, here only.
             if opens:
@@ -315,15 +304,6 @@ class Transaction:
         return TransactionStateError(
             f"cannot {action}: the transaction scope is {self._state.value}"
         )
-
-    def _require_open(self, action: str) -> None:
-        """Refuse ``action`` unless the scope takes work (its savepoints ask)."""
-        if self._state not in _OPEN:
-            raise self._refused(action)
-
-    def _is_open(self) -> bool:
-        """Tell whether the scope still takes work (its savepoints ask)."""
-        return self._state in _OPEN
 
     # -- scheduling refused (the scope is not open): what the four scheduling slots hold then
 
@@ -349,11 +329,28 @@ class Transaction:
 
     # -- scheduling (plain calls: nothing here blocks) ---------------------------------------
 
+    def accumulate_many(
+        self,
+        key: Hashable,
+        values: Iterable[Any],
+        factory: Callable[[], Operation],
+        container: Callable[[], Any] = set,
+    ) -> None:
+        """``tx.accumulate(key, value, factory, container)`` for each of ``values``, at once.
+
+        Outside savepoints the operation's container takes them in one call (``update`` for
+        a set-like one, ``extend`` for a list-like one): the bulk form of accumulating, for
+        an import of many rows. Refused (``TransactionStateError``) unless the scope is open.
+        """
+        if self._state not in OPEN:
+            raise self._refused(f"accumulate into {key!r}")
+        self._ledger.accumulate_many(key, values, factory, container)
+
     def unmark_deleted(self, eid: Hashable) -> None:
         """Forget that the entity ``eid`` was deleted in this scope: its delete was cancelled
         (a ``before_delete_entity`` hook raised ``Break``). A savepoint rolled back afterwards
         marks it again."""
-        if self._state not in _OPEN:
+        if self._state not in OPEN:
             raise self._refused(f"unmark {eid!r} deleted")
         self._ledger.unmark_deleted(eid)
 
@@ -376,9 +373,48 @@ class Transaction:
         """
         if not isinstance(error, BaseException):
             raise TypeError(f"tx.doom() takes an exception, not {error!r}")
-        if self._state not in _OPEN:
+        if self._state not in OPEN:
             raise self._refused(f"doom it with {error!r}")
         self._ledger.doom(error)
+
+    @property
+    def begun(self) -> bool:
+        """Whether the database transaction has begun (BEGIN sent): see ``begin``."""
+        return self._begun
+
+    async def begin(self) -> None:
+        """Begin the database transaction now, if it has not begun.
+
+        On a backend that begins lazily (``backend.lazy``: the in-memory one, the asyncpg one
+        on a pool), entering the scope takes no connection and sends nothing; its first
+        statement (the adapter's connection calls this), or its first savepoint, sends BEGIN.
+        Other backends begin when the scope is entered.
+        A scope that never begins commits nothing: its operations still run their phases
+        (precommit, postcommit, or rollback), with no statement sent. If BEGIN fails or is
+        cancelled, the error propagates and the scope has still not begun (the backend gave
+        back what it took): the next statement tries again. Refused once the scope is over.
+        """
+        if self._begun:
+            return
+        if self._state not in OPEN:
+            raise self._refused("begin the transaction")
+        waiting = self._beginning
+        if waiting is not None:  # another task of this scope is sending BEGIN: wait for it
+            done = anyio.Event()
+            waiting.append(done)
+            await done.wait()
+            await self.begin()  # begun meanwhile (returns), or failed: this task tries
+            return
+        # The tasks that wait for this BEGIN, if any (an anyio.Event each: an Event costs
+        # microseconds to make, so none is made unless another task waits).
+        waiting = self._beginning = []
+        try:
+            await self._backend.begin()
+            self._begun = True
+        finally:
+            self._beginning = None
+            for done in waiting:
+                done.set()
 
     def savepoint(self) -> Savepoint:
         """Return a savepoint of this scope, to enter with ``async with``."""
@@ -389,11 +425,14 @@ class Transaction:
     async def __aenter__(self) -> Transaction:
         if self._state is not _S.NEW:
             raise self._refused("enter the scope again")
-        try:
-            await self._backend.begin()
-        except BaseException:
-            self._move(_S.FAILED)
-            raise
+        if not self._begins_lazily:
+            try:
+                await self._backend.begin()
+            except BaseException:
+                self._move(_S.FAILED)
+                await uncancellable(self._close)
+                raise
+            self._begun = True
         self._move(_S.ACTIVE)
         self._token = _current.set(self)
         return self
@@ -434,6 +473,11 @@ class Transaction:
             self._move(_S.PRECOMMITTING)
             try:
                 await ledger.precommit()
+                prepare = self._backend_prepare
+                if prepare is not None and self._begun and ledger.doomed is None:
+                    # The backend's last work before COMMIT (an ORM's flush): what it raises
+                    # fails the scope as a precommit would, never as a refused COMMIT.
+                    await prepare()
             except BaseException as exc:
                 ran = ledger.ran()
                 error = _own_error(exc, ran[-1] if ran else None)
@@ -449,16 +493,28 @@ class Transaction:
                 "the scope rolled back and committed nothing"
             )
             raise doom
-        await uncancellable(self._commit_and_callbacks)
-        # A cancellation of anyio's that was held off by the shield surfaces here.
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        # COMMIT and the giving back of the connection run to their end; a cancellation
+        # that arrived meanwhile is held until postcommit has run (postcommit itself can be
+        # cancelled: it runs with the connection back in its pool).
+        _, cancelled = await settled(self._commit_and_close)
+        await self._postcommit()
+        if cancelled is not None:
+            raise cancelled
+        if not on_asyncio():
+            # A cancellation of anyio's that was held off by the shield surfaces here (on
+            # asyncio, settled() kept it and it was raised above).
+            await anyio.lowlevel.checkpoint_if_cancelled()
 
-    async def _commit_and_callbacks(self) -> None:
+    async def _commit_and_close(self) -> None:
         self._move(_S.COMMITTING)
+        if not self._begun:  # nothing began: nothing to commit, no session to give back
+            self._move(_S.COMMITTED)
+            return
         try:
             outcome = await self._backend.commit()
         except CommitOutcomeUnknownError:
             self._move(_S.FAILED)
+            await self._close()
             raise
         except BaseException:
             await self._rollback_path(False)
@@ -471,29 +527,57 @@ class Transaction:
                 "committed and the rollback operations ran"
             )
         self._move(_S.COMMITTED)
+        await self._close()
+
+    async def _postcommit(self) -> None:
         # callbacks(), written out: this loop runs on every commit, and op.postcommit()
         # costs 50 ns an operation less than getattr(op, "postcommit")().
         fatal: BaseException | None = None
-        for op in self._ledger.operations():
+        ops = self._ledger.operations()
+        for op in ops:
             try:
                 await op.postcommit()
             except (KeyboardInterrupt, SystemExit) as exc:
                 fatal = fatal or exc
-            except BaseException:  # an Exception, or the operation's own CancelledError
+            except BaseException as exc:  # an Exception, or a CancelledError
+                if isinstance(exc, asyncio.CancelledError) and scope_cancelled():
+                    # The scope's task is cancelled: this postcommit and the ones after it
+                    # do not run (the data stays committed), and the cancellation goes on.
+                    left = ops[ops.index(op) :]
+                    logger.warning(
+                        "postcommit cancelled after COMMIT (data committed): not run for %s",
+                        ", ".join(map(repr, left)),
+                    )
+                    self.postcommit_not_run = len(left)
+                    raise
                 self.postcommit_errors += 1
                 logger.exception("postcommit of %r failed after COMMIT (data committed)", op)
         if fatal is not None:
             raise fatal
 
+    async def _close(self) -> None:
+        """Give the backend's session back (to its pool): the outcome is known."""
+        close = self._backend_close
+        if close is not None:
+            try:
+                await close()
+            except Exception:
+                logger.warning(
+                    "the backend could not give its session back; the scope's outcome stands",
+                    exc_info=True,
+                )
+
     async def _rollback_path(self, send_rollback: bool) -> None:
         self._move(_S.ROLLING_BACK)
         fatal = await callbacks(reversed(self._ledger.ran()), "revertprecommit")
-        if send_rollback:
+        if send_rollback and self._begun:
             try:
                 await self._backend.rollback()
             except Exception:
                 # The session is gone or broken: the server rolls back on its own.
                 logger.warning("ROLLBACK failed; the server ends the transaction", exc_info=True)
+        if self._begun:
+            await self._close()
         self._move(_S.ROLLED_BACK)
         fatal_in_rollback = await callbacks(self._ledger.operations(), "rollback")
         fatal = fatal or fatal_in_rollback

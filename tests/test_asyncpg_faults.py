@@ -133,7 +133,7 @@ async def test_a_connection_lost_after_commit_is_logged_not_raised(
                         async def die_on_reset(pid: int = pid) -> None:
                             DiesOnReset.dying.add(pid)
 
-                        tx.add(Call(log, "postcommit", die_on_reset))
+                        tx.add(Call(log, "precommit", die_on_reset))
                 assert log == ["precommit", "postcommit"]
                 assert tx.state is hookbus.TransactionState.COMMITTED
                 assert not DiesOnReset.dying  # the reset ran, and the backend was terminated
@@ -304,6 +304,7 @@ async def test_a_savepoint_name_that_is_not_a_plain_identifier_is_refused(
     db: asyncpg.Pool, name: Any
 ) -> None:
     async with hookbus_asyncpg.transaction(db) as tx:
+        await tx.connect()  # the scope begins lazily: begin it before driving its backend
         backend = tx.backend
         assert isinstance(backend, hookbus_asyncpg.AsyncpgBackend)
         for send in (backend.savepoint, backend.release, backend.rollback_to):

@@ -1,6 +1,8 @@
 """Chaos: many scopes under random cancellations, timeouts and backend terminations.
 
-Each scope inserts a row with its own id and schedules an operation that records its phases;
+Each scope inserts a row with its own id (half of them reading their transaction id from the
+INSERT, as the store does, and committing plainly) and schedules an operation that records
+its phases;
 faults land at random points (BEGIN, the body, precommit, COMMIT, postcommit, the release).
 Afterwards: the pool is whole, no session is left idle in transaction, postcommit ran exactly
 once for each committed row and never for another, rollback ran only for rows not committed,
@@ -122,16 +124,27 @@ async def run_scope(pool: asyncpg.Pool, scope: Scope, rng: random.Random) -> Non
     """The scope as a caller writes it, with its fault planted."""
     sleeps = rng.randrange(3)
     add_first = rng.random() < 0.5
+    # Half the scopes read their transaction id from their write (as the store's inserts
+    # do): their COMMIT is plain; the others' carries the id in a notice.
+    returning = rng.random() < 0.5
 
     async def body() -> None:
         async with hookbus_asyncpg.transaction(pool) as tx:
-            conn = tx.connection
+            conn = await tx.connect()  # BEGIN now (a lazy scope begins at its first statement)
             if add_first:
                 tx.add(Record(scope))
                 scope.scheduled = True
             if scope.pid is not None:
                 scope.pid.set_result(conn.get_server_pid())
-            await conn.execute("INSERT INTO chaos VALUES ($1, $2)", scope.id, scope.slow)
+            if returning:
+                xid = await conn.fetchval(
+                    "INSERT INTO chaos VALUES ($1, $2) RETURNING pg_current_xact_id()::text",
+                    scope.id,
+                    scope.slow,
+                )
+                tx.note_transaction_id(xid)
+            else:
+                await conn.execute("INSERT INTO chaos VALUES ($1, $2)", scope.id, scope.slow)
             if scope.fault == "terminate-body":
                 await scope.killed.wait()
             for _ in range(sleeps):

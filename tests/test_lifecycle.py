@@ -78,6 +78,8 @@ class Harness(Protocol):
 class TableBackend:
     """The in-memory backend, plus one table that follows BEGIN, COMMIT and savepoints."""
 
+    lazy = True  # begun by the harness's write (a statement), as the asyncpg scope is
+
     def __init__(self, table: list[int]) -> None:
         self.memory = MemoryBackend()
         self.table = table
@@ -119,6 +121,7 @@ class MemoryHarness:
 
     async def write(self, tx: hookbus.Transaction, row: int) -> None:
         assert isinstance(tx.backend, TableBackend)
+        await tx.begin()  # a statement begins the scope, as the asyncpg connection's does
         tx.backend.pending.append(row)
 
     async def rows(self) -> list[int]:
@@ -126,11 +129,13 @@ class MemoryHarness:
 
     async def refuse_commit(self, tx: hookbus.Transaction) -> type[BaseException]:
         assert isinstance(tx.backend, TableBackend)
+        await tx.begin()
         tx.backend.memory.commit_error = RuntimeError("deferred constraint violated")
         return RuntimeError
 
     async def swallow_an_error(self, tx: hookbus.Transaction) -> None:
         assert isinstance(tx.backend, TableBackend)
+        await tx.begin()
         tx.backend.memory.commit_outcome = CommitOutcome.ABORTED
 
 

@@ -17,25 +17,99 @@ from hookbus import CommitOutcome, MemoryBackend, TransactionState, TransactionS
 
 async def test_the_statements_of_a_commit_a_rollback_and_a_refused_commit() -> None:
     async with hookbus.transaction() as tx:
-        pass
+        await tx.begin()  # what a first statement does
     assert isinstance(tx.backend, MemoryBackend)
     assert tx.backend.statements == ["BEGIN", "COMMIT"]
 
     with pytest.raises(KeyError):
         async with hookbus.transaction() as tx:
+            await tx.begin()
             raise KeyError("body")
     assert tx.backend.statements == ["BEGIN", "ROLLBACK"]  # type: ignore[attr-defined]
 
     refused = MemoryBackend(commit_error=RuntimeError("deferred constraint violated"))
     with pytest.raises(RuntimeError):
-        async with hookbus.transaction(refused):
-            pass
+        async with hookbus.transaction(refused) as tx:
+            await tx.begin()
     assert refused.statements == ["BEGIN", "COMMIT"]  # the server rolled back: no ROLLBACK
 
     with pytest.raises(ValueError):
         async with hookbus.transaction() as tx:
+            await tx.begin()
             tx.doom(ValueError("doomed"))
     assert tx.backend.statements == ["BEGIN", "ROLLBACK"]  # type: ignore[attr-defined]
+
+
+async def test_a_scope_that_never_begins_sends_nothing_and_runs_its_operations() -> None:
+    log: list[str] = []
+    async with hookbus.transaction() as tx:
+        tx.add(Recorded(log, "a"))
+    assert tx.backend.statements == []  # type: ignore[attr-defined]
+    assert tx.state is TransactionState.COMMITTED and not tx.begun
+    assert log == ["a.precommit", "a.postcommit"]
+
+    log.clear()
+    with pytest.raises(KeyError):
+        async with hookbus.transaction() as tx:
+            tx.add(Recorded(log, "a"))
+            raise KeyError("body")
+    assert tx.backend.statements == []  # type: ignore[attr-defined]
+    assert log == ["a.rollback"]
+
+    log.clear()
+    async with hookbus.transaction() as tx:
+        tx.add(Recorded(log, "a"))
+        await tx.rollback()
+    assert tx.backend.statements == []  # type: ignore[attr-defined]
+    assert log == ["a.rollback"]
+
+
+async def test_a_precommit_can_begin_the_scope() -> None:
+    class Begins(hookbus.Operation):
+        async def precommit(self) -> None:
+            await hookbus.current_transaction().begin()
+
+    async with hookbus.transaction() as tx:
+        tx.add(Begins())
+    assert tx.backend.statements == ["BEGIN", "COMMIT"]  # type: ignore[attr-defined]
+
+
+async def test_a_failed_begin_leaves_the_scope_unbegun_and_open() -> None:
+    class Unreachable:
+        """A lazy backend whose BEGIN fails until ``up``."""
+
+        lazy = True
+
+        def __init__(self) -> None:
+            self.up = False
+            self.memory = MemoryBackend()
+
+        async def begin(self) -> None:
+            if not self.up:
+                raise ConnectionError("no server")
+            await self.memory.begin()
+
+        async def commit(self) -> CommitOutcome:
+            return await self.memory.commit()
+
+        async def rollback(self) -> None:
+            await self.memory.rollback()
+
+        async def savepoint(self, name: str) -> None: ...
+        async def release(self, name: str) -> None: ...
+        async def rollback_to(self, name: str) -> None: ...
+
+    log: list[str] = []
+    backend = Unreachable()
+    async with hookbus.transaction(backend) as tx:
+        tx.add(Recorded(log, "a"))
+        with pytest.raises(ConnectionError):
+            await tx.begin()  # the first statement fails to begin: nothing began
+        assert tx.state is TransactionState.ACTIVE and not tx.begun
+        backend.up = True
+        await tx.begin()  # the next statement begins it
+    assert backend.memory.statements == ["BEGIN", "COMMIT"]
+    assert log == ["a.precommit", "a.postcommit"]
 
 
 async def test_the_statements_of_nested_savepoints() -> None:

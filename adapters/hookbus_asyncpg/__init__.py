@@ -13,6 +13,7 @@ from ._entity import Entity
 from ._fenced_lock import FencedLock, LockHolder, LockLostError, LockTimeoutError
 from ._hook_runs import ErrorRecord, HookRun
 from ._installer import PluginManager, PluginStatus
+from ._lazy import LazyConnection
 from ._migration_lock import MigrationLock, MigrationLockTimeout
 from ._migrator import Migrator, PlannedStage, decide
 from ._options import TransactionOptions
@@ -40,6 +41,7 @@ __all__ = [
     "ErrorRecord",
     "FencedLock",
     "HookRun",
+    "LazyConnection",
     "LockHolder",
     "LockLostError",
     "LockTimeoutError",

@@ -16,7 +16,7 @@ from typing import Any
 
 from hookbus import EntityEvent, RelationEvent
 
-from ._session import Session
+from ._session import Session, Stopped
 
 __all__ = ["Payload", "act"]
 
@@ -32,10 +32,13 @@ async def act(
 ) -> bool:
     """Run ``before``'s hooks, ``write()``, then the hooks of the payload it returns.
 
-    ``write`` returns ``None`` when it did not happen (a ``before_query`` hook broke, or
-    there was nothing left to write). Returns whether the action happened.
+    ``write`` returns ``None`` when there was nothing left to write. A ``before_query`` hook
+    that stops one of its statements (``Stopped``) cancels the action: the entity marked
+    deleted is unmarked, and ``Stopped`` goes on to the action's runner (``stoppable``).
+    Returns whether the action happened.
     """
     tx = session.tx
+    was_marked = False
     try:
         if deleting is not None:
             was_marked = tx.deleted(deleting)
@@ -46,11 +49,18 @@ async def act(
             if after is not None:
                 await emit(after.event, after)
                 return True
-        # Cancelled. A delete of the same entity run by a hook meanwhile (deleted_here)
-        # did delete it: it stays marked then.
-        if deleting is not None and not was_marked and deleting not in session.deleted_here:
-            session.unmark_deleted(deleting)
+        _cancelled(session, deleting, was_marked)
         return False
+    except Stopped:
+        _cancelled(session, deleting, was_marked)
+        raise
     except Exception as exc:
         session.doom(exc)
         raise
+
+
+def _cancelled(session: Session, deleting: Any, was_marked: bool) -> None:
+    # A delete of the same entity run by a hook meanwhile (deleted_here) did delete it: it
+    # stays marked then.
+    if deleting is not None and not was_marked and deleting not in session.deleted_here:
+        session.unmark_deleted(deleting)

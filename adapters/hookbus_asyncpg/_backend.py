@@ -17,7 +17,7 @@ from hookbus import CommitOutcome, TransactionAbortedError
 from ._options import DEFAULT, TransactionOptions
 from ._outcome import ASK_XID, NOT_RECEIVED, Xid, XidNotice, find_outcome, is_connection_loss
 
-__all__ = ["AsyncpgBackend", "Connection"]
+__all__ = ["AsyncpgBackend", "Connection", "give_back"]
 
 logger: Final = logging.getLogger("hookbus")
 
@@ -47,20 +47,32 @@ class AsyncpgBackend:
     role may not run a DO block (plpgsql not granted), the id is asked with a round trip.
     """
 
-    __slots__ = ("_options", "_pool", "connection")
+    __slots__ = ("_home", "_options", "_pool", "connection", "lazy", "xid")
 
     def __init__(
         self,
-        connection: Connection,
+        connection: Connection | None,
         options: TransactionOptions = DEFAULT,
         *,
         pool: asyncpg.Pool | None = None,
     ) -> None:
         if not isinstance(options, TransactionOptions):
             raise TypeError(f"options must be a TransactionOptions, not {options!r}")
-        self.connection = connection
+        if connection is None and pool is None:
+            raise TypeError("an AsyncpgBackend needs a connection or a pool to take one from")
+        #: The connection: the one given, else the one ``begin`` takes from ``pool``.
+        self.connection: Any = connection
         self._options = options
         self._pool = options.recovery_pool or pool
+        # The pool the connection is taken from at BEGIN and goes back to once the outcome
+        # is known (``close``); None for a connection given.
+        self._home = pool if connection is None else None
+        #: A scope on a pool begins at its first statement, which goes through
+        #: ``tx.connection`` (the pool's connection is reachable no other way); one on a
+        #: connection given begins when entered (its user may send on it directly).
+        self.lazy = connection is None
+        #: The transaction's id, once a write told it (``know_xid``): COMMIT then carries none.
+        self.xid: str | None = None
 
     @property
     def options(self) -> TransactionOptions:
@@ -68,26 +80,49 @@ class AsyncpgBackend:
         return self._options
 
     async def begin(self) -> None:
-        """Send BEGIN with the scope's options.
+        """Take a connection from the pool (unless one was given), then send BEGIN with the
+        scope's options.
 
-        If BEGIN fails or is cancelled, the connection is left outside any transaction: a
-        cancellation can arrive after the server has run BEGIN.
+        If BEGIN fails or is cancelled, the connection is left outside any transaction (a
+        cancellation can arrive after the server has run BEGIN), and one taken from the pool
+        goes back to it: the backend is as it was, and a later ``begin`` starts afresh.
         """
         conn = self.connection
+        home = self._home
+        if conn is None:
+            assert home is not None
+            conn = self.connection = await home.acquire()
         try:
             await conn.execute(self._options.begin)
         except BaseException as exc:
-            await _to_the_end(_end_any_transaction(conn), exc)
+            try:
+                await _to_the_end(_end_any_transaction(conn), exc)
+            finally:
+                if home is not None:
+                    self.connection = None
+                    await give_back(home, conn)  # Pool.release is shielded
             raise
 
+    def know_xid(self, xid: str) -> None:
+        """Take the transaction's id (``pg_current_xact_id()::text``) from a write that
+        returned it: the COMMIT then sends nothing to carry it (a plain COMMIT)."""
+        self.xid = xid
+
     async def commit(self) -> CommitOutcome:
-        """Send COMMIT and read its answer; find the outcome out if the connection drops."""
+        """Send COMMIT and read its answer; find the outcome out if the connection drops.
+
+        The transaction's id, needed to ask the outcome of a COMMIT whose connection was
+        lost, comes from the scope's first write where the store wrote it (``know_xid``);
+        otherwise it is carried by a NOTICE sent in the COMMIT's own round trip.
+        """
         conn = self.connection
         if not _is_usable(conn):
             # Lost before COMMIT was sent (the loss was seen meanwhile): the server rolls back.
             raise asyncpg.InterfaceError("the connection was lost before COMMIT was sent")
         if not self._options.find_outcome:
             return await self._commit(conn, "COMMIT", NOT_RECEIVED)
+        if self.xid is not None:
+            return await self._commit(conn, "COMMIT", self.xid)
         if _NO_DO_BLOCK and conn.get_server_pid() in _NO_DO_BLOCK:
             return await self._commit_asking_xid(conn)
         notice = XidNotice()
@@ -141,6 +176,16 @@ class AsyncpgBackend:
             return await find_outcome(xid, exc, self._options, self._pool)
         return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
 
+    async def close(self) -> None:
+        """Give the connection back to the pool it came from (once; a no-op without a pool).
+
+        The scope calls it once the outcome is known, before postcommit runs. A failure is
+        logged, never raised (the pool replaces a connection it could not reset).
+        """
+        pool, self._home = self._home, None
+        if pool is not None and self.connection is not None:
+            await give_back(pool, self.connection)
+
     async def rollback(self) -> None:
         """Send ROLLBACK, unless the connection is gone (the server then rolled back)."""
         try:
@@ -162,6 +207,20 @@ class AsyncpgBackend:
         """Send ROLLBACK TO SAVEPOINT and RELEASE it, in one round trip."""
         quoted = _quoted(name)
         await self.connection.execute(f"ROLLBACK TO SAVEPOINT {quoted}; RELEASE SAVEPOINT {quoted}")
+
+
+async def give_back(pool: asyncpg.Pool, conn: Connection) -> None:
+    """Return ``conn`` to ``pool``; a failure is logged, never raised: the caller sees the
+    scope's outcome (the pool replaces a connection it could not reset)."""
+    try:
+        # Pool.release is shielded: the connection goes back even when cancelled.
+        await pool.release(conn)
+    except Exception:
+        logger.warning(
+            "the connection could not be reset and returned to its pool (the pool replaces "
+            "it); the scope's outcome stands",
+            exc_info=True,
+        )
 
 
 def _quoted(name: str) -> str:

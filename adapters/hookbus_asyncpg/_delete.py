@@ -21,21 +21,18 @@ from hookbus import Edited, EntityEvent, RelationEvent
 from ._action import act
 from ._entity import entity_of
 from ._mandatory import note_unlinked
-from ._session import Session, Statement
+from ._session import Session, Statement, stoppable
 from ._statements import DELETE_ENTITY
 
 __all__ = ["delete"]
 
 
+@stoppable(False)
 async def delete(session: Session, eid: int) -> bool:
     """Delete ``eid`` and its relations; ``False`` if cancelled or already gone."""
     kind = await session.kind_of(eid)
-    if kind is None:
-        return False
     catalog = session.catalog
     old = await session.run(catalog.entity_sql[kind.name].select_for_delete, (eid,))
-    if old is None:
-        return False
     if not old:
         raise session.gone(eid)
     tx, emit = session.tx, session.emit
@@ -45,8 +42,6 @@ async def delete(session: Session, eid: int) -> bool:
         found: list[tuple[str, list[Any]]] = []  # (rtype, its rows), relation types with rows
         for rtype in catalog.relations_of[kind.name]:
             rows = await session.run(catalog.relation_sql[rtype].touching, (eid,))
-            if rows is None:
-                return None
             if rows:
                 found.append((rtype, rows))
         for rtype, rows in found:
@@ -58,8 +53,7 @@ async def delete(session: Session, eid: int) -> bool:
             (catalog.relation_sql[rtype].delete_touching, (eid,)) for rtype, _ in found
         ]
         writes.append((DELETE_ENTITY, (eid,)))
-        if not await session.announce(writes):
-            return None
+        await session.announce(writes)
         for (rtype, _), statement in zip(found, writes[:-1], strict=True):
             removed = await session.run_announced(statement)
             note_unlinked(session, catalog.relation(rtype), removed)

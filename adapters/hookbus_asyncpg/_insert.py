@@ -20,7 +20,7 @@ from ._action import act
 from ._entity import Entity, entity_of
 from ._mandatory import note_added
 from ._schema import ENTITIES_TABLE, EntityType
-from ._session import Copy, Session
+from ._session import Copy, Session, Stopped, stoppable
 from ._statements import ALLOCATE_EIDS
 
 __all__ = ["BLOCK", "insert", "insert_batch", "take_eids"]
@@ -29,6 +29,7 @@ BLOCK: Final = 64  # eids fetched at once for single inserts: one round trip in 
 Progress = Callable[[int, int], object]
 
 
+@stoppable(None)
 async def insert(session: Session, kind: EntityType, edited: Edited) -> int | None:
     """Insert one entity whose values were checked; its eid, or ``None`` if cancelled."""
     free = session.db.free
@@ -38,8 +39,6 @@ async def insert(session: Session, kind: EntityType, edited: Edited) -> int | No
         # Other scopes may take from the free list while this one waits: the eid comes
         # from the block fetched, and only the rest of the block goes to the free list.
         fresh = await _allocate(session, BLOCK)
-        if fresh is None:
-            return None
         eid = fresh.pop()
         free[:0] = fresh
     tx, etype = session.tx, kind.name
@@ -51,13 +50,13 @@ async def insert(session: Session, kind: EntityType, edited: Edited) -> int | No
             rows = await session.run(sql, (eid, etype, *edited.values()))
         except asyncpg.UniqueViolationError as exc:
             raise session.catalog.unique_error(exc, eid, edited) from exc
-        if rows is None:
-            return None
         record = rows[0]
-        if record[-1] != session.db.sequence:
+        if record[-2] != session.db.sequence:
             raise session.moved()
+        if session.xid is None:
+            session.wrote(record[-1])
         added(session, kind, eid)
-        entity = entity_of(kind, record[:-1])
+        entity = entity_of(kind, record[:-2])
         return EntityEvent("after_add_entity", etype, eid, edited.readonly(), entity, tx)
 
     before = EntityEvent("before_add_entity", etype, eid, edited, None, tx)
@@ -78,8 +77,9 @@ async def take_eids(session: Session, n: int) -> list[int] | None:
     eids = free[len(free) - taken :][::-1]
     del free[len(free) - taken :]
     if taken < n:
-        fresh = await _allocate(session, n - taken)
-        if fresh is None:
+        try:
+            fresh = await _allocate(session, n - taken)
+        except Stopped:
             free += reversed(eids)  # unused: back to the free list
             return None
         eids += reversed(fresh)
@@ -87,24 +87,39 @@ async def take_eids(session: Session, n: int) -> list[int] | None:
 
 
 async def insert_batch(
-    session: Session, kind: EntityType, eids: list[int], pending: list[Edited]
+    session: Session,
+    kind: EntityType,
+    eids: list[int],
+    pending: list[Edited],
+    *,
+    checked: bool = False,
 ) -> list[int | None]:
     """Insert ``pending`` (eids given) with COPY: every before hook, the COPYs, every after hook.
 
-    Returns the eid of each, ``None`` for an entity a hook cancelled.
+    Returns the eid of each, ``None`` for an entity a hook cancelled. ``checked``: the values
+    were checked whole, required attributes included (``insert_many`` does that where no
+    before_add_entity hook can run); then, with no such hook, nothing is checked again.
     """
     tx, etype, emit = session.tx, kind.name, session.emit
+    # With no before_add_entity hook to change the values (checked by insert_many), only the
+    # required attributes may be left to check, not every value again; with no after hook,
+    # no after event is built.
+    hooked = bool(session.hooks_for("before_add_entity", etype))
+    told = bool(session.hooks_for("after_add_entity", etype))
     try:
         result: list[int | None] = []
         records: list[tuple[Any, ...]] = []
         written: list[tuple[int, Edited]] = []
         columns = kind.columns
         for eid, edited in zip(eids, pending, strict=True):
-            event = EntityEvent("before_add_entity", etype, eid, edited, None, tx)
-            if await emit("before_add_entity", event) is not None:
-                result.append(None)
-                continue
-            recheck(kind, edited, eid, "before_add_entity", adding=True)
+            if hooked:
+                event = EntityEvent("before_add_entity", etype, eid, edited, None, tx)
+                if await emit("before_add_entity", event) is not None:
+                    result.append(None)
+                    continue
+                recheck(kind, edited, eid, "before_add_entity", adding=True)
+            elif not checked:
+                _check_required(kind, edited, eid)
             records.append((eid, *[edited.get(c) for c in columns]))
             written.append((eid, edited))
             result.append(eid)
@@ -120,8 +135,7 @@ async def insert_batch(
             ),
             Copy(statements.copy, kind.table, records, ("eid", *columns)),
         )
-        if not await session.announce(copies):
-            return [None] * len(pending)
+        await session.announce(copies)
         try:
             for copy in copies:
                 await session.run_announced(copy)
@@ -129,9 +143,13 @@ async def insert_batch(
             raise session.catalog.unique_error(exc, None, None) from exc
         for eid, edited in written:
             added(session, kind, eid)
-            entity = Entity(etype, eid, {c: edited.get(c) for c in columns})
-            event = EntityEvent("after_add_entity", etype, eid, edited.readonly(), entity, tx)
-            await emit("after_add_entity", event)
+            if told:
+                entity = Entity(etype, eid, {c: edited.get(c) for c in columns})
+                readonly = edited.readonly()
+                event = EntityEvent("after_add_entity", etype, eid, readonly, entity, tx)
+                await emit("after_add_entity", event)
+    except Stopped:
+        return [None] * len(pending)
     except Exception as exc:
         session.doom(exc)
         raise
@@ -156,13 +174,21 @@ def recheck(kind: EntityType, edited: Edited, eid: int, event: str, *, adding: b
         raise
 
 
-async def _allocate(session: Session, n: int) -> list[int] | None:
-    """``n`` fresh eids, descending; ``None`` if a before_query hook refused.
+def _check_required(kind: EntityType, edited: Edited, eid: int) -> None:
+    """The part of ``recheck`` left for values already checked that no hook changed."""
+    for attr in kind.required:
+        if edited.get(attr) is None:
+            missing = sorted(a for a in kind.required if edited.get(a) is None)
+            exc = ValidationError(eid, {a: f"{kind.name}.{a} is required" for a in missing})
+            exc.add_note("as the before_add_entity hooks left it")
+            raise exc
+
+
+async def _allocate(session: Session, n: int) -> list[int]:
+    """``n`` fresh eids, descending (``Stopped`` if a before_query hook refused).
 
     They are the caller's alone: it puts those it does not use on the free list itself,
     with no await in between, so that no other scope can take them meanwhile.
     """
     rows = await session.run(ALLOCATE_EIDS, (n,))
-    if rows is None:
-        return None
     return sorted(rows[0][0], reverse=True)

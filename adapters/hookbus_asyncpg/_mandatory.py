@@ -18,7 +18,7 @@ from typing import Any, final
 from hookbus import LateOperation, ValidationError
 
 from ._schema import RelationType
-from ._session import Session
+from ._session import Session, Stopped
 
 __all__ = ["CheckMandatory", "note_added", "note_unlinked"]
 
@@ -45,7 +45,10 @@ class CheckMandatory(LateOperation):
         for (rtype, as_subject), eids in sorted(groups.items()):
             statements = session.catalog.relation_sql[rtype]
             sql = statements.missing_object if as_subject else statements.missing_subject
-            rows = await session.run(sql, (sorted(eids),))
+            try:
+                rows = await session.run(sql, (sorted(eids),))
+            except Stopped:
+                continue  # a before_query hook stopped the check: it did not run
             if rows:
                 raise _lacking(session.catalog.relation(rtype), as_subject, rows)
 

@@ -1,24 +1,25 @@
 """The outcome of a COMMIT whose connection was lost: the transaction's id, then its status.
 
-Just before COMMIT, in the same round trip, a DO block sends the transaction's id in a NOTICE
-that starts with a nonce drawn for this COMMIT: PostgreSQL flushes a notice at once, so the id
-has arrived if the connection is lost during the COMMIT itself, and no other notice (a
-deferred trigger's, say) can pass for it. Where PostgreSQL refuses the DO block (plpgsql not
-granted), the id is asked with a round trip of its own instead. With the id, the outcome is
-asked of PostgreSQL (``pg_xact_status``) on another connection.
+Where the scope's first write returned the transaction's id (the store's inserts do:
+``RETURNING ..., pg_current_xact_id()``), COMMIT is sent plain and that id is the one asked
+about. Otherwise, just before COMMIT, in the same round trip, a DO block sends the
+transaction's id in a NOTICE that starts with a nonce drawn for this COMMIT: PostgreSQL
+flushes a notice at once, so the id has arrived if the connection is lost during the COMMIT
+itself, and no other notice (a deferred trigger's, say) can pass for it. Where PostgreSQL
+refuses the DO block (plpgsql not granted), the id is asked with a round trip of its own
+instead. With the id, the outcome is asked of PostgreSQL (``pg_xact_status``) on another
+connection.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any, Final, TypeAlias, final
 
-import anyio
 import asyncpg
 
-from hookbus import CommitOutcome, CommitOutcomeUnknownError, TransactionAbortedError
+from hookbus import CommitOutcome, CommitOutcomeUnknownError, StatusOf, find_commit_outcome
 
 from ._options import TransactionOptions
 
@@ -29,7 +30,6 @@ logger: Final = logging.getLogger("hookbus")
 #: The transaction's id, asked with a round trip (where the DO block is refused).
 ASK_XID: Final = "SELECT pg_current_xact_id_if_assigned()::text"
 _XACT_STATUS: Final = "SELECT pg_xact_status($1::text::xid8)"
-_POLL_INTERVAL: Final = 0.02
 
 
 @final
@@ -110,46 +110,29 @@ async def find_outcome(
             f"the connection was lost during COMMIT of transaction {xid} and no pool was "
             "given to ask PostgreSQL its outcome; neither postcommit nor rollback ran"
         ) from lost
-    deadline = time.monotonic() + options.outcome_timeout
-    while True:
-        try:
-            status = await _status(pool, xid, deadline)
-        except Exception as exc:
-            # The connection asked on may be lost too (a server restart, a mass termination;
-            # asyncpg may refuse to use it, "cannot switch to state"): ask on another one
-            # while time remains.
-            lost_too = is_connection_loss(exc) or isinstance(exc, asyncpg.InternalClientError)
-            if lost_too and time.monotonic() < deadline:
-                await anyio.sleep(_POLL_INTERVAL)
-                continue
-            raise CommitOutcomeUnknownError(
-                f"the connection was lost during COMMIT of transaction {xid} and its outcome "
-                f"could not be asked ({exc!r}); neither postcommit nor rollback ran"
-            ) from lost
-        if status == "committed":
-            logger.warning("connection lost during COMMIT; transaction %s committed", xid)
-            return CommitOutcome.COMMITTED
-        if status == "aborted":
-            raise TransactionAbortedError(
-                f"the connection was lost during COMMIT and PostgreSQL rolled "
-                f"transaction {xid} back; the rollback operations ran"
-            ) from lost
-        raise CommitOutcomeUnknownError(
-            f"the connection was lost during COMMIT of transaction {xid} and PostgreSQL "
-            f"reports it {status!r}; neither postcommit nor rollback ran"
-        ) from lost
+    return await find_commit_outcome(
+        xid,
+        _asking(pool),
+        lost=lost,
+        within=options.outcome_timeout,
+        lost_too=_lost_too,
+    )
 
 
-async def _status(pool: asyncpg.Pool, xid: str, deadline: float) -> str | None:
-    """Ask ``pg_xact_status`` until it is no longer "in progress", or the deadline."""
-    async with pool.acquire(timeout=max(deadline - time.monotonic(), 0.001)) as other:
-        while True:
+def _asking(pool: asyncpg.Pool) -> StatusOf:
+    """``status_of(xid)``: ``pg_xact_status`` asked on a connection of ``pool``."""
+
+    async def status_of(xid: str) -> str | None:
+        async with pool.acquire() as other:
             status: str | None = await other.fetchval(_XACT_STATUS, xid)
-            if status != "in progress" or time.monotonic() >= deadline:
-                return status
-            # The server's backend may still be finishing the COMMIT; nothing can be awaited
-            # for it from here, so ask again shortly.
-            await anyio.sleep(_POLL_INTERVAL)
+            return status
+
+    return status_of
+
+
+def _lost_too(exc: BaseException) -> bool:
+    # asyncpg may refuse a connection whose session just ended ("cannot switch to state").
+    return is_connection_loss(exc) or isinstance(exc, asyncpg.InternalClientError)
 
 
 def is_connection_loss(exc: BaseException) -> bool:

@@ -14,24 +14,26 @@ from hookbus import Break, LoadEvent, ValidationError
 
 from ._entity import Entity, entity_of
 from ._schema import EntityType, RelationType
-from ._session import Session
+from ._session import Session, Stopped
 
 __all__ = ["get", "load", "related"]
 
 
 async def get(session: Session, eid: int) -> Entity:
     """The entity ``eid``; ``LookupError`` if there is none or a load hook skipped it."""
-    kind = await session.kind_of(eid)
-    if kind is None:
-        raise LookupError(f"entity {eid}: a before_query hook cancelled the lookup")
+    try:
+        kind = await session.kind_of(eid)
+    except Stopped:
+        raise LookupError(f"entity {eid}: a before_query hook cancelled the lookup") from None
     tx, emit = session.tx, session.emit
     broken = await emit("before_load", LoadEvent("before_load", kind.name, eid, None, tx))
     if broken is not None:
         served: Entity = _served(broken, eid)
         return served
-    rows = await session.run(session.catalog.entity_sql[kind.name].select, (eid,))
-    if rows is None:
-        raise LookupError(f"entity {eid}: a before_query hook cancelled the read")
+    try:
+        rows = await session.run(session.catalog.entity_sql[kind.name].select, (eid,))
+    except Stopped:
+        raise LookupError(f"entity {eid}: a before_query hook cancelled the read") from None
     if not rows:
         raise session.gone(eid)
     entity = entity_of(kind, rows[0])
@@ -46,8 +48,9 @@ async def related(
     session: Session, eid: int, relation: RelationType, as_subject: bool
 ) -> list[Any]:
     """The entities related to ``eid`` (the subject when ``as_subject``) by ``relation``."""
-    kind = await session.kind_of(eid)
-    if kind is None:
+    try:
+        kind = await session.kind_of(eid)
+    except Stopped:
         return []
     rtype = relation.name
     expected = relation.subject if as_subject else relation.object
@@ -74,7 +77,10 @@ async def load_rows(
     session: Session, kind: EntityType, sql: str, args: tuple[Any, ...]
 ) -> list[Any]:
     """Run ``sql`` and load each row through the load hooks."""
-    rows = await session.run(sql, args)
+    try:
+        rows = await session.run(sql, args)
+    except Stopped:
+        return []
     if not rows:
         return []
     tx, etype, emit, db = session.tx, kind.name, session.emit, session.db

@@ -14,15 +14,15 @@ from hookbus import RelationEvent
 from ._action import act
 from ._mandatory import note_unlinked
 from ._schema import RelationType
-from ._session import Session
+from ._session import Session, stoppable
 
 __all__ = ["add_relation", "delete_relation"]
 
 
+@stoppable(False)
 async def add_relation(session: Session, relation: RelationType, eidfrom: int, eidto: int) -> bool:
     """Relate ``eidfrom`` to ``eidto``; ``False`` if a hook cancelled it."""
-    if not await session.fit(relation, eidfrom, eidto):
-        return False
+    await session.fit(relation, eidfrom, eidto)
     rtype, tx = relation.name, session.tx
 
     async def write() -> RelationEvent | None:
@@ -32,14 +32,15 @@ async def add_relation(session: Session, relation: RelationType, eidfrom: int, e
             raise session.catalog.unique_error(exc, eidfrom, None, eidto) from exc
         except asyncpg.ForeignKeyViolationError as exc:
             raise LookupError(f"{rtype}: entity {eidfrom} or {eidto} no longer exists") from exc
-        if rows is None:
-            return None
+        if session.xid is None:
+            session.wrote(rows[0][1])
         return RelationEvent("after_add_relation", rtype, eidfrom, eidto, tx)
 
     before = RelationEvent("before_add_relation", rtype, eidfrom, eidto, tx)
     return await act(session, before, write)
 
 
+@stoppable(False)
 async def delete_relation(
     session: Session, relation: RelationType, eidfrom: int, eidto: int
 ) -> bool:
@@ -47,19 +48,16 @@ async def delete_relation(
 
     ``False`` too when a before hook removed it itself (its own events fired then).
     """
-    if not await session.fit(relation, eidfrom, eidto):
-        return False
+    await session.fit(relation, eidfrom, eidto)
     rtype, tx = relation.name, session.tx
     statements = session.catalog.relation_sql[rtype]
     found = await session.run(statements.check, (eidfrom, eidto))
-    if found is None:
-        return False
     if not found:
         raise LookupError(f"no relation {eidfrom} {rtype} {eidto}")
 
     async def write() -> RelationEvent | None:
         rows = await session.run(statements.delete, (eidfrom, eidto))
-        if not rows:  # cancelled by a before_query hook, or deleted by a before hook
+        if not rows:  # deleted by a before hook (which fired the events)
             return None
         note_unlinked(session, relation, ((eidfrom, eidto),))
         return RelationEvent("after_delete_relation", rtype, eidfrom, eidto, tx)

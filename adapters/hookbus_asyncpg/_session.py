@@ -6,13 +6,18 @@ store's :class:`Catalog` and its bus's ``emit``. It runs the statements, each be
 ``before_query`` and ``after_query`` events (the one statement runner: ``run`` for one,
 ``announce`` then ``run_announced`` for a write of several), and answers what every action
 asks first: the type of an eid, whether two eids fit a relation.
+
+A ``before_query`` hook that stops a statement (``Break``) raises :class:`Stopped` out of the
+runner: the action it belongs to does not happen, and the one place that runs the action
+(:func:`stoppable`, and ``act`` for its write) turns that into its "cancelled" answer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any, final
+from typing import Any, ParamSpec, TypeVar, final
 
 from hookbus import (
     Operation,
@@ -28,9 +33,35 @@ from ._schema import EID_SEQUENCE, EntityType, RelationType, SchemaMismatchError
 from ._statements import LOOKUP_ETYPES
 from ._values import check_eid
 
-__all__ = ["Copy", "Session", "Statement"]
+__all__ = ["Copy", "Session", "Statement", "Stopped", "stoppable"]
 
 Emit = Callable[[str, Any], Awaitable[Any]]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_C = TypeVar("_C")
+
+
+class Stopped(Exception):
+    """A ``before_query`` hook stopped a statement: the action it belongs to does not happen."""
+
+
+def stoppable(
+    cancelled: _C,
+) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Awaitable[_R | _C]]]:
+    """Run an action; if a ``before_query`` hook stopped one of its statements, return
+    ``cancelled`` (the action's answer for "did not happen") instead."""
+
+    def decorate(action: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R | _C]]:
+        @functools.wraps(action)
+        async def run(*args: _P.args, **kwargs: _P.kwargs) -> _R | _C:
+            try:
+                return await action(*args, **kwargs)
+            except Stopped:
+                return cancelled
+
+        return run
+
+    return decorate
 
 
 @final
@@ -64,8 +95,10 @@ class Session:
         "db",
         "deleted_here",
         "emit",
+        "hooks_for",
         "key",
         "tx",
+        "xid",
     )
 
     def __init__(
@@ -85,26 +118,31 @@ class Session:
         self.db = db
         self.catalog = catalog
         self.emit = emit
+        #: The bus's ``hooks_for``: whether any hook may run for an event and key.
+        self.hooks_for: Callable[[str, Hashable], tuple[Any, ...]] = lambda event, key: (None,)
         #: The store's key in ``tx.data`` (and the root of its accumulation keys).
         self.key = key
         self.check_factory: Callable[[], Operation] | None = None
         #: Eids whose row a delete of this scope removed (so a cancelled delete of the
         #: same eid further up the stack leaves it marked deleted).
         self.deleted_here: set[int] = set()
+        #: The transaction's id, once a write of the store returned it.
+        self.xid: str | None = None
 
     # -- the statement runner ----------------------------------------------------------------
 
-    async def run(self, sql: str, args: tuple[Any, ...]) -> list[Any] | None:
-        """Run one statement between its query events; ``None`` if a before_query hook broke."""
+    async def run(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """Run one statement between its query events; ``Stopped`` if a before_query hook
+        broke."""
         emit, tx = self.emit, self.tx
         if await emit("before_query", QueryEvent("before_query", sql, args, None, tx)) is not None:
-            return None
+            raise Stopped
         rows: list[Any] = await self.conn.fetch(sql, *args)
         await emit("after_query", QueryEvent("after_query", sql, args, len(rows), tx))
         return rows
 
-    async def announce(self, statements: Sequence[Statement]) -> bool:
-        """``before_query`` for each of ``statements``; ``False`` if a hook broke.
+    async def announce(self, statements: Sequence[Statement]) -> None:
+        """``before_query`` for each of ``statements``; ``Stopped`` if a hook broke.
 
         A write of several statements announces them all before running any (then runs
         each with :meth:`run_announced`), so that a ``Break`` never leaves it half-done.
@@ -114,8 +152,7 @@ class Session:
             sql, args = _shown(statement)
             query = QueryEvent("before_query", sql, args, None, tx)
             if await emit("before_query", query) is not None:
-                return False
-        return True
+                raise Stopped
 
     async def run_announced(self, statement: Statement) -> Any:
         """Run a statement :meth:`announce` announced, then send its ``after_query``.
@@ -137,8 +174,8 @@ class Session:
 
     # -- what every action asks first --------------------------------------------------------
 
-    async def kind_of(self, eid: Any) -> EntityType | None:
-        """The type of ``eid``; ``LookupError`` if no such entity, ``None`` if cancelled."""
+    async def kind_of(self, eid: Any) -> EntityType:
+        """The type of ``eid``; ``LookupError`` if no such entity."""
         problem = check_eid(eid)
         if problem is not None:
             raise TypeError(f"an eid is {problem}, not {eid!r}")
@@ -146,16 +183,14 @@ class Session:
         if kind is not None:
             return kind
         rows = await self.run(LOOKUP_ETYPES, ([eid],))
-        if rows is None:
-            return None
         if not rows:
             raise LookupError(f"no entity has the eid {eid}")
         kind = self.catalog.schema.entity(rows[0][1])
         self.db.know(eid, kind)
         return kind
 
-    async def fit(self, relation: RelationType, eidfrom: Any, eidto: Any) -> bool:
-        """Check that both eids exist with the types ``relation`` wants; ``False`` if cancelled."""
+    async def fit(self, relation: RelationType, eidfrom: Any, eidto: Any) -> None:
+        """Check that both eids exist with the types ``relation`` wants."""
         for eid in (eidfrom, eidto):
             problem = check_eid(eid)
             if problem is not None:
@@ -164,8 +199,6 @@ class Session:
         unknown = [eid for eid in {eidfrom, eidto} if eid not in kinds]
         if unknown:
             rows = await self.run(LOOKUP_ETYPES, (unknown,))
-            if rows is None:
-                return False
             for eid, etype in rows:
                 self.db.know(eid, self.catalog.schema.entity(etype))
             for eid in unknown:
@@ -180,7 +213,6 @@ class Session:
                     f"{relation.object}, not a {subject} ({eidfrom}) to a {object} ({eidto})"
                 },
             )
-        return True
 
     def gone(self, eid: int, why: str = "") -> LookupError:
         """The error for an entity whose row is not there (any more)."""
@@ -203,6 +235,13 @@ class Session:
         """The scope can no longer commit: a store action failed half-way with ``error``."""
         with contextlib.suppress(TransactionStateError):  # a scope already over commits nothing
             self.tx.doom(error)
+
+    def wrote(self, xid: str) -> None:
+        """A write returned the transaction's id: the scope's COMMIT need not carry it."""
+        self.xid = xid
+        note = getattr(self.tx, "note_transaction_id", None)
+        if note is not None:
+            note(xid)
 
     def unmark_deleted(self, eid: int) -> None:
         """A delete was cancelled: ``eid`` is not deleted in this scope after all."""

@@ -16,6 +16,7 @@ __all__ = [
     "DELETE_ENTITY",
     "LOOKUP_ETYPES",
     "SEQUENCE_OID",
+    "XID",
     "EntityStatements",
     "RelationStatements",
 ]
@@ -27,6 +28,8 @@ ALLOCATE_EIDS: Final = (
 #: The entity type of each eid given that exists.
 LOOKUP_ETYPES: Final = f"SELECT eid, etype FROM {ENTITIES_TABLE} WHERE eid = ANY($1::bigint[])"
 DELETE_ENTITY: Final = f"DELETE FROM {ENTITIES_TABLE} WHERE eid = $1 RETURNING eid"
+#: The transaction's id, as a write returns it for the scope (its first write assigns it).
+XID: Final = "pg_current_xact_id()::text"
 #: The eid sequence as the session's search_path resolves it.
 SEQUENCE_OID: Final = f"'{EID_SEQUENCE}'::regclass::oid"
 
@@ -74,8 +77,9 @@ class EntityStatements:
         """Insert into the entities table and this one, in one statement.
 
         Parameters: ``$1`` the eid, ``$2`` the entity type, then the values of ``columns``.
-        The row comes back with, last, the OID of the eid sequence the session's
-        ``search_path`` resolves: the store checks that its eid came from that sequence.
+        The row comes back with the OID of the eid sequence the session's ``search_path``
+        resolves (the store checks that its eid came from that sequence), then, last, the
+        transaction's id (``XID``: the scope's COMMIT then needs to carry none).
         """
         sql = self._inserts.get(columns)
         if sql is None:
@@ -84,7 +88,7 @@ class EntityStatements:
             sql = self._inserts[columns] = (
                 f"WITH e AS (INSERT INTO {ENTITIES_TABLE} (eid, etype) VALUES ($1, $2)) "
                 f"INSERT INTO {self.table} (eid{names}) VALUES ($1{params}) "
-                f"RETURNING {self.returning}, {SEQUENCE_OID}"
+                f"RETURNING {self.returning}, {SEQUENCE_OID}, {XID}"
             )
         return sql
 
@@ -136,7 +140,9 @@ class RelationStatements:
 
     def __init__(self, rtype: RelationType, subject: EntityType, object: EntityType) -> None:
         table = quote(rtype.table)
-        self.insert = f"INSERT INTO {table} (eid_from, eid_to) VALUES ($1, $2) RETURNING eid_from"
+        self.insert = (
+            f"INSERT INTO {table} (eid_from, eid_to) VALUES ($1, $2) RETURNING eid_from, {XID}"
+        )
         self.check = f"SELECT 1 FROM {table} WHERE eid_from = $1 AND eid_to = $2 FOR UPDATE"
         self.delete = f"DELETE FROM {table} WHERE eid_from = $1 AND eid_to = $2 RETURNING eid_from"
         # The rows of one entity, in either role: what its delete removes first.

@@ -111,13 +111,15 @@ class Store:
             raise TransactionStateError(f"no transaction scope is open here: {_NO_SCOPE}") from None
         session: Session | None = tx.data.get(self._key)
         if session is None:
-            conn = getattr(tx, "connection", None)
-            if conn is None:
+            connect = getattr(tx, "connect", None)
+            if connect is None:
                 raise TransactionStateError(f"this scope has no PostgreSQL connection: {_NO_SCOPE}")
+            conn = await connect()  # the scope begins lazily: its first action begins it
             db = await self._databases.of(conn)
             session = tx.data[self._key] = Session(
                 tx, conn, self._databases, db, self._catalog, self._bus.emit, self._key
             )
+            session.hooks_for = self._bus.hooks_for
         return session
 
     # -- entities ---------------------------------------------------------------------------
@@ -152,14 +154,17 @@ class Store:
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"batch_size is an int of at least 1, not {batch_size!r}")
         pending: list[Edited] = []
+        # With no before_add_entity hook to set them, required attributes are checked here
+        # too, with the values: the rows are then not checked again after the hooks.
+        whole = not self._bus.hooks_for("before_add_entity", etype)
         for index, row in enumerate(rows):
-            values = dict(row)
+            values = kind.with_defaults(dict(row)) if whole else dict(row)
             try:
-                kind.check(values, adding=True, required=False)
+                kind.check(values, adding=True, required=whole)
             except (ValidationError, LookupError) as exc:
                 exc.add_note(f"in row {index} of insert_many({etype!r}); nothing was inserted")
                 raise
-            pending.append(Edited(kind.with_defaults(values)))
+            pending.append(Edited(values if whole else kind.with_defaults(values)))
         session = await self._session()
         total = len(pending)
         if total == 0:
@@ -171,7 +176,7 @@ class Store:
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
             result += await _insert.insert_batch(
-                session, kind, eids[start:stop], pending[start:stop]
+                session, kind, eids[start:stop], pending[start:stop], checked=whole
             )
             if progress is not None:
                 progress(stop, total)

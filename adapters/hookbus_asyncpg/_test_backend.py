@@ -59,6 +59,9 @@ class SavepointBackend:
         # SAVEPOINT, RELEASE and ROLLBACK TO, and the check of their names, said once.
         self._statements = AsyncpgBackend(connection)
 
+    def know_xid(self, xid: str) -> None:
+        """A write's transaction id: of no use here (the test's transaction never commits)."""
+
     async def begin(self) -> None:
         """Set the savepoint that stands for the scope's transaction."""
         await self._statements.savepoint(self._name)

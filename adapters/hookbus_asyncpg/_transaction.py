@@ -23,6 +23,7 @@ import asyncpg.pool
 from hookbus import Savepoint, Transaction, TransactionState, TransactionStateError
 
 from ._backend import AsyncpgBackend, Connection
+from ._lazy import LazyConnection
 from ._options import DEFAULT, Isolation, TransactionOptions
 from ._test_backend import SavepointBackend
 
@@ -39,23 +40,65 @@ _DRIVER_TRANSACTION_HINT: Final = (
 
 
 class AsyncpgTransaction(Transaction):
-    """A hookbus transaction scope on an asyncpg connection, exposed as ``connection``."""
+    """A hookbus transaction scope on an asyncpg connection, exposed as ``connection``.
 
-    __slots__ = ()
+    The scope begins lazily: it takes its connection (and sends BEGIN) at its first
+    statement. ``tx.connection`` is usable from the start: before the first statement it is
+    a ``LazyConnection`` whose statement methods begin the scope; ``await tx.connect()``
+    begins it and returns the connection itself.
+    """
+
+    __slots__ = ("_lazy", "_pg")
+
+    def __init__(self, backend: AsyncpgBackend | SavepointBackend) -> None:
+        super().__init__(backend)
+        self._pg = backend
+        self._lazy: LazyConnection | None = None
 
     @property
     def connection(self) -> Connection:
-        """The connection the scope runs on: send the transaction's statements on it."""
-        backend = self.backend
-        assert isinstance(backend, AsyncpgBackend | SavepointBackend)
-        return backend.connection
+        """The connection the scope runs on: send the transaction's statements on it.
+
+        Before the scope's first statement, a ``LazyConnection`` that takes it then.
+        """
+        conn = self._pg.connection
+        if conn is not None:
+            return conn
+        lazy = self._lazy
+        if lazy is None:
+            lazy = self._lazy = LazyConnection(self)
+        return lazy
+
+    @property
+    def backend_connection(self) -> Connection | None:
+        """The connection the scope took, or None while it has not begun."""
+        return self._pg.connection
+
+    async def connect(self) -> Connection:
+        """Begin the scope if it has not begun (a connection, then BEGIN); return the
+        connection it runs on."""
+        if not self._begun:
+            await self.begin()
+        return self._pg.connection
+
+    def note_transaction_id(self, xid: str) -> None:
+        """Tell the scope its transaction's id, read from a write of its own
+        (``INSERT ... RETURNING pg_current_xact_id()::text``).
+
+        A scope that knows its id sends a plain COMMIT: the id is what finds the outcome of
+        a COMMIT whose connection is lost, and otherwise travels with the COMMIT (a NOTICE in
+        the same round trip). The store does this on its inserts.
+        """
+        self._pg.know_xid(xid)
+
+    def _runs_on(self, source: object) -> bool:
+        """Tell whether ``source`` is this scope's connection (or its lazy stand-in)."""
+        return source is not None and (source is self._pg.connection or source is self._lazy)
 
     @property
     def options(self) -> TransactionOptions:
         """The options the scope's transaction was begun with."""
-        backend = self.backend
-        assert isinstance(backend, AsyncpgBackend | SavepointBackend)
-        return backend.options
+        return self._pg.options
 
 
 @final
@@ -67,7 +110,7 @@ class _Open:
     def __init__(
         self,
         pool: asyncpg.Pool | None,
-        connection: Connection,
+        connection: Connection | None,
         tx: AsyncpgTransaction,
         task: asyncio.Task[object] | None,
     ) -> None:
@@ -90,7 +133,7 @@ stand_in: ContextVar[StandIn | None] = ContextVar("hookbus_asyncpg.stand_in", de
 
 def _outer_scope(source: asyncpg.Pool | Connection) -> _Open | None:
     for entry in reversed(_open.get()):
-        if source is entry.pool or source is entry.connection:
+        if source is entry.pool or source is entry.connection or entry.tx._runs_on(source):
             return entry
     return None
 
@@ -118,7 +161,7 @@ class _Scope:
         if outer is not None and outer.tx.state in _JOINABLE:
             if outer.task is asyncio.current_task() and not self._options.independent:
                 return await self._join(outer)
-            if source is outer.connection:
+            if source is not outer.pool:
                 raise TransactionStateError(
                     "this connection runs an open scope (of this task or another): a "
                     "transaction of its own needs another connection; pass the pool"
@@ -131,8 +174,14 @@ class _Scope:
             task = asyncio.current_task()
             self._token = _open.set((*_open.get(), _Open(pool, tx.connection, tx, task)))
             return tx
+        if isinstance(source, LazyConnection):
+            raise TransactionStateError(
+                "this is the connection of a scope that is over, or of another task's scope: "
+                "a transaction of its own needs another connection; pass the pool"
+            )
         if pool is not None:
-            conn: Connection = await pool.acquire()
+            # The scope takes its connection at its first statement (a lazy begin).
+            conn: Connection | None = None
         else:
             conn = source
             if conn.is_in_transaction():
@@ -140,13 +189,8 @@ class _Scope:
                     "this connection is already inside a transaction that hookbus did not "
                     "open; hookbus must own BEGIN and COMMIT to read COMMIT's answer"
                 )
-        try:
-            tx = self._tx = AsyncpgTransaction(AsyncpgBackend(conn, self._options, pool=pool))
-            await tx.__aenter__()
-        except BaseException:
-            if pool is not None:
-                await _give_back(pool, conn)
-            raise
+        tx = self._tx = AsyncpgTransaction(AsyncpgBackend(conn, self._options, pool=pool))
+        await tx.__aenter__()
         self._token = _open.set((*_open.get(), _Open(pool, conn, tx, asyncio.current_task())))
         return tx
 
@@ -184,11 +228,13 @@ class _Scope:
                 _open.reset(token)
             return
         try:
+            # The scope gives the connection back itself, before postcommit runs.
             await tx.__aexit__(exc_type, exc, tb)
         finally:
             _open.reset(token)
-            if self._pool is not None:
-                await _give_back(self._pool, tx.connection)
+            backend = tx.backend
+            if isinstance(backend, AsyncpgBackend):  # a no-op once the scope gave it back
+                await backend.close()
 
 
 def _point_to_savepoints(exc: asyncpg.InterfaceError) -> None:
@@ -198,21 +244,12 @@ def _point_to_savepoints(exc: asyncpg.InterfaceError) -> None:
         exc.add_note(_DRIVER_TRANSACTION_HINT)  # once, though nested scopes see it go by
 
 
-async def _give_back(pool: asyncpg.Pool, conn: Connection) -> None:
-    """Return ``conn`` to ``pool``; a failure is logged, never raised: the caller sees the
-    scope's outcome (the pool replaces a connection it could not reset)."""
-    try:
-        # Pool.release is shielded: the connection goes back even when cancelled.
-        await pool.release(conn)
-    except Exception:
-        logger.warning(
-            "the connection could not be reset and returned to its pool (the pool replaces "
-            "it); the scope's outcome stands",
-            exc_info=True,
-        )
-
-
-_SOURCES: Final = (asyncpg.Pool, asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)
+_SOURCES: Final = (
+    asyncpg.Pool,
+    asyncpg.Connection,
+    asyncpg.pool.PoolConnectionProxy,
+    LazyConnection,
+)
 _CHECKED: dict[tuple[object, ...], TransactionOptions] = {
     (None, None, 5.0, False, False, True, False): DEFAULT
 }  # (isolation, recovery_pool, outcome_timeout, readonly, deferrable, find_outcome, independent)
@@ -232,12 +269,16 @@ def transaction(
 ) -> _Scope:
     """Open a hookbus transaction scope on a pooled connection (or the one given).
 
-    ``async with transaction(pool) as tx:`` takes a connection from ``pool``, sends BEGIN
-    (``isolation``, ``readonly`` and ``deferrable`` as asyncpg names them), and at the end of
-    the block drives the hookbus lifecycle around the real COMMIT or ROLLBACK, then gives the
-    connection back in every outcome (a failure to give it back is logged, never raised: the
-    caller sees the scope's outcome). Send statements on ``tx.connection``; use
-    ``tx.savepoint()`` for nested work (not ``connection.transaction()``).
+    ``async with transaction(pool) as tx:`` begins lazily: at the scope's first statement on
+    ``tx.connection`` (or ``await tx.connect()``, or its first savepoint) it takes a
+    connection from ``pool`` and sends BEGIN (``isolation``, ``readonly`` and ``deferrable``
+    as asyncpg names them); a scope that sends no statement takes no connection and sends
+    nothing. At the end of the block it drives the hookbus lifecycle around the real COMMIT
+    or ROLLBACK, and gives the connection back as soon as the outcome is known, before
+    postcommit runs (a failure to give it back is logged, never raised: the caller sees the
+    scope's outcome). On a connection given, the scope begins when entered (statements sent
+    on that connection directly are then inside it). Send statements on ``tx.connection``;
+    use ``tx.savepoint()`` for nested work (not ``connection.transaction()``).
 
     Opened inside another scope of the same task on the same pool or connection (its
     ``tx.connection`` included), it joins that scope as a savepoint and yields it: it never

@@ -17,21 +17,18 @@ from hookbus import Edited, EntityEvent
 from ._action import act
 from ._entity import entity_of
 from ._insert import recheck
-from ._session import Session
+from ._session import Session, stoppable
 
 __all__ = ["update"]
 
 
+@stoppable(False)
 async def update(session: Session, eid: int, attrs: dict[str, Any]) -> bool:
     """Change ``attrs`` of ``eid`` (prechecked); ``False`` if cancelled or nothing is left."""
     kind = await session.kind_of(eid)
-    if kind is None:
-        return False
     kind.check(attrs, eid, adding=False, required=False)
     statements = session.catalog.entity_sql[kind.name]
     old = await session.run(statements.select_for_update, (eid,))
-    if old is None:
-        return False
     if not old:
         raise session.gone(eid)
     tx, etype = session.tx, kind.name
@@ -47,8 +44,6 @@ async def update(session: Session, eid: int, attrs: dict[str, Any]) -> bool:
             rows = await session.run(sql, (eid, *edited.values()))
         except asyncpg.UniqueViolationError as exc:
             raise session.catalog.unique_error(exc, eid, edited) from exc
-        if rows is None:
-            return None
         if not rows:
             raise session.gone(eid, ": a before_update_entity hook deleted it, nothing to update")
         after = entity_of(kind, rows[0])

@@ -1,0 +1,148 @@
+"""What the scope asks of a backend beyond BEGIN and COMMIT: prepare, close, a lazy begin.
+
+A backend written for another driver or an ORM (psycopg, SQLAlchemy's ``AsyncSession``)
+plugs into these, in the core, for every backend.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from _recording import Recorded
+
+import hookbus
+from hookbus import CommitOutcome, MemoryBackend, TransactionState
+
+
+class Flushing:
+    """A lazy backend with an ORM's flush before COMMIT, and a session to give back."""
+
+    lazy = True
+
+    def __init__(self, flush_error: BaseException | None = None) -> None:
+        self.memory = MemoryBackend()
+        self.flush_error = flush_error
+        self.log = self.memory.statements
+
+    async def begin(self) -> None:
+        await self.memory.begin()
+
+    async def prepare(self) -> None:
+        self.log.append("flush")
+        if self.flush_error is not None:
+            raise self.flush_error
+
+    async def commit(self) -> CommitOutcome:
+        return await self.memory.commit()
+
+    async def rollback(self) -> None:
+        await self.memory.rollback()
+
+    async def close(self) -> None:
+        self.log.append("close")
+
+    async def savepoint(self, name: str) -> None:
+        await self.memory.savepoint(name)
+
+    async def release(self, name: str) -> None:
+        await self.memory.release(name)
+
+    async def rollback_to(self, name: str) -> None:
+        await self.memory.rollback_to(name)
+
+
+class Logs(Recorded):
+    """Records its phases in the backend's log too, to show their order against statements."""
+
+    def __init__(self, log: list[str], name: str, backend: Flushing) -> None:
+        super().__init__(log, name)
+        self.backend = backend
+
+    async def precommit(self) -> None:
+        self.backend.log.append("precommit")
+        await super().precommit()
+
+    async def postcommit(self) -> None:
+        self.backend.log.append("postcommit")
+        await super().postcommit()
+
+    async def rollback(self) -> None:
+        self.backend.log.append("rollback")
+        await super().rollback()
+
+
+async def test_prepare_runs_after_precommit_and_close_before_postcommit() -> None:
+    backend, log = Flushing(), list[str]()
+    async with hookbus.transaction(backend) as tx:
+        await tx.begin()
+        tx.add(Logs(log, "a", backend))
+    assert backend.log == ["BEGIN", "precommit", "flush", "COMMIT", "close", "postcommit"]
+
+
+async def test_a_failed_prepare_is_a_precommit_failure_not_a_refused_commit() -> None:
+    backend, log = Flushing(flush_error=ValueError("flush failed")), list[str]()
+    with pytest.raises(ValueError, match="flush failed"):
+        async with hookbus.transaction(backend) as tx:
+            await tx.begin()
+            tx.add(Logs(log, "a", backend))
+    assert backend.log == ["BEGIN", "precommit", "flush", "ROLLBACK", "close", "rollback"]
+    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
+    assert tx.state is TransactionState.ROLLED_BACK
+
+
+async def test_a_scope_that_never_began_neither_prepares_nor_closes() -> None:
+    backend, log = Flushing(), list[str]()
+    async with hookbus.transaction(backend) as tx:
+        tx.add(Logs(log, "a", backend))
+    assert backend.log == ["precommit", "postcommit"]
+
+
+# -- accumulating many values at once ---------------------------------------------------------
+
+
+class Collect(hookbus.Operation):
+    seen: list[object]
+
+    async def precommit(self) -> None:
+        Collect.seen.append(self.values)
+
+
+async def test_accumulate_many_adds_every_value_to_one_operation() -> None:
+    Collect.seen = []
+    async with hookbus.transaction() as tx:
+        tx.accumulate("ids", 1, Collect)
+        tx.accumulate_many("ids", range(2, 5), Collect)
+        tx.accumulate_many("order", ["b", "a", "b"], Collect, container=list)
+        with pytest.raises(TypeError, match="accumulates into"):
+            tx.accumulate_many("ids", [9], Logs)  # type: ignore[arg-type]
+    assert Collect.seen == [{1, 2, 3, 4}, ["b", "a", "b"]]
+    with pytest.raises(hookbus.TransactionStateError):
+        tx.accumulate_many("ids", [5], Collect)
+
+
+async def test_accumulate_many_inside_a_rolled_back_savepoint_leaves_nothing() -> None:
+    Collect.seen = []
+    async with hookbus.transaction() as tx:
+        tx.accumulate_many("ids", [1, 2], Collect)
+        with pytest.raises(KeyError):
+            async with tx.savepoint():
+                tx.accumulate_many("ids", [2, 3, 4], Collect)
+                raise KeyError("undo")
+    assert Collect.seen == [{1, 2}]
+
+
+async def test_tasks_of_one_scope_that_begin_it_at_once_send_one_begin() -> None:
+    gate = anyio.Event()
+
+    class Slow(Flushing):
+        async def begin(self) -> None:
+            await gate.wait()
+            await super().begin()
+
+    backend = Slow()
+    async with hookbus.transaction(backend) as tx, anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(tx.begin)
+        await anyio.wait_all_tasks_blocked()
+        gate.set()
+    assert backend.log == ["BEGIN", "flush", "COMMIT", "close"]
