@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import asyncpg
+import hookbus_asyncpg
 import uvicorn
 from _people import SENT, bus, store
 from fastapi import FastAPI, HTTPException
@@ -43,8 +44,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 app = FastAPI(lifespan=lifespan)
 install_error_handlers(app)  # ValidationError 422, a conflict at COMMIT 409, unknown outcome 503
-# The request's scope: committed when the endpoint returns, BEFORE the response is sent.
-Tx = Annotated[AsyncpgTransaction, transaction(lambda: app.state.pool)]
+# The request's scope, opened by the function given: committed when the endpoint returns,
+# BEFORE the response is sent.
+Tx = Annotated[AsyncpgTransaction, transaction(lambda: hookbus_asyncpg.transaction(app.state.pool))]
 
 
 class NewPerson(BaseModel):

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import hookbus_asyncpg
 from hookbus_asgi import (
     ASGIApp,
     LifespanMiddleware,
@@ -153,5 +154,7 @@ def create_app(dsn: str | None = None) -> ASGIApp:
         ],
         lifespan=lifespan,
     )
-    app.add_middleware(TransactionMiddleware, pool=pool)
+    app.add_middleware(
+        TransactionMiddleware, transaction=lambda: hookbus_asyncpg.transaction(pool())
+    )
     return LifespanMiddleware(SessionMiddleware(app, bus), bus)

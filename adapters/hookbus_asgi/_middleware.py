@@ -1,6 +1,7 @@
 """A transaction scope per HTTP request, ended before the response starts.
 
-The request runs inside ``hookbus_asyncpg.transaction(pool)``, in the request's own task
+The request runs inside the scope its factory opens (``hookbus_asyncpg.transaction(pool)``
+by default), in the request's own task
 (a pure ASGI middleware: what the scope sets in context variables reaches the endpoint, and
 nothing runs in a child task). The scope ends when the application sends
 ``http.response.start``: the middleware holds that message, commits or rolls back by its
@@ -18,16 +19,17 @@ the request's task, and sends it.
 
 from __future__ import annotations
 
+import copy
 import enum
 import logging
 from collections.abc import Callable
 from typing import Any, Final, final
 
 import anyio
-import hookbus_asyncpg
 
-from hookbus import ValidationError
+from hookbus import Transaction, ValidationError
 
+from ._asyncpg import Isolation
 from ._errors import (
     NOT_COMMITTED,
     ErrorMapper,
@@ -35,18 +37,8 @@ from ._errors import (
     error_response,
     is_retryable,
 )
-from ._types import (
-    ASGIApp,
-    Isolation,
-    Message,
-    PoolSource,
-    Receive,
-    Scope,
-    Send,
-    check_pool_source,
-    resolve_pool,
-    scope_options,
-)
+from ._scopes import opened, scope_factory
+from ._types import ASGIApp, Message, PoolSource, Receive, Scope, ScopeFactory, Send
 
 __all__ = ["TransactionMiddleware"]
 
@@ -62,13 +54,15 @@ _ROLL_BACK: Final = _RollBack("the response status asks for a rollback")
 
 @final
 class TransactionMiddleware:
-    """Run each HTTP request in its own ``hookbus_asyncpg.transaction(pool)`` scope.
+    """Run each HTTP request in its own transaction scope, opened by ``transaction()``.
 
-    ``pool`` is an ``asyncpg.Pool``, or a function returning it (for a pool opened in the
-    lifespan). The scope commits when the response starts with a status ``commit_on``
-    accepts (default: below 400), and rolls back otherwise, when the application raises,
-    when it returns without a response, and when the client disconnected before the
-    response. ``isolation``, ``readonly`` and ``deferrable`` are passed to the scope.
+    ``transaction`` is what opens a scope: a function returning an async context manager
+    that yields a ``hookbus.Transaction``, called once per request, e.g. ``lambda:
+    hookbus_asyncpg.transaction(app.state.pool)`` or ``asyncpg_transactions(pool,
+    isolation=...)`` (options checked when the application is built). The scope commits
+    when the response starts with a status ``commit_on`` accepts (default: below 400), and
+    rolls back otherwise, when the application raises, when it returns without a response,
+    and when the client disconnected before the response.
 
     What an exception raised by the request or by its COMMIT answers is ``errors(exc)``
     (default :func:`error_response`: ``ValidationError`` 422 with its JSON, a conflict 409,
@@ -77,6 +71,10 @@ class TransactionMiddleware:
     answered 500. ``retries`` re-runs the whole request in a new scope after a serialization
     failure or a deadlock, as long as no response was sent and the request body read so far
     (up to ``replay_limit`` bytes) can be replayed. Websockets and lifespan pass through.
+
+    Deprecated, for one release (a ``DeprecationWarning`` says what to write instead): an
+    ``asyncpg.Pool``, or a function returning one, in place of ``transaction`` (or as
+    ``pool=``), with ``isolation``, ``readonly`` and ``deferrable``.
     """
 
     __slots__ = ("_policy", "_replay_limit", "_retries", "app")
@@ -84,8 +82,9 @@ class TransactionMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        pool: PoolSource,
+        transaction: ScopeFactory | PoolSource | None = None,
         *,
+        pool: PoolSource | None = None,
         commit_on: Callable[[int], bool] = commit_on_success,
         errors: ErrorMapper = error_response,
         retries: int = 0,
@@ -102,13 +101,26 @@ class TransactionMiddleware:
             raise ValueError(f"retries must be an int >= 0, not {retries!r}")
         if isinstance(replay_limit, bool) or not isinstance(replay_limit, int) or replay_limit < 0:
             raise ValueError(f"replay_limit must be an int >= 0, not {replay_limit!r}")
-        check_pool_source(pool)
-        self.app = app
-        self._policy = _Policy(
-            app, pool, scope_options(isolation, readonly, deferrable), commit_on, errors
+        factory = scope_factory(
+            "TransactionMiddleware",
+            transaction,
+            pool=pool,
+            isolation=isolation,
+            readonly=readonly,
+            deferrable=deferrable,
         )
+        self.app = app
+        self._policy = _Policy(app, factory, commit_on, errors)
         self._retries = retries
         self._replay_limit = replay_limit
+
+    def _around(self, app: ASGIApp) -> TransactionMiddleware:
+        """The same middleware (its options checked already) around another application."""
+        policy = self._policy
+        around = copy.copy(self)
+        around.app = app
+        around._policy = _Policy(app, policy.open_scope, policy.commit_on, policy.errors)
+        return around
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,19 +138,17 @@ class TransactionMiddleware:
 class _Policy:
     """What every request of one middleware shares: read-only once built."""
 
-    __slots__ = ("app", "commit_on", "errors", "options", "pool")
+    __slots__ = ("app", "commit_on", "errors", "open_scope")
 
     def __init__(
         self,
         app: ASGIApp,
-        pool: PoolSource,
-        options: dict[str, Any],
+        open_scope: ScopeFactory,
         commit_on: Callable[[int], bool],
         errors: ErrorMapper,
     ) -> None:
         self.app = app
-        self.pool = pool
-        self.options = options
+        self.open_scope = open_scope
         self.commit_on = commit_on
         self.errors = errors
 
@@ -235,8 +245,11 @@ class _Request:
     async def run(self, scope: Scope) -> bool:
         """Run the application once; ``False`` when the request should be run again."""
         policy = self._policy
-        self._cm = hookbus_asyncpg.transaction(resolve_pool(policy.pool), **policy.options)
-        await self._cm.__aenter__()
+        self._cm = policy.open_scope()
+        tx = await self._cm.__aenter__()
+        if not isinstance(tx, Transaction):
+            await self._end(commit=False)
+            opened(tx, "TransactionMiddleware")  # raises: it says what the factory yielded
         self._task = anyio.get_current_task().id
         try:
             await policy.app(scope, self.receive, self.send)
