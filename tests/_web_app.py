@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import asyncpg
 import hookbus_asyncpg
 from hookbus_asgi import (
@@ -131,6 +132,15 @@ def create_app(dsn: str | None = None) -> ASGIApp:
 
         return StreamingResponse(chunks(), status_code=(await request.json()).get("status", 200))
 
+    async def hang(request: Request) -> JSONResponse:
+        """Insert, name the transaction after the item (pg_stat_activity shows it), never end."""
+        name = (await request.json())["name"]
+        await add_item(name)
+        conn = current_transaction().connection  # type: ignore[attr-defined]
+        await conn.execute("SELECT set_config('application_name', $1, true)", name)
+        await anyio.sleep_forever()  # the client gives up: only its disconnect ends this
+        raise AssertionError("unreachable")
+
     async def sessions(request: Request) -> JSONResponse:
         return JSONResponse(state["sessions"])
 
@@ -150,6 +160,7 @@ def create_app(dsn: str | None = None) -> ASGIApp:
             Route("/deferred", deferred, methods=["POST"]),
             Route("/scope/{n}", own_scope),
             Route("/stream", stream, methods=["POST"]),
+            Route("/hang", hang, methods=["POST"]),
             Route("/sessions", sessions),
         ],
         lifespan=lifespan,

@@ -187,7 +187,8 @@ async def test_a_client_that_disconnects_mid_request_rolls_back(pool: asyncpg.Po
     await _setup(pool)
     name = unique("gone")
     app = TransactionMiddleware(inserting_app(), scopes(pool))
-    await call(app, [{"type": "http.request", "body": name.encode(), "more_body": False}])
+    body = {"type": "http.request", "body": name.encode(), "more_body": False}
+    await call(app, [body, {"type": "http.disconnect"}])
     assert await rows(pool, "notes", name) == 0
 
 

@@ -10,6 +10,12 @@ place (the application's body is then dropped). So a COMMIT that fails is never 
 with a 2xx, and postcommit operations (which run inside COMMIT's lifecycle) have run before
 the client sees the response.
 
+A client that leaves while the handler runs is seen at once: the request's ``receive`` is
+read by a task of its own (:mod:`._listener`), which, once the body is in, cancels the
+handler on ``http.disconnect`` while the scope is open; the scope then rolls back (its
+rollback is shielded). After the response start, a disconnect cancels nothing: the scope
+has ended, and what the application does after its body (background tasks) runs on.
+
 Where the response start is sent from another task than the request's (Starlette's
 ``StreamingResponse`` under an ASGI 2.3 server such as uvicorn streams from a child task),
 the scope cannot be ended there: its context variable belongs to the request's task. The
@@ -37,6 +43,7 @@ from ._errors import (
     error_response,
     is_retryable,
 )
+from ._listener import Listener
 from ._scopes import opened, scope_factory
 from ._types import ASGIApp, Message, PoolSource, Receive, Scope, ScopeFactory, Send
 
@@ -62,7 +69,8 @@ class TransactionMiddleware:
     isolation=...)`` (options checked when the application is built). The scope commits
     when the response starts with a status ``commit_on`` accepts (default: below 400), and
     rolls back otherwise, when the application raises, when it returns without a response,
-    and when the client disconnected before the response.
+    and when the client disconnects before the response: the middleware watches for it
+    while the handler runs (once the body is read) and cancels the handler.
 
     What an exception raised by the request or by its COMMIT answers is ``errors(exc)``
     (default :func:`error_response`: ``ValidationError`` 422 with its JSON, a conflict 409,
@@ -126,9 +134,29 @@ class TransactionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        replay = _Replay(receive, self._replay_limit if self._retries else 0)
+        listener = Listener(receive)
+        error: Exception | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(listener.run)
+                try:
+                    await self._attempts(scope, listener, send)
+                except Exception as exc:
+                    error = exc  # raised below, outside the task group: not in a group
+                tg.cancel_scope.cancel()  # the listener: the request is over
+        finally:
+            listener.close()
+        if error is not None:
+            try:
+                raise error
+            finally:
+                error = None  # no reference cycle through the traceback
+
+    async def _attempts(self, scope: Scope, listener: Listener, send: Send) -> None:
+        replay = _Replay(listener.receive, self._replay_limit if self._retries else 0)
         for attempt in range(self._retries + 1):
-            request = _Request(self._policy, send, replay, may_retry=attempt < self._retries)
+            may_retry = attempt < self._retries and not listener.gone
+            request = _Request(self._policy, send, replay, listener, may_retry=may_retry)
             if await request.run(scope):
                 return
             logger.info("retrying a request after a conflict (attempt %d)", attempt + 2)
@@ -196,6 +224,7 @@ class _Stage(enum.Enum):
     """Where one attempt at a request stands."""
 
     OPEN = "open"  # the scope is open, nothing was sent
+    ENDING = "ending"  # the response start came: the scope is ending (COMMIT, postcommit)
     HOLDING = "holding"  # the start came from another task: every message held till the end
     PASSING = "passing"  # the scope ended by the status: the application's response goes out
     ENDED = "ended"  # the scope ended before any response (the application raised or returned)
@@ -207,6 +236,7 @@ class _Request:
     """One attempt at one request: its scope, and the response held until the scope ends."""
 
     __slots__ = (
+        "_cancel",
         "_cm",
         "_disconnected",
         "_held",
@@ -220,7 +250,9 @@ class _Request:
         "retry",
     )
 
-    def __init__(self, policy: _Policy, send: Send, replay: _Replay, *, may_retry: bool) -> None:
+    def __init__(
+        self, policy: _Policy, send: Send, replay: _Replay, listener: Listener, *, may_retry: bool
+    ) -> None:
         self._policy = policy
         self._send_downstream = send
         self._replay = replay
@@ -238,9 +270,17 @@ class _Request:
         self._task = 0
         self._stage = _Stage.OPEN
         self._held: list[Message] = []
-        self._disconnected = False
+        self._disconnected = listener.gone
+        self._cancel = anyio.CancelScope()
+        listener.on_gone = self._client_gone
         #: Set when the request should be run again in a new scope (a conflict).
         self.retry = False
+
+    def _client_gone(self) -> None:
+        """The client disconnected: while the scope is open, the handler is cancelled."""
+        self._disconnected = True
+        if self._stage in (_Stage.OPEN, _Stage.HOLDING):
+            self._cancel.cancel()  # run() then rolls the scope back
 
     async def run(self, scope: Scope) -> bool:
         """Run the application once; ``False`` when the request should be run again."""
@@ -252,7 +292,10 @@ class _Request:
             opened(tx, "TransactionMiddleware")  # raises: it says what the factory yielded
         self._task = anyio.get_current_task().id
         try:
-            await policy.app(scope, self.receive, self.send)
+            with self._cancel:  # cancelled when the client leaves while the scope is open
+                if self._disconnected:
+                    self._cancel.cancel()
+                await policy.app(scope, self.receive, self.send)
         except Exception as exc:
             if self._stage in (_Stage.OPEN, _Stage.HOLDING):
                 await self._end(commit=False)
@@ -270,6 +313,8 @@ class _Request:
             await self._end(commit=False)
         elif self._stage is _Stage.HOLDING:  # end the scope in the request's task, then send
             error = await self._end(commit=self._commits(self._held[0]["status"]))
+            if self._disconnected:
+                return not self.retry  # the client left: no one to answer
             if error is not None:
                 await self._answer(error, from_app=False)
             else:
@@ -284,6 +329,7 @@ class _Request:
             if anyio.get_current_task().id != self._task:
                 stage = self._stage = _Stage.HOLDING
             else:
+                self._stage = _Stage.ENDING  # a client leaving now no longer cancels
                 error = await self._end(commit=self._commits(message["status"]))
                 if error is not None:
                     await self._answer(error, from_app=False)
@@ -314,7 +360,12 @@ class _Request:
 
         ``False`` when nothing maps an exception raised by the application: it propagates.
         """
-        if self._may_retry and is_retryable(exc) and self._replay.replayable:
+        if (
+            self._may_retry
+            and not self._disconnected
+            and is_retryable(exc)
+            and self._replay.replayable
+        ):
             self.retry = True
             self._stage = _Stage.REPLACED
             return True
