@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     """Open the pool, then run the server_startup hooks; the reverse at the end."""
     with choose_server().start() as server_dsn:
         async with (
@@ -38,8 +38,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             asyncpg.create_pool(dsn, min_size=1, max_size=4) as pool,
         ):
             app.state.pool = pool
-            async with server_events(bus, app):
-                yield
+            # the state lets the shutdown wait for requests still ending (postcommit)
+            async with server_events(bus, app) as state:
+                yield state
 
 
 app = FastAPI(lifespan=lifespan)

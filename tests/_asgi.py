@@ -21,13 +21,19 @@ async def served(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def call(
-    app: Any, messages: list[Any], *, path: str = "/", method: str = "POST"
+    app: Any,
+    messages: list[Any],
+    *,
+    path: str = "/",
+    method: str = "POST",
+    state: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Call ``app`` for one HTTP request whose receive gives ``messages``; return what it sent.
 
     Each message is a dict, or a callable awaited for it (to disconnect at a chosen moment).
     Once ``messages`` are used up, receive waits (the client stays connected) and repeats the
-    last message if it was ``http.disconnect``.
+    last message if it was ``http.disconnect``. ``state`` is the lifespan state, which a
+    server copies into each request's scope.
     """
     scope = {
         "type": "http",
@@ -43,6 +49,8 @@ async def call(
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
+    if state is not None:
+        scope["state"] = dict(state)
     pending = list(messages)
     sent: list[dict[str, Any]] = []
 

@@ -6,7 +6,8 @@
 ... )
 
 - :class:`LifespanMiddleware` / :func:`server_events`: ``server_startup`` before the server
-  serves, ``server_shutdown`` after it, always; a failing startup hook stops the server.
+  serves, ``server_shutdown`` after it, always; a failing startup hook stops the server; the
+  shutdown first waits (``shutdown_wait`` s at most) for request scopes still ending.
 - :class:`TransactionMiddleware`: each HTTP request in its own scope, opened by a factory
   (``lambda: hookbus_asyncpg.transaction(pool)``, or :func:`asyncpg_transactions`),
   committed before the response starts.

@@ -44,6 +44,7 @@ from ._errors import (
     is_retryable,
 )
 from ._listener import Listener
+from ._running import KEY, RunningScopes
 from ._scopes import opened, scope_factory
 from ._types import ASGIApp, Message, PoolSource, Receive, Scope, ScopeFactory, Send
 
@@ -85,7 +86,7 @@ class TransactionMiddleware:
     ``pool=``), with ``isolation``, ``readonly`` and ``deferrable``.
     """
 
-    __slots__ = ("_policy", "_replay_limit", "_retries", "app")
+    __slots__ = ("_policy", "_replay_limit", "_retries", "_running", "app")
 
     def __init__(
         self,
@@ -119,14 +120,17 @@ class TransactionMiddleware:
         )
         self.app = app
         self._policy = _Policy(app, factory, commit_on, errors)
+        self._running: RunningScopes | None = None  # else the lifespan's, from scope["state"]
         self._retries = retries
         self._replay_limit = replay_limit
 
-    def _around(self, app: ASGIApp) -> TransactionMiddleware:
-        """The same middleware (its options checked already) around another application."""
+    def _around(self, app: ASGIApp, running: RunningScopes) -> TransactionMiddleware:
+        """The same middleware (its options checked already) around another application,
+        its scopes recorded in ``running`` (the Litestar plugin's lifespan waits for them)."""
         policy = self._policy
         around = copy.copy(self)
         around.app = app
+        around._running = running
         around._policy = _Policy(app, policy.open_scope, policy.commit_on, policy.errors)
         return around
 
@@ -135,12 +139,16 @@ class TransactionMiddleware:
             await self.app(scope, receive, send)
             return
         listener = Listener(receive)
+        running = self._running
+        if running is None:
+            state = scope.get("state")
+            running = state.get(KEY) if state is not None else None
         error: Exception | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(listener.run)
                 try:
-                    await self._attempts(scope, listener, send)
+                    await self._attempts(scope, listener, send, running)
                 except Exception as exc:
                     error = exc  # raised below, outside the task group: not in a group
                 tg.cancel_scope.cancel()  # the listener: the request is over
@@ -152,11 +160,13 @@ class TransactionMiddleware:
             finally:
                 error = None  # no reference cycle through the traceback
 
-    async def _attempts(self, scope: Scope, listener: Listener, send: Send) -> None:
+    async def _attempts(
+        self, scope: Scope, listener: Listener, send: Send, running: RunningScopes | None
+    ) -> None:
         replay = _Replay(listener.receive, self._replay_limit if self._retries else 0)
         for attempt in range(self._retries + 1):
             may_retry = attempt < self._retries and not listener.gone
-            request = _Request(self._policy, send, replay, listener, may_retry=may_retry)
+            request = _Request(self._policy, send, replay, listener, running, may_retry=may_retry)
             if await request.run(scope):
                 return
             logger.info("retrying a request after a conflict (attempt %d)", attempt + 2)
@@ -239,10 +249,12 @@ class _Request:
         "_cancel",
         "_cm",
         "_disconnected",
+        "_doing",
         "_held",
         "_may_retry",
         "_policy",
         "_replay",
+        "_running",
         "_send_downstream",
         "_stage",
         "_task",
@@ -251,9 +263,18 @@ class _Request:
     )
 
     def __init__(
-        self, policy: _Policy, send: Send, replay: _Replay, listener: Listener, *, may_retry: bool
+        self,
+        policy: _Policy,
+        send: Send,
+        replay: _Replay,
+        listener: Listener,
+        running: RunningScopes | None,
+        *,
+        may_retry: bool,
     ) -> None:
         self._policy = policy
+        self._running = running
+        self._doing = ""  # the request, as the shutdown's log names it
         self._send_downstream = send
         self._replay = replay
         self._may_retry = may_retry
@@ -284,6 +305,17 @@ class _Request:
 
     async def run(self, scope: Scope) -> bool:
         """Run the application once; ``False`` when the request should be run again."""
+        running = self._running
+        if running is None:
+            return await self._run(scope)
+        self._doing = f"{scope.get('method')} {scope.get('path')}"
+        running.enter(self, f"{self._doing} (running)")
+        try:
+            return await self._run(scope)
+        finally:
+            running.leave(self)
+
+    async def _run(self, scope: Scope) -> bool:
         policy = self._policy
         self._cm = policy.open_scope()
         tx = await self._cm.__aenter__()
@@ -346,6 +378,9 @@ class _Request:
 
     async def _end(self, *, commit: bool) -> Exception | None:
         """End the scope (its ``__aexit__``: the connection goes back); return its error."""
+        running = self._running
+        if running is not None:
+            running.enter(self, f"{self._doing} ({'COMMIT, postcommit' if commit else 'rollback'})")
         try:
             if commit:
                 await self._cm.__aexit__(None, None, None)
@@ -353,6 +388,9 @@ class _Request:
                 await self._cm.__aexit__(_RollBack, _ROLL_BACK, None)
         except Exception as exc:
             return exc
+        finally:
+            if running is not None:
+                running.leave(self)
         return None
 
     async def _answer(self, exc: Exception, *, from_app: bool) -> bool:

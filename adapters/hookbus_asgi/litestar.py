@@ -10,9 +10,10 @@ The plugin appends to the application's configuration: a lifespan context emitti
 ``server_startup`` / ``server_shutdown`` (after the application's own lifespan contexts are
 entered, so the pool exists), then ``SessionMiddleware`` and ``TransactionMiddleware`` as
 middleware, and exception handlers answering hookbus's errors as ``errors`` maps them
-(``ValidationError`` 422 with its JSON...). Litestar turns a handler's exception into a
-response inside the middleware stack: the transaction middleware sees that response's status
-(4xx or 5xx) and rolls back.
+(``ValidationError`` 422 with its JSON...). The lifespan's shutdown waits for the request
+scopes still running, ``shutdown_wait`` seconds at most (10 by default). Litestar turns a
+handler's exception into a response inside the middleware stack: the transaction middleware
+sees that response's status (4xx or 5xx) and rolls back.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from litestar.plugins import InitPlugin
 from hookbus import Bus, CommitOutcomeUnknownError, TransactionAbortedError, ValidationError
 
 from ._errors import ErrorMapper, database_errors, error_response
-from ._lifespan import server_events
+from ._lifespan import _server_events
 from ._middleware import TransactionMiddleware
+from ._running import DEFAULT_WAIT, RunningScopes, check_wait
 from ._sessions import SessionMiddleware
 from ._types import ASGIApp, PoolSource, ScopeFactory
 
@@ -46,7 +48,7 @@ class HookbusPlugin(InitPlugin):
     ``retries``...).
     """
 
-    __slots__ = ("_bus", "_errors", "_middleware", "_sessions")
+    __slots__ = ("_bus", "_errors", "_middleware", "_running", "_sessions", "_shutdown_wait")
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class HookbusPlugin(InitPlugin):
         *,
         sessions: bool = True,
         transactions: bool = True,
+        shutdown_wait: float = DEFAULT_WAIT,
         **options: Any,
     ) -> None:
         if not isinstance(bus, Bus):
@@ -66,6 +69,8 @@ class HookbusPlugin(InitPlugin):
             )
         self._bus = bus
         self._sessions = sessions
+        self._shutdown_wait = check_wait(shutdown_wait)
+        self._running = RunningScopes()
         self._errors: ErrorMapper = options.get("errors", error_response)
         # Built now, so that bad options are refused here and not at the first request.
         self._middleware = (
@@ -103,15 +108,15 @@ class HookbusPlugin(InitPlugin):
         app_config.exception_handlers = {**handlers, **app_config.exception_handlers}
         return app_config
 
-    def _lifespan(self, app: Litestar) -> AbstractAsyncContextManager[None]:
-        return server_events(self._bus, app)
+    def _lifespan(self, app: Litestar) -> AbstractAsyncContextManager[Any]:
+        return _server_events(self._bus, app, self._running, self._shutdown_wait)
 
     def _session_middleware(self, app: ASGIApp) -> ASGIApp:
         return SessionMiddleware(app, self._bus)
 
     def _transaction_middleware(self, app: ASGIApp) -> ASGIApp:
         assert self._middleware is not None
-        return self._middleware._around(app)
+        return self._middleware._around(app, self._running)
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
