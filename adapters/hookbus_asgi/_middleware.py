@@ -25,6 +25,7 @@ the request's task, and sends it.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import enum
 import logging
@@ -143,22 +144,13 @@ class TransactionMiddleware:
         if running is None:
             state = scope.get("state")
             running = state.get(KEY) if state is not None else None
-        error: Exception | None = None
+        # The listener's task is not awaited: a request need not wait for it to unwind (a
+        # task group would cost the request two turns of the event loop).
+        watcher = asyncio.get_running_loop().create_task(listener.run())
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(listener.run)
-                try:
-                    await self._attempts(scope, listener, send, running)
-                except Exception as exc:
-                    error = exc  # raised below, outside the task group: not in a group
-                tg.cancel_scope.cancel()  # the listener: the request is over
+            await self._attempts(scope, listener, send, running)
         finally:
-            listener.close()
-        if error is not None:
-            try:
-                raise error
-            finally:
-                error = None  # no reference cycle through the traceback
+            watcher.cancel()
 
     async def _attempts(
         self, scope: Scope, listener: Listener, send: Send, running: RunningScopes | None
@@ -288,7 +280,7 @@ class _Request:
 
         self.receive = receive
         self._cm: Any = None
-        self._task = 0
+        self._task: asyncio.Task[Any] | None = None
         self._stage = _Stage.OPEN
         self._held: list[Message] = []
         self._disconnected = listener.gone
@@ -322,7 +314,7 @@ class _Request:
         if not isinstance(tx, Transaction):
             await self._end(commit=False)
             opened(tx, "TransactionMiddleware")  # raises: it says what the factory yielded
-        self._task = anyio.get_current_task().id
+        self._task = asyncio.current_task()
         try:
             with self._cancel:  # cancelled when the client leaves while the scope is open
                 if self._disconnected:
@@ -358,7 +350,7 @@ class _Request:
         """The application's send: ends the scope at the response start, then passes it on."""
         stage = self._stage
         if stage is _Stage.OPEN and message["type"] == "http.response.start":
-            if anyio.get_current_task().id != self._task:
+            if asyncio.current_task() is not self._task:
                 stage = self._stage = _Stage.HOLDING
             else:
                 self._stage = _Stage.ENDING  # a client leaving now no longer cancels
