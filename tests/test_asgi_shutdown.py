@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import pytest
 from _asgi import call
+from fastapi import FastAPI
 from hookbus_asgi import LifespanMiddleware, TransactionMiddleware, server_events
+from hookbus_asgi import fastapi as hb_fastapi
 from hookbus_asgi.litestar import HookbusPlugin
 from litestar import Litestar, get
 from starlette.applications import Starlette
@@ -19,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import hookbus
-from hookbus import Bus, Operation, ServerEvent, current_transaction
+from hookbus import Bus, Operation, ServerEvent, Transaction, current_transaction
 
 BODY: dict[str, Any] = {"type": "http.request", "body": b"", "more_body": False}
 
@@ -128,10 +130,34 @@ def with_litestar_plugin(
     return Litestar(route_handlers=[slow], plugins=[plugin], logging_config=None)
 
 
+Tx = Annotated[Transaction, hb_fastapi.transaction(hookbus.transaction)]
+
+
+def with_fastapi_dependency(
+    log: list[str], started: anyio.Event, release: anyio.Event, wait: float
+) -> Any:
+    bus = a_bus(log)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with server_events(bus, app, shutdown_wait=wait) as state:
+            yield state
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/slow")
+    async def slow(tx: Tx) -> dict[str, str]:
+        schedule(log, started, release)
+        return {}
+
+    return app
+
+
 FORMS = [
     pytest.param(with_lifespan_middleware, id="LifespanMiddleware"),
     pytest.param(with_server_events, id="server_events"),
     pytest.param(with_litestar_plugin, id="litestar"),
+    pytest.param(with_fastapi_dependency, id="fastapi dependency"),
 ]
 Make = Callable[[list[str], anyio.Event, anyio.Event, float], Any]
 

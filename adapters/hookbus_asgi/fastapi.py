@@ -27,6 +27,7 @@ from hookbus import CommitOutcomeUnknownError, Transaction, TransactionAbortedEr
 
 from ._asyncpg import Isolation
 from ._errors import ErrorMapper, database_errors, error_response
+from ._running import KEY, RunningScopes
 from ._scopes import opened, scope_factory
 from ._types import PoolSource, ScopeFactory
 
@@ -49,6 +50,8 @@ def transaction(
     back if the endpoint raised) before the response is sent. Pair it with
     :func:`install_error_handlers` so that what COMMIT raises gets its status. A pool (or a
     function returning one, with ``isolation``...) is deprecated, as for the middleware.
+    The lifespan's shutdown waits for the scope while it runs, as for the middleware's
+    (``server_events`` whose state the lifespan yields).
     """
     open_scope = scope_factory(
         "transaction",
@@ -59,9 +62,26 @@ def transaction(
         deferrable=deferrable,
     )
 
-    async def hookbus_transaction() -> AsyncIterator[Transaction]:
-        async with open_scope() as tx:
-            yield opened(tx, "transaction")
+    async def hookbus_transaction(request: Request) -> AsyncIterator[Transaction]:
+        state = request.scope.get("state")
+        running: RunningScopes | None = state.get(KEY) if state is not None else None
+        if running is None:  # no lifespan of hookbus_asgi's: nothing waits for the scope
+            async with open_scope() as tx:
+                yield opened(tx, "transaction")
+            return
+        doing = f"{request.scope.get('method')} {request.scope.get('path')}"
+        token = object()
+        running.enter(token, f"{doing} (running)")
+        try:
+            async with open_scope() as tx:
+                try:
+                    yield opened(tx, "transaction")
+                except BaseException:
+                    running.enter(token, f"{doing} (rollback)")
+                    raise
+                running.enter(token, f"{doing} (COMMIT, postcommit)")
+        finally:
+            running.leave(token)
 
     return Depends(hookbus_transaction, scope="function")
 
