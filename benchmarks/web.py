@@ -11,9 +11,12 @@ body, a send that keeps nothing), to a Starlette route that answers ``{"ok": tru
 any database use. The floor is the same Starlette application without hookbus; each subject
 is that application with:
 
+``own``      ``TransactionMiddleware`` opening a scope that costs nothing (a context manager
+             yielding one ``hookbus.Transaction`` it never enters): the middleware's own
+             cost (the task reading ``receive`` for a client that leaves, the cancel scope,
+             the response start held until the scope ends).
 ``memory``   ``TransactionMiddleware`` opening ``hookbus.transaction()`` (the in-memory
-             backend): what the middleware itself costs (a scope, the response start held
-             until the scope ends, the task reading ``receive`` for a client that leaves).
+             backend): the middleware and a scope that does nothing.
 ``asyncpg``  ``TransactionMiddleware`` opening ``hookbus_asyncpg.transaction(pool)``: what a
              back end pays per request that never uses the database. A scope that begins
              lazily takes no connection and sends no statement; one that begins eagerly pays
@@ -30,11 +33,11 @@ throwaway one on the server (``--dsn``, else ``HOOKBUS_DSN``'s rule), dropped af
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import asyncpg
 import hookbus_asyncpg
 from hookbus_asgi import LifespanMiddleware, SessionMiddleware, TransactionMiddleware
@@ -79,7 +82,7 @@ async def request(app: Any) -> None:
         if not sent:
             sent = True
             return BODY
-        await anyio.sleep_forever()
+        await asyncio.get_running_loop().create_future()  # as uvicorn waits on an event
         raise AssertionError("unreachable")
 
     async def send(message: dict[str, Any]) -> None:
@@ -95,6 +98,22 @@ def starlette() -> Starlette:
     return Starlette(routes=[Route("/ok", ok)])
 
 
+class NoScope:
+    """A scope factory's context manager that costs nothing: it yields one transaction it
+    never enters (the application does not use it)."""
+
+    transaction = hookbus.transaction()
+
+    def __call__(self) -> NoScope:
+        return self
+
+    async def __aenter__(self) -> hookbus.Transaction:
+        return self.transaction
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
 def with_middleware(factory: Any) -> Starlette:
     app = starlette()
     app.add_middleware(TransactionMiddleware, transaction=factory)
@@ -106,6 +125,7 @@ async def measure(dsn: str, args: argparse.Namespace) -> None:
         bus = hookbus.Bus()
         on_pool = with_middleware(lambda: hookbus_asyncpg.transaction(pool))
         subjects = {
+            "own": with_middleware(NoScope()),
             "memory": with_middleware(hookbus.transaction),
             "asyncpg": on_pool,
             "stack": LifespanMiddleware(SessionMiddleware(on_pool, bus), bus),
