@@ -31,6 +31,7 @@ from hookbus_asyncpg import AsyncpgTransaction
 from litestar import Litestar, get
 from starlette.responses import JSONResponse
 
+import hookbus
 from hookbus import Bus, Operation, current_transaction
 
 TESTS = Path(__file__).resolve().parent
@@ -288,3 +289,62 @@ async def test_uvicorn_a_client_gone_while_the_handler_hangs_rolls_back(
     await _poll(pool, name, lambda state: state is None)
     assert await pool.fetchval("SELECT count(*) FROM items WHERE name = $1", name) == 0
     assert await pool.fetchval("SELECT count(*) FROM postcommits WHERE name = $1", name) == 0
+
+
+# -- Expect: 100-continue ----------------------------------------------------------------------
+
+
+def continue_scope() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "method": "POST",
+        "path": "/upload",
+        "headers": [(b"content-length", b"5"), (b"expect", b"100-continue")],
+    }
+
+
+async def test_a_request_expecting_100_continue_is_not_read_unless_the_app_asks() -> None:
+    """The server answers 100 Continue at the first receive(): an application refusing the
+    upload without reading it must not have it sent for nothing."""
+    asked: list[str] = []
+    sent: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        asked.append("receive")
+        return {"type": "http.request", "body": b"12345", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            sent.append(message["status"])
+
+    async def refuse(scope: Any, receive: Any, send: Any) -> None:
+        await anyio.wait_all_tasks_blocked()  # the listener's task had every chance to read
+        await JSONResponse({}, status_code=401)(scope, receive, send)
+
+    await TransactionMiddleware(refuse, hookbus.transaction)(continue_scope(), receive, send)
+    assert (sent, asked) == ([401], [])
+
+
+async def test_a_request_expecting_100_continue_is_watched_once_the_app_reads_it() -> None:
+    log: list[str] = []
+    inserted = anyio.Event()
+    messages = [{"type": "http.request", "body": b"12345", "more_body": False}, GONE]
+
+    async def receive() -> dict[str, Any]:
+        if messages[0] is GONE:
+            await inserted.wait()
+        return messages.pop(0)
+
+    async def upload(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["body"] == b"12345"
+        current_transaction().add(Record(log))
+        inserted.set()
+        await anyio.sleep_forever()
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError("no one to answer")
+
+    with anyio.fail_after(10):
+        await TransactionMiddleware(upload, hookbus.transaction)(continue_scope(), receive, send)
+    assert log == ["rollback"]

@@ -8,6 +8,10 @@ slot of one, so it reads at most one message ahead (a body the application does 
 not slurped), and once the body is complete (or when the request has none) it goes on
 reading, and tells the request the client left as soon as the server says so.
 
+A request sent with ``Expect: 100-continue`` is read only once the application asks for its
+body: the server answers ``100 Continue`` at the first ``receive()``, and an application that
+refuses the request without reading it must not have the body uploaded for nothing.
+
 The slot is two futures, not a memory stream: a request pays for it on every call, and the
 listener's task may be cancelled before it ever ran (a handler that never yields).
 """
@@ -15,12 +19,12 @@ listener's task may be cancelled before it ever ran (a handler that never yields
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, final
 
 from ._types import Message, Receive
 
-__all__ = ["Listener"]
+__all__ = ["Listener", "expects_continue"]
 
 _DISCONNECT: Final[Message] = {"type": "http.disconnect"}
 
@@ -30,6 +34,7 @@ class Listener:
     """One request's receive: ``run`` in a task beside the application, ``receive`` for it."""
 
     __slots__ = (
+        "_asked",
         "_ended",
         "_failed",
         "_slot",
@@ -40,8 +45,12 @@ class Listener:
         "on_gone",
     )
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, *, wait_for_the_application: bool = False) -> None:
         self._upstream = receive
+        # Set at the application's first receive(), when the listener must wait for it.
+        self._asked: asyncio.Future[None] | None = (
+            asyncio.get_running_loop().create_future() if wait_for_the_application else None
+        )
         self._slot: Message | None = None  # a message the application has not taken yet
         self._waiting: asyncio.Future[None] | None = None  # the application waits for one
         self._space: asyncio.Future[None] | None = None  # the listener waits for the slot
@@ -59,6 +68,8 @@ class Listener:
         this task is not awaited.
         """
         try:
+            if self._asked is not None:
+                await self._asked
             while True:
                 message = await self._upstream()
                 if message["type"] == "http.disconnect":
@@ -82,6 +93,7 @@ class Listener:
 
     async def receive(self) -> Message:
         """The application's receive: the body, then (once the client left) the disconnect."""
+        _wake(self._asked)
         while (message := self._slot) is None:
             if self._ended:
                 if self._failed is not None:
@@ -97,3 +109,8 @@ class Listener:
 def _wake(waiter: asyncio.Future[None] | None) -> None:
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
+
+
+def expects_continue(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Tell whether a request's headers ask for ``100 Continue`` before its body is sent."""
+    return any(name == b"expect" and value.lower() == b"100-continue" for name, value in headers)

@@ -44,7 +44,7 @@ from ._errors import (
     error_response,
     is_retryable,
 )
-from ._listener import Listener
+from ._listener import Listener, expects_continue
 from ._running import KEY, RunningScopes
 from ._scopes import opened, scope_factory
 from ._types import ASGIApp, Message, PoolSource, Receive, Scope, ScopeFactory, Send
@@ -139,7 +139,8 @@ class TransactionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        listener = Listener(receive)
+        deferred = expects_continue(scope.get("headers", ()))
+        listener = Listener(receive, wait_for_the_application=deferred)
         running = self._running
         if running is None:
             state = scope.get("state")
