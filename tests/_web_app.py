@@ -51,12 +51,8 @@ CREATE TABLE IF NOT EXISTS children (
 
 
 class RecordPostcommit(Operation):
-    """Writes the request's name to ``postcommits`` once the request's data is committed.
-
-    Postcommit runs while the request still holds its connection: it writes through a pool
-    of its own, or 20 requests holding the 20 connections of the main pool would each wait
-    for a 21st.
-    """
+    """Writes the request's name to ``postcommits`` once the request's data is committed,
+    through a pool of its own (tests/test_asgi_load.py borrows from the request's pool)."""
 
     def __init__(self, pool: asyncpg.Pool, name: str) -> None:
         super().__init__()
