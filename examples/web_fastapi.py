@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import asyncpg
+import hookbus_asyncpg
 import uvicorn
 from _people import SENT, bus, store
 from fastapi import FastAPI, HTTPException
@@ -29,7 +30,7 @@ from pydantic import BaseModel
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     """Open the pool, then run the server_startup hooks; the reverse at the end."""
     with choose_server().start() as server_dsn:
         async with (
@@ -37,14 +38,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             asyncpg.create_pool(dsn, min_size=1, max_size=4) as pool,
         ):
             app.state.pool = pool
-            async with server_events(bus, app):
-                yield
+            # the state lets the shutdown wait for requests still ending (postcommit)
+            async with server_events(bus, app) as state:
+                yield state
 
 
 app = FastAPI(lifespan=lifespan)
 install_error_handlers(app)  # ValidationError 422, a conflict at COMMIT 409, unknown outcome 503
-# The request's scope: committed when the endpoint returns, BEFORE the response is sent.
-Tx = Annotated[AsyncpgTransaction, transaction(lambda: app.state.pool)]
+# The request's scope, opened by the function given: committed when the endpoint returns,
+# BEFORE the response is sent.
+Tx = Annotated[AsyncpgTransaction, transaction(lambda: hookbus_asyncpg.transaction(app.state.pool))]
 
 
 class NewPerson(BaseModel):

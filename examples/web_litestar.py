@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import hookbus_asyncpg
 import msgspec
 import uvicorn
 from _people import SENT, bus, store
@@ -66,7 +67,8 @@ async def mails() -> list[str]:
 app = Litestar(
     route_handlers=[add_person, get_person, mails],
     lifespan=[open_pool],
-    plugins=[HookbusPlugin(bus, lambda: app.state.pool)],
+    # each request's scope: a hookbus_asyncpg transaction on the pool the lifespan opened
+    plugins=[HookbusPlugin(bus, lambda: hookbus_asyncpg.transaction(app.state.pool))],
 )
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 from asgi_lifespan import LifespanManager
 
@@ -20,11 +21,19 @@ async def served(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def call(
-    app: Any, messages: list[dict[str, Any]], *, path: str = "/", method: str = "POST"
+    app: Any,
+    messages: list[Any],
+    *,
+    path: str = "/",
+    method: str = "POST",
+    state: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Call ``app`` for one HTTP request whose receive gives ``messages``; return what it sent.
 
-    Once ``messages`` are used up, receive answers ``http.disconnect``.
+    Each message is a dict, or a callable awaited for it (to disconnect at a chosen moment).
+    Once ``messages`` are used up, receive waits (the client stays connected) and repeats the
+    last message if it was ``http.disconnect``. ``state`` is the lifespan state, which a
+    server copies into each request's scope.
     """
     scope = {
         "type": "http",
@@ -40,11 +49,22 @@ async def call(
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
+    if state is not None:
+        scope["state"] = dict(state)
     pending = list(messages)
     sent: list[dict[str, Any]] = []
 
+    last: dict[str, Any] = {}
+
     async def receive() -> dict[str, Any]:
-        return pending.pop(0) if pending else {"type": "http.disconnect"}
+        nonlocal last
+        if not pending:
+            if last.get("type") != "http.disconnect":
+                await anyio.sleep_forever()
+            return last
+        message = pending.pop(0)
+        last = await message() if callable(message) else message
+        return last
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(dict(message))

@@ -14,7 +14,9 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import asyncpg
+import hookbus_asyncpg
 from hookbus_asgi import (
     ASGIApp,
     LifespanMiddleware,
@@ -49,12 +51,8 @@ CREATE TABLE IF NOT EXISTS children (
 
 
 class RecordPostcommit(Operation):
-    """Writes the request's name to ``postcommits`` once the request's data is committed.
-
-    Postcommit runs while the request still holds its connection: it writes through a pool
-    of its own, or 20 requests holding the 20 connections of the main pool would each wait
-    for a 21st.
-    """
+    """Writes the request's name to ``postcommits`` once the request's data is committed,
+    through a pool of its own (tests/test_asgi_load.py borrows from the request's pool)."""
 
     def __init__(self, pool: asyncpg.Pool, name: str) -> None:
         super().__init__()
@@ -130,6 +128,15 @@ def create_app(dsn: str | None = None) -> ASGIApp:
 
         return StreamingResponse(chunks(), status_code=(await request.json()).get("status", 200))
 
+    async def hang(request: Request) -> JSONResponse:
+        """Insert, name the transaction after the item (pg_stat_activity shows it), never end."""
+        name = (await request.json())["name"]
+        await add_item(name)
+        conn = current_transaction().connection  # type: ignore[attr-defined]
+        await conn.execute("SELECT set_config('application_name', $1, true)", name)
+        await anyio.sleep_forever()  # the client gives up: only its disconnect ends this
+        raise AssertionError("unreachable")
+
     async def sessions(request: Request) -> JSONResponse:
         return JSONResponse(state["sessions"])
 
@@ -149,9 +156,12 @@ def create_app(dsn: str | None = None) -> ASGIApp:
             Route("/deferred", deferred, methods=["POST"]),
             Route("/scope/{n}", own_scope),
             Route("/stream", stream, methods=["POST"]),
+            Route("/hang", hang, methods=["POST"]),
             Route("/sessions", sessions),
         ],
         lifespan=lifespan,
     )
-    app.add_middleware(TransactionMiddleware, pool=pool)
+    app.add_middleware(
+        TransactionMiddleware, transaction=lambda: hookbus_asyncpg.transaction(pool())
+    )
     return LifespanMiddleware(SessionMiddleware(app, bus), bus)

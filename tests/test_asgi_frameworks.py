@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import asyncpg
+import hookbus_asyncpg
 import pytest
 from _asgi import served
 from fastapi import FastAPI, HTTPException
@@ -18,6 +19,7 @@ from hookbus_asyncpg import AsyncpgTransaction
 from litestar import Litestar, Response, post
 from litestar.params import FromPath, FromQuery
 
+import hookbus
 from hookbus import Bus, ServerEvent, SessionEvent, ValidationError, current_transaction
 
 SCHEMA = """
@@ -61,7 +63,10 @@ def recording_bus(log: list[str]) -> Bus:
 # FastAPI reads the endpoint's annotations in the module's namespace: Tx lives here, on the
 # pool of the application being served.
 _fastapi_state: dict[str, asyncpg.Pool] = {}
-Tx = Annotated[AsyncpgTransaction, hb_fastapi.transaction(lambda: _fastapi_state["pool"])]
+Tx = Annotated[
+    AsyncpgTransaction,
+    hb_fastapi.transaction(lambda: hookbus_asyncpg.transaction(_fastapi_state["pool"])),
+]
 
 
 def fastapi_app(dsn: str, log: list[str]) -> FastAPI:
@@ -115,9 +120,11 @@ async def test_fastapi_a_deferred_constraint_failing_at_commit_is_409_not_200(
     assert await count(pool, name) == 0
 
 
-def test_fastapi_dependency_refuses_bad_options() -> None:
-    with pytest.raises(ValueError, match="isolation"):
-        hb_fastapi.transaction(lambda: None, isolation="snapshot")  # type: ignore[arg-type]
+def test_fastapi_dependency_refuses_what_cannot_open_a_scope() -> None:
+    with pytest.raises(TypeError, match="needs what opens a scope"):
+        hb_fastapi.transaction()
+    with pytest.raises(TypeError, match="not int"):
+        hb_fastapi.transaction(5)  # type: ignore[arg-type]
 
 
 # -- Litestar --------------------------------------------------------------------------------
@@ -150,7 +157,9 @@ def litestar_app(dsn: str, log: list[str]) -> Litestar:
     app = Litestar(
         route_handlers=[add, refuse],
         lifespan=[open_pool],
-        plugins=[HookbusPlugin(recording_bus(log), lambda: app.state.pool)],
+        plugins=[
+            HookbusPlugin(recording_bus(log), lambda: hookbus_asyncpg.transaction(app.state.pool))
+        ],
         # Litestar's default logging config installs handlers on the process's loggers that
         # outlive the test session's streams: the test app keeps the process's logging as is.
         logging_config=None,
@@ -189,8 +198,8 @@ async def test_litestar_a_deferred_constraint_failing_at_commit_is_409(
 
 def test_litestar_plugin_refuses_bad_options() -> None:
     with pytest.raises(ValueError, match="retries"):
-        HookbusPlugin(Bus(), lambda: None, retries=-2)
-    with pytest.raises(ValueError, match="pool"):
+        HookbusPlugin(Bus(), hookbus.transaction, retries=-2)
+    with pytest.raises(ValueError, match="what opens a scope"):
         HookbusPlugin(Bus())
 
 

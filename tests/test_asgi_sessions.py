@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import hookbus_asyncpg
 import pytest
 from _asgi import call
 from hookbus_asgi import SessionMiddleware, TransactionMiddleware
@@ -82,5 +83,5 @@ async def test_a_websocket_gets_no_transaction_scope(pool: asyncpg.Pool) -> None
             outside.append(True)
         await echo_socket(scope, receive, send)
 
-    await websocket(TransactionMiddleware(socket, pool))
+    await websocket(TransactionMiddleware(socket, lambda: hookbus_asyncpg.transaction(pool)))
     assert outside == [True]

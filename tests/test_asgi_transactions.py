@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import asyncpg
+import hookbus_asyncpg
 import httpx
 import pytest
 import pytest_asyncio
@@ -17,6 +18,7 @@ from _web_app import create_app
 from hookbus_asgi import ErrorResponse, TransactionMiddleware, error_response
 from starlette.responses import JSONResponse, StreamingResponse
 
+import hookbus
 from hookbus import (
     CommitOutcomeUnknownError,
     Operation,
@@ -31,6 +33,11 @@ async def client(dsn: str) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the test application (tests/_web_app.py), its lifespan running."""
     async with served(create_app(dsn)) as client:
         yield client
+
+
+def scopes(pool: asyncpg.Pool) -> Callable[[], Any]:
+    """What opens each request's scope: a hookbus_asyncpg transaction on ``pool``."""
+    return lambda: hookbus_asyncpg.transaction(pool)
 
 
 def unique(prefix: str) -> str:
@@ -179,8 +186,9 @@ def inserting_app(status: int = 200, *, read_body: bool = True) -> Any:
 async def test_a_client_that_disconnects_mid_request_rolls_back(pool: asyncpg.Pool) -> None:
     await _setup(pool)
     name = unique("gone")
-    app = TransactionMiddleware(inserting_app(), pool)
-    await call(app, [{"type": "http.request", "body": name.encode(), "more_body": False}])
+    app = TransactionMiddleware(inserting_app(), scopes(pool))
+    body = {"type": "http.request", "body": name.encode(), "more_body": False}
+    await call(app, [body, {"type": "http.disconnect"}])
     assert await rows(pool, "notes", name) == 0
 
 
@@ -194,7 +202,9 @@ async def test_commit_on_decides_from_the_status(pool: asyncpg.Pool) -> None:
             )
             await JSONResponse({}, status_code=status)(scope, receive, send)
 
-        sent = await call(TransactionMiddleware(app, pool, commit_on=lambda s: s != 201), [])
+        sent = await call(
+            TransactionMiddleware(app, scopes(pool), commit_on=lambda s: s != 201), []
+        )
         assert sent[0]["status"] == status
 
     await answer(404, kept := unique("kept"))
@@ -212,7 +222,7 @@ async def test_an_application_returning_without_a_response_rolls_back(pool: asyn
             "INSERT INTO notes VALUES ($1)", name
         )
 
-    assert await call(TransactionMiddleware(app, pool), []) == []
+    assert await call(TransactionMiddleware(app, scopes(pool)), []) == []
     assert await rows(pool, "notes", name) == 0
 
 
@@ -245,7 +255,7 @@ async def test_a_failed_end_of_scope_replaces_the_2xx(
         tx.add(_FailsAtPrecommit(error))
         await JSONResponse({"ok": True})(scope, receive, send)
 
-    sent = await call(TransactionMiddleware(app, pool), [])
+    sent = await call(TransactionMiddleware(app, scopes(pool)), [])
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert sent[0]["status"] == status
     assert words in sent[1]["body"].decode()
@@ -297,7 +307,7 @@ async def test_a_serialization_failure_is_409_without_retries(
 ) -> None:
     await _flaky(pool)
     body = [{"type": "http.request", "body": f"{when}once".encode(), "more_body": False}]
-    sent = await call(TransactionMiddleware(flaky_app(), pool), body)
+    sent = await call(TransactionMiddleware(flaky_app(), scopes(pool)), body)
     assert sent[0]["status"] == 409
     assert b"40001" in sent[1]["body"]
     assert await pool.fetchval("SELECT count(*) FROM flaky") == 0
@@ -312,7 +322,7 @@ async def test_retries_rerun_the_request_with_its_body_replayed(
         {"type": "http.request", "body": f"{when}in ".encode(), "more_body": True},
         {"type": "http.request", "body": b"two parts", "more_body": False},
     ]
-    sent = await call(TransactionMiddleware(flaky_app(), pool, retries=2), body)
+    sent = await call(TransactionMiddleware(flaky_app(), scopes(pool), retries=2), body)
     assert sent[0]["status"] == 200
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert await pool.fetch("SELECT name FROM flaky") == [(f"{when}in two parts",)]
@@ -322,20 +332,23 @@ async def test_retries_rerun_the_request_with_its_body_replayed(
 async def test_no_retry_when_the_body_is_too_large_to_replay(pool: asyncpg.Pool) -> None:
     await _flaky(pool)
     body = [{"type": "http.request", "body": b"x" * 100, "more_body": False}]
-    sent = await call(TransactionMiddleware(flaky_app(), pool, retries=2, replay_limit=10), body)
+    sent = await call(
+        TransactionMiddleware(flaky_app(), scopes(pool), retries=2, replay_limit=10), body
+    )
     assert sent[0]["status"] == 409
     assert await pool.fetchval("SELECT count(*) FROM flaky") == 0
 
 
-def test_bad_options_are_refused_when_the_middleware_is_built(pool: Any = None) -> None:
-    with pytest.raises(ValueError, match="isolation"):
-        TransactionMiddleware(inserting_app(), lambda: pool, isolation="snapshot")  # type: ignore[arg-type]
+def test_bad_options_are_refused_when_the_middleware_is_built() -> None:
+    factory = hookbus.transaction
     with pytest.raises(ValueError, match="retries"):
-        TransactionMiddleware(inserting_app(), lambda: pool, retries=-1)
+        TransactionMiddleware(inserting_app(), factory, retries=-1)
+    with pytest.raises(ValueError, match="replay_limit"):
+        TransactionMiddleware(inserting_app(), factory, replay_limit=-1)
     with pytest.raises(TypeError, match="commit_on"):
-        TransactionMiddleware(inserting_app(), lambda: pool, commit_on=200)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"asyncpg\.Pool or a function"):
-        TransactionMiddleware(inserting_app(), "postgresql://")  # type: ignore[arg-type]
+        TransactionMiddleware(inserting_app(), factory, commit_on=200)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="errors"):
+        TransactionMiddleware(inserting_app(), factory, errors=None)  # type: ignore[arg-type]
 
 
 def test_the_default_error_answers() -> None:
@@ -382,7 +395,7 @@ async def test_the_row_is_committed_before_the_response_starts(
         seen.append((message["type"], await rows(pool, "notes", name)))
 
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": spec_version}}
-    await TransactionMiddleware(app, pool)(scope, _quiet_client(), send)
+    await TransactionMiddleware(app, scopes(pool))(scope, _quiet_client(), send)
     # every message, the start included, went out once the row was committed
     assert seen == [
         ("http.response.start", 1),
@@ -434,7 +447,7 @@ async def test_a_connection_lost_during_commit_is_never_answered_2xx(pool: async
             async with anyio.create_task_group() as tg:
 
                 async def request() -> None:
-                    sent.extend(await call(TransactionMiddleware(app, pool), []))
+                    sent.extend(await call(TransactionMiddleware(app, scopes(pool)), []))
 
                 tg.start_soon(request)
                 with anyio.fail_after(10):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Final, TypeAlias, final
 
@@ -62,6 +63,12 @@ def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of a database error (asyncpg's ``sqlstate``), else ``None``."""
     code = getattr(exc, "sqlstate", None)
     return code if isinstance(code, str) else None
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """The database errors a framework's handlers map: asyncpg's, if asyncpg is loaded."""
+    asyncpg = sys.modules.get("asyncpg")  # not loaded: none of its errors can be raised
+    return () if asyncpg is None else (asyncpg.PostgresError,)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -8,7 +8,9 @@ lifespan if it has one.
 The rule: ``server_startup`` runs once the application's own start-up is done (its pool
 exists) and before the server accepts a request; ``server_shutdown`` runs whenever
 ``server_startup`` was emitted, even if a startup hook failed, before the application's own
-shut-down (the pool is still open). A startup hook that raises makes start-up fail
+shut-down (the pool is still open). Before it, the shutdown waits for the request scopes
+still running (a COMMIT, a postcommit) up to ``shutdown_wait`` seconds, then logs those it
+abandons (see ``_running``). A startup hook that raises makes start-up fail
 (``lifespan.startup.failed``): a server run with ``--lifespan on`` then exits instead of
 serving a half-initialised application.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any, Final, final
 
 import anyio
@@ -25,6 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from hookbus import Bus, ServerEvent
 
+from ._running import DEFAULT_WAIT, KEY, RunningScopes, check_wait, wait_for_scopes
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["LifespanMiddleware", "server_events"]
@@ -47,32 +50,47 @@ async def _shutdown_after_failure(bus: Bus, app: Any) -> None:
         logger.exception("server_shutdown failed after a failed server_startup")
 
 
-@contextlib.asynccontextmanager
-async def server_events(bus: Bus, app: Any = None) -> AsyncIterator[None]:
+def server_events(
+    bus: Bus, app: Any = None, *, shutdown_wait: float = DEFAULT_WAIT
+) -> contextlib.AbstractAsyncContextManager[dict[str, Any]]:
     """Emit ``server_startup`` on entry and ``server_shutdown`` on exit, always.
 
-    For a framework's lifespan, inside the block that opens what the hooks need::
+    For a framework's lifespan, inside the block that opens what the hooks need; yield the
+    state it gives, so that the shutdown can wait for the requests' scopes::
 
         @contextlib.asynccontextmanager
         async def lifespan(app):
             async with asyncpg.create_pool(DSN) as pool:
                 app.state.pool = pool
-                async with hookbus_asgi.server_events(bus, app):
-                    yield
+                async with hookbus_asgi.server_events(bus, app) as state:
+                    yield state
 
     If a startup hook raises, ``server_shutdown`` is still emitted (its own errors logged)
     and the startup error propagates: the framework answers ``lifespan.startup.failed``.
+    The state (the ASGI lifespan state, which the server copies into each request's scope)
+    carries the scopes ``TransactionMiddleware`` opens: on exit, before ``server_shutdown``,
+    those still running (a COMMIT, a postcommit) are waited for, ``shutdown_wait`` seconds at
+    most (10 by default), and those left are logged as abandoned.
     """
+    return _server_events(bus, app, RunningScopes(), check_wait(shutdown_wait))
+
+
+@contextlib.asynccontextmanager
+async def _server_events(
+    bus: Bus, app: Any, running: RunningScopes, shutdown_wait: float
+) -> AsyncIterator[dict[str, Any]]:
     try:
         await _startup(bus, app)
     except BaseException:
         await _shutdown_after_failure(bus, app)
         raise
     try:
-        yield
+        yield {KEY: running}
     except BaseException:
+        await wait_for_scopes(running, shutdown_wait)
         await _shutdown_after_failure(bus, app)
         raise
+    await wait_for_scopes(running, shutdown_wait)
     await _shutdown(bus, app)
 
 
@@ -86,22 +104,40 @@ class LifespanMiddleware:
     it. ``server_app`` is what the events carry as ``app`` (the wrapped application if not
     given). Run the server with the lifespan forced on (``uvicorn --lifespan on``): with
     ``auto``, uvicorn takes a startup error for "lifespan unsupported" and serves anyway.
+
+    The shutdown first waits for the request scopes ``TransactionMiddleware`` still runs (a
+    COMMIT, a postcommit), ``shutdown_wait`` seconds at most (10 by default), and logs those
+    it abandons; they are found through the ASGI lifespan state, which the server copies into
+    each request's scope.
     """
 
-    __slots__ = ("_bus", "_server_app", "app")
+    __slots__ = ("_bus", "_server_app", "_shutdown_wait", "app")
 
-    def __init__(self, app: ASGIApp, bus: Bus, *, server_app: Any = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        bus: Bus,
+        *,
+        server_app: Any = None,
+        shutdown_wait: float = DEFAULT_WAIT,
+    ) -> None:
         if not isinstance(bus, Bus):
             raise TypeError(f"bus must be a hookbus.Bus, not {type(bus).__name__}")
         self.app = app
         self._bus = bus
         self._server_app = app if server_app is None else server_app
+        self._shutdown_wait = check_wait(shutdown_wait)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        await _Lifespan(self.app, self._bus, self._server_app, scope).run(receive, send)
+        running = RunningScopes()
+        state: MutableMapping[str, Any] | None = scope.get("state")
+        if state is not None:  # a server without lifespan state: no request is tracked
+            state[KEY] = running
+        lifespan = _Lifespan(self.app, self._bus, self._server_app, scope)
+        await lifespan.run(receive, send, running, self._shutdown_wait)
 
 
 @final
@@ -119,7 +155,9 @@ class _Lifespan:
         self._from_app: MemoryObjectReceiveStream[Message]
         self._inner = True  # the wrapped application speaks the lifespan protocol
 
-    async def run(self, receive: Receive, send: Send) -> None:
+    async def run(
+        self, receive: Receive, send: Send, running: RunningScopes, shutdown_wait: float
+    ) -> None:
         to_app, app_receive = anyio.create_memory_object_stream[Message](1)
         app_send, from_app = anyio.create_memory_object_stream[Message](1)
         self._to_app, self._from_app = to_app, from_app
@@ -144,6 +182,7 @@ class _Lifespan:
             message = await receive()
             if message["type"] != "lifespan.shutdown":
                 raise RuntimeError(f"expected lifespan.shutdown, got {message['type']!r}")
+            await wait_for_scopes(running, shutdown_wait)
             failures: list[str] = []
             try:
                 await _shutdown(self._bus, self._server_app)
