@@ -759,3 +759,42 @@ async def test_payloads_without_a_key_attribute_are_keyed_by_their_declared_fiel
         await bus.emit("tick", Order("a"))
     assert seen == ["a", 0, "a", 1, "a", 1, "a", 1, 2]
     assert (dict(vars(Order)), dict(vars(Tick))) == before
+
+
+class _Tick(msgspec.Struct):
+    """An application payload with no ``key`` attribute: dispatched through its own lane."""
+
+    n: int
+
+
+async def test_registering_or_unregistering_resets_the_entries_of_a_key_less_event(
+    bus: Bus,
+) -> None:
+    bus.declare("tick", _Tick)
+    seen: list[str] = []
+    bus.hook("tick")(lambda e: seen.append("first"))
+    await bus.emit("tick", _Tick(0))
+    await bus.emit("tick", _Tick(0))  # the entry is now the one the lane answers
+    late = bus.register(lambda e: seen.append("late"), "tick")
+    await bus.emit("tick", _Tick(1))
+    bus.unregister(late)
+    await bus.emit("tick", _Tick(2))
+    assert seen == ["first", "first", "first", "late", "first"]
+
+
+async def test_registering_or_unregistering_resets_the_entries_of_an_event_keyed_by_a_field(
+    bus: Bus,
+) -> None:
+    class Order(msgspec.Struct):
+        sku: str
+
+    bus.declare("order_placed", Order, key="sku")
+    seen: list[str] = []
+    await bus.emit("order_placed", Order("a"))  # a miss, cached
+    await bus.emit("order_placed", Order("a"))
+    hook = bus.register(lambda e: seen.append(e.sku), "order_placed", select=hookbus.match_key("x"))
+    await bus.emit("order_placed", Order("a"))
+    await bus.emit("order_placed", Order("x"))
+    bus.unregister(hook)
+    await bus.emit("order_placed", Order("x"))
+    assert seen == ["x"]

@@ -7,6 +7,7 @@ import tracemalloc
 import warnings
 from typing import Any
 
+import msgspec
 import pytest
 
 from hookbus import (
@@ -174,3 +175,55 @@ async def test_hooks_for_follows_the_control_state(bus: Bus, calls: list[str]) -
             "integrity",
             "activeintegrity",
         ]
+
+
+async def test_a_hook_registered_after_a_dispatch_under_a_state_runs_under_it(
+    bus: Bus, calls: list[str]
+) -> None:
+    with hooks_control(ALLOW_ALL, "integrity"):
+        assert await run(bus, calls) == ["notification", "activeintegrity", "metadata"]
+    late = bus.register(lambda e: calls.append("late"), "after_add_entity", category="mailing")
+    with hooks_control(ALLOW_ALL, "integrity"):
+        assert await run(bus, calls) == ["notification", "activeintegrity", "metadata", "late"]
+    bus.unregister(late)
+    with hooks_control(ALLOW_ALL, "integrity"):
+        assert await run(bus, calls) == ["notification", "activeintegrity", "metadata"]
+
+
+class Tick(msgspec.Struct):
+    """An application payload with no ``key`` attribute."""
+
+    n: int
+
+
+async def test_a_key_less_event_dispatched_under_deny_all_leaves_its_category_enabled_outside(
+    bus: Bus,
+) -> None:
+    bus.declare("tick", Tick)
+    seen: list[int] = []
+    bus.hook("tick", category="notification")(lambda e: seen.append(e.n))
+    with hooks_control(DENY_ALL):  # the first dispatch of the event, then a cached one
+        await bus.emit("tick", Tick(0))
+        await bus.emit("tick", Tick(1))
+    await bus.emit("tick", Tick(2))
+    await bus.emit("tick", Tick(3))
+    with hooks_control(DENY_ALL):
+        await bus.emit("tick", Tick(4))
+    await bus.emit("tick", Tick(5))
+    assert seen == [2, 3, 5]
+
+
+async def test_the_block_gives_the_state_it_puts_in_force(bus: Bus, calls: list[str]) -> None:
+    with hooks_control(DENY_ALL, "integrity", "notification") as state:
+        assert state is current_control()
+        assert state.mode is DENY_ALL
+        assert state.categories == {"integrity", "notification"}
+        assert state.enabled("integrity", frozenset())
+        assert not state.enabled("metadata", frozenset())
+        assert state.enabled("metadata", frozenset({"metadata"}))  # protected on that bus
+        with hooks_control(ALLOW_ALL) as inner:
+            assert inner is current_control() and inner is not state
+        assert current_control() is state
+    assert current_control() is None
+    with hooks_control(DENY_ALL, "notification", "integrity") as same:
+        assert same is state  # equal states are one object
