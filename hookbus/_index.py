@@ -7,11 +7,19 @@ no key, in call order. So any key resolves in constant time, however many keys a
 application dispatches and however many hooks the event has. A selector that cannot say
 which keys it singles out is asked per dispatch for keys no selector names.
 
-**Tables.** The table of an event is a plain ``dict`` key -> entry: ``Bus.emit`` does one
-subscript. Keys no selector names are added to it, all pointing at the other entry, up to
-``MAX_UNNAMED_KEYS``; past that the table becomes an ``_OpenTable`` that answers the other
-entry for any key it does not hold, from C (no Python call, nothing more stored): memory
-stays bounded and a fresh key costs about what a known one does.
+**Lanes.** What ``Bus.emit`` reads for an event is its *lane*: ``(table, getkey)``. The
+table is a plain ``dict`` key -> entry; ``getkey`` is ``None`` when the payload's ``key``
+attribute is its key (``Bus.emit`` then reads ``payload.key``), else a C callable giving
+the key: ``operator.attrgetter(field)`` for an application payload keyed by a field of
+another name, ``type`` for an unkeyed payload without a ``key`` attribute (its table holds
+the one entry under the payload type, so another type misses and goes through the checks
+of the slow path). So every declared field keys its event at about the speed of ``key``,
+and the user's class is never touched.
+
+**Tables.** Keys no selector names are added to a table, all pointing at the other entry,
+up to ``MAX_UNNAMED_KEYS``; past that the table becomes an ``_OpenTable`` that answers the
+other entry for any key it does not hold, from C (no Python call, nothing more stored):
+memory stays bounded and a fresh key costs about what a known one does.
 
 **Control states.** A ``hooks_control`` state changes a bus's entries only through the
 categories of its hooks, so states are reduced to their *canonical form* on this bus (the
@@ -22,26 +30,22 @@ an application opening ever new states cannot grow memory without end. Reducing 
 is where a category named by ``hooks_control`` that no hook of this bus has is reported
 (``UnknownCategoryWarning``, once per name).
 
-**Payload keys.** ``Bus.emit`` reads ``payload.key``: hookbus's payload types alias it to
-their key field, and an application type whose key field is named ``key`` has it. An event
-whose payload type has no such attribute (or one that is not its key) never enters
-``tables``: the subscript ``Bus.emit`` reads fails on the event name, before ``payload.key``
-is read (a failed attribute read costs more than a whole dispatch), and the first lines of
-``resolve`` answer it from ``fielded``: its payload type, key field (``None``: unkeyed) and
-table. The built-in events pay nothing for it; the user's class is never modified.
+**Payload keys.** hookbus's payload types alias ``key`` to their key field, and an
+application type whose key field is named ``key`` has it; no other class is given one.
 """
 
 from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from functools import partial
 from itertools import repeat
+from operator import attrgetter
 from typing import Any, Final, final
 
 from ._control import ALLOW_ALL, Control
-from ._dispatch import Chosen, Entry, EntryFactory
+from ._dispatch import NOTHING, Chosen, Entry, EntryFactory
 from ._events import BUILTIN_EVENTS, EventSpec
 from ._exceptions import UnknownCategoryWarning, UnknownEventError
 from ._hooks import HookInfo
@@ -60,6 +64,9 @@ _MISSING: Final = object()
 _BASE: Final[frozenset[str]] = frozenset()  # the form of "no state": every category enabled
 
 Table = dict[Hashable, Entry]
+#: What ``Bus.emit`` reads for an event: its table, and how to get a payload's key (``None``:
+#: ``payload.key``).
+Lane = tuple[Table, Callable[[Any], Hashable] | None]
 
 
 class _OpenTable(dict):  # type: ignore[type-arg]
@@ -111,11 +118,11 @@ class _PerKey:
 class _Plan:
     """The entries of one event under one canonical control form, built on first use."""
 
-    __slots__ = ("fast", "hooks", "make", "named", "other", "spec", "table", "unnamed")
+    __slots__ = ("getkey", "hooks", "make", "named", "other", "spec", "table", "unnamed")
 
     def __init__(self, spec: EventSpec, hooks: tuple[HookInfo, ...], make: EntryFactory) -> None:
         self.spec, self.hooks, self.make = spec, hooks, make
-        self.fast = _reads_key(spec)  # whether Bus.emit may read its table
+        self.getkey = _getkey(spec)
         named: set[Hashable] = set()
         for info in hooks:
             mentions = None if info.select is None else info.select.mentions(spec)
@@ -141,6 +148,12 @@ class _Plan:
         entries = {k: self.table.get(k) or self._build(k) for k in self.named}
         self.table = _open_table(entries, self.other)
         return self.other, True
+
+    def lane(self) -> Lane:
+        """What ``Bus.emit`` reads for this event (see the module docstring)."""
+        if self.getkey is type:  # unkeyed, no key attribute: the one entry, by payload type
+            return {self.spec.payload: self.table.get(None) or NOTHING}, type
+        return self.table, self.getkey
 
     def _build(self, key: Hashable) -> Entry:
         chosen = []
@@ -176,8 +189,8 @@ class Index:
     """A bus's entries: the tables ``Bus.emit`` reads and the slow path that fills them."""
 
     __slots__ = (
-        "_forms", "_plans", "_warned", "by_event", "categories", "fielded", "form_of", "make",
-        "protected", "specs", "tables", "views",
+        "_forms", "_plans", "_warned", "by_event", "categories", "form_of", "make", "protected",
+        "specs", "tables", "views",
     )  # fmt: skip
 
     def __init__(
@@ -188,15 +201,12 @@ class Index:
         make: EntryFactory,
     ) -> None:
         self.specs, self.by_event, self.protected, self.make = specs, by_event, protected, make
-        #: event -> table, under no control state (``Bus.emit``'s first subscript)
-        self.tables: dict[str, Table] = {}
-        #: event -> (payload type, key field or ``None``, table), for the events whose payloads
-        #: have no ``key`` (under no control state): never in ``tables``
-        self.fielded: dict[str, tuple[type, str | None, Table]] = {}
-        #: control state -> event -> table (shared by the states of one canonical form)
-        self.views: dict[Control, dict[str, Table]] = {}
+        #: event -> lane, under no control state (``Bus.emit``'s first subscript)
+        self.tables: dict[str, Lane] = {}
+        #: control state -> event -> lane (shared by the states of one canonical form)
+        self.views: dict[Control, dict[str, Lane]] = {}
         self.form_of: dict[Control, frozenset[str]] = {}
-        self._forms: dict[frozenset[str], dict[str, Table]] = {_BASE: self.tables}
+        self._forms: dict[frozenset[str], dict[str, Lane]] = {_BASE: self.tables}
         self._plans: dict[frozenset[str], dict[str, _Plan]] = {_BASE: {}}
         self._warned: set[str] = set()
         self.categories: frozenset[str] = frozenset()
@@ -204,7 +214,6 @@ class Index:
     def reset(self) -> None:
         """Drop every entry: called on every registration change and factory swap."""
         self.tables.clear()
-        self.fielded.clear()
         self.views.clear()
         self.form_of.clear()
         self._forms = {_BASE: self.tables}
@@ -218,22 +227,11 @@ class Index:
     def resolve(self, control: Control | None, event: str, payload: Any) -> Entry:
         """The entry for a dispatch that the tables ``Bus.emit`` reads could not answer.
 
-        Taken for a key seen for the first time, a state met for the first time, every
-        dispatch of an event whose payload type has no ``key`` attribute (answered first by
-        its lane in ``fielded``), a payload of a subclass of its event's type, and every
-        mistake.
+        Taken for a key seen for the first time, a state met for the first time, a payload
+        of a subclass of its event's type (of an unkeyed event without a ``key`` attribute),
+        and every mistake.
         """
         if control is None:
-            lane = self.fielded.get(event)
-            if lane is not None and type(payload) is lane[0]:
-                # A payload without ``key``: its own field, or no key at all. (An unhashable
-                # key goes on to the checks below, which say so.)
-                try:
-                    found = lane[2].get(None if lane[1] is None else getattr(payload, lane[1]))
-                except TypeError:
-                    found = None
-                if found is not None:
-                    return found
             form = _BASE
         else:
             known = self.form_of.get(control)
@@ -257,15 +255,13 @@ class Index:
                 f"({field} = {key!r}) is unhashable; keys index dispatches and must be "
                 f"hashable (a str, an int, a tuple of those)"
             ) from None
-        if found is not None:
-            return found
-        entry, replaced = plan.entry(key)
-        if plan.fast:
-            if replaced or event not in self._forms[form]:
-                self._forms[form][event] = plan.table
-        elif form is _BASE:
-            self.fielded[event] = (plan.spec.payload, field, plan.table)
-        return entry
+        if found is None:
+            found, replaced = plan.entry(key)
+            if replaced:
+                self._forms[form][event] = plan.lane()
+        if event not in self._forms[form]:
+            self._forms[form][event] = plan.lane()
+        return found
 
     def _plan(self, form: frozenset[str], event: str) -> _Plan:
         spec = self.spec(event)
@@ -285,17 +281,17 @@ class Index:
         """The canonical form of ``control`` on this bus; maps the state to its tables."""
         form = frozenset(c for c in self.categories if not control.enabled(c, self.protected))
         self._report(control)
-        tables = self._forms.get(form)
-        if tables is None:
+        lanes = self._forms.get(form)
+        if lanes is None:
             if len(self._forms) >= MAX_FORMS:  # drop the oldest form but the base one
                 oldest = next(f for f in self._forms if f)
                 del self._forms[oldest], self._plans[oldest]
-            tables = self._forms[form] = {}
+            lanes = self._forms[form] = {}
             self._plans[form] = {}
         if len(self.views) >= MAX_STATES:
             stale = next(iter(self.views))
             del self.views[stale], self.form_of[stale]
-        self.views[control] = tables
+        self.views[control] = lanes
         self.form_of[control] = form
         return form
 
@@ -325,12 +321,15 @@ class Index:
             warnings.warn(message, UnknownCategoryWarning, stacklevel=5)  # the emit
 
 
-def _reads_key(spec: EventSpec) -> bool:
-    """Whether ``payload.key`` is the key of ``spec``'s payloads (so ``Bus.emit`` may read it)."""
+def _getkey(spec: EventSpec) -> Callable[[Any], Hashable] | None:
+    """How ``Bus.emit`` gets the key of ``spec``'s payloads: ``None`` when ``payload.key`` is
+    it, else a C callable (``attrgetter`` of the key field; ``type`` for unkeyed payloads)."""
     alias = getattr(spec.payload, "key", _MISSING)
     if spec.key is None:
-        return alias is None
-    return alias is getattr(spec.payload, spec.key, _MISSING)
+        return None if alias is None else type
+    if alias is getattr(spec.payload, spec.key, _MISSING):
+        return None
+    return attrgetter(spec.key)
 
 
 def specialize(info: HookInfo, spec: EventSpec, key: Hashable) -> bool | Predicate:

@@ -685,24 +685,22 @@ async def test_a_selector_that_cannot_name_its_keys_is_asked_per_dispatch(bus: B
 
 
 async def test_entries_come_from_a_factory_that_instrumentation_can_replace(bus: Bus) -> None:
-    from hookbus._dispatch import Entry, make_entry
+    from hookbus._dispatch import Entry, entry, make_entry
 
     spans: list[str] = []
 
-    class Traced(Entry):
-        __slots__ = ()
-
-        async def emit(self, event: str, payload: Any) -> Break | None:
-            spans.append(f"{event}:{len(self[0])}")
-            return await self[0].emit(event, payload)
-
-        async def collect(self, event: str, payload: Any) -> Any:
-            spans.append(f"collect {event}")
-            return await self[0].collect(event, payload)
-
     def traced(event: str, hooks: Any, names_event: bool) -> Entry:
         inner = make_entry(event, hooks, names_event)
-        return Traced((inner,)) if inner else inner
+
+        async def emit(payload: Any) -> Break | None:
+            spans.append(f"{event}:{len(hooks)}")
+            return await inner(payload)
+
+        async def collect(payload: Any) -> Any:
+            spans.append(f"collect {event}")
+            return await inner.collect(payload)
+
+        return entry(emit, collect) if hooks else inner
 
     calls: list[int] = []
     bus.hook("after_add_entity")(lambda e: calls.append(e.eid))
@@ -798,3 +796,125 @@ async def test_registering_or_unregistering_resets_the_entries_of_an_event_keyed
     bus.unregister(hook)
     await bus.emit("order_placed", Order("x"))
     assert seen == ["x"]
+
+
+async def test_the_note_names_the_hook_that_raised_whatever_its_position_and_kind(
+    bus: Bus,
+) -> None:
+    failing: list[str] = []
+    ran: list[str] = []
+
+    def maybe(name: str) -> None:
+        ran.append(name)
+        if failing == [name]:
+            raise LookupError(name)
+
+    async def awaited(event: EntityEvent) -> None:
+        maybe("awaited")
+
+    def called(event: EntityEvent) -> None:
+        maybe("called")
+
+    def checked(event: EntityEvent) -> Any:
+        maybe("checked")
+        return event.eid if event.eid < 0 else None  # may return something: checked
+
+    async def selected(event: EntityEvent) -> None:
+        maybe("selected")
+
+    def selector(event: EntityEvent) -> bool:
+        maybe("selector")
+        return True
+
+    async def last(event: EntityEvent) -> None:
+        maybe("last")
+
+    bus.register(awaited, "after_add_entity")
+    bus.register(called, "after_add_entity")
+    bus.register(checked, "after_add_entity")
+    bus.register(selected, "after_add_entity", select=where(selector))
+    bus.register(last, "after_add_entity")
+    names = ["awaited", "called", "checked", "selector", "selected", "last"]
+    for name in names:
+        for dispatch in (bus.emit, bus.collect):
+            failing[:] = [name]
+            ran.clear()
+            with pytest.raises(LookupError) as info:
+                await dispatch("after_add_entity", added())
+            what = "the selector of hook" if name == "selector" else "hook"
+            hook = "selected" if name == "selector" else name
+            assert info.value.__notes__ == [
+                f"raised by {what} {__name__}.test_the_note_names_the_hook_that_raised_whatever"
+                f"_its_position_and_kind.<locals>.{hook} on event 'after_add_entity'"
+            ]
+            assert ran == names[: names.index(name) + 1]  # the later hooks never ran
+    failing.clear()
+    ran.clear()
+    assert await bus.emit("after_add_entity", added()) is None
+    assert await bus.collect("after_add_entity", added()) == [None] * 5
+    assert ran == names * 2
+
+
+async def test_break_stops_the_hooks_at_every_position(bus: Bus) -> None:
+    ran: list[int] = []
+
+    def hook(position: int, is_async: bool) -> Any:
+        def run(event: EntityEvent) -> None:
+            ran.append(position)
+            if event.eid == position:
+                raise Break(position)
+
+        async def run_async(event: EntityEvent) -> None:
+            run(event)
+
+        return run_async if is_async else run
+
+    for position in range(6):
+        bus.register(hook(position, position % 2 == 0), "after_add_entity")
+    for position in range(6):
+        ran.clear()
+        broken = await bus.emit("after_add_entity", added(eid=position))
+        assert broken is not None and broken.value == position
+        assert ran == list(range(position + 1))
+        results = await bus.collect("after_add_entity", added(eid=position))
+        assert results == [None] * position
+        assert results.broken is not None and results.broken.value == position
+
+
+async def test_emit_returns_the_dispatch_coroutine_which_runs_only_when_awaited(
+    bus: Bus,
+) -> None:
+    seen: list[int] = []
+    bus.hook("after_add_entity")(lambda e: seen.append(e.eid))
+    dispatch = bus.emit("after_add_entity", added(eid=1))
+    assert asyncio.iscoroutine(dispatch)
+    assert seen == []
+    assert await dispatch is None
+    assert seen == [1]
+    miss = bus.emit("after_update_entity", EntityEvent("after_update_entity", "P", 2))
+    assert asyncio.iscoroutine(miss)
+    assert await miss is None
+    with pytest.raises(UnknownEventError):
+        bus.emit("after_add_entty", added())  # refused at the call, before any coroutine
+
+
+async def test_a_hook_whose_name_reads_as_code_is_only_ever_a_name(bus: Bus) -> None:
+    ran: list[str] = []
+
+    class Sly:
+        __qualname__ = 'x(payload)\n    raise SystemExit("injected")  #'
+        __module__ = '"); import os  #'
+
+        def __call__(self, event: EntityEvent) -> None:
+            ran.append("sly")
+            if event.eid == 2:
+                raise LookupError("named")
+
+    bus.register(Sly(), "after_add_entity")
+    assert await bus.emit("after_add_entity", added(eid=1)) is None
+    with pytest.raises(LookupError) as info:
+        await bus.emit("after_add_entity", added(eid=2))
+    assert ran == ["sly", "sly"]
+    assert info.value.__notes__ == [
+        f"raised by hook {Sly.__module__}.{Sly.__qualname__} on event 'after_add_entity'"
+    ]

@@ -19,19 +19,20 @@ returning a coroutine is refused, a payload contradicting its dispatch is refuse
 from __future__ import annotations
 
 from time import time_ns
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 from opentelemetry import context, trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from hookbus._dispatch import (
-    EMPTY,
+    NOTHING,
     Chosen,
     Entry,
     EntryFactory,
     Results,
     contradiction,
     endless,
+    entry,
     note,
     returned,
 )
@@ -58,22 +59,32 @@ class _Timed(NamedTuple):
     error: BaseException | None
 
 
-class _Instrumented(Entry):
-    """An entry that times its hooks and makes the spans its settings ask for."""
+class _Instrumented:
+    """The hooks of an entry, run timed, with the spans its settings ask for."""
 
-    __slots__ = ()
-    settings: ClassVar[Settings]
-    names_event: ClassVar[bool]
+    __slots__ = ("event", "hooks", "names_event", "settings")
 
-    async def emit(self, event: str, payload: Any) -> Break | None:
-        return await self._run(event, payload, None)
+    def __init__(
+        self, settings: Settings, event: str, hooks: tuple[_Hook, ...], names_event: bool
+    ) -> None:
+        self.settings, self.event, self.hooks, self.names_event = (
+            settings, event, hooks, names_event,
+        )  # fmt: skip
 
-    async def collect(self, event: str, payload: Any) -> Results:
-        results = Results()
-        results.broken = await self._run(event, payload, results)
-        return results
+    def entry(self) -> Entry:
+        """The entry that runs these hooks (its ``emit`` and ``collect``)."""
 
-    async def _run(self, event: str, payload: Any, results: Results | None) -> Break | None:
+        async def emit(payload: Any) -> Break | None:
+            return await self.run(self.event, payload, None)
+
+        async def collect(payload: Any) -> Results:
+            results = Results()
+            results.broken = await self.run(self.event, payload, results)
+            return results
+
+        return entry(emit, collect)
+
+    async def run(self, event: str, payload: Any, results: Results | None) -> Break | None:
         if self.names_event and payload.event != event:
             contradiction(event, payload)
         settings = self.settings
@@ -119,7 +130,7 @@ class _Instrumented(Entry):
         hook: _Hook | None = None
         check: Predicate | None = None
         try:
-            for hook in self:
+            for hook in self.hooks:
                 check = hook.check
                 if check is not None:
                     if not check(payload):
@@ -201,22 +212,15 @@ def _close(span: Span, error: BaseException | None, broken: Break | None, end: i
 
 def entry_factory(settings: Settings) -> EntryFactory:
     """The factory of instrumented entries recording with ``settings``."""
-    named = type("_NamedInstrumented", (_Instrumented,), {
-        "__slots__": (), "settings": settings, "names_event": True,
-    })  # fmt: skip
-    anything = type("_AnyInstrumented", (_Instrumented,), {
-        "__slots__": (), "settings": settings, "names_event": False,
-    })  # fmt: skip
 
     def make_entry(event: str, hooks: tuple[Chosen, ...], names_event: bool) -> Entry:
         if not hooks:
-            return EMPTY
-        cls = named if names_event else anything
-        entry: Entry = cls(
+            return NOTHING
+        timed = tuple(
             _Hook(c.info.fn, c.check, c.info.is_async, c.info.name,
                   {"hookbus.event": event, "hookbus.hook.name": c.info.name})
             for c in hooks
         )  # fmt: skip
-        return entry
+        return _Instrumented(settings, event, timed, names_event).entry()
 
     return make_entry
