@@ -207,7 +207,7 @@ class Bus:
     def _use_entries(self, factory: EntryFactory) -> EntryFactory:
         """Build every entry from now on with ``factory``; return the one it replaces.
 
-        The seam behind ``hookbus.instrument.use_entries``.
+        The seam behind ``hookbus.instrumentation.use_entries``.
         """
         previous, self._indexer.make = self._indexer.make, factory
         self._indexer.reset()

@@ -11,9 +11,9 @@ every miss.
 **Entry factories.** A bus builds its entries with ``factory(event, hooks, names_event)``;
 ``hooks`` is a tuple of :class:`Chosen` in call order, ``names_event`` says whether the
 payload carries its event name in ``payload.event``. A factory returns an :func:`entry`
-(:data:`NOTHING` when nothing runs). Instrumentation plugs in there (``hookbus.instrument``
-makes this public): its factory builds instrumented entries, and with the default factory
-nothing on the hot path tests whether instrumentation is on.
+(:data:`NOTHING` when nothing runs). Instrumentation plugs in there, through the public
+``hookbus.instrumentation``: its factory builds instrumented entries, and with the default
+factory nothing on the hot path tests whether instrumentation is on.
 
 Rules every entry keeps: a ``Break`` stops the remaining hooks and is returned (``emit``)
 or put on ``results.broken`` (``collect``); any other exception propagates with a note
@@ -145,7 +145,7 @@ def blame(
     note(exc, hooks[position], event, selector=selector)
 
 
-def note(exc: Exception, fn: object, event: str, *, selector: bool = False) -> None:
+def note(exc: BaseException, fn: object, event: str, *, selector: bool = False) -> None:
     """Add the note naming the hook (or its selector) and the event that ``exc`` came from."""
     what = "the selector of hook" if selector else "hook"
     exc.add_note(f"raised by {what} {hook_name(fn)} on event {event!r}")

@@ -684,35 +684,6 @@ async def test_a_selector_that_cannot_name_its_keys_is_asked_per_dispatch(bus: B
     assert seen == list(range(0, 3000, 2))
 
 
-async def test_entries_come_from_a_factory_that_instrumentation_can_replace(bus: Bus) -> None:
-    from hookbus._dispatch import Entry, entry, make_entry
-
-    spans: list[str] = []
-
-    def traced(event: str, hooks: Any, names_event: bool) -> Entry:
-        inner = make_entry(event, hooks, names_event)
-
-        async def emit(payload: Any) -> Break | None:
-            spans.append(f"{event}:{len(hooks)}")
-            return await inner(payload)
-
-        async def collect(payload: Any) -> Any:
-            spans.append(f"collect {event}")
-            return await inner.collect(payload)
-
-        return entry(emit, collect) if hooks else inner
-
-    calls: list[int] = []
-    bus.hook("after_add_entity")(lambda e: calls.append(e.eid))
-    await bus.emit("after_add_entity", added(eid=1))
-    bus._use_entries(traced)
-    await bus.emit("after_add_entity", added(eid=2))
-    await bus.emit("after_update_entity", EntityEvent("after_update_entity", "P", 3))  # a miss
-    assert await bus.collect("after_add_entity", added(eid=4)) == [None]
-    assert calls == [1, 2, 4]
-    assert spans == ["after_add_entity:1", "collect after_add_entity"]
-
-
 async def test_an_event_keyed_by_another_field_than_key_past_the_bound(bus: Bus) -> None:
     class Order(msgspec.Struct):
         customer: int

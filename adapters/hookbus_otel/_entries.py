@@ -1,7 +1,8 @@
 """Instrumented index entries: the hooks of an ``(event, key)``, timed, with opt-in spans.
 
-Built only by the factory that ``instrument`` gives a bus (``bus._use_entries``): a bus not
-instrumented builds hookbus's own entries and its dispatch never reaches this module. An
+Built only by the factory that ``instrument`` gives a bus (``hookbus.instrumentation.
+use_entries``): a bus not instrumented builds hookbus's own entries and its dispatch never
+reaches this module. An
 instrumented entry keeps every rule of hookbus's entries (a ``Break`` stops the hooks, errors
 carry a note naming the hook, a recursion becomes a ``HookRecursionError``, a plain hook
 returning a coroutine is refused, a payload contradicting its dispatch is refused) and adds:
@@ -18,26 +19,25 @@ returning a coroutine is refused, a payload contradicting its dispatch is refuse
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import time_ns
 from typing import Any, NamedTuple
 
 from opentelemetry import context, trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from hookbus._dispatch import (
+from hookbus import Break, Results
+from hookbus.instrumentation import (
     NOTHING,
     Chosen,
     Entry,
     EntryFactory,
-    Results,
-    contradiction,
-    endless,
+    check_payload_event,
+    check_result,
     entry,
-    note,
-    returned,
+    note_hook,
+    recursion_error,
 )
-from hookbus._exceptions import Break
-from hookbus._selectors import Predicate
 
 from ._settings import Settings
 
@@ -46,7 +46,7 @@ __all__ = ["entry_factory"]
 
 class _Hook(NamedTuple):
     fn: Any
-    check: Predicate | None
+    check: Callable[[Any], bool] | None
     is_async: bool
     name: str
     attributes: dict[str, str]
@@ -85,8 +85,8 @@ class _Instrumented:
         return entry(emit, collect)
 
     async def run(self, event: str, payload: Any, results: Results | None) -> Break | None:
-        if self.names_event and payload.event != event:
-            contradiction(event, payload)
+        if self.names_event:
+            check_payload_event(event, payload)
         settings = self.settings
         live = settings.dispatch_spans == "all"
         timed: list[_Timed] = []
@@ -128,7 +128,7 @@ class _Instrumented:
         settings = self.settings
         hook_spans = live and settings.hook_spans
         hook: _Hook | None = None
-        check: Predicate | None = None
+        check: Callable[[Any], bool] | None = None
         try:
             for hook in self.hooks:
                 check = hook.check
@@ -149,7 +149,7 @@ class _Instrumented:
                     if hook.is_async:
                         result = await result
                     elif result is not None:
-                        returned(hook.fn, event, result)
+                        check_result(hook.fn, event, result)
                 except BaseException as exc:
                     error = exc
                     raise
@@ -166,10 +166,10 @@ class _Instrumented:
         except Break as broken:
             return broken
         except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
+            raise recursion_error(exc, event)  # noqa: B904  (chained inside)
         except Exception as exc:
             assert hook is not None
-            note(exc, hook.fn, event, selector=check is not None)
+            note_hook(exc, hook.fn, event, selector=check is not None)
             raise
         return None
 
