@@ -78,6 +78,11 @@ def entry(
     (called at each dispatch, with no wrapper in between) and carries ``collect``."""
     if not isinstance(emit, types.FunctionType):
         raise TypeError(f"an entry's emit is a coroutine function, not {emit!r}")
+    if getattr(emit, "collect", collect) is not collect:
+        raise TypeError(
+            f"{emit.__qualname__} is already the emit of another entry: make a new function "
+            "per entry (a closure), since the entry is its emit"
+        )
     emit.collect = collect  # type: ignore[attr-defined]
     return cast(Entry, emit)
 
@@ -115,7 +120,7 @@ def _kind(info: HookInfo) -> Kind:
     return Kind.CALLED if info.returns_none else Kind.CHECKED
 
 
-# -- the errors of a dispatch, shared by every entry and by Bus.emit ---------------------
+# -- the errors of a dispatch, shared by every entry (and, public, by hookbus.instrumentation)
 
 
 def endless(exc: RecursionError, event: str) -> HookRecursionError:

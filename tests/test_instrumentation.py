@@ -143,6 +143,17 @@ def test_use_entries_refuses_what_is_not_a_bus_or_a_factory() -> None:
     with pytest.raises(TypeError, match="coroutine function"):
         entry(print, NOTHING.collect)  # type: ignore[arg-type]
 
+    async def shared(payload: Any) -> None:
+        pass
+
+    async def collect(payload: Any) -> Results:
+        return Results()
+
+    assert entry(shared, collect) is shared
+    assert entry(shared, collect) is shared  # the same pair again: the same entry
+    with pytest.raises(TypeError, match="already the emit of another entry"):
+        entry(shared, NOTHING.collect)
+
 
 class Watch:
     def __init__(self) -> None:
