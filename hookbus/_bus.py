@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar, final, overload
 import msgspec
 
 from ._control import current_control
-from ._dispatch import Entry, EntryFactory, Results, make_entry
+from ._dispatch import NOTHING, Entry, EntryFactory, Results, make_entry
 from ._events import BUILTIN_EVENTS, EventSpec
 from ._exceptions import Break, RegistrationError
 from ._explain import Explanation, explain
@@ -58,8 +58,8 @@ class Bus:
         self._by_event: dict[str, list[HookInfo]] = {}  # sorted by (priority, order)
         self._order = 0
         self._indexer = Index(self._specs, self._by_event, self._protected, make_entry)
-        # What emit reads, owned by the index: event -> lane (table, getkey) under no
-        # control state, and control state -> the same.
+        # What emit reads, owned by the index: event -> lane (table, getkey), every
+        # category enabled, and control state -> (that entry -> the entry under the state).
         self._index = self._indexer.tables
         self._views = self._indexer.views
 
@@ -229,16 +229,24 @@ class Bus:
         before that coroutine exists. Nothing runs until it is awaited.
         """
         # The hot path: keep it readable whole, and measure any change (benchmarks/). A key
-        # or a control state seen for the first time, an undeclared event, a payload of the
-        # wrong type and an unhashable key all leave through the except clause, which costs
-        # nothing until it is taken. ``getkey`` is None where ``payload.key`` is the key
-        # (built-in events, application payloads keyed by a field named key).
-        control = _get_control()
+        # seen for the first time, an undeclared event, a payload of the wrong type and an
+        # unhashable key leave through the first except clause, a control state or an entry
+        # seen for the first time under it through the second: each costs nothing until it
+        # is taken. ``getkey`` is None where ``payload.key`` is the key (built-in events,
+        # application payloads keyed by a field named key). A state only disables hooks, so
+        # a dispatch that runs none with every category enabled runs none under any state.
         try:
-            table, getkey = self._index[event] if control is None else self._views[control][event]
+            table, getkey = self._index[event]
             entry = table[payload.key if getkey is None else getkey(payload)]
         except (KeyError, AttributeError, TypeError):
-            entry = self._indexer.resolve(control, event, payload)
+            entry = self._indexer.resolve(event, payload)
+        if entry is not NOTHING:
+            control = _get_control()
+            if control is not None:
+                try:
+                    entry = self._views[control][entry]
+                except KeyError:
+                    entry = self._indexer.under(control, event, payload, entry)
         return entry(payload)
 
     async def collect(self, event: str, payload: Any) -> Results:
@@ -249,13 +257,20 @@ class Bus:
         return await self._entry(event, payload).collect(payload)
 
     def _entry(self, event: str, payload: Any) -> Entry:
-        """The entry a dispatch of ``event`` for ``payload`` runs here and now."""
-        control = _get_control()
+        """The entry a dispatch of ``event`` for ``payload`` runs here and now (as ``emit``
+        finds it)."""
         try:
-            table, getkey = self._index[event] if control is None else self._views[control][event]
-            return table[payload.key if getkey is None else getkey(payload)]
+            table, getkey = self._index[event]
+            entry = table[payload.key if getkey is None else getkey(payload)]
         except (KeyError, AttributeError, TypeError):
-            return self._indexer.resolve(control, event, payload)
+            entry = self._indexer.resolve(event, payload)
+        control = _get_control()
+        if entry is NOTHING or control is None:
+            return entry
+        try:
+            return self._views[control][entry]
+        except KeyError:
+            return self._indexer.under(control, event, payload, entry)
 
     # -- introspection ------------------------------------------------------------------
 

@@ -21,14 +21,20 @@ up to ``MAX_UNNAMED_KEYS``; past that the table becomes an ``_OpenTable`` that a
 other entry for any key it does not hold, from C (no Python call, nothing more stored):
 memory stays bounded and a fresh key costs about what a known one does.
 
-**Control states.** A ``hooks_control`` state changes a bus's entries only through the
+**Control states.** Under a ``hooks_control`` state a bus runs a subset of the hooks it
+runs with every category enabled: a dispatch that finds no hook in the tables (the entry
+``NOTHING``) finds none under any state, and ``Bus.emit`` answers it before reading the
+state. Otherwise the state's *view* maps the entry found in the tables to the entry under
+that state: one more subscript, keyed by the entry itself (each entry the tables hold
+stands for one event and one key, or the event's other keys: an entry factory that returns
+one entry for two of them is refused). A state changes a bus's entries only through the
 categories of its hooks, so states are reduced to their *canonical form* on this bus (the
-set of its hooks' categories they disable) and equal forms share one set of tables: the
-form that disables nothing shares the tables of dispatches under no state. The map from
-states to tables and the tables per form are both bounded (oldest dropped first), so
-an application opening ever new states cannot grow memory without end. Reducing a state
-is where a category named by ``hooks_control`` that no hook of this bus has is reported
-(``UnknownCategoryWarning``, once per name).
+set of its hooks' categories they disable) and the states of one form share one view; the
+form that disables nothing maps each entry to itself. The map from states to views and the
+forms are both bounded (oldest dropped first), so an application opening ever new states
+cannot grow memory without end. Reducing a state is where a category named by
+``hooks_control`` that no hook of this bus has is reported (``UnknownCategoryWarning``, once
+per name).
 
 **Payload keys.** hookbus's payload types alias ``key`` to their key field, and an
 application type whose key field is named ``key`` has it; no other class is given one.
@@ -116,12 +122,23 @@ class _PerKey:
 
 @final
 class _Plan:
-    """The entries of one event under one canonical control form, built on first use."""
+    """The entries of one event under one canonical control form, built on first use.
 
-    __slots__ = ("getkey", "hooks", "make", "named", "other", "spec", "table", "unnamed")
+    ``owners``, given for the form of no state, records which key each entry was built for
+    (``_UNNAMED``: the other entry), so that an entry factory returning one entry for two of
+    them is refused: the views of control states are keyed by those entries.
+    """
 
-    def __init__(self, spec: EventSpec, hooks: tuple[HookInfo, ...], make: EntryFactory) -> None:
-        self.spec, self.hooks, self.make = spec, hooks, make
+    __slots__ = ("getkey", "hooks", "make", "named", "other", "owners", "spec", "table", "unnamed")
+
+    def __init__(
+        self,
+        spec: EventSpec,
+        hooks: tuple[HookInfo, ...],
+        make: EntryFactory,
+        owners: dict[Entry, tuple[str, Hashable]] | None,
+    ) -> None:
+        self.spec, self.hooks, self.make, self.owners = spec, hooks, make, owners
         self.getkey = _getkey(spec)
         named: set[Hashable] = set()
         for info in hooks:
@@ -132,22 +149,31 @@ class _Plan:
         self.table: Table = {}
         self.unnamed = 0
 
-    def entry(self, key: Hashable) -> tuple[Entry, bool]:
-        """The entry of ``key``, and whether the table was replaced to hold it."""
+    def find(self, key: Hashable) -> Entry:
+        """The entry of ``key`` (hashable), built on first use; an unnamed key is not added
+        to the table."""
         if key in self.named:
-            entry = self.table[key] = self._build(key)
-            return entry, False
+            entry = self.table.get(key)
+            if entry is None:
+                entry = self.table[key] = self._make(key, self._build(key))
+            return entry
         if self.other is None:
-            self.other = self._build_other()
-        if isinstance(self.table, _OpenTable):  # read with .get() by the slow path
-            return self.other, False
+            self.other = self._make(_UNNAMED, self._build_other())
+        return self.other
+
+    def entry(self, key: Hashable) -> tuple[Entry, bool]:
+        """The entry of ``key``, added to the table, and whether the table was replaced to
+        hold it."""
+        entry = self.find(key)
+        if key in self.named or isinstance(self.table, _OpenTable):
+            return entry, False
         if self.unnamed < MAX_UNNAMED_KEYS:
             self.unnamed += 1
-            self.table[key] = self.other
-            return self.other, False
-        entries = {k: self.table.get(k) or self._build(k) for k in self.named}
-        self.table = _open_table(entries, self.other)
-        return self.other, True
+            self.table[key] = entry
+            return entry, False
+        entries = {k: self.find(k) for k in self.named}
+        self.table = _open_table(entries, entry)
+        return entry, True
 
     def lane(self) -> Lane:
         """What ``Bus.emit`` reads for this event (see the module docstring)."""
@@ -155,15 +181,15 @@ class _Plan:
             return {self.spec.payload: self.table.get(None) or NOTHING}, type
         return self.table, self.getkey
 
-    def _build(self, key: Hashable) -> Entry:
+    def _build(self, key: Hashable) -> list[Chosen]:
         chosen = []
         for info in self.hooks:
             check = True if info.select is None else specialize(info, self.spec, key)
             if check is not False:
                 chosen.append(Chosen(info, None if check is True else check))
-        return self._make(chosen)
+        return chosen
 
-    def _build_other(self) -> Entry:
+    def _build_other(self) -> list[Chosen]:
         chosen = []
         for info in self.hooks:
             check: bool | Predicate = True
@@ -177,20 +203,30 @@ class _Plan:
                         check = _PerKey(info.select, self.spec)
             if check is not False:
                 chosen.append(Chosen(info, None if check is True else check))
-        return self._make(chosen)
+        return chosen
 
-    def _make(self, chosen: list[Chosen]) -> Entry:
+    def _make(self, key: Hashable, chosen: list[Chosen]) -> Entry:
         names_event = issubclass(self.spec.payload, _NAMED_PAYLOADS)
-        return self.make(self.spec.name, tuple(chosen), names_event)
+        entry = self.make(self.spec.name, tuple(chosen), names_event)
+        if self.owners is not None and entry is not NOTHING:
+            owner = self.owners.setdefault(entry, (self.spec.name, key))
+            if owner != (self.spec.name, key):
+                raise TypeError(
+                    f"the entry factory {self.make!r} returned for event {self.spec.name!r} "
+                    f"and key {key!r} the entry it returned for {owner[0]!r} and "
+                    f"{owner[1]!r}: a factory makes a new entry per call (or returns NOTHING)"
+                )
+        return entry
 
 
 @final
 class Index:
-    """A bus's entries: the tables ``Bus.emit`` reads and the slow path that fills them."""
+    """A bus's entries: the tables and views ``Bus.emit`` reads, and the slow path that
+    fills them."""
 
     __slots__ = (
-        "_forms", "_plans", "_warned", "by_event", "categories", "form_of", "make", "protected",
-        "specs", "tables", "views",
+        "_owners", "_plans", "_warned", "by_event", "categories", "form_of", "make",
+        "protected", "specs", "tables", "views",
     )  # fmt: skip
 
     def __init__(
@@ -201,45 +237,40 @@ class Index:
         make: EntryFactory,
     ) -> None:
         self.specs, self.by_event, self.protected, self.make = specs, by_event, protected, make
-        #: event -> lane, under no control state (``Bus.emit``'s first subscript)
+        #: event -> lane, every category enabled (``Bus.emit``'s first subscript)
         self.tables: dict[str, Lane] = {}
-        #: control state -> event -> lane (shared by the states of one canonical form)
-        self.views: dict[Control, dict[str, Lane]] = {}
+        #: control state -> (entry with every category enabled -> entry under that state),
+        #: one mapping shared by the states of one canonical form
+        self.views: dict[Control, dict[Entry, Entry]] = {}
         self.form_of: dict[Control, frozenset[str]] = {}
-        self._forms: dict[frozenset[str], dict[str, Lane]] = {_BASE: self.tables}
-        self._plans: dict[frozenset[str], dict[str, _Plan]] = {_BASE: {}}
+        self._owners: dict[Entry, tuple[str, Hashable]] = {}
+        self._plans: dict[frozenset[str], tuple[dict[str, _Plan], dict[Entry, Entry]]] = {}
         self._warned: set[str] = set()
         self.categories: frozenset[str] = frozenset()
+        self.reset()
 
     def reset(self) -> None:
         """Drop every entry: called on every registration change and factory swap."""
         self.tables.clear()
         self.views.clear()
         self.form_of.clear()
-        self._forms = {_BASE: self.tables}
-        self._plans = {_BASE: {}}
+        self._owners = {}
+        self._plans = {_BASE: ({}, {})}
         self.categories = frozenset(
             info.category for hooks in self.by_event.values() for info in hooks
         )
 
     # -- the slow path ------------------------------------------------------------------
 
-    def resolve(self, control: Control | None, event: str, payload: Any) -> Entry:
-        """The entry for a dispatch that the tables ``Bus.emit`` reads could not answer.
+    def resolve(self, event: str, payload: Any) -> Entry:
+        """The entry, every category enabled, for a dispatch that the tables ``Bus.emit``
+        reads could not answer.
 
-        Taken for a key seen for the first time, a state met for the first time, a payload
-        of a subclass of its event's type (of an unkeyed event without a ``key`` attribute),
-        and every mistake.
+        Taken for a key seen for the first time, a payload of a subclass of its event's type
+        (of an unkeyed event without a ``key`` attribute), and every mistake: an undeclared
+        event, a payload of another type, an unhashable key.
         """
-        if control is None:
-            form = _BASE
-        else:
-            known = self.form_of.get(control)
-            form = self._form(control) if known is None else known
-        plans = self._plans[form]
-        plan = plans.get(event)
-        if plan is None:
-            plan = plans[event] = self._plan(form, event)
+        plan = self._plan(_BASE, event)
         if not isinstance(payload, plan.spec.payload):
             raise TypeError(
                 f"event {event!r} carries {plan.spec.payload.__qualname__} payloads, "
@@ -258,16 +289,31 @@ class Index:
         if found is None:
             found, replaced = plan.entry(key)
             if replaced:
-                self._forms[form][event] = plan.lane()
-        if event not in self._forms[form]:
-            self._forms[form][event] = plan.lane()
+                self.tables[event] = plan.lane()
+        if event not in self.tables:
+            self.tables[event] = plan.lane()
+        return found
+
+    def under(self, control: Control, event: str, payload: Any, entry: Entry) -> Entry:
+        """The entry under ``control`` of a dispatch whose entry, every category enabled, is
+        ``entry`` (never ``NOTHING``), for a state or an entry the views do not hold yet."""
+        known = self.form_of.get(control)
+        form = self._form(control) if known is None else known
+        field = self.specs[event].key
+        found = self._plan(form, event).find(None if field is None else getattr(payload, field))
+        self._plans[form][1][entry] = found
         return found
 
     def _plan(self, form: frozenset[str], event: str) -> _Plan:
-        spec = self.spec(event)
-        every = self.by_event.get(event, ())
-        hooks = tuple(info for info in every if info.category not in form)
-        return _Plan(spec, hooks, self.make)
+        plans = self._plans[form][0]
+        plan = plans.get(event)
+        if plan is None:
+            spec = self.spec(event)
+            every = self.by_event.get(event, ())
+            hooks = tuple(info for info in every if info.category not in form)
+            owners = None if form else self._owners  # the base form's entries key the views
+            plan = plans[event] = _Plan(spec, hooks, self.make, owners)
+        return plan
 
     def spec(self, name: str) -> EventSpec:
         """The declared event ``name``; ``UnknownEventError`` with the closest names."""
@@ -278,20 +324,20 @@ class Index:
         return spec
 
     def _form(self, control: Control) -> frozenset[str]:
-        """The canonical form of ``control`` on this bus; maps the state to its tables."""
+        """The canonical form of ``control`` on this bus; maps the state to its view."""
         form = frozenset(c for c in self.categories if not control.enabled(c, self.protected))
         self._report(control)
-        lanes = self._forms.get(form)
-        if lanes is None:
-            if len(self._forms) >= MAX_FORMS:  # drop the oldest form but the base one
-                oldest = next(f for f in self._forms if f)
-                del self._forms[oldest], self._plans[oldest]
-            lanes = self._forms[form] = {}
-            self._plans[form] = {}
+        if form not in self._plans:
+            if len(self._plans) >= MAX_FORMS:  # drop the oldest form but the base one
+                oldest = next(f for f in self._plans if f)
+                del self._plans[oldest]
+                for stale in [c for c, f in self.form_of.items() if f == oldest]:
+                    del self.views[stale], self.form_of[stale]
+            self._plans[form] = ({}, {})
         if len(self.views) >= MAX_STATES:
             stale = next(iter(self.views))
             del self.views[stale], self.form_of[stale]
-        self.views[control] = lanes
+        self.views[control] = self._plans[form][1]
         self.form_of[control] = form
         return form
 

@@ -12,9 +12,10 @@ instrumentation is on. A factory is called as ``factory(event, hooks, names_even
 ``hooks`` is a tuple of :class:`Chosen` (``info``, the :class:`~hookbus.HookInfo`;
 ``check``, the hook's dynamic check or ``None``) in call order, ``names_event`` tells
 whether payloads carry their event name in ``payload.event``. It returns :data:`NOTHING`
-when ``hooks`` is empty, else an :func:`entry` made of two coroutine functions of the
+when ``hooks`` is empty, else a new :func:`entry` made of two coroutine functions of the
 payload: ``emit`` (returns ``None`` or the :class:`~hookbus.Break` that stopped the hooks)
-and ``collect`` (returns :class:`~hookbus.Results`). To wrap hookbus's own entries, call
+and ``collect`` (returns :class:`~hookbus.Results`). The bus keys what it caches by entry:
+one entry returned for two keys is refused (``TypeError``). To wrap hookbus's own entries, call
 :func:`default_entry`; to run the hooks yourself, keep the rules of dispatch with the
 helpers below.
 

@@ -155,6 +155,25 @@ def test_use_entries_refuses_what_is_not_a_bus_or_a_factory() -> None:
         entry(shared, NOTHING.collect)
 
 
+async def test_a_factory_returning_one_entry_for_two_keys_is_refused() -> None:
+    bus = Bus()
+    shared: list[Entry] = []
+
+    def one_for_all(event: str, hooks: tuple[Chosen, ...], names_event: bool) -> Entry:
+        if not shared:
+            shared.append(default_entry(event, hooks, names_event))
+        return shared[0] if hooks else NOTHING
+
+    seen: list[str] = []
+    bus.hook("after_add_entity", select=hookbus.is_instance("Person"))(lambda e: seen.append("P"))
+    bus.hook("after_add_entity", select=hookbus.is_instance("Company"))(lambda e: seen.append("C"))
+    use_entries(bus, one_for_all)
+    await bus.emit("after_add_entity", added())
+    with pytest.raises(TypeError, match=r"key 'Company' the entry it returned for .* 'Person'"):
+        bus.emit("after_add_entity", EntityEvent("after_add_entity", "Company", 2))  # at the call
+    assert seen == ["P"]
+
+
 class Watch:
     def __init__(self) -> None:
         self.seen: list[str] = []
