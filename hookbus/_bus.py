@@ -233,20 +233,21 @@ class Bus:
         # unhashable key leave through the first except clause, a control state or an entry
         # seen for the first time under it through the second: each costs nothing until it
         # is taken. ``getkey`` is None where ``payload.key`` is the key (built-in events,
-        # application payloads keyed by a field named key). A state only disables hooks, so
-        # a dispatch that runs none with every category enabled runs none under any state.
+        # application payloads keyed by a field named key). The tables hold None where no
+        # hook runs, and a state only disables hooks: then none runs under any state.
         try:
             table, getkey = self._index[event]
             entry = table[payload.key if getkey is None else getkey(payload)]
         except (KeyError, AttributeError, TypeError):
             entry = self._indexer.resolve(event, payload)
-        if entry is not NOTHING:
-            control = _get_control()
-            if control is not None:
-                try:
-                    entry = self._views[control][entry]
-                except KeyError:
-                    entry = self._indexer.under(control, event, payload, entry)
+        if entry is None:
+            return NOTHING(payload)
+        control = _get_control()
+        if control is not None:
+            try:
+                entry = self._views[control][entry]
+            except KeyError:
+                entry = self._indexer.under(control, event, payload, entry)
         return entry(payload)
 
     async def collect(self, event: str, payload: Any) -> Results:
@@ -265,7 +266,9 @@ class Bus:
         except (KeyError, AttributeError, TypeError):
             entry = self._indexer.resolve(event, payload)
         control = _get_control()
-        if entry is NOTHING or control is None:
+        if entry is None:
+            return NOTHING
+        if control is None:
             return entry
         try:
             return self._views[control][entry]

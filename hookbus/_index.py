@@ -69,7 +69,8 @@ _NAMED_PAYLOADS: Final = tuple({spec.payload for spec in BUILTIN_EVENTS.values()
 _MISSING: Final = object()
 _BASE: Final[frozenset[str]] = frozenset()  # the form of "no state": every category enabled
 
-Table = dict[Hashable, Entry]
+#: key -> entry; ``None``: no hook runs (the entry ``NOTHING``).
+Table = dict[Hashable, Entry | None]
 #: What ``Bus.emit`` reads for an event: its table, and how to get a payload's key (``None``:
 #: ``payload.key``).
 Lane = tuple[Table, Callable[[Any], Hashable] | None]
@@ -85,7 +86,13 @@ class _OpenTable(dict):  # type: ignore[type-arg]
     __slots__ = ()
 
 
-def _open_table(entries: Table, other: Entry) -> Table:
+def _held(entry: Entry) -> Entry | None:
+    """What a table holds for ``entry``: ``None`` for ``NOTHING`` (``Bus.emit`` tests it
+    with one instruction)."""
+    return None if entry is NOTHING else entry
+
+
+def _open_table(entries: Table, other: Entry | None) -> Table:
     missing = staticmethod(partial(next, repeat(other)))
     cls = type("_OpenTable", (_OpenTable,), {"__slots__": (), "__missing__": missing})
     table: Table = cls(entries)
@@ -129,7 +136,9 @@ class _Plan:
     them is refused: the views of control states are keyed by those entries.
     """
 
-    __slots__ = ("getkey", "hooks", "make", "named", "other", "owners", "spec", "table", "unnamed")
+    __slots__ = (
+        "built", "getkey", "hooks", "make", "named", "other", "owners", "spec", "table", "unnamed",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -145,40 +154,42 @@ class _Plan:
             mentions = None if info.select is None else info.select.mentions(spec)
             named.update(mentions or ())
         self.named = frozenset(named)
+        self.built: dict[Hashable, Entry] = {}  # the entries of named keys
         self.other: Entry | None = None
-        self.table: Table = {}
+        self.table: Table = {}  # the lane's table (the form of no state only)
         self.unnamed = 0
 
     def find(self, key: Hashable) -> Entry:
-        """The entry of ``key`` (hashable), built on first use; an unnamed key is not added
-        to the table."""
+        """The entry of ``key`` (hashable), built on first use."""
         if key in self.named:
-            entry = self.table.get(key)
+            entry = self.built.get(key)
             if entry is None:
-                entry = self.table[key] = self._make(key, self._build(key))
+                entry = self.built[key] = self._make(key, self._build(key))
             return entry
         if self.other is None:
             self.other = self._make(_UNNAMED, self._build_other())
         return self.other
 
-    def entry(self, key: Hashable) -> tuple[Entry, bool]:
-        """The entry of ``key``, added to the table, and whether the table was replaced to
-        hold it."""
-        entry = self.find(key)
-        if key in self.named or isinstance(self.table, _OpenTable):
-            return entry, False
-        if self.unnamed < MAX_UNNAMED_KEYS:
+    def entry(self, key: Hashable) -> tuple[Entry | None, bool]:
+        """What the table holds for ``key`` once it is added, and whether the table was
+        replaced to hold it."""
+        held = _held(self.find(key))
+        if key in self.named:
+            self.table[key] = held
+        elif isinstance(self.table, _OpenTable):  # it answers any key no selector names
+            pass
+        elif self.unnamed < MAX_UNNAMED_KEYS:
             self.unnamed += 1
-            self.table[key] = entry
-            return entry, False
-        entries = {k: self.find(k) for k in self.named}
-        self.table = _open_table(entries, entry)
-        return entry, True
+            self.table[key] = held
+        else:
+            self.table = _open_table({k: _held(self.find(k)) for k in self.named}, held)
+            return held, True
+        return held, False
 
     def lane(self) -> Lane:
         """What ``Bus.emit`` reads for this event (see the module docstring)."""
         if self.getkey is type:  # unkeyed, no key attribute: the one entry, by payload type
-            return {self.spec.payload: self.table.get(None) or NOTHING}, type
+            return {self.spec.payload: self.table.get(None)}, type
         return self.table, self.getkey
 
     def _build(self, key: Hashable) -> list[Chosen]:
@@ -262,9 +273,9 @@ class Index:
 
     # -- the slow path ------------------------------------------------------------------
 
-    def resolve(self, event: str, payload: Any) -> Entry:
-        """The entry, every category enabled, for a dispatch that the tables ``Bus.emit``
-        reads could not answer.
+    def resolve(self, event: str, payload: Any) -> Entry | None:
+        """What the tables ``Bus.emit`` reads hold for a dispatch they could not answer:
+        the entry with every category enabled, ``None`` when no hook runs.
 
         Taken for a key seen for the first time, a payload of a subclass of its event's type
         (of an unkeyed event without a ``key`` attribute), and every mistake: an undeclared
@@ -279,18 +290,17 @@ class Index:
         field = plan.spec.key
         key = None if field is None else getattr(payload, field)
         try:
-            found = plan.table.get(key)
+            held = key in plan.table
         except TypeError:
             raise TypeError(
                 f"event {event!r}: the key of this {plan.spec.payload.__qualname__} "
                 f"({field} = {key!r}) is unhashable; keys index dispatches and must be "
                 f"hashable (a str, an int, a tuple of those)"
             ) from None
-        if found is None:
-            found, replaced = plan.entry(key)
-            if replaced:
-                self.tables[event] = plan.lane()
-        if event not in self.tables:
+        if held:
+            return plan.table[key]
+        found, replaced = plan.entry(key)
+        if replaced or event not in self.tables:
             self.tables[event] = plan.lane()
         return found
 
