@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar, final, overload
 import msgspec
 
 from ._control import current_control
-from ._dispatch import NOTHING, Entry, EntryFactory, Results, make_entry
+from ._dispatch import NOTHING, Entry, EntryFactory, Results, make_entry, nothing
 from ._events import BUILTIN_EVENTS, EventSpec
 from ._exceptions import Break, RegistrationError
 from ._explain import Explanation, explain
@@ -241,7 +241,7 @@ class Bus:
         except (KeyError, AttributeError, TypeError):
             entry = self._indexer.resolve(event, payload)
         if entry is None:
-            return NOTHING(payload)
+            return nothing()
         control = _get_control()
         if control is not None:
             try:

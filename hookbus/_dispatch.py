@@ -35,7 +35,9 @@ from ._generate import Kind, Shape, Step, dispatchers
 from ._hooks import HookInfo, hook_name
 from ._selectors import Predicate
 
-__all__ = ["NOTHING", "Chosen", "Entry", "EntryFactory", "Results", "entry", "make_entry"]
+__all__ = [
+    "NOTHING", "Chosen", "Entry", "EntryFactory", "Results", "entry", "make_entry", "nothing",
+]  # fmt: skip
 
 
 @final
@@ -88,6 +90,12 @@ def entry(
 
 
 async def _nothing(payload: Any) -> None:
+    return None
+
+
+async def nothing() -> None:
+    """What ``Bus.emit`` returns the coroutine of when no hook runs: ``NOTHING``'s emit
+    without its argument, one less to pass on the path of a miss."""
     return None
 
 
