@@ -237,7 +237,7 @@ class Bus:
         # hook runs, and a state only disables hooks: then none runs under any state.
         try:
             table, getkey = self._index[event]
-            entry = table[payload.key if getkey is None else getkey(payload)]
+            entry = table[getkey(payload) if getkey is not None else payload.key]
         except (KeyError, AttributeError, TypeError):
             entry = self._indexer.resolve(event, payload)
         if entry is None:
@@ -262,7 +262,7 @@ class Bus:
         finds it)."""
         try:
             table, getkey = self._index[event]
-            entry = table[payload.key if getkey is None else getkey(payload)]
+            entry = table[getkey(payload) if getkey is not None else payload.key]
         except (KeyError, AttributeError, TypeError):
             entry = self._indexer.resolve(event, payload)
         control = _get_control()
