@@ -15,8 +15,10 @@ the factory's arguments. Compiled code is cached per shape (bounded), never per 
 
 **Naming the failing hook.** Each hook's call is on a line of its own. An exception caught
 in the dispatcher carries a traceback whose first entry is the dispatcher's own frame, at
-the line that raised: that line, looked up in the shape's map of lines to positions, names
-the hook (or its selector) in the note, at no cost until something fails.
+the line that raised: that line, looked up in the shape's map of lines to positions (a
+global of the shape's code), names the hook (or its selector) in the note, at no cost until
+something fails: the tuple of the entry's hooks is built only then, so that a dispatch
+copies no more closure cells than it runs hooks (and its event name).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ Factory = Callable[..., tuple[Emit, Emit]]
 
 #: Compiled shapes kept (the oldest forgotten first); applications have a few dozen.
 MAX_SHAPES: Final = 512
-_compiled: dict[Shape, tuple[Factory, Lines]] = {}
+_compiled: dict[Shape, Factory] = {}
 
 
 def dispatchers(
@@ -81,33 +83,33 @@ def dispatchers(
         if len(_compiled) >= MAX_SHAPES:
             del _compiled[next(iter(_compiled))]
         found = _compiled[shape] = _compile(shape, helpers)
-    factory, lines = found
-    arguments: list[Any] = [event, tuple(hooks), lines]
+    arguments: list[Any] = [event]
     for step, hook, check in zip(shape.steps, hooks, checks, strict=True):
         arguments.append(hook)
         if step.checked:
             arguments.append(check)
-    return factory(*arguments)
+    return found(*arguments)
 
 
-def _compile(shape: Shape, helpers: dict[str, Any]) -> tuple[Factory, Lines]:
+def _compile(shape: Shape, helpers: dict[str, Any]) -> Factory:
     source, lines = _source(shape)
-    namespace = dict(helpers)
+    namespace = {**helpers, "LINES": lines}  # the shape's map of lines, a global of its code
     code = compile(source, "<hookbus dispatcher>", "exec")
     exec(code, namespace)  # the bus's own template: see the module docstring
     factory: Factory = namespace["factory"]
-    return factory, lines
+    return factory
 
 
 def _source(shape: Shape) -> tuple[str, Lines]:
     """The factory's source for ``shape``, and the map of its lines to hook positions."""
-    parameters = ["EVENT", "HOOKS", "LINES"]
+    parameters = ["EVENT"]
     for i, step in enumerate(shape.steps):
         parameters.append(f"h{i}")
         if step.checked:
             parameters.append(f"c{i}")
     out: list[str] = [f"def factory({', '.join(parameters)}):"]
     lines: Lines = {}
+    hooks = ", ".join(f"h{i}" for i in range(len(shape.steps)))  # only where a hook failed
 
     def line(text: str, position: int | None = None, check: bool = False) -> None:
         out.append(text)
@@ -133,7 +135,7 @@ def _source(shape: Shape) -> tuple[str, Lines]:
         line("        except RecursionError as exc:")
         line("            raise endless(exc, EVENT)")
         line("        except Exception as exc:")
-        line("            blame(exc, EVENT, HOOKS, LINES)")
+        line(f"            blame(exc, EVENT, ({hooks},), LINES)")
         line("            raise")
         line("        return results" if collect else "        return None")
     line("    return emit, collect")
