@@ -3,9 +3,10 @@
 Registration does all the work it can (every check, the order, coroutine or not); the index
 (``_index.py``) builds, on first use, the entry of each ``(event, key)`` under each
 ``hooks_control`` state; an entry (``_dispatch.py``) is the coroutine function a dispatch
-runs, generated for its hooks. ``emit`` is then a dictionary lookup or two, and returns the
-entry's coroutine: awaiting it runs the matching hooks. Registration changes drop the
-entries built so far.
+runs, generated for its hooks. ``emit`` then looks the event and the key up, reads the
+``hooks_control`` state only when a hook runs (under a state, the state's view maps the entry
+to the state's), and returns the entry's coroutine: awaiting it runs the matching hooks.
+Registration changes drop the entries built so far.
 """
 
 from __future__ import annotations
