@@ -8,7 +8,8 @@ application dispatches and however many hooks the event has. A selector that can
 which keys it singles out is asked per dispatch for keys no selector names.
 
 **Lanes.** What ``Bus.emit`` reads for an event is its *lane*: ``(table, getkey)``. The
-table is a plain ``dict`` key -> entry; ``getkey`` is ``None`` when the payload's ``key``
+table is a plain ``dict`` key -> entry, ``None`` where no hook runs (the entry ``NOTHING``:
+``Bus.emit`` tests it in one instruction); ``getkey`` is ``None`` when the payload's ``key``
 attribute is its key (``Bus.emit`` then reads ``payload.key``), else a C callable giving
 the key: ``operator.attrgetter(field)`` for an application payload keyed by a field of
 another name, ``type`` for an unkeyed payload without a ``key`` attribute (its table holds
@@ -22,10 +23,10 @@ other entry for any key it does not hold, from C (no Python call, nothing more s
 memory stays bounded and a fresh key costs about what a known one does.
 
 **Control states.** Under a ``hooks_control`` state a bus runs a subset of the hooks it
-runs with every category enabled: a dispatch that finds no hook in the tables (the entry
-``NOTHING``) finds none under any state, and ``Bus.emit`` answers it before reading the
-state. Otherwise the state's *view* maps the entry found in the tables to the entry under
-that state: one more subscript, keyed by the entry itself (each entry the tables hold
+runs with every category enabled: a dispatch that finds no hook in the tables finds none
+under any state, and ``Bus.emit`` answers it before reading the state. Otherwise the
+state's *view* maps the entry found in the tables to the entry under that state: one more
+subscript, keyed by the entry itself (each entry the tables hold
 stands for one event and one key, or the event's other keys: an entry factory that returns
 one entry for two of them is refused). A state changes a bus's entries only through the
 categories of its hooks, so states are reduced to their *canonical form* on this bus (the
