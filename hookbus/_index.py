@@ -25,10 +25,10 @@ memory stays bounded and a fresh key costs about what a known one does.
 **Control states.** Under a ``hooks_control`` state a bus runs a subset of the hooks it
 runs with every category enabled: a dispatch that finds no hook in the tables finds none
 under any state, and ``Bus.emit`` answers it before reading the state. Otherwise the
-state's *view* maps the entry found in the tables to the entry under that state: one more
-subscript, keyed by the entry itself (each entry the tables hold
-stands for one event and one key, or the event's other keys: an entry factory that returns
-one entry for two of them is refused). A state changes a bus's entries only through the
+state's *view* maps the entry found in the tables to the entry under that state: two more
+subscripts (the state, then the entry; each entry the tables hold stands for one event and
+one key, or the event's other keys, and an entry factory that returns one entry for two of
+them is refused). A state changes a bus's entries only through the
 categories of its hooks, so states are reduced to their *canonical form* on this bus (the
 set of its hooks' categories they disable) and the states of one form share one view; the
 form that disables nothing maps each entry to itself. The map from states to views and the
