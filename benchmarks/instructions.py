@@ -30,9 +30,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from itertools import starmap
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script
@@ -58,6 +59,16 @@ def subjects(label: str) -> Iterator[tuple[str, Subject]]:
         if pair.floor.name == "floor":
             yield pair.workload, pair.subject
             yield f"{pair.workload}/wrapped", pair.floor
+    yield "/plain call", Subject("plain call", _plain_call, ("event", None))
+
+
+async def _empty() -> None:
+    return None
+
+
+def _plain_call(event: str, payload: object) -> Coroutine[Any, Any, None]:
+    """What any plain ``emit`` costs at least: a call that returns an empty coroutine."""
+    return _empty()
 
 
 def drive(subject: Subject, n: int) -> None:
@@ -145,6 +156,11 @@ def report(now: dict[str, float], before: dict[str, float] | None, ref: str | No
         if before is not None and case in before:
             line += f" {before[case]:>9.0f} {hb / before[case]:>8.3f}"
         lines.append(line)
+    plain, floor = now["/plain call"], now["miss/wrapped"]
+    lines.append(
+        f"\na plain call returning an empty coroutine: {plain:.0f} ({plain / floor:.3f}x the miss"
+        " floor), the least a miss can cost"
+    )
     return "\n".join(lines)
 
 
