@@ -28,12 +28,15 @@ class Subject:
     """One thing to time: ``await call(*args)``, inside ``context()`` when given.
 
     ``args`` has one or two items, so that the timing loop itself never packs arguments.
+    ``timer``, when given, replaces the timing loop: ``await timer(iterations)`` returns the
+    mean ns per iteration (for a floor whose work is written inside the loop, with no call).
     """
 
     name: str
     call: AsyncCall
     args: tuple[Any, ...]
     context: Callable[[], AbstractContextManager[object]] = nullcontext
+    timer: Callable[[int], Awaitable[float]] | None = None
 
 
 @dataclass(slots=True)
@@ -65,6 +68,9 @@ class Pair:
 
 async def time_call(subject: Subject, iterations: int) -> float:
     """Mean ns per ``await subject.call(*subject.args)`` over ``iterations`` calls."""
+    if subject.timer is not None:
+        with subject.context():
+            return await subject.timer(iterations)
     call, args = subject.call, subject.args
     with subject.context():
         if len(args) == 1:

@@ -2,30 +2,23 @@
 
 Registration does all the work it can (every check, the order, coroutine or not); the index
 (``_index.py``) builds, on first use, the entry of each ``(event, key)`` under each
-``hooks_control`` state; an entry (``_dispatch.py``) is what a dispatch runs. ``emit`` is
-then a dictionary lookup or two and the awaits of the matching hooks. Registration changes
-drop the entries built so far.
+``hooks_control`` state; an entry (``_dispatch.py``) is the coroutine function a dispatch
+runs, generated for its hooks. ``emit`` then looks the event and the key up, reads the
+``hooks_control`` state only when a hook runs (under a state, the state's view maps the entry
+to the state's), and returns the entry's coroutine: awaiting it runs the matching hooks.
+Registration changes drop the entries built so far.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+import inspect
+from collections.abc import Callable, Coroutine, Hashable, Iterable
 from typing import Any, Final, TypeVar, final, overload
 
 import msgspec
 
 from ._control import current_control
-from ._dispatch import (
-    EntryFactory,
-    Results,
-    _Awaited,
-    _AwaitedAny,
-    _Called,
-    contradiction,
-    endless,
-    make_entry,
-    note,
-)
+from ._dispatch import NOTHING, Entry, EntryFactory, Results, make_entry, nothing
 from ._events import BUILTIN_EVENTS, EventSpec
 from ._exceptions import Break, RegistrationError
 from ._explain import Explanation, explain
@@ -66,8 +59,8 @@ class Bus:
         self._by_event: dict[str, list[HookInfo]] = {}  # sorted by (priority, order)
         self._order = 0
         self._indexer = Index(self._specs, self._by_event, self._protected, make_entry)
-        # What emit reads, owned by the index: event -> key -> entry under no control
-        # state, and control state -> the same.
+        # What emit reads, owned by the index: event -> lane (table, getkey), every
+        # category enabled, and control state -> (that entry -> the entry under the state).
         self._index = self._indexer.tables
         self._views = self._indexer.views
 
@@ -212,94 +205,76 @@ class Bus:
             self._by_event[event].remove(info)
         self._indexer.reset()
 
-    def _use_entries(self, factory: EntryFactory) -> None:
-        """Build every entry from now on with ``factory`` (the seam of ``_dispatch.py``)."""
-        self._indexer.make = factory
+    def _use_entries(self, factory: EntryFactory) -> EntryFactory:
+        """Build every entry from now on with ``factory``; return the one it replaces.
+
+        The seam behind ``hookbus.instrumentation.use_entries``.
+        """
+        previous, self._indexer.make = self._indexer.make, factory
         self._indexer.reset()
+        return previous
 
     # -- dispatch -----------------------------------------------------------------------
 
-    async def emit(self, event: str, payload: Any) -> Break | None:
-        """Run the hooks matching ``event`` and ``payload``, in order.
+    def emit(self, event: str, payload: Any) -> Coroutine[Any, Any, Break | None]:
+        """Run the hooks matching ``event`` and ``payload``, in order: ``await bus.emit(...)``.
 
         Returns ``None``, or the :class:`Break` a hook raised to stop the others. Any other
         exception propagates, with a note naming the hook and the event. ``payload`` is handed,
         the same object, to every hook; a payload whose ``.event`` is another event is refused
         (``ValueError``) before any hook sees it.
+
+        ``emit`` is a plain function that returns the coroutine of the dispatch (so
+        ``asyncio.create_task(bus.emit(...))`` and anyio's ``start_soon(bus.emit, ...)``
+        work); an undeclared event or a payload of the wrong type is refused at the call,
+        before that coroutine exists. Nothing runs until it is awaited.
         """
-        # The hot path: keep it readable whole, and measure any change (benchmarks/).
-        # A key seen for the first time, an undeclared event, a payload of the wrong type or
-        # an unhashable key all leave through the except clauses, which cost nothing until
-        # they are taken.
+        # The hot path: keep it readable whole, and measure any change (benchmarks/). A key
+        # seen for the first time, an undeclared event, a payload of the wrong type and an
+        # unhashable key leave through the first except clause, a control state or an entry
+        # seen for the first time under it through the second: each costs nothing until it
+        # is taken. ``getkey`` is None where ``payload.key`` is the key (built-in events,
+        # application payloads keyed by a field named key). The tables hold None where no
+        # hook runs, and a state only disables hooks: then none runs under any state.
         try:
-            entry = self._index[event][payload.key]
+            table, getkey = self._index[event]
+            entry = table[getkey(payload) if getkey is not None else payload.key]
         except (KeyError, AttributeError, TypeError):
-            entry = self._indexer.resolve(None, event, payload)
-        if not entry:
-            return None
+            entry = self._indexer.resolve(event, payload)
+        if entry is None:
+            return nothing()
         control = _get_control()
         if control is not None:
             try:
-                entry = self._views[control][event][payload.key]
-            except (KeyError, AttributeError, TypeError):
-                entry = self._indexer.resolve(control, event, payload)
-        # The three bare shapes of entry run inline (the loops of their own ``emit``, which
-        # awaiting would cost one more coroutine per dispatch); any other runs itself.
-        shape = type(entry)
-        if shape is _Awaited:
-            if payload.event is not event:
-                contradiction(event, payload)
-            try:
-                for fn in entry:
-                    await fn(payload)
-            except Break as broken:
-                return broken
-            except RecursionError as exc:
-                raise endless(exc, event)  # noqa: B904  (chained inside)
-            except Exception as exc:
-                note(exc, fn, event)
-                raise
-            return None
-        if shape is _Called:  # plain functions that return nothing, by their code
-            if payload.event is not event:
-                contradiction(event, payload)
-            try:
-                for fn in entry:
-                    fn(payload)
-            except Break as broken:
-                return broken
-            except RecursionError as exc:
-                raise endless(exc, event)  # noqa: B904  (chained inside)
-            except Exception as exc:
-                note(exc, fn, event)
-                raise
-            return None
-        if shape is _AwaitedAny:  # an application payload, with no event name
-            try:
-                for fn in entry:
-                    await fn(payload)
-            except Break as broken:
-                return broken
-            except RecursionError as exc:
-                raise endless(exc, event)  # noqa: B904  (chained inside)
-            except Exception as exc:
-                note(exc, fn, event)
-                raise
-            return None
-        return await entry.emit(event, payload)
+                entry = self._views[control][entry]
+            except KeyError:
+                entry = self._indexer.under(control, event, payload, entry)
+        return entry(payload)
 
     async def collect(self, event: str, payload: Any) -> Results:
         """Run the hooks like :meth:`emit` and return their return values in call order.
 
         ``results.broken`` is the ``Break`` that stopped the hooks, or ``None``.
         """
-        control = current_control()
+        return await self._entry(event, payload).collect(payload)
+
+    def _entry(self, event: str, payload: Any) -> Entry:
+        """The entry a dispatch of ``event`` for ``payload`` runs here and now (as ``emit``
+        finds it)."""
         try:
-            views = self._index if control is None else self._views[control]
-            entry = views[event][payload.key]
+            table, getkey = self._index[event]
+            entry = table[getkey(payload) if getkey is not None else payload.key]
         except (KeyError, AttributeError, TypeError):
-            entry = self._indexer.resolve(control, event, payload)
-        return await entry.collect(event, payload)
+            entry = self._indexer.resolve(event, payload)
+        control = _get_control()
+        if entry is None:
+            return NOTHING
+        if control is None:
+            return entry
+        try:
+            return self._views[control][entry]
+        except KeyError:
+            return self._indexer.under(control, event, payload, entry)
 
     # -- introspection ------------------------------------------------------------------
 
@@ -347,6 +322,10 @@ class Bus:
                     shown += " (where)"
                 rows.append((event, shown, info))
         return rows
+
+
+if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+: emit returns a coroutine
+    inspect.markcoroutinefunction(Bus.emit)
 
 
 def _identity(fn: object) -> Hashable:

@@ -86,8 +86,14 @@ class hooks_control:  # a context manager, named as CubicWeb names it
     there has that category, or it is protected there and named in ``ALLOW_ALL``) is
     reported once per name with an ``UnknownCategoryWarning``, naming the closest categories.
 
-    >>> with hooks_control(DENY_ALL, "integrity"):
-    ...     pass
+    ``with hooks_control(...) as state`` gives the :class:`Control` the block puts in force
+    (the same object ``current_control()`` returns inside it): its ``mode``, its
+    ``categories``, and ``state.enabled(category, protected)``, which tells whether hooks of
+    a category run under it on a bus protecting ``protected``. Equal states are one object.
+
+    >>> with hooks_control(DENY_ALL, "integrity") as state:
+    ...     state.enabled("integrity", frozenset()), state.enabled("metadata", frozenset())
+    (True, False)
     """
 
     __slots__ = ("_state", "_token")

@@ -1,55 +1,43 @@
 """Index entries: what one dispatch of an ``(event, key)`` runs, built once per entry.
 
-An entry is the ordered hooks of an ``(event, key)`` under one ``hooks_control`` state, and
-its own way of running them: ``await entry.emit(event, payload)`` and ``await
-entry.collect(event, payload)``. Every entry is a tuple (empty: nothing to run, so a miss
-costs one truth test), and its class is chosen when it is built, by its shape:
+An entry is the coroutine function that runs the ordered hooks of an ``(event, key)`` under
+one ``hooks_control`` state: ``entry(payload)`` returns the coroutine ``Bus.emit`` returns,
+and ``entry.collect(payload)`` the one ``Bus.collect`` awaits. The default factory,
+:func:`make_entry`, generates both for the entry's hooks (``_generate.py``): the awaits
+unrolled, plain hooks called without ``await``, dynamic checks in place, the payload's event
+name checked first when it carries one. :data:`NOTHING` is the entry of no hook, shared by
+every miss.
 
-- ``_Awaited``: coroutine functions only, no dynamic check, on an event whose payload names
-  its event (``payload.event``), which is checked against the dispatch first;
-- ``_Called``: plain functions only, likewise, each of which returns nothing by its code
-  (``HookInfo.returns_none``, read at registration), so nothing checks what they return;
-- ``_CalledChecked``: plain functions only, likewise, some of which may return something:
-  each result is checked (a coroutine returned would never run);
-- ``_AwaitedAny``: coroutine functions only, no dynamic check, any other payload;
-- ``_Checked``: ``(fn, check, is_async)`` triples: dynamic checks, mixed kinds, and plain
-  functions on payloads that do not name their event.
-
-``Bus.emit`` runs ``_Awaited``, ``_Called`` and ``_AwaitedAny`` inline (the loop of their
-``emit`` written in place, because awaiting one more coroutine per dispatch costs about a
-tenth of a three-hook dispatch, and ``emit`` must stay a coroutine function: web frameworks
-test that before awaiting a callable) and awaits ``entry.emit`` for any other class of
-entry. That is the seam:
-
-**Entry factories.** A bus builds its entries with ``make_entry(event, hooks, names_event)``
-(the index of a bus keeps it; ``bus._use_entries(factory)`` swaps it and drops every entry
-built so far). ``hooks`` is a tuple of :class:`Chosen` in call order;
-``names_event`` says whether the payload carries its event name in ``payload.event``. A
-factory returns a tuple subclass of :class:`Entry` with ``emit`` and ``collect`` coroutine
-methods, empty when nothing runs. Instrumentation (spans, metrics) plugs in there: its
-factory builds instrumented entries, ``Bus.emit`` awaits their ``emit``, and with the
-default factory nothing on the hot path tests whether instrumentation is on. A generated
-dispatcher plugs in the same way. Private for now: the factory signature may still change.
+**Entry factories.** A bus builds its entries with ``factory(event, hooks, names_event)``;
+``hooks`` is a tuple of :class:`Chosen` in call order, ``names_event`` says whether the
+payload carries its event name in ``payload.event``. A factory returns an :func:`entry`
+(:data:`NOTHING` when nothing runs). Instrumentation plugs in there, through the public
+``hookbus.instrumentation``: its factory builds instrumented entries, and with the default
+factory nothing on the hot path tests whether instrumentation is on.
 
 Rules every entry keeps: a ``Break`` stops the remaining hooks and is returned (``emit``)
 or put on ``results.broken`` (``collect``); any other exception propagates with a note
 naming the hook (or its selector) and the event; the interpreter's recursion limit, caught
 as it unwinds, becomes a ``HookRecursionError`` naming the chain of events (nothing is
 counted on the way in); a plain hook that returns a coroutine is refused (it would never
-run); a payload whose ``.event`` contradicts the dispatch never reaches a hook.
+run), unless its code returns nothing (``HookInfo.returns_none``); a payload whose
+``.event`` contradicts the dispatch never reaches a hook.
 """
 
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
-from typing import Any, ClassVar, Final, NamedTuple, final
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Final, NamedTuple, Protocol, cast, final
 
 from ._exceptions import Break, HookRecursionError
+from ._generate import Kind, Shape, Step, dispatchers
 from ._hooks import HookInfo, hook_name
 from ._selectors import Predicate
 
-__all__ = ["Chosen", "Entry", "EntryFactory", "Results", "make_entry"]
+__all__ = [
+    "NOTHING", "Chosen", "Entry", "EntryFactory", "Results", "entry", "make_entry", "nothing",
+]  # fmt: skip
 
 
 @final
@@ -70,230 +58,77 @@ class Chosen(NamedTuple):
     check: Predicate | None
 
 
-class Entry(tuple):  # type: ignore[type-arg]
-    """Base class of index entries: a tuple of what runs, and how it runs."""
+class Entry(Protocol):
+    """What a dispatch runs: called with the payload, it returns the dispatch's coroutine;
+    ``collect`` likewise returns the coroutine that collects the hooks' results."""
 
-    __slots__ = ()
+    def __call__(self, payload: Any, /) -> Coroutine[Any, Any, Break | None]: ...
 
-    async def emit(self, event: str, payload: Any) -> Break | None:
-        """Run the hooks for ``payload``; return the ``Break`` that stopped them, or ``None``."""
-        raise NotImplementedError
-
-    async def collect(self, event: str, payload: Any) -> Results:
-        """Run the hooks for ``payload`` and return their results in call order."""
-        raise NotImplementedError
+    @property
+    def collect(self) -> Callable[[Any], Coroutine[Any, Any, Results]]: ...
 
 
 EntryFactory = Callable[[str, tuple[Chosen, ...], bool], Entry]
 
 
-class _AwaitedAny(Entry):
-    """Coroutine functions, no dynamic check, on a payload that does not name its event."""
-
-    __slots__ = ()
-
-    async def emit(self, event: str, payload: Any) -> Break | None:
-        # Bus.emit runs a copy of this loop inline: keep the two alike.
-        try:
-            for fn in self:
-                await fn(payload)
-        except Break as broken:
-            return broken
-        except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
-        except Exception as exc:
-            note(exc, fn, event)
-            raise
-        return None
-
-    async def collect(self, event: str, payload: Any) -> Results:
-        results = Results()
-        try:
-            for fn in self:
-                results.append(await fn(payload))
-        except Break as broken:
-            results.broken = broken
-        except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
-        except Exception as exc:
-            note(exc, fn, event)
-            raise
-        return results
+def entry(
+    emit: Callable[[Any], Coroutine[Any, Any, Break | None]],
+    collect: Callable[[Any], Coroutine[Any, Any, Results]],
+) -> Entry:
+    """Make an entry of two coroutine functions of the payload: ``emit`` (returns ``None``
+    or the ``Break``) and ``collect`` (returns :class:`Results`). ``emit`` becomes the entry
+    (called at each dispatch, with no wrapper in between) and carries ``collect``."""
+    if not isinstance(emit, types.FunctionType):
+        raise TypeError(f"an entry's emit is a coroutine function, not {emit!r}")
+    if getattr(emit, "collect", collect) is not collect:
+        raise TypeError(
+            f"{emit.__qualname__} is already the emit of another entry: make a new function "
+            "per entry (a closure), since the entry is its emit"
+        )
+    emit.collect = collect  # type: ignore[attr-defined]
+    return cast(Entry, emit)
 
 
-@final
-class _Awaited(_AwaitedAny):
-    """Coroutine functions, no dynamic check, on a payload that names its event."""
-
-    __slots__ = ()
-
-    async def emit(self, event: str, payload: Any) -> Break | None:
-        # Bus.emit runs this inline (the check, then _AwaitedAny's loop): keep the two alike.
-        if payload.event is not event:
-            contradiction(event, payload)
-        return await _AwaitedAny.emit(self, event, payload)
-
-    async def collect(self, event: str, payload: Any) -> Results:
-        if payload.event is not event:
-            contradiction(event, payload)
-        return await _AwaitedAny.collect(self, event, payload)
+async def _nothing(payload: Any) -> None:
+    return None
 
 
-class _Plain(Entry):
-    """Plain functions, no dynamic check, on a payload that names its event."""
-
-    __slots__ = ()
-
-    async def collect(self, event: str, payload: Any) -> Results:
-        if payload.event is not event:
-            contradiction(event, payload)
-        results = Results()
-        try:
-            for fn in self:
-                results.append(result := fn(payload))
-                if result is not None:
-                    returned(fn, event, result)
-        except Break as broken:
-            results.broken = broken
-        except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
-        except Exception as exc:
-            note(exc, fn, event)
-            raise
-        return results
+async def nothing() -> None:
+    """What ``Bus.emit`` returns the coroutine of when no hook runs: ``NOTHING``'s emit
+    without its argument, one less to pass on the path of a miss."""
+    return None
 
 
-@final
-class _Called(_Plain):
-    """Plain functions that return nothing (by their code), no dynamic check, on a payload
-    that names its event."""
-
-    __slots__ = ()
-
-    async def emit(self, event: str, payload: Any) -> Break | None:
-        # Bus.emit runs a copy of this loop inline: keep the two alike.
-        if payload.event is not event:
-            contradiction(event, payload)
-        try:
-            for fn in self:
-                fn(payload)
-        except Break as broken:
-            return broken
-        except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
-        except Exception as exc:
-            note(exc, fn, event)
-            raise
-        return None
+async def _nothing_collected(payload: Any) -> Results:
+    return Results()
 
 
-@final
-class _CalledChecked(_Plain):
-    """Plain functions, no dynamic check, on a payload that names its event; what each
-    returns is checked."""
-
-    __slots__ = ()
-
-    async def emit(self, event: str, payload: Any) -> Break | None:
-        if payload.event is not event:
-            contradiction(event, payload)
-        try:
-            for fn in self:
-                if (result := fn(payload)) is not None:
-                    returned(fn, event, result)
-        except Break as broken:
-            return broken
-        except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
-        except Exception as exc:
-            note(exc, fn, event)
-            raise
-        return None
-
-
-class _Checked(Entry):
-    """``(fn, check, is_async)`` triples, on a payload that does not name its event."""
-
-    __slots__ = ()
-    names_event: ClassVar[bool] = False
-
-    async def emit(self, event: str, payload: Any) -> Break | None:
-        if self.names_event and payload.event != event:
-            contradiction(event, payload)
-        fn = check = None
-        try:
-            for fn, check, is_async in self:
-                if check is not None:
-                    if not check(payload):
-                        continue
-                    check = None
-                if is_async:
-                    await fn(payload)
-                elif (result := fn(payload)) is not None:
-                    returned(fn, event, result)
-        except Break as broken:
-            return broken
-        except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
-        except Exception as exc:
-            note(exc, fn, event, selector=check is not None)
-            raise
-        return None
-
-    async def collect(self, event: str, payload: Any) -> Results:
-        if self.names_event and payload.event != event:
-            contradiction(event, payload)
-        results = Results()
-        fn = check = None
-        try:
-            for fn, check, is_async in self:
-                if check is not None:
-                    if not check(payload):
-                        continue
-                    check = None
-                result = fn(payload)
-                if is_async:
-                    result = await result
-                elif result is not None:
-                    returned(fn, event, result)
-                results.append(result)
-        except Break as broken:
-            results.broken = broken
-        except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
-        except Exception as exc:
-            note(exc, fn, event, selector=check is not None)
-            raise
-        return results
-
-
-@final
-class _NamedChecked(_Checked):
-    """``(fn, check, is_async)`` triples, on a payload that names its event."""
-
-    __slots__ = ()
-    names_event: ClassVar[bool] = True
-
-
-#: The entry of nothing: what a miss finds (falsy, so ``Bus.emit`` returns at once).
-EMPTY: Final = _AwaitedAny()
+#: The entry of nothing: what a miss finds.
+NOTHING: Final = entry(_nothing, _nothing_collected)
 
 
 def make_entry(event: str, hooks: tuple[Chosen, ...], names_event: bool) -> Entry:
-    """The default factory: the barest shape that runs ``hooks`` correctly."""
+    """The default factory: dispatchers generated for ``hooks`` (see ``_generate.py``)."""
     if not hooks:
-        return EMPTY
-    if all(c.check is None for c in hooks):
-        if all(c.info.is_async for c in hooks):
-            return (_Awaited if names_event else _AwaitedAny)(c.info.fn for c in hooks)
-        if names_event and not any(c.info.is_async for c in hooks):
-            plain = _Called if all(c.info.returns_none for c in hooks) else _CalledChecked
-            return plain(c.info.fn for c in hooks)
-    triples = ((c.info.fn, c.check, c.info.is_async) for c in hooks)
-    return _NamedChecked(triples) if names_event else _Checked(triples)
+        return NOTHING
+    steps = tuple(Step(_kind(c.info), c.check is not None) for c in hooks)
+    emit, collect = dispatchers(
+        Shape(steps, names_event),
+        event,
+        [c.info.fn for c in hooks],
+        [c.check for c in hooks],
+        _HELPERS,
+    )
+    return entry(emit, collect)
 
 
-# -- the errors of a dispatch, shared by every entry and by Bus.emit ---------------------
+def _kind(info: HookInfo) -> Kind:
+    if info.is_async:
+        return Kind.AWAITED
+    return Kind.CALLED if info.returns_none else Kind.CHECKED
+
+
+# -- the errors of a dispatch, shared by every entry (and, public, by hookbus.instrumentation)
 
 
 def endless(exc: RecursionError, event: str) -> HookRecursionError:
@@ -309,7 +144,21 @@ def endless(exc: RecursionError, event: str) -> HookRecursionError:
     return error
 
 
-def note(exc: Exception, fn: object, event: str, *, selector: bool = False) -> None:
+def blame(
+    exc: Exception, event: str, hooks: Sequence[object], lines: Mapping[int, tuple[int, bool]]
+) -> None:
+    """Add the note naming the hook that raised ``exc``, found from the line of the
+    generated dispatcher that raised it (the first entry of its traceback)."""
+    tb = exc.__traceback__
+    where = None if tb is None else lines.get(tb.tb_lineno)
+    if where is None:  # not raised by a hook's line: say where, not whom
+        exc.add_note(f"raised in a dispatch of event {event!r}")
+        return
+    position, selector = where
+    note(exc, hooks[position], event, selector=selector)
+
+
+def note(exc: BaseException, fn: object, event: str, *, selector: bool = False) -> None:
     """Add the note naming the hook (or its selector) and the event that ``exc`` came from."""
     what = "the selector of hook" if selector else "hook"
     exc.add_note(f"raised by {what} {hook_name(fn)} on event {event!r}")
@@ -335,3 +184,13 @@ def returned(fn: object, event: str, result: object) -> None:
             f"{event!r}, so its work never ran: make it a coroutine function (async def), "
             f"or await the coroutine inside it"
         )
+
+
+_HELPERS: Final[dict[str, Any]] = {
+    "Break": Break,
+    "Results": Results,
+    "blame": blame,
+    "contradiction": contradiction,
+    "endless": endless,
+    "returned": returned,
+}

@@ -7,41 +7,52 @@ no key, in call order. So any key resolves in constant time, however many keys a
 application dispatches and however many hooks the event has. A selector that cannot say
 which keys it singles out is asked per dispatch for keys no selector names.
 
-**Tables.** The table of an event is a plain ``dict`` key -> entry: ``Bus.emit`` does one
-subscript. Keys no selector names are added to it, all pointing at the other entry, up to
-``MAX_UNNAMED_KEYS``; past that the table becomes an ``_OpenTable`` that answers the other
-entry for any key it does not hold, from C (no Python call, nothing more stored): memory
-stays bounded and a fresh key costs about what a known one does.
+**Lanes.** What ``Bus.emit`` reads for an event is its *lane*: ``(table, getkey)``. The
+table is a plain ``dict`` key -> entry, ``None`` where no hook runs (the entry ``NOTHING``:
+``Bus.emit`` tests it in one instruction); ``getkey`` is ``None`` when the payload's ``key``
+attribute is its key (``Bus.emit`` then reads ``payload.key``), else a C callable giving
+the key: ``operator.attrgetter(field)`` for an application payload keyed by a field of
+another name, ``type`` for an unkeyed payload without a ``key`` attribute (its table holds
+the one entry under the payload type, so another type misses and goes through the checks
+of the slow path). So every declared field keys its event at about the speed of ``key``,
+and the user's class is never touched.
 
-**Control states.** A ``hooks_control`` state changes a bus's entries only through the
+**Tables.** Keys no selector names are added to a table, all pointing at the other entry,
+up to ``MAX_UNNAMED_KEYS``; past that the table becomes an ``_OpenTable`` that answers the
+other entry for any key it does not hold, from C (no Python call, nothing more stored):
+memory stays bounded and a fresh key costs about what a known one does.
+
+**Control states.** Under a ``hooks_control`` state a bus runs a subset of the hooks it
+runs with every category enabled: a dispatch that finds no hook in the tables finds none
+under any state, and ``Bus.emit`` answers it before reading the state. Otherwise the
+state's *view* maps the entry found in the tables to the entry under that state: two more
+subscripts (the state, then the entry; each entry the tables hold stands for one event and
+one key, or the event's other keys, and an entry factory that returns one entry for two of
+them is refused). A state changes a bus's entries only through the
 categories of its hooks, so states are reduced to their *canonical form* on this bus (the
-set of its hooks' categories they disable) and equal forms share one set of tables: the
-form that disables nothing shares the tables of dispatches under no state. The map from
-states to tables and the tables per form are both bounded (oldest dropped first), so
-an application opening ever new states cannot grow memory without end. Reducing a state
-is where a category named by ``hooks_control`` that no hook of this bus has is reported
-(``UnknownCategoryWarning``, once per name).
+set of its hooks' categories they disable) and the states of one form share one view; the
+form that disables nothing maps each entry to itself. The map from states to views and the
+forms are both bounded (oldest dropped first), so an application opening ever new states
+cannot grow memory without end. Reducing a state is where a category named by
+``hooks_control`` that no hook of this bus has is reported (``UnknownCategoryWarning``, once
+per name).
 
-**Payload keys.** ``Bus.emit`` reads ``payload.key``: hookbus's payload types alias it to
-their key field, and an application type whose key field is named ``key`` has it. An event
-whose payload type has no such attribute (or one that is not its key) never enters
-``tables``: the subscript ``Bus.emit`` reads fails on the event name, before ``payload.key``
-is read (a failed attribute read costs more than a whole dispatch), and the first lines of
-``resolve`` answer it from ``fielded``: its payload type, key field (``None``: unkeyed) and
-table. The built-in events pay nothing for it; the user's class is never modified.
+**Payload keys.** hookbus's payload types alias ``key`` to their key field, and an
+application type whose key field is named ``key`` has it; no other class is given one.
 """
 
 from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from functools import partial
 from itertools import repeat
+from operator import attrgetter
 from typing import Any, Final, final
 
 from ._control import ALLOW_ALL, Control
-from ._dispatch import Chosen, Entry, EntryFactory
+from ._dispatch import NOTHING, Chosen, Entry, EntryFactory
 from ._events import BUILTIN_EVENTS, EventSpec
 from ._exceptions import UnknownCategoryWarning, UnknownEventError
 from ._hooks import HookInfo
@@ -59,7 +70,11 @@ _NAMED_PAYLOADS: Final = tuple({spec.payload for spec in BUILTIN_EVENTS.values()
 _MISSING: Final = object()
 _BASE: Final[frozenset[str]] = frozenset()  # the form of "no state": every category enabled
 
-Table = dict[Hashable, Entry]
+#: key -> entry; ``None``: no hook runs (the entry ``NOTHING``).
+Table = dict[Hashable, Entry | None]
+#: What ``Bus.emit`` reads for an event: its table, and how to get a payload's key (``None``:
+#: ``payload.key``).
+Lane = tuple[Table, Callable[[Any], Hashable] | None]
 
 
 class _OpenTable(dict):  # type: ignore[type-arg]
@@ -72,7 +87,13 @@ class _OpenTable(dict):  # type: ignore[type-arg]
     __slots__ = ()
 
 
-def _open_table(entries: Table, other: Entry) -> Table:
+def _held(entry: Entry) -> Entry | None:
+    """What a table holds for ``entry``: ``None`` for ``NOTHING`` (``Bus.emit`` tests it
+    with one instruction)."""
+    return None if entry is NOTHING else entry
+
+
+def _open_table(entries: Table, other: Entry | None) -> Table:
     missing = staticmethod(partial(next, repeat(other)))
     cls = type("_OpenTable", (_OpenTable,), {"__slots__": (), "__missing__": missing})
     table: Table = cls(entries)
@@ -109,48 +130,78 @@ class _PerKey:
 
 @final
 class _Plan:
-    """The entries of one event under one canonical control form, built on first use."""
+    """The entries of one event under one canonical control form, built on first use.
 
-    __slots__ = ("fast", "hooks", "make", "named", "other", "spec", "table", "unnamed")
+    ``owners``, given for the form of no state, records which key each entry was built for
+    (``_UNNAMED``: the other entry), so that an entry factory returning one entry for two of
+    them is refused: the views of control states are keyed by those entries.
+    """
 
-    def __init__(self, spec: EventSpec, hooks: tuple[HookInfo, ...], make: EntryFactory) -> None:
-        self.spec, self.hooks, self.make = spec, hooks, make
-        self.fast = _reads_key(spec)  # whether Bus.emit may read its table
+    __slots__ = (
+        "built", "getkey", "hooks", "make", "named", "other", "owners", "spec", "table", "unnamed",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        spec: EventSpec,
+        hooks: tuple[HookInfo, ...],
+        make: EntryFactory,
+        owners: dict[Entry, tuple[str, Hashable]] | None,
+    ) -> None:
+        self.spec, self.hooks, self.make, self.owners = spec, hooks, make, owners
+        self.getkey = _getkey(spec)
         named: set[Hashable] = set()
         for info in hooks:
             mentions = None if info.select is None else info.select.mentions(spec)
             named.update(mentions or ())
         self.named = frozenset(named)
+        self.built: dict[Hashable, Entry] = {}  # the entries of named keys
         self.other: Entry | None = None
-        self.table: Table = {}
+        self.table: Table = {}  # the lane's table (the form of no state only)
         self.unnamed = 0
 
-    def entry(self, key: Hashable) -> tuple[Entry, bool]:
-        """The entry of ``key``, and whether the table was replaced to hold it."""
+    def find(self, key: Hashable) -> Entry:
+        """The entry of ``key`` (hashable), built on first use."""
         if key in self.named:
-            entry = self.table[key] = self._build(key)
-            return entry, False
+            entry = self.built.get(key)
+            if entry is None:
+                entry = self.built[key] = self._make(key, self._build(key))
+            return entry
         if self.other is None:
-            self.other = self._build_other()
-        if isinstance(self.table, _OpenTable):  # read with .get() by the slow path
-            return self.other, False
-        if self.unnamed < MAX_UNNAMED_KEYS:
-            self.unnamed += 1
-            self.table[key] = self.other
-            return self.other, False
-        entries = {k: self.table.get(k) or self._build(k) for k in self.named}
-        self.table = _open_table(entries, self.other)
-        return self.other, True
+            self.other = self._make(_UNNAMED, self._build_other())
+        return self.other
 
-    def _build(self, key: Hashable) -> Entry:
+    def entry(self, key: Hashable) -> tuple[Entry | None, bool]:
+        """What the table holds for ``key`` once it is added, and whether the table was
+        replaced to hold it."""
+        held = _held(self.find(key))
+        if key in self.named:
+            self.table[key] = held
+        elif isinstance(self.table, _OpenTable):  # it answers any key no selector names
+            pass
+        elif self.unnamed < MAX_UNNAMED_KEYS:
+            self.unnamed += 1
+            self.table[key] = held
+        else:
+            self.table = _open_table({k: _held(self.find(k)) for k in self.named}, held)
+            return held, True
+        return held, False
+
+    def lane(self) -> Lane:
+        """What ``Bus.emit`` reads for this event (see the module docstring)."""
+        if self.getkey is type:  # unkeyed, no key attribute: the one entry, by payload type
+            return {self.spec.payload: self.table.get(None)}, type
+        return self.table, self.getkey
+
+    def _build(self, key: Hashable) -> list[Chosen]:
         chosen = []
         for info in self.hooks:
             check = True if info.select is None else specialize(info, self.spec, key)
             if check is not False:
                 chosen.append(Chosen(info, None if check is True else check))
-        return self._make(chosen)
+        return chosen
 
-    def _build_other(self) -> Entry:
+    def _build_other(self) -> list[Chosen]:
         chosen = []
         for info in self.hooks:
             check: bool | Predicate = True
@@ -164,19 +215,29 @@ class _Plan:
                         check = _PerKey(info.select, self.spec)
             if check is not False:
                 chosen.append(Chosen(info, None if check is True else check))
-        return self._make(chosen)
+        return chosen
 
-    def _make(self, chosen: list[Chosen]) -> Entry:
+    def _make(self, key: Hashable, chosen: list[Chosen]) -> Entry:
         names_event = issubclass(self.spec.payload, _NAMED_PAYLOADS)
-        return self.make(self.spec.name, tuple(chosen), names_event)
+        entry = self.make(self.spec.name, tuple(chosen), names_event)
+        if self.owners is not None and entry is not NOTHING:
+            owner = self.owners.setdefault(entry, (self.spec.name, key))
+            if owner != (self.spec.name, key):
+                raise TypeError(
+                    f"the entry factory {self.make!r} returned for event {self.spec.name!r} "
+                    f"and key {key!r} the entry it returned for {owner[0]!r} and "
+                    f"{owner[1]!r}: a factory makes a new entry per call (or returns NOTHING)"
+                )
+        return entry
 
 
 @final
 class Index:
-    """A bus's entries: the tables ``Bus.emit`` reads and the slow path that fills them."""
+    """A bus's entries: the tables and views ``Bus.emit`` reads, and the slow path that
+    fills them."""
 
     __slots__ = (
-        "_forms", "_plans", "_warned", "by_event", "categories", "fielded", "form_of", "make",
+        "_owners", "_plans", "_warned", "by_event", "categories", "form_of", "make",
         "protected", "specs", "tables", "views",
     )  # fmt: skip
 
@@ -188,60 +249,40 @@ class Index:
         make: EntryFactory,
     ) -> None:
         self.specs, self.by_event, self.protected, self.make = specs, by_event, protected, make
-        #: event -> table, under no control state (``Bus.emit``'s first subscript)
-        self.tables: dict[str, Table] = {}
-        #: event -> (payload type, key field or ``None``, table), for the events whose payloads
-        #: have no ``key`` (under no control state): never in ``tables``
-        self.fielded: dict[str, tuple[type, str | None, Table]] = {}
-        #: control state -> event -> table (shared by the states of one canonical form)
-        self.views: dict[Control, dict[str, Table]] = {}
+        #: event -> lane, every category enabled (``Bus.emit``'s first subscript)
+        self.tables: dict[str, Lane] = {}
+        #: control state -> (entry with every category enabled -> entry under that state),
+        #: one mapping shared by the states of one canonical form
+        self.views: dict[Control, dict[Entry, Entry]] = {}
         self.form_of: dict[Control, frozenset[str]] = {}
-        self._forms: dict[frozenset[str], dict[str, Table]] = {_BASE: self.tables}
-        self._plans: dict[frozenset[str], dict[str, _Plan]] = {_BASE: {}}
+        self._owners: dict[Entry, tuple[str, Hashable]] = {}
+        self._plans: dict[frozenset[str], tuple[dict[str, _Plan], dict[Entry, Entry]]] = {}
         self._warned: set[str] = set()
         self.categories: frozenset[str] = frozenset()
+        self.reset()
 
     def reset(self) -> None:
         """Drop every entry: called on every registration change and factory swap."""
         self.tables.clear()
-        self.fielded.clear()
         self.views.clear()
         self.form_of.clear()
-        self._forms = {_BASE: self.tables}
-        self._plans = {_BASE: {}}
+        self._owners = {}
+        self._plans = {_BASE: ({}, {})}
         self.categories = frozenset(
             info.category for hooks in self.by_event.values() for info in hooks
         )
 
     # -- the slow path ------------------------------------------------------------------
 
-    def resolve(self, control: Control | None, event: str, payload: Any) -> Entry:
-        """The entry for a dispatch that the tables ``Bus.emit`` reads could not answer.
+    def resolve(self, event: str, payload: Any) -> Entry | None:
+        """What the tables ``Bus.emit`` reads hold for a dispatch they could not answer:
+        the entry with every category enabled, ``None`` when no hook runs.
 
-        Taken for a key seen for the first time, a state met for the first time, every
-        dispatch of an event whose payload type has no ``key`` attribute (answered first by
-        its lane in ``fielded``), a payload of a subclass of its event's type, and every
-        mistake.
+        Taken for a key seen for the first time, a payload of a subclass of its event's type
+        (of an unkeyed event without a ``key`` attribute), and every mistake: an undeclared
+        event, a payload of another type, an unhashable key.
         """
-        if control is None:
-            lane = self.fielded.get(event)
-            if lane is not None and type(payload) is lane[0]:
-                # A payload without ``key``: its own field, or no key at all. (An unhashable
-                # key goes on to the checks below, which say so.)
-                try:
-                    found = lane[2].get(None if lane[1] is None else getattr(payload, lane[1]))
-                except TypeError:
-                    found = None
-                if found is not None:
-                    return found
-            form = _BASE
-        else:
-            known = self.form_of.get(control)
-            form = self._form(control) if known is None else known
-        plans = self._plans[form]
-        plan = plans.get(event)
-        if plan is None:
-            plan = plans[event] = self._plan(form, event)
+        plan = self._plan(_BASE, event)
         if not isinstance(payload, plan.spec.payload):
             raise TypeError(
                 f"event {event!r} carries {plan.spec.payload.__qualname__} payloads, "
@@ -250,28 +291,40 @@ class Index:
         field = plan.spec.key
         key = None if field is None else getattr(payload, field)
         try:
-            found = plan.table.get(key)
+            held = key in plan.table
         except TypeError:
             raise TypeError(
                 f"event {event!r}: the key of this {plan.spec.payload.__qualname__} "
                 f"({field} = {key!r}) is unhashable; keys index dispatches and must be "
                 f"hashable (a str, an int, a tuple of those)"
             ) from None
-        if found is not None:
-            return found
-        entry, replaced = plan.entry(key)
-        if plan.fast:
-            if replaced or event not in self._forms[form]:
-                self._forms[form][event] = plan.table
-        elif form is _BASE:
-            self.fielded[event] = (plan.spec.payload, field, plan.table)
-        return entry
+        if held:
+            return plan.table[key]
+        found, replaced = plan.entry(key)
+        if replaced or event not in self.tables:
+            self.tables[event] = plan.lane()
+        return found
+
+    def under(self, control: Control, event: str, payload: Any, entry: Entry) -> Entry:
+        """The entry under ``control`` of a dispatch whose entry, every category enabled, is
+        ``entry`` (never ``NOTHING``), for a state or an entry the views do not hold yet."""
+        known = self.form_of.get(control)
+        form = self._form(control) if known is None else known
+        field = self.specs[event].key
+        found = self._plan(form, event).find(None if field is None else getattr(payload, field))
+        self._plans[form][1][entry] = found
+        return found
 
     def _plan(self, form: frozenset[str], event: str) -> _Plan:
-        spec = self.spec(event)
-        every = self.by_event.get(event, ())
-        hooks = tuple(info for info in every if info.category not in form)
-        return _Plan(spec, hooks, self.make)
+        plans = self._plans[form][0]
+        plan = plans.get(event)
+        if plan is None:
+            spec = self.spec(event)
+            every = self.by_event.get(event, ())
+            hooks = tuple(info for info in every if info.category not in form)
+            owners = None if form else self._owners  # the base form's entries key the views
+            plan = plans[event] = _Plan(spec, hooks, self.make, owners)
+        return plan
 
     def spec(self, name: str) -> EventSpec:
         """The declared event ``name``; ``UnknownEventError`` with the closest names."""
@@ -282,20 +335,20 @@ class Index:
         return spec
 
     def _form(self, control: Control) -> frozenset[str]:
-        """The canonical form of ``control`` on this bus; maps the state to its tables."""
+        """The canonical form of ``control`` on this bus; maps the state to its view."""
         form = frozenset(c for c in self.categories if not control.enabled(c, self.protected))
         self._report(control)
-        tables = self._forms.get(form)
-        if tables is None:
-            if len(self._forms) >= MAX_FORMS:  # drop the oldest form but the base one
-                oldest = next(f for f in self._forms if f)
-                del self._forms[oldest], self._plans[oldest]
-            tables = self._forms[form] = {}
-            self._plans[form] = {}
+        if form not in self._plans:
+            if len(self._plans) >= MAX_FORMS:  # drop the oldest form but the base one
+                oldest = next(f for f in self._plans if f)
+                del self._plans[oldest]
+                for stale in [c for c, f in self.form_of.items() if f == oldest]:
+                    del self.views[stale], self.form_of[stale]
+            self._plans[form] = ({}, {})
         if len(self.views) >= MAX_STATES:
             stale = next(iter(self.views))
             del self.views[stale], self.form_of[stale]
-        self.views[control] = tables
+        self.views[control] = self._plans[form][1]
         self.form_of[control] = form
         return form
 
@@ -325,12 +378,15 @@ class Index:
             warnings.warn(message, UnknownCategoryWarning, stacklevel=5)  # the emit
 
 
-def _reads_key(spec: EventSpec) -> bool:
-    """Whether ``payload.key`` is the key of ``spec``'s payloads (so ``Bus.emit`` may read it)."""
+def _getkey(spec: EventSpec) -> Callable[[Any], Hashable] | None:
+    """How ``Bus.emit`` gets the key of ``spec``'s payloads: ``None`` when ``payload.key`` is
+    it, else a C callable (``attrgetter`` of the key field; ``type`` for unkeyed payloads)."""
     alias = getattr(spec.payload, "key", _MISSING)
     if spec.key is None:
-        return alias is None
-    return alias is getattr(spec.payload, spec.key, _MISSING)
+        return None if alias is None else type
+    if alias is getattr(spec.payload, spec.key, _MISSING):
+        return None
+    return attrgetter(spec.key)
 
 
 def specialize(info: HookInfo, spec: EventSpec, key: Hashable) -> bool | Predicate:

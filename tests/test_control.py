@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import tracemalloc
 import warnings
+from contextlib import nullcontext
 from typing import Any
 
+import msgspec
 import pytest
 
 from hookbus import (
     ALLOW_ALL,
     DENY_ALL,
     Bus,
+    ControlMode,
     EntityEvent,
     RegistrationError,
     UnknownCategoryWarning,
     current_control,
     hooks_control,
+    is_instance,
 )
 
 
@@ -174,3 +178,118 @@ async def test_hooks_for_follows_the_control_state(bus: Bus, calls: list[str]) -
             "integrity",
             "activeintegrity",
         ]
+
+
+async def test_a_hook_registered_after_a_dispatch_under_a_state_runs_under_it(
+    bus: Bus, calls: list[str]
+) -> None:
+    with hooks_control(ALLOW_ALL, "integrity"):
+        assert await run(bus, calls) == ["notification", "activeintegrity", "metadata"]
+    late = bus.register(lambda e: calls.append("late"), "after_add_entity", category="mailing")
+    with hooks_control(ALLOW_ALL, "integrity"):
+        assert await run(bus, calls) == ["notification", "activeintegrity", "metadata", "late"]
+    bus.unregister(late)
+    with hooks_control(ALLOW_ALL, "integrity"):
+        assert await run(bus, calls) == ["notification", "activeintegrity", "metadata"]
+
+
+class Tick(msgspec.Struct):
+    """An application payload with no ``key`` attribute."""
+
+    n: int
+
+
+async def test_a_key_less_event_dispatched_under_deny_all_leaves_its_category_enabled_outside(
+    bus: Bus,
+) -> None:
+    bus.declare("tick", Tick)
+    seen: list[int] = []
+    bus.hook("tick", category="notification")(lambda e: seen.append(e.n))
+    with hooks_control(DENY_ALL):  # the first dispatch of the event, then a cached one
+        await bus.emit("tick", Tick(0))
+        await bus.emit("tick", Tick(1))
+    await bus.emit("tick", Tick(2))
+    await bus.emit("tick", Tick(3))
+    with hooks_control(DENY_ALL):
+        await bus.emit("tick", Tick(4))
+    await bus.emit("tick", Tick(5))
+    assert seen == [2, 3, 5]
+
+
+async def test_the_block_gives_the_state_it_puts_in_force(bus: Bus, calls: list[str]) -> None:
+    with hooks_control(DENY_ALL, "integrity", "notification") as state:
+        assert state is current_control()
+        assert state.mode is DENY_ALL
+        assert state.categories == {"integrity", "notification"}
+        assert state.enabled("integrity", frozenset())
+        assert not state.enabled("metadata", frozenset())
+        assert state.enabled("metadata", frozenset({"metadata"}))  # protected on that bus
+        with hooks_control(ALLOW_ALL) as inner:
+            assert inner is current_control() and inner is not state
+        assert current_control() is state
+    assert current_control() is None
+    with hooks_control(DENY_ALL, "notification", "integrity") as same:
+        assert same is state  # equal states are one object
+
+
+def keyed_bus(seen: list[str]) -> Bus:
+    """Hooks on two entity types in several categories, and one on any type."""
+    bus = Bus()
+    for name, select, category in (
+        ("person", is_instance("Person"), "integrity"),
+        ("person-meta", is_instance("Person"), "metadata"),
+        ("company", is_instance("Company"), "notification"),
+        ("any", None, "metadata"),
+    ):
+        bus.register(
+            lambda e, n=name: seen.append(n), "after_add_entity", select=select, category=category
+        )
+    return bus
+
+
+@pytest.mark.parametrize("order", [("Person", "Company", "Other"), ("Other", "Company", "Person")])
+async def test_under_a_state_each_key_runs_its_own_hooks(order: tuple[str, ...]) -> None:
+    seen: list[str] = []
+    bus = keyed_bus(seen)
+
+    async def run_for(etype: str) -> list[str]:
+        seen.clear()
+        await bus.emit("after_add_entity", EntityEvent("after_add_entity", etype, 1))
+        return list(seen)
+
+    expected: dict[tuple[ControlMode, str] | None, dict[str, list[str]]] = {
+        (ALLOW_ALL, "metadata"): {"Person": ["person"], "Company": ["company"], "Other": []},
+        None: {
+            "Person": ["person", "person-meta", "any"],
+            "Company": ["company", "any"],
+            "Other": ["any"],
+        },
+        (DENY_ALL, "metadata"): {
+            "Person": ["person-meta", "any"],
+            "Company": ["any"],
+            "Other": ["any"],
+        },
+        (DENY_ALL, "notification"): {"Person": [], "Company": ["company"], "Other": []},
+    }
+    for _ in range(2):  # entries built, then found again
+        for state, hooks in expected.items():
+            with nullcontext() if state is None else hooks_control(*state):
+                assert {etype: await run_for(etype) for etype in order} == hooks, state
+
+
+async def test_states_of_a_form_dropped_past_the_bound_keep_dispatching() -> None:
+    seen: list[str] = []
+    bus = keyed_bus(seen)
+    for i in range(8):  # more categories, for more forms than a bus keeps
+        bus.register(lambda e: None, "after_update_entity", category=f"c{i}")
+    first = hooks_control(ALLOW_ALL, "metadata")
+    with first:
+        await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Person", 1))
+    for n in range(1, 80):  # as many forms: each disables another subset of c0..c7
+        with hooks_control(ALLOW_ALL, *(f"c{i}" for i in range(8) if n >> i & 1)):
+            await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Person", 1))
+    seen.clear()
+    with hooks_control(ALLOW_ALL, "metadata"):  # the first form is long dropped
+        await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Company", 1))
+        await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Person", 1))
+    assert seen == ["company", "person"]

@@ -17,8 +17,7 @@ from opentelemetry.trace import StatusCode
 
 import hookbus
 from hookbus import Break, Bus, EntityEvent, Operation, ServerEvent
-from hookbus import _transaction as transaction_module
-from hookbus._dispatch import _Awaited, _Called, _NamedChecked
+from hookbus.instrumentation import EntryFactory, default_entry, observe_scopes, use_entries
 
 
 class Telemetry:
@@ -74,7 +73,14 @@ def telemetry() -> Iterator[Telemetry]:
     for bus in instrumented:
         if hookbus_otel.is_instrumented(bus):
             hookbus_otel.uninstrument(bus)
-    assert transaction_module._observer is None
+    assert observe_scopes(None) is None  # every observer removed
+
+
+def factory_of(bus: Bus) -> EntryFactory:
+    """The entry factory ``bus`` builds with (read by swapping it out and back)."""
+    factory = use_entries(bus, default_entry)
+    use_entries(bus, factory)
+    return factory
 
 
 class Remember(Operation):
@@ -157,8 +163,7 @@ async def test_dispatches_make_no_span_by_default(telemetry: Telemetry) -> None:
     ran = []
     bus.hook("before_add_entity")(ran.append)
     telemetry.instrument(bus)
-    assert type(bus._indexer.make) is type(hookbus._dispatch.make_entry)
-    assert bus._indexer.make is hookbus._dispatch.make_entry  # the default entries, untouched
+    assert factory_of(bus) is default_entry  # the default entries, untouched
     async with hookbus.transaction():
         await bus.emit("before_add_entity", person())
     assert ran and [s.name for s in telemetry.spans()][-1] == "hookbus.transaction"
@@ -299,27 +304,22 @@ async def test_off_and_after_uninstrument_the_entries_are_hookbus_own(
         bus.hook("before_update_entity", select=hookbus.where(bool))(lambda event: None)
         return bus
 
-    async def entries(bus: Bus) -> list[object]:
+    async def run(bus: Bus) -> None:
         for event in ("before_add_entity", "after_add_entity", "before_update_entity"):
             await bus.emit(event, person(event=event))
-        return [bus._index[e]["Person"] for e in ("before_add_entity", "after_add_entity",
-                                                  "before_update_entity")]  # fmt: skip
 
-    plain = build()
-    assert [type(e) for e in await entries(plain)] == [_Called, _Awaited, _NamedChecked]
     bus = build()
-    never = await entries(bus)
+    await run(bus)
+    assert factory_of(bus) is default_entry
     telemetry.instrument(bus, dispatch_spans="all", hook_spans=True)
-    on = await entries(bus)
-    assert all(type(e).__name__ == "_NamedInstrumented" for e in on)
+    assert factory_of(bus) is not default_entry
+    await run(bus)
     assert telemetry.spans()
     hookbus_otel.uninstrument(bus)
-    assert transaction_module._observer is None
-    assert bus._indexer.make is plain._indexer.make
+    assert observe_scopes(None) is None
+    assert factory_of(bus) is default_entry
     telemetry.exporter.clear()
-    again = await entries(bus)
-    assert [type(e) for e in again] == [type(e) for e in never]
-    assert [tuple(e) for e in again] == [tuple(e) for e in never]  # type: ignore[arg-type]
+    await run(bus)
     async with hookbus.transaction() as tx:
         tx.add(Remember())
     assert telemetry.spans() == []

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+from typing import Any
+
 import pytest
 
 from hookbus import (
     Bus,
     EntityEvent,
+    EventSpec,
     RelationEvent,
+    Selector,
     is_instance,
     match_rtype,
     match_rtype_sets,
@@ -78,3 +83,126 @@ async def test_negated_and_combined_selectors_dispatch() -> None:
 def test_match_rtype_sets_refuses_bare_names() -> None:
     with pytest.raises(TypeError, match="use match_rtype"):
         match_rtype_sets("boss", "knows")
+
+
+def big(event: EntityEvent) -> bool:
+    return bool(event.eid >= 10)
+
+
+def even(event: EntityEvent) -> bool:
+    return bool(event.eid % 2 == 0)
+
+
+async def dispatched(select: Selector, *payloads: tuple[str, int]) -> list[str]:
+    """The ``etype:eid`` of the payloads a hook selected by ``select`` ran for."""
+    bus = Bus()
+    seen: list[str] = []
+    bus.hook("after_add_entity", select=select)(lambda e: seen.append(f"{e.etype}:{e.eid}"))
+    for etype, eid in payloads:
+        await bus.emit("after_add_entity", EntityEvent("after_add_entity", etype, eid))
+        await bus.collect("after_add_entity", EntityEvent("after_add_entity", etype, eid))
+    return seen[::2]  # emit and collect ran the same hooks: one of each
+
+
+PAYLOADS = (("A", 1), ("A", 10), ("A", 12), ("B", 3), ("B", 12))
+
+
+@pytest.mark.parametrize(
+    ("select", "expected"),
+    [
+        (where(big) & where(even), ["A:10", "A:12", "B:12"]),
+        (where(big) | where(even), ["A:10", "A:12", "B:12"]),
+        (where(big) & ~where(even), []),
+        (where(even) | ~where(big), ["A:1", "A:10", "A:12", "B:3", "B:12"]),
+        (~where(big), ["A:1", "B:3"]),
+        (~(where(big) & where(even)), ["A:1", "B:3"]),
+        (where(big) & is_instance("A"), ["A:10", "A:12"]),
+        (is_instance("A") & where(big), ["A:10", "A:12"]),
+        (where(big) | is_instance("A"), ["A:1", "A:10", "A:12", "B:12"]),
+        (is_instance("A") | where(big), ["A:1", "A:10", "A:12", "B:12"]),
+        (~is_instance("A") & where(even), ["B:12"]),
+        (~(is_instance("A") | where(big)), ["B:3"]),
+    ],
+    ids=repr,
+)
+async def test_payload_predicates_combine_like_booleans(
+    select: Selector, expected: list[str]
+) -> None:
+    assert await dispatched(select, *PAYLOADS) == expected
+
+
+class Odd(Selector):
+    """A user's selector: only ``specialize``, nothing said about its keys."""
+
+    def specialize(self, spec: EventSpec, key: Hashable) -> bool | Callable[[Any], bool]:
+        return lambda event: bool(event.eid % 2)
+
+
+class Named(Selector):
+    """A user's selector that names its keys and decides them statically."""
+
+    def specialize(self, spec: EventSpec, key: Hashable) -> bool | Callable[[Any], bool]:
+        return key == "B"
+
+    def keys(self, spec: EventSpec) -> frozenset[Hashable] | None:
+        return frozenset({"B"})
+
+
+@pytest.mark.parametrize(
+    ("select", "expected"),
+    [
+        (Odd(), ["A:1", "B:3"]),
+        (Odd() & is_instance("A"), ["A:1"]),
+        (Odd() | is_instance("A"), ["A:1", "A:10", "A:12", "B:3"]),
+        (is_instance("B") & Odd(), ["B:3"]),
+        (Odd() & where(big), []),
+        (Odd() | where(even), ["A:1", "A:10", "A:12", "B:3", "B:12"]),
+        (~Odd(), ["A:10", "A:12", "B:12"]),
+        (Named(), ["B:3", "B:12"]),
+        (Named() | is_instance("A"), ["A:1", "A:10", "A:12", "B:3", "B:12"]),
+        (Named() & where(big), ["B:12"]),
+        (Named() & Odd(), ["B:3"]),
+        (~Named() | where(even), ["A:1", "A:10", "A:12", "B:12"]),
+    ],
+    ids=repr,
+)
+async def test_a_users_selector_combines_with_the_built_in_ones(
+    select: Selector, expected: list[str]
+) -> None:
+    assert await dispatched(select, *PAYLOADS) == expected
+
+
+def test_combinations_with_where_register_on_any_keyed_or_unkeyed_event() -> None:
+    bus = Bus()
+    for select in (
+        is_instance("A") | where(big),
+        where(big) | is_instance("A"),
+        where(big) & where(even),
+        ~where(big),
+        Odd() | where(big),
+        Named() & Odd(),
+    ):
+        bus.hook("after_add_entity", select=select)(lambda e: None)
+    bus.hook("server_startup", select=where(bool) | ~where(bool))(lambda e: None)
+    assert len(bus.registered()) == 7
+
+
+async def test_a_users_selector_under_and_is_settled_once_per_key_named_beside_it() -> None:
+    asked: list[Hashable] = []
+
+    class Counting(Selector):
+        def specialize(self, spec: EventSpec, key: Hashable) -> bool | Callable[[Any], bool]:
+            asked.append(key)
+            return True
+
+    bus = Bus()
+    seen: list[str] = []
+    bus.hook("after_add_entity", select=Counting() & is_instance("A"))(
+        lambda e: seen.append(e.etype)
+    )
+    asked.clear()
+    for _ in range(100):
+        for etype in ("A", "B", "C"):
+            await bus.emit("after_add_entity", EntityEvent("after_add_entity", etype, 1))
+    assert seen == ["A"] * 100
+    assert len(asked) <= 3  # settled when the entries are built, not asked per dispatch

@@ -18,9 +18,8 @@ from typing import Final, get_args
 from opentelemetry import metrics, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from hookbus import Bus
-from hookbus._dispatch import make_entry
-from hookbus._transaction import Observer, _observe
+from hookbus import Bus, instrumentation
+from hookbus.instrumentation import default_entry, observe_scopes, use_entries
 
 from ._entries import entry_factory
 from ._scopes import ScopeObserver
@@ -40,7 +39,7 @@ __all__ = [
 class _Installed:
     bus: Bus
     observer: ScopeObserver | None
-    previous: Observer | None
+    previous: instrumentation.ScopeObserver | None
 
 
 # id(bus) -> what instrument() installed on it (buses are not weakly referenceable).
@@ -99,9 +98,9 @@ def instrument(
     observer = previous = None
     if transactions:
         observer = ScopeObserver(settings)
-        previous = _observe(observer)
+        previous = observe_scopes(observer)
     if dispatch_spans != "none" or hook_metrics:
-        bus._use_entries(entry_factory(settings))
+        use_entries(bus, entry_factory(settings))
     _installed[id(bus)] = _Installed(bus, observer, previous)
 
 
@@ -115,11 +114,11 @@ def uninstrument(bus: Bus) -> None:
     installed = _installed.pop(id(bus), None)
     if installed is None:
         raise LookupError("this bus is not instrumented")
-    bus._use_entries(make_entry)
+    use_entries(bus, default_entry)
     if installed.observer is not None:
-        current = _observe(installed.previous)
+        current = observe_scopes(installed.previous)
         if current is not installed.observer:  # another instrumentation set its own since
-            _observe(current)
+            observe_scopes(current)
 
 
 def is_instrumented(bus: Bus) -> bool:

@@ -1,7 +1,8 @@
 """Instrumented index entries: the hooks of an ``(event, key)``, timed, with opt-in spans.
 
-Built only by the factory that ``instrument`` gives a bus (``bus._use_entries``): a bus not
-instrumented builds hookbus's own entries and its dispatch never reaches this module. An
+Built only by the factory that ``instrument`` gives a bus (``hookbus.instrumentation.
+use_entries``): a bus not instrumented builds hookbus's own entries and its dispatch never
+reaches this module. An
 instrumented entry keeps every rule of hookbus's entries (a ``Break`` stops the hooks, errors
 carry a note naming the hook, a recursion becomes a ``HookRecursionError``, a plain hook
 returning a coroutine is refused, a payload contradicting its dispatch is refused) and adds:
@@ -18,25 +19,25 @@ returning a coroutine is refused, a payload contradicting its dispatch is refuse
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import time_ns
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 from opentelemetry import context, trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from hookbus._dispatch import (
-    EMPTY,
+from hookbus import Break, Results
+from hookbus.instrumentation import (
+    NOTHING,
     Chosen,
     Entry,
     EntryFactory,
-    Results,
-    contradiction,
-    endless,
-    note,
-    returned,
+    check_payload_event,
+    check_result,
+    entry,
+    note_hook,
+    recursion_error,
 )
-from hookbus._exceptions import Break
-from hookbus._selectors import Predicate
 
 from ._settings import Settings
 
@@ -45,7 +46,7 @@ __all__ = ["entry_factory"]
 
 class _Hook(NamedTuple):
     fn: Any
-    check: Predicate | None
+    check: Callable[[Any], bool] | None
     is_async: bool
     name: str
     attributes: dict[str, str]
@@ -58,24 +59,34 @@ class _Timed(NamedTuple):
     error: BaseException | None
 
 
-class _Instrumented(Entry):
-    """An entry that times its hooks and makes the spans its settings ask for."""
+class _Instrumented:
+    """The hooks of an entry, run timed, with the spans its settings ask for."""
 
-    __slots__ = ()
-    settings: ClassVar[Settings]
-    names_event: ClassVar[bool]
+    __slots__ = ("event", "hooks", "names_event", "settings")
 
-    async def emit(self, event: str, payload: Any) -> Break | None:
-        return await self._run(event, payload, None)
+    def __init__(
+        self, settings: Settings, event: str, hooks: tuple[_Hook, ...], names_event: bool
+    ) -> None:
+        self.settings, self.event, self.hooks, self.names_event = (
+            settings, event, hooks, names_event,
+        )  # fmt: skip
 
-    async def collect(self, event: str, payload: Any) -> Results:
-        results = Results()
-        results.broken = await self._run(event, payload, results)
-        return results
+    def entry(self) -> Entry:
+        """The entry that runs these hooks (its ``emit`` and ``collect``)."""
 
-    async def _run(self, event: str, payload: Any, results: Results | None) -> Break | None:
-        if self.names_event and payload.event != event:
-            contradiction(event, payload)
+        async def emit(payload: Any) -> Break | None:
+            return await self.run(self.event, payload, None)
+
+        async def collect(payload: Any) -> Results:
+            results = Results()
+            results.broken = await self.run(self.event, payload, results)
+            return results
+
+        return entry(emit, collect)
+
+    async def run(self, event: str, payload: Any, results: Results | None) -> Break | None:
+        if self.names_event:
+            check_payload_event(event, payload)
         settings = self.settings
         live = settings.dispatch_spans == "all"
         timed: list[_Timed] = []
@@ -117,9 +128,9 @@ class _Instrumented(Entry):
         settings = self.settings
         hook_spans = live and settings.hook_spans
         hook: _Hook | None = None
-        check: Predicate | None = None
+        check: Callable[[Any], bool] | None = None
         try:
-            for hook in self:
+            for hook in self.hooks:
                 check = hook.check
                 if check is not None:
                     if not check(payload):
@@ -138,7 +149,7 @@ class _Instrumented(Entry):
                     if hook.is_async:
                         result = await result
                     elif result is not None:
-                        returned(hook.fn, event, result)
+                        check_result(hook.fn, event, result)
                 except BaseException as exc:
                     error = exc
                     raise
@@ -155,10 +166,10 @@ class _Instrumented(Entry):
         except Break as broken:
             return broken
         except RecursionError as exc:
-            raise endless(exc, event)  # noqa: B904  (chained inside)
+            raise recursion_error(exc, event)  # noqa: B904  (chained inside)
         except Exception as exc:
             assert hook is not None
-            note(exc, hook.fn, event, selector=check is not None)
+            note_hook(exc, hook.fn, event, selector=check is not None)
             raise
         return None
 
@@ -201,22 +212,15 @@ def _close(span: Span, error: BaseException | None, broken: Break | None, end: i
 
 def entry_factory(settings: Settings) -> EntryFactory:
     """The factory of instrumented entries recording with ``settings``."""
-    named = type("_NamedInstrumented", (_Instrumented,), {
-        "__slots__": (), "settings": settings, "names_event": True,
-    })  # fmt: skip
-    anything = type("_AnyInstrumented", (_Instrumented,), {
-        "__slots__": (), "settings": settings, "names_event": False,
-    })  # fmt: skip
 
     def make_entry(event: str, hooks: tuple[Chosen, ...], names_event: bool) -> Entry:
         if not hooks:
-            return EMPTY
-        cls = named if names_event else anything
-        entry: Entry = cls(
+            return NOTHING
+        timed = tuple(
             _Hook(c.info.fn, c.check, c.info.is_async, c.info.name,
                   {"hookbus.event": event, "hookbus.hook.name": c.info.name})
             for c in hooks
         )  # fmt: skip
-        return entry
+        return _Instrumented(settings, event, timed, names_event).entry()
 
     return make_entry

@@ -30,7 +30,7 @@ from typing import Final
 from opentelemetry import context, trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from hookbus._transaction import Transaction, TransactionState
+from hookbus import Transaction, TransactionState
 
 from ._settings import Settings
 
@@ -58,7 +58,7 @@ class _Watch:
 
 
 class ScopeObserver:
-    """The observer of every transaction scope (``hookbus._transaction._observe``)."""
+    """The observer of every transaction scope (``hookbus.instrumentation.observe_scopes``)."""
 
     __slots__ = ("settings",)
 
