@@ -463,9 +463,10 @@ class Migrator:
                         # On the stage's own connection (its batch rolled back): a pool of
                         # two connections, the lock's and this one, is enough.
                         try:
-                            async with transaction(conn, find_outcome=False):
+                            # tx.connection first: a scope begins at its first statement.
+                            async with transaction(conn, find_outcome=False) as tx:
                                 await self._record_failure(
-                                    conn,
+                                    tx.connection,
                                     record,
                                     error,
                                     record.batch_failed(

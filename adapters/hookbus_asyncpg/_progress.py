@@ -7,6 +7,8 @@ from typing import Any, Final, Literal, final
 
 import msgspec
 
+from ._hook_runs import record_error
+
 __all__ = ["StageProgress", "read_progress", "skipped_stages"]
 
 StageStatus = Literal["running", "completed", "failed", "skipped", "undone"]
@@ -67,10 +69,6 @@ WITH stage AS (
 INSERT INTO hookbus_batch (plugin, version, stage, number, after_key, rows, status,
                            duration, error, token)
 VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, $8, $9)
-"""
-
-_ERROR: Final = """
-INSERT INTO hookbus_error (plugin, version, step, token, error) VALUES ($1, $2, $3, $4, $5)
 """
 
 _DONE_BATCHES: Final = """
@@ -174,7 +172,7 @@ class StageRecord:
 
     async def error(self, conn: Any, token: int | None, error: str) -> None:
         """Keep ``error`` with its time in the stage's error history."""
-        await conn.execute(_ERROR, *self._ident, token, error)
+        await record_error(conn, *self._ident, token, error)
 
     async def done_batches(self, conn: Any) -> list[tuple[int, str | None, str, int]]:
         """The committed batches, newest first: ``(number, after_key, last_key, rows)``."""
