@@ -37,7 +37,8 @@ from hookbus import Batch, BatchedStage, Environment, Migration
 
 BATCH = 1000
 CREATE = """
-DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, bench_row;
+DROP TABLE IF EXISTS hookbus_batch, hookbus_stage, hookbus_plugin, hookbus_error, hookbus_hook_run,
+    bench_row;
 CREATE TABLE bench_row (id bigint PRIMARY KEY, old1 text NOT NULL, old2 text NOT NULL,
                         new_field text, migrated boolean NOT NULL DEFAULT false);
 """

@@ -4,8 +4,9 @@ The catalog plugin 1.0 installs (``pre_init`` creates its table, ``post_init`` f
 way that depends on the environment and feature flags). Version 2.0 brings the four stages
 of Odoo's classic multi-stage migration: the structure (atomic), the relationships (atomic),
 the computed fields (batched by key, with a progress bar, validated) and an external sync
-that runs only with the ``external_sync`` flag. Every stage and batch is recorded in the
-database by the transaction doing it; the monitoring table is printed at the end.
+that runs only with the ``external_sync`` flag (skipped without it, then run by an upgrade
+once the flag is on). Every stage, batch and lifecycle hook is recorded in the database by
+the transaction doing it; the monitoring tables are printed at the end.
 
     .venv/bin/python examples/plugin_migration.py [ROWS]   # default 200,000
     HOOKBUS_ENV=production HOOKBUS_FLAGS=external_sync .venv/bin/python examples/...
@@ -146,12 +147,21 @@ async def main(pool: asyncpg.Pool) -> None:
         print(f"  {step.version} {step.stage:<16} {step.kind:<8} {step.action} {step.detail}")
     print(f"upgraded: {await manager.upgrade()}")
     print("upgraded again, nothing left to do:", await manager.upgrade())
+    if not env.enabled("external_sync"):  # skipped is not completed: it runs once it may
+        flags = [*env.flags, "external_sync"]
+        flagged = PluginManager(pool, application("2.0", Environment(env.name, flags=flags)))
+        for step in await flagged.plan():
+            print(f"  with external_sync on: {step.stage} {step.action}")
+        print(f"upgraded with the flag: {await flagged.upgrade()}")
 
     print("the monitoring table (hookbus_stage):")
     print(f"  {'stage':<16} {'kind':<8} {'status':<10} {'rows':>9} {'batches':>7} seconds")
     for s in await manager.progress("catalog"):
         print(f"  {s.stage:<16} {s.kind:<8} {s.status:<10} {s.rows:>9,} {s.batches:>7} "
               f"{s.duration:.2f}")  # fmt: skip
+    print("the lifecycle hooks (hookbus_hook_run):")
+    for run in await manager.hook_runs("catalog"):
+        print(f"  {run.hook:<12} {run.version:<4} {run.status:<9} {run.duration:.3f} s")
     for status in await manager.status():
         print(f"plugin {status.name}: {status.state} at {status.installed}")
     sample = await pool.fetchrow("SELECT new_field, category_id FROM product WHERE id = 10")

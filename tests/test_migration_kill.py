@@ -257,12 +257,19 @@ async def test_a_lost_lock_never_lets_two_migrators_run_batches_at_once(
     print(f"HOOKBUS_SOAK_SEED={SEED} HOOKBUS_LOCK_LOSSES={LOSSES}")
     for round_ in range(LOSSES):
         await pool.execute(LOSSY)
-        inside = asyncio.Event()
+        inside, terminated = asyncio.Event(), asyncio.Event()
         number = rng.randint(2, 8)
 
-        async def apply(batch: Batch, number: int = number, inside: asyncio.Event = inside) -> None:
+        async def apply(
+            batch: Batch,
+            number: int = number,
+            inside: asyncio.Event = inside,
+            terminated: asyncio.Event = terminated,
+        ) -> None:
             if batch.number == number:
                 inside.set()
+            elif batch.number > number:  # never done before its lock is lost: batches are left
+                await asyncio.wait_for(terminated.wait(), 30)
             await count_lossy(batch)
 
         first, second = quiet_migrator(pool), quiet_migrator(pool)
@@ -273,6 +280,7 @@ async def test_a_lost_lock_never_lets_two_migrators_run_batches_at_once(
         winner = asyncio.create_task(second.run("p", lossy()))
         await asyncio.sleep(rng.uniform(0, 0.02))  # a random point: no event marks it
         await pool.execute("SELECT pg_terminate_backend($1, 10000)", await lock_backend(first))
+        terminated.set()
         lost, won = await asyncio.wait_for(
             asyncio.gather(loser, winner, return_exceptions=True), 60
         )

@@ -441,17 +441,16 @@ class Migrator:
                         # A COMMIT lost with its connection needs no finding out: the rerun
                         # reads the cursor, saved by this very transaction or not at all.
                         async with self.fenced(conn) as tx:
-                            began = await _begin_batch(conn, stage)
-                            last, last_text, count = await pages.next(conn)
+                            await _timeouts(conn, stage)
+                            last, last_text, count, began = await pages.next(conn)
                             if count == 0:
                                 break
                             batch = Batch(tx, self._env, pages.after, last, count, number + 1)
                             await stage.apply(batch)
-                            touched = await pages.touched(conn, last, count)
-                            await record.batch_done(
+                            touched = await record.batch_done(
                                 conn, number + 1, pages.cursor, last_text, count,
                                 time.perf_counter() - batch_started, self.lock.token, began,
-                                touched,
+                                pages.touched(last, count),
                             )  # fmt: skip
                             if touched == 0:
                                 untouched.append(number + 1)
@@ -463,9 +462,10 @@ class Migrator:
                         # On the stage's own connection (its batch rolled back): a pool of
                         # two connections, the lock's and this one, is enough.
                         try:
-                            async with transaction(conn, find_outcome=False):
+                            # tx.connection first: a scope begins at its first statement.
+                            async with transaction(conn, find_outcome=False) as tx:
                                 await self._record_failure(
-                                    conn,
+                                    tx.connection,
                                     record,
                                     error,
                                     record.batch_failed(
@@ -520,17 +520,19 @@ class _Pages:
         table, key = _quoted(stage.table), f'"{stage.key}"'
         page = f"SELECT {key} FROM {table} WHERE {key} IS NOT NULL ORDER BY {key} LIMIT $1"
         after = f"SELECT {key} FROM {table} WHERE {key} > $2::{key_type} ORDER BY {key} LIMIT $1"
-        last = "SELECT max(k), max(k)::text, count(*) FROM ({}) AS b(k)"
+        # (with the server's clock: when the batch began, once fenced)
+        last = "SELECT max(k), max(k)::text, count(*), clock_timestamp() FROM ({}) AS b(k)"
         self._first = last.format(page)
         self._next = last.format(after)
         # The page's rows the batch changed: those it wrote (their xmin is this transaction,
         # or one of its subtransactions: age <= 0) and those it deleted (no longer there).
+        # A subquery of the statement recording the batch, from its 11th parameter on.
         touched = (
-            "SELECT $1 - count(*) + count(*) FILTER (WHERE age(xmin) <= 0) "
-            f"FROM {table} WHERE {key} <= $2::{key_type}"
+            "(SELECT $11::bigint - count(*) + count(*) FILTER (WHERE age(xmin) <= 0) "
+            f"FROM {table} WHERE {key} <= $12::{key_type}"
         )
-        self._touched_first = touched + f" AND {key} IS NOT NULL"
-        self._touched_next = touched + f" AND {key} > $3::{key_type}"
+        self._touched_first = touched + f" AND {key} IS NOT NULL)"
+        self._touched_next = touched + f" AND {key} > $13::{key_type})"
         self._size = stage.batch_size
         self.after: Any = None  # the last key done, as the column's type
         self.cursor: str | None = None  # the same, as text: what the progress row keeps
@@ -560,19 +562,21 @@ class _Pages:
             )
         return pages
 
-    async def next(self, conn: Any) -> tuple[Any, str, int]:
-        """The next page's last key (typed and as text) and its row count (0: no more)."""
+    async def next(self, conn: Any) -> tuple[Any, str, int, datetime]:
+        """The next page's last key (typed and as text), its row count (0: no more), and the
+        server's clock."""
         if self.after is None:
             row = await conn.fetchrow(self._first, self._size)
         else:
             row = await conn.fetchrow(self._next, self._size, self.after)
-        return row[0], row[1], row[2]
+        return row[0], row[1], row[2], row[3]
 
-    async def touched(self, conn: Any, last: Any, count: int) -> int:
-        """How many of the page's ``count`` rows the batch changed (wrote or deleted)."""
+    def touched(self, last: Any, count: int) -> tuple[str, tuple[Any, ...]]:
+        """SQL counting the page's rows the batch changed (wrote or deleted), and its
+        arguments from the 11th on: what ``StageRecord.batch_done`` records."""
         if self.after is None:
-            return int(await conn.fetchval(self._touched_first, count, last))
-        return int(await conn.fetchval(self._touched_next, count, last, self.after))
+            return self._touched_first, (count, last)
+        return self._touched_next, (count, last, self.after)
 
     def moved(self, last: Any, last_text: str) -> None:
         """The page ending at ``last`` was committed."""
@@ -584,13 +588,6 @@ async def _key_type(conn: Any, where: str, stage: BatchedStage) -> str:
     if key_type is None:
         raise MigrationError(f"{where}: no column {stage.key!r} in {stage.table!r}")
     return key_type
-
-
-async def _begin_batch(conn: Any, stage: BatchedStage) -> datetime:
-    """Set the stage's timeouts for the batch's transaction; the server's clock now."""
-    calls = "".join(f", {call}" for call in _settings(stage))
-    began: datetime = await conn.fetchval(f"SELECT clock_timestamp(){calls}")
-    return began
 
 
 def _settings(stage: Stage | BatchedStage) -> list[str]:

@@ -7,6 +7,8 @@ from typing import Any, Final, Literal, final
 
 import msgspec
 
+from ._hook_runs import record_error
+
 __all__ = ["StageProgress", "read_progress", "skipped_stages"]
 
 StageStatus = Literal["running", "completed", "failed", "skipped", "undone"]
@@ -56,7 +58,8 @@ WITH stage AS (
 )
 INSERT INTO hookbus_batch (plugin, version, stage, number, after_key, last_key, rows,
                            status, duration, token, started_at, touched, committed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'completed', $8, $9, $10, $11, clock_timestamp())
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'completed', $8, $9, $10, {touched}, clock_timestamp())
+RETURNING touched
 """
 _BATCH_FAILED: Final = """
 WITH stage AS (
@@ -67,10 +70,6 @@ WITH stage AS (
 INSERT INTO hookbus_batch (plugin, version, stage, number, after_key, rows, status,
                            duration, error, token)
 VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, $8, $9)
-"""
-
-_ERROR: Final = """
-INSERT INTO hookbus_error (plugin, version, step, token, error) VALUES ($1, $2, $3, $4, $5)
 """
 
 _DONE_BATCHES: Final = """
@@ -153,18 +152,21 @@ class StageRecord:
         duration: float,
         token: int,
         started_at: datetime,
-        touched: int | None,
-    ) -> None:
+        touched: tuple[str, tuple[Any, ...]],
+    ) -> int:
         """Record a batch and move the cursor, in the batch's own transaction.
 
         The batch's interval runs from ``started_at`` (the server's clock once the batch was
-        fenced) to the server's clock now, just before its COMMIT. ``touched``: how many rows
-        of its page it changed.
+        fenced) to the server's clock now, just before its COMMIT. ``touched`` is the SQL
+        counting the rows of its page it changed, and its arguments from ``$11``: that count
+        is recorded and returned (one round trip for all of it).
         """
-        await conn.execute(
-            _BATCH_DONE, *self._ident, number, after, last, rows, duration, token, started_at,
-            touched,
+        sql, args = touched
+        recorded: int = await conn.fetchval(
+            _BATCH_DONE.format(touched=sql), *self._ident, number, after, last, rows, duration,
+            token, started_at, *args,
         )  # fmt: skip
+        return recorded
 
     async def batch_failed(
         self, conn: Any, number: int, after: str | None, duration: float, error: str, token: int
@@ -174,7 +176,7 @@ class StageRecord:
 
     async def error(self, conn: Any, token: int | None, error: str) -> None:
         """Keep ``error`` with its time in the stage's error history."""
-        await conn.execute(_ERROR, *self._ident, token, error)
+        await record_error(conn, *self._ident, token, error)
 
     async def done_batches(self, conn: Any) -> list[tuple[int, str | None, str, int]]:
         """The committed batches, newest first: ``(number, after_key, last_key, rows)``."""
