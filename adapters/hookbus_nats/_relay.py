@@ -37,6 +37,7 @@ from ._relay_sql import (
     Holdback,
     Row,
     cleanup,
+    cursor_of,
     holdback,
     load_cursor,
     next_xid,
@@ -89,6 +90,7 @@ class Relay:
 
     __slots__ = (
         "_batches",
+        "_cleaned",
         "_cursor",
         "_dsn",
         "_duplicates",
@@ -160,6 +162,7 @@ class Relay:
         self._cursor: Cursor | None = None
         self._published = self._duplicates = self._batches = self._retries = 0
         self._held: Holdback | None = None
+        self._cleaned = 0.0
         self._error: str | None = None
 
     # -- the lifecycle ---------------------------------------------------------------------
@@ -207,7 +210,7 @@ class Relay:
         self._move(RelayState.STARTING)
         try:
             await self._check_stream()
-            async with asyncpg.create_pool(self._dsn, min_size=1, max_size=3) as pool:
+            async with asyncpg.create_pool(self._dsn, min_size=1, max_size=4) as pool:
                 lock = await self._take_lock(pool)
                 if lock is not None:
                     try:
@@ -275,33 +278,63 @@ class Relay:
     async def _loop(
         self, pool: asyncpg.Pool, lock: FencedLock, wakeup: Wakeup, cursor: Cursor
     ) -> None:
-        looked = cleaned = 0.0
-        while not self._stop.is_set():
-            async with pool.acquire() as conn:
-                rows = await read_batch(conn, cursor, self.batch_size)
-                now = time.monotonic()
-                if len(rows) < self.batch_size and now - looked >= self.poll_interval:
-                    looked = now
-                    self._watch(await holdback(conn, cursor))
-                if (
-                    not rows
-                    and self.retention is not None
-                    and now - cleaned >= self.cleanup_interval
-                ):
-                    cleaned = now
-                    await self._clean(conn)
-            if not rows:
-                self._move(RelayState.WAITING)
-                await wakeup.wait(self.poll_interval)
-                continue
-            self._move(RelayState.RELAYING)
-            await self._publish(rows, lock)
-            cursor = Cursor(rows[-1].xid, rows[-1].id)
-            async with pool.acquire() as conn, conn.transaction():
-                await lock.fence(conn)
-                await save_cursor(conn, self.name, cursor, len(rows))
-            self._cursor = cursor
-            self._batches += 1
+        """Batch after batch, pipelined: while a batch's acknowledgements are in flight the
+        next batch is read, and while a batch is published the previous one's cursor is
+        saved. A batch is published only once the previous one is wholly acknowledged, so
+        the stream holds the rows in cursor order."""
+        looked = 0.0
+        saving: asyncio.Task[None] | None = None
+        reading: asyncio.Task[list[Row]] | None = None
+        try:
+            rows = await self._read(pool, cursor)
+            while not self._stop.is_set():
+                if len(rows) < self.batch_size and time.monotonic() - looked >= self.poll_interval:
+                    looked = time.monotonic()
+                    await self._look(pool, cursor, idle=not rows)
+                if not rows:
+                    if saving is not None:
+                        await saving  # the cursor is durable before the relay idles
+                        saving = None
+                    self._move(RelayState.WAITING)
+                    await wakeup.wait(self.poll_interval)
+                    rows = await self._read(pool, cursor)
+                    continue
+                self._move(RelayState.RELAYING)
+                last = cursor_of(rows[-1])
+                reading = asyncio.create_task(self._read(pool, last))
+                await self._publish(rows, lock)
+                if saving is not None:
+                    await saving
+                saving = asyncio.create_task(self._save(pool, lock, last, len(rows)))
+                rows, reading = await reading, None
+                cursor = last
+        except BaseException:
+            for task in (saving, reading):
+                if task is not None:
+                    task.cancel()  # an unsaved cursor only means a re-send, dropped as duplicate
+            raise
+        if saving is not None:
+            await saving  # asked to stop: the last batch's cursor is saved
+
+    async def _read(self, pool: asyncpg.Pool, cursor: Cursor) -> list[Row]:
+        async with pool.acquire() as conn:
+            return await read_batch(conn, cursor, self.batch_size)
+
+    async def _save(self, pool: asyncpg.Pool, lock: FencedLock, cursor: Cursor, n: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await lock.fence(conn)
+            await save_cursor(conn, self.name, cursor, n)
+        self._cursor = cursor
+        self._batches += 1
+
+    async def _look(self, pool: asyncpg.Pool, cursor: Cursor, *, idle: bool) -> None:
+        """What holds the relay back; when idle, the clean-up that is due."""
+        async with pool.acquire() as conn:
+            self._watch(await holdback(conn, cursor))
+            now = time.monotonic()
+            if idle and self.retention is not None and now - self._cleaned >= self.cleanup_interval:
+                self._cleaned = now
+                await self._clean(conn)
 
     def _watch(self, held: Holdback | None) -> None:
         was, self._held = self._held, held
@@ -357,15 +390,15 @@ class Relay:
     async def _send(self, rows: list[Row]) -> int:
         """Publish ``rows`` with every acknowledgement in flight; the number of duplicates.
         Raises if any is not acknowledged within ``ack_timeout``."""
-        js = self._js
+        publish = self._js.publish_async
         futures: list[asyncio.Future[Any]] = []
         try:
-            for row in rows:
-                headers = {} if row.headers == "{}" else _decode_headers(row.headers)
-                headers["Nats-Msg-Id"] = row.msg_id
-                headers["Hookbus-Event"] = row.event
+            for _, _, subject, event, msg_id, payload, extra in rows:
+                headers = {} if extra == "{}" else _decode_headers(extra)
+                headers["Nats-Msg-Id"] = msg_id
+                headers["Hookbus-Event"] = event
                 headers["Hookbus-Wire"] = WIRE_VERSION
-                futures.append(await js.publish_async(row.subject, row.payload, headers=headers))
+                futures.append(await publish(subject, payload, headers=headers))
             _, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
         except BaseException:
             for future in futures:

@@ -104,6 +104,7 @@ class Wakeup:
         """Stop listening and close the connection."""
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
+            conn.remove_termination_listener(self._terminated)
             try:
                 await asyncio.wait_for(conn.close(), 5)
             except Exception:
