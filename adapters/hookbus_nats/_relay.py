@@ -53,6 +53,9 @@ logger: Final = logging.getLogger("hookbus.outbox")
 # What NATS answers when it is slow, gone or refusing (a full stream): worth sending again.
 # Anything else (a bug, a database error) stops the relay.
 _NATS_FAILURES: Final = (nats.errors.Error, asyncio.TimeoutError, OSError)
+# How often the relay looks at what holds it back (at most), and polls while rows are held.
+_LOOK_EVERY: Final = 1.0
+_HELD_POLL: Final = 0.05
 _decode_headers: Final = msgspec.json.Decoder(dict[str, str]).decode
 
 
@@ -288,7 +291,11 @@ class Relay:
         try:
             rows = await self._read(pool, cursor)
             while not self._stop.is_set():
-                if len(rows) < self.batch_size and time.monotonic() - looked >= self.poll_interval:
+                # nothing to send (woken by a NOTIFY or the poll): what holds rows back?
+                # a part batch: the same, at most every _LOOK_EVERY
+                if not rows or (
+                    len(rows) < self.batch_size and time.monotonic() - looked >= _LOOK_EVERY
+                ):
                     looked = time.monotonic()
                     await self._look(pool, cursor, idle=not rows)
                 if not rows:
@@ -296,7 +303,12 @@ class Relay:
                         await saving  # the cursor is durable before the relay idles
                         saving = None
                     self._move(RelayState.WAITING)
-                    await wakeup.wait(self.poll_interval)
+                    # rows held back behind xmin were committed: their NOTIFY has come and
+                    # gone, so look again soon rather than at the next poll
+                    held = self._held is not None
+                    await wakeup.wait(
+                        min(self.poll_interval, _HELD_POLL) if held else self.poll_interval
+                    )
                     rows = await self._read(pool, cursor)
                     continue
                 self._move(RelayState.RELAYING)
