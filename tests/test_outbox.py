@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -130,3 +132,16 @@ async def test_a_listener_is_woken_at_commit_only(
         assert heard == []
     await conn.execute("SELECT 1")
     assert heard == ["hookbus_outbox"]
+
+
+def test_the_writer_imports_no_nats() -> None:
+    code = "import sys, hookbus_asyncpg; print('nats' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_the_nats_package_exports_sorted_public_names() -> None:
+    import hookbus_nats
+
+    assert sorted(hookbus_nats.__all__) == hookbus_nats.__all__
+    assert all(hasattr(hookbus_nats, name) for name in hookbus_nats.__all__)
