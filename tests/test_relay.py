@@ -22,7 +22,13 @@ import pytest_asyncio
 from _nats import Stream, make_stream
 from _outbox import OrderPlaced, install_outbox, shop_bus
 from hookbus_asyncpg import LockLostError, Outbox
-from hookbus_nats import CursorAheadError, DuplicateWindowError, Relay, RelayState
+from hookbus_nats import (
+    CursorAheadError,
+    DuplicateWindowError,
+    Relay,
+    RelayState,
+    RelayStateError,
+)
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
@@ -311,3 +317,14 @@ async def test_a_relay_killed_mid_batch_is_replaced_and_each_event_stored_once(
     assert relay.stats().duplicates == (3 if point == "acked" else 0)
     assert orders_of(await received(jetstream, stream, 3)) == [1, 2, 3]
     assert await stored(jetstream, stream) == 3
+
+
+async def test_a_relay_runs_once(
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream
+) -> None:
+    relay = make_relay(dsn, jetstream, stream)
+    async with running(relay):
+        await until(lambda: relay.state is RelayState.WAITING, "the relay waits for rows")
+    assert relay.state is RelayState.STOPPED
+    with pytest.raises(RelayStateError, match="from stopped to starting"):
+        await relay.run()
