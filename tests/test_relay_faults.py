@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -114,7 +115,9 @@ async def test_while_nats_is_gone_the_relay_backs_off_then_delivers_each_event_o
     outbox_pool: asyncpg.Pool, dsn: str, bus: Bus
 ) -> None:
     storage = tempfile.mkdtemp(prefix="hookbus-nats-fault-")
-    port = 20000 + (int(time.time() * 1000) % 20000)
+    with socket.socket() as probe:  # a free port, kept for the server's restart
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     url = f"nats://127.0.0.1:{port}"
     server = start_server(port, storage)
     nc = None

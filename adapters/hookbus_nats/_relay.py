@@ -56,6 +56,7 @@ _NATS_FAILURES: Final = (nats.errors.Error, asyncio.TimeoutError, OSError)
 # How often the relay looks at what holds it back (at most), and polls while rows are held.
 _LOOK_EVERY: Final = 1.0
 _HELD_POLL: Final = 0.05
+_WARN_EVERY: Final = 30.0
 _decode_headers: Final = msgspec.json.Decoder(dict[str, str]).decode
 
 
@@ -105,6 +106,7 @@ class Relay:
         "_state",
         "_stop",
         "_wakeup",
+        "_warned",
         "ack_timeout",
         "batch_size",
         "cleanup_interval",
@@ -166,6 +168,7 @@ class Relay:
         self._published = self._duplicates = self._batches = self._retries = 0
         self._held: Holdback | None = None
         self._cleaned = 0.0
+        self._warned: tuple[object, float] = (None, 0.0)
         self._error: str | None = None
 
     # -- the lifecycle ---------------------------------------------------------------------
@@ -354,7 +357,13 @@ class Relay:
             if was is not None:
                 logger.info("relay %r is no longer held back", self.name)
             return
-        if held.age is not None and held.age.total_seconds() >= self.stall_warning:
+        if held.age is None or held.age.total_seconds() < self.stall_warning:
+            return
+        # once per holder, then again every _WARN_EVERY while it lasts
+        now = time.monotonic()
+        who = (held.pid, held.gid)
+        if who != self._warned[0] or now - self._warned[1] >= _WARN_EVERY:
+            self._warned = (who, now)
             logger.warning("relay %r is held back: %s", self.name, held.describe())
 
     async def _clean(self, conn: Any) -> None:
