@@ -110,7 +110,10 @@ async def until(check: Callable[[], bool], what: str) -> None:
 
 @pytest.fixture
 def outbox(bus: Bus, stream: Stream) -> Outbox:
-    return Outbox(bus, subject_prefix=stream.prefix)
+    return Outbox(bus, subject_prefix=stream.prefix, headers=lambda: dict(TRACE))
+
+
+TRACE = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 
 
 async def test_committed_events_are_published_and_rolled_back_ones_never(
@@ -134,6 +137,7 @@ async def test_committed_events_are_published_and_rolled_back_ones_never(
     assert first.headers["Nats-Msg-Id"] == row["msg_id"]
     assert first.headers["Hookbus-Event"] == "order_placed"
     assert first.headers["Hookbus-Wire"] == "1"
+    assert first.headers["traceparent"] == TRACE["traceparent"]
     assert first.subject == row["subject"] == f"{stream.prefix}.order_placed"
     assert relay.stats().published == 3
 

@@ -339,6 +339,9 @@ class Relay:
         async with pool.acquire() as conn, conn.transaction():
             await lock.fence(conn)
             await save_cursor(conn, self.name, cursor, n)
+            # No wait for the WAL flush: a save lost with a server crash only makes the next
+            # relay send those rows again, and JetStream drops them as duplicates.
+            await conn.execute("SET LOCAL synchronous_commit = off")
         self._cursor = cursor
         self._batches += 1
 
@@ -411,14 +414,13 @@ class Relay:
     async def _send(self, rows: list[Row]) -> int:
         """Publish ``rows`` with every acknowledgement in flight; the number of duplicates.
         Raises if any is not acknowledged within ``ack_timeout``."""
-        publish = self._js.publish_async
+        publish, wire = self._js.publish_async, WIRE_VERSION  # locals: the hot loop
         futures: list[asyncio.Future[Any]] = []
         try:
             for _, _, subject, event, msg_id, payload, extra in rows:
-                headers = {} if extra == "{}" else _decode_headers(extra)
-                headers["Nats-Msg-Id"] = msg_id
-                headers["Hookbus-Event"] = event
-                headers["Hookbus-Wire"] = WIRE_VERSION
+                headers = {"Nats-Msg-Id": msg_id, "Hookbus-Event": event, "Hookbus-Wire": wire}
+                if extra != "{}":  # the row's own (traceparent), never over the envelope's
+                    headers = _decode_headers(extra) | headers
                 futures.append(await publish(subject, payload, headers=headers))
             _, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
         except BaseException:
