@@ -27,6 +27,7 @@ their own, so the second waits for the first like any other process would (up to
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -311,6 +312,12 @@ class FencedLock:
             if not lost:
                 conn.remove_termination_listener(self._terminated)
                 await conn.execute("SELECT pg_advisory_unlock($1, $2)", _CLASS, self._key)
+        except Exception:
+            # The connection died before asyncpg said so (the server's goodbye is read, the
+            # socket's end not yet): the error of the block, if any, is the one to see. The
+            # connection is ended, and the session's lock with it.
+            with contextlib.suppress(Exception):
+                conn.terminate()
         finally:
             await self._pool.release(conn)  # nothing to do for a connection that died
 
