@@ -17,6 +17,9 @@ from ._lazy import LazyConnection
 from ._migration_lock import MigrationLock, MigrationLockTimeout
 from ._migrator import Migrator, PlannedStage, decide
 from ._options import TransactionOptions
+from ._outbox import Outbox
+from ._outbox_table import OUTBOX_CHANNEL, outbox_plugin
+from ._outbox_wire import WIRE_VERSION, EntityMessage, RelationMessage, wire_type
 from ._plugin_state import PluginState, PluginStateError
 from ._progress import StageProgress
 from ._progress_bar import Progress, open_progress
@@ -37,6 +40,7 @@ __all__ = [
     "Attribute",
     "EmbeddedPostgres",
     "Entity",
+    "EntityMessage",
     "EntityType",
     "ErrorRecord",
     "FencedLock",
@@ -48,12 +52,15 @@ __all__ = [
     "MigrationLock",
     "MigrationLockTimeout",
     "Migrator",
+    "OUTBOX_CHANNEL",
+    "Outbox",
     "PlannedStage",
     "PluginManager",
     "PluginState",
     "PluginStateError",
     "PluginStatus",
     "Progress",
+    "RelationMessage",
     "RelationType",
     "Schema",
     "SchemaMismatchError",
@@ -61,7 +68,10 @@ __all__ = [
     "Store",
     "TransactionOptions",
     "UnknownNameError",
+    "WIRE_VERSION",
     "decide",
     "open_progress",
+    "outbox_plugin",
     "transaction",
+    "wire_type",
 ]
