@@ -1,5 +1,7 @@
 """The ``hookbus`` command, run as a user runs it: the installed console script, in a folder of
-the user's own; every mistake answered in one line on stderr with exit status 2."""
+the user's own; every mistake answered in one line on stderr with its exit status. Subcommands
+registered by other distributions (the ``hookbus.commands`` entry-point group) are found, listed
+and run like the core's own."""
 
 from __future__ import annotations
 
@@ -127,26 +129,141 @@ def test_help_lists_the_commands_in_plain_text(app: Path) -> None:
     assert bare.stderr.startswith("usage: hookbus COMMAND")
 
 
-def test_a_subcommand_and_the_adapters_load_only_when_run(app: Path) -> None:
+def test_a_core_subcommand_loads_no_adapter_and_help_imports_no_subcommand(app: Path) -> None:
     code = textwrap.dedent(
         """
         import contextlib, io, sys
-        from hookbus._cli import main
-        with contextlib.redirect_stdout(io.StringIO()):
-            main(["--help"])
-        print("after --help:", "hookbus._cli._hooks" in sys.modules)
+        from hookbus.cli import main
         with contextlib.redirect_stdout(io.StringIO()):
             main(["hooks", "myapp:bus"])
-        print("after hooks:", sorted(m for m in ("asyncpg", "nats") if m in sys.modules))
+        print("after hooks:", sorted(m for m in sys.modules if m.startswith(("asyncpg",
+              "nats", "hookbus_"))))
+        with contextlib.redirect_stdout(io.StringIO()):
+            main(["--help"])
+        print("after --help:", "hookbus_asyncpg._commands" in sys.modules)
         """
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=app, capture_output=True, text=True, check=True
     )
-    assert out.stdout.splitlines() == ["after --help: False", "after hooks: []"]
+    # --help imports the registered command modules, for their summaries
+    assert out.stdout.splitlines() == ["after hooks: []", "after --help: True"]
 
 
 def test_examples_import_without_pythonpath() -> None:
     out = hookbus("hooks", "examples.person_age:bus", cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "examples.person_age.person_age_range" in out.stdout
+
+
+# -- subcommands of other distributions: the hookbus.commands entry-point group -----------------
+
+GREET = """
+import argparse
+from hookbus.cli import CommandError, ExitStatus, add_dsn_option, dsn_from, hide_password
+
+class Greet:
+    summary = "greet someone on a database"
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("who")
+        add_dsn_option(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        dsn = dsn_from(args, required=True)
+        if args.who == "nobody":
+            raise CommandError(f"nobody at {dsn}", ExitStatus.NOT_FOUND)
+        print(f"hello {args.who} at {hide_password(dsn)}")
+        return ExitStatus.OK
+
+greet = Greet()
+hooks = Greet()
+not_a_command = 42
+"""
+
+
+@pytest.fixture
+def distribution(app: Path) -> Path:
+    """A folder holding an installed distribution ``greeter`` that registers commands:
+    ``greet`` (works), ``hooks`` (clashes with the core's), ``broken`` (its module raises),
+    ``wrong`` (not a Subcommand), ``missing`` (its module needs what is not installed)."""
+    site = app / "site"
+    (site / "greeter-1.0.dist-info").mkdir(parents=True)
+    (site / "greeter-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: greeter\nVersion: 1.0\n"
+    )
+    (site / "greeter-1.0.dist-info" / "entry_points.txt").write_text(
+        "[hookbus.commands]\n"
+        "greet = greeter:greet\n"
+        "hooks = greeter:hooks\n"
+        "broken = greeter_broken:command\n"
+        "wrong = greeter:not_a_command\n"
+        "missing = needs:command\n"
+    )
+    (site / "greeter.py").write_text(textwrap.dedent(GREET))
+    (site / "greeter_broken.py").write_text("raise RuntimeError('half installed')\n")
+    return site
+
+
+def with_site(site: Path, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items() if key != "HOOKBUS_DSN"}
+    environ.update(PYTHONPATH=str(site), **env)
+    return subprocess.run(
+        [str(HOOKBUS), *args], cwd=cwd, capture_output=True, text=True, env=environ, timeout=60
+    )
+
+
+def test_a_registered_command_is_listed_and_runs(distribution: Path, app: Path) -> None:
+    listed = with_site(distribution, "--help", cwd=app)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert "  greet      greet someone on a database" in lines
+    assert [line.split()[0] for line in lines if line.startswith("  hooks")] == ["hooks"]
+    assert any("broken" in line and "RuntimeError: half installed" in line for line in lines)
+    assert any("wrong" in line and "is not a hookbus.cli.Subcommand" in line for line in lines)
+    assert any("missing" in line and "needs the module 'needs'" in line for line in lines)
+
+    out = with_site(distribution, "greet", "ada", "--dsn", "postgresql://u:s3cret@db/x", cwd=app)
+    assert (out.returncode, out.stdout) == (0, "hello ada at postgresql://u:***@db/x\n")
+    out = with_site(distribution, "greet", "bob", cwd=app, HOOKBUS_DSN="postgresql://db/y")
+    assert (out.returncode, out.stdout) == (0, "hello bob at postgresql://db/y\n")
+
+
+def test_a_built_in_command_cannot_be_replaced(distribution: Path, app: Path) -> None:
+    out = with_site(distribution, "hooks", "myapp:bus", cwd=app)
+    assert out.returncode == 0 and "myapp.person_age" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "status", "message"),
+    [
+        (["greet", "ada"], {}, 2, "hookbus greet: HOOKBUS_DSN is not set to a database URL"),
+        (["greet", "ada"], {"HOOKBUS_DSN": "embedded"}, 2, "hookbus greet: HOOKBUS_DSN is not"),
+        (["greet"], {}, 2, "hookbus greet: the following arguments are required: who "
+         "('hookbus greet --help' describes it)"),
+        (["greet", "nobody", "--dsn", "postgresql://u:pw1@h/d?password=pw2"], {}, 3,
+         "hookbus greet: nobody at postgresql://u:***@h/d?password=***"),
+        (["greet", "nobody"], {"HOOKBUS_DSN": "postgresql://u:pw%2F1@h/d"}, 3,
+         "hookbus greet: nobody at postgresql://u:***@h/d"),
+        (["broken"], {}, 1, "hookbus: the command 'broken' (greeter_broken:command "
+         "(greeter)) cannot be loaded: RuntimeError: half installed"),
+        (["wrong"], {}, 1, "hookbus: the command 'wrong'"),
+        (["gret"], {}, 2, "hookbus: unknown command 'gret'; did you mean 'greet'?"),
+    ],
+    ids=["no-dsn", "embedded", "argument", "password", "encoded", "broken", "wrong", "typo"],
+)  # fmt: skip
+def test_a_registered_command_fails_in_one_line_with_its_status_and_no_password(
+    distribution: Path, app: Path, args: list[str], env: dict[str, str], status: int, message: str
+) -> None:
+    out = with_site(distribution, *args, cwd=app, **env)
+    assert (out.returncode, out.stdout, out.stderr.count("\n")) == (status, "", 1), out.stderr
+    assert out.stderr.startswith(message)
+    assert "pw1" not in out.stderr and "pw2" not in out.stderr and "pw%2F1" not in out.stderr
+
+
+def test_the_exit_statuses_are_the_documented_ones() -> None:
+    from hookbus.cli import ExitStatus
+
+    assert {status.name: int(status) for status in ExitStatus} == {
+        "OK": 0, "FAILURE": 1, "USAGE": 2, "NOT_FOUND": 3, "REFUSED": 4, "BUSY": 5,
+    }  # fmt: skip

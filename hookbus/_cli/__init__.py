@@ -1,100 +1,111 @@
-"""The ``hookbus`` command: a registry of subcommands, each in a module imported only when run.
+"""The ``hookbus`` command: the core's subcommands, and those adapters register.
 
-A subcommand is a module with two functions, ``configure(parser)`` (its arguments, on an
-``argparse.ArgumentParser``) and ``run(args) -> int`` (its exit status), and one line in
-:data:`COMMANDS`. It loads what it needs (an adapter, a database driver) inside ``run``, so that
-``hookbus --help`` and the other subcommands never pay for it. A subcommand reports a mistake of
-its user by raising :class:`CommandError`: one line on stderr, exit status 2, no traceback.
+The core's own (``hooks``, ``explain``) need no adapter. The others come from the
+``hookbus.commands`` entry-point group (the asyncpg adapter registers ``plugins``,
+``install``, ``migrate``...): each names a :class:`~hookbus.cli.Subcommand`, loaded to list
+it in ``hookbus --help`` and to run it, never for another command. A subcommand reports what
+is wrong by raising :class:`~hookbus.cli.CommandError`: one line on stderr, its exit status
+(:class:`~hookbus.cli.ExitStatus`), no traceback, and no password of a DSN in it.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import importlib
+import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import NoReturn
 
-from ._errors import CommandError
+from ._dsn import DSN_VARIABLE, secrets_of
+from ._errors import CommandError, ExitStatus
+from ._registry import BUILTIN, Found, Subcommand, registered
 
-__all__ = ["COMMANDS", "Command", "CommandError", "main"]
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """A subcommand: its name, its one-line summary, and what implements it: a module, or
-    ``module:attribute`` for an object of that module with ``configure`` and ``run``."""
-
-    name: str
-    summary: str
-    module: str
+__all__ = ["main"]
 
 
-COMMANDS: tuple[Command, ...] = (
-    Command("hooks", "list a bus's hooks, event by event, in call order", "hookbus._cli._hooks"),
-    Command("explain", "which hooks a dispatch of EVENT [KEY] would run, and why not",
-            "hookbus._cli._explain"),
-    Command("plugins", "list plugins: version, installed version, state, requires",
-            "hookbus._cli._plugins:plugins"),
-    Command("install", "install plugins and what they require", "hookbus._cli._plugins:install"),
-    Command("uninstall", "uninstall a plugin (--cascade: its dependants first)",
-            "hookbus._cli._plugins:uninstall"),
-    Command("upgrade", "run the pending migrations of plugins, then post_upgrade",
-            "hookbus._cli._plugins:upgrade"),
-    Command("migrate", "the same as upgrade; --dry-run prints the plan",
-            "hookbus._cli._plugins:migrate"),
-    Command("status", "the migration progress table", "hookbus._cli._plugins:status"),
-)  # fmt: skip
-"""Every subcommand, in the order ``hookbus --help`` lists them."""
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose mistakes are one line (a :class:`CommandError`), not two."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CommandError(f"{message} ('{self.prog} --help' describes it)", ExitStatus.USAGE)
 
 
-class _Module(Protocol):
-    def configure(self, parser: argparse.ArgumentParser) -> None: ...
-
-    def run(self, args: argparse.Namespace) -> int: ...
-
-
-def _usage(prog: str) -> str:
-    width = max(len(command.name) for command in COMMANDS)
-    lines = [
-        f"usage: {prog} COMMAND [ARGUMENTS]",
-        "",
-        "Look at a hookbus application from the command line.",
-        "",
-        "commands:",
-        *(f"  {command.name:<{width}}  {command.summary}" for command in COMMANDS),
-        "",
-        f"'{prog} COMMAND --help' describes a command.",
-    ]
-    return "\n".join(lines)
+def _usage(prog: str, found: list[Found]) -> str:
+    rows = [(name, command.summary) for name, command in BUILTIN.items()]
+    for entry in found:
+        try:
+            rows.append((entry.name, entry.load().summary))
+        except CommandError as error:
+            rows.append((entry.name, f"(cannot be used: {error.message})"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(
+        [
+            f"usage: {prog} COMMAND [ARGUMENTS]",
+            "",
+            "Look at a hookbus application, and work on its database, from the command line.",
+            "",
+            "commands:",
+            *(f"  {name:<{width}}  {summary}" for name, summary in rows),
+            "",
+            f"'{prog} COMMAND --help' describes a command.",
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "hookbus") -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
-        print(_usage(prog), file=sys.stderr)
-        return 2
-    if args[0] in ("-h", "--help", "help"):
-        print(_usage(prog))
-        return 0
-    by_name = {command.name: command for command in COMMANDS}
-    command = by_name.get(args[0])
-    if command is None:
-        close = difflib.get_close_matches(args[0], list(by_name), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; the commands: {', '.join(by_name)}"
-        print(f"{prog}: unknown command {args[0]!r}{hint}", file=sys.stderr)
-        return 2
-    module_name, _, attribute = command.module.partition(":")
-    found: object = importlib.import_module(module_name)
-    module = cast(_Module, getattr(found, attribute) if attribute else found)
-    parser = argparse.ArgumentParser(prog=f"{prog} {command.name}", description=command.summary)
-    module.configure(parser)
-    namespace = parser.parse_args(args[1:])
+    where = prog
+    namespace: argparse.Namespace | None = None
     try:
-        return module.run(namespace)
+        if not args:
+            print(_usage(prog, registered()), file=sys.stderr)
+            return ExitStatus.USAGE
+        if args[0] in ("-h", "--help", "help"):
+            print(_usage(prog, registered()))
+            return ExitStatus.OK
+        command = _find(args[0])
+        where = f"{prog} {args[0]}"
+        parser = _Parser(prog=f"{prog} {args[0]}", description=command.summary)
+        command.configure(parser)
+        namespace = parser.parse_args(args[1:])
+        return int(command.run(namespace))
     except CommandError as error:
-        print(f"{prog} {command.name}: {error}", file=sys.stderr)
-        return 2
+        print(f"{where}: {_blank(error.message, namespace)}", file=sys.stderr)
+        return error.status
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as cat does
+        _quiet_stdout()
+        return ExitStatus.FAILURE
+
+
+def _find(name: str) -> Subcommand:
+    command = BUILTIN.get(name)
+    if command is not None:
+        return command
+    found = {entry.name: entry for entry in registered()}
+    if name in found:
+        return found[name].load()
+    names = [*BUILTIN, *found]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; the commands: {', '.join(names)}"
+    raise CommandError(f"unknown command {name!r}{hint}", ExitStatus.USAGE)
+
+
+def _blank(text: str, namespace: argparse.Namespace | None) -> str:
+    """``text`` without any password of the DSNs in play (a driver may echo one)."""
+    for secret in secrets_of([getattr(namespace, "dsn", None), os.environ.get(DSN_VARIABLE)]):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _quiet_stdout() -> None:
+    # Python flushes stdout again at exit, which would raise once more: point it at devnull.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (redirected in-process): nothing to do
+        pass

@@ -7,7 +7,7 @@ import argparse
 from .._bus import Bus
 from .._exceptions import UnknownEventError
 from ._errors import CommandError
-from ._target import load
+from ._target import load_object
 
 __all__ = ["configure", "run"]
 
@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table of the event's hooks: which run, in order, and why the others do not."""
-    bus = load(args.bus, Bus, "a hookbus.Bus")
+    bus = load_object(args.bus, Bus, "a hookbus.Bus")
     try:
         print(bus.explain(args.event, args.key))
     except UnknownEventError as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._bus import Bus
-from ._target import load
+from ._target import load_object
 
 __all__ = ["configure", "list_hooks", "run"]
 
@@ -17,7 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table of the bus's hooks."""
-    print(list_hooks(load(args.bus, Bus, "a hookbus.Bus")))
+    print(list_hooks(load_object(args.bus, Bus, "a hookbus.Bus")))
     return 0
 
 

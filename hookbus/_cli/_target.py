@@ -14,17 +14,18 @@ from typing import TypeVar
 
 from ._errors import CommandError
 
-__all__ = ["load"]
+__all__ = ["load_object"]
 
 T = TypeVar("T")
 
 
-def load(spec: str, kind: type[T], noun: str) -> T:
+def load_object(spec: str, kind: type[T], noun: str) -> T:
     """The object ``spec`` (``package.module:attribute.attribute``) names, an instance of
     ``kind`` (called ``noun`` in messages); modules are searched from the current directory
     first, as ``python -m`` does.
 
-    Raises :class:`CommandError` for a malformed spec, a module not found, an import that
+    This is how a subcommand finds the application it works on. Raises :class:`CommandError`
+    (usage) for a malformed spec, a module not found, an import that
     fails, a missing attribute (naming the close ones) or an object of another type.
     """
     module_name, _, path = spec.partition(":")
@@ -95,16 +96,18 @@ def _folders(place: str) -> list[Path]:
 
 def _suggest(obj: object, part: str, kind: type) -> str:
     names = [name for name in dir(obj) if not name.startswith("__")]
-    close = difflib.get_close_matches(part, names, n=3)
+    close = difflib.get_close_matches(part, names, n=3, cutoff=0.5)
     if close:
         return f"; did you mean {', '.join(map(repr, close))}?"
-    found = _instances(obj, kind)
+    found = _instances(obj, kind) if kind is not object else []
     return f"; it has {', '.join(found)}" if found else ""
 
 
-def _instances(obj: object, kind: type) -> list[str]:
+def _instances(obj: object, kind: type, most: int = 5) -> list[str]:
+    """The public attributes of ``obj`` that are ``kind`` instances, ``most`` of them."""
     items = getattr(obj, "__dict__", {}).items()
-    return sorted(name for name, value in items if isinstance(value, kind))
+    found = sorted(n for n, v in items if isinstance(v, kind) and not n.startswith("_"))
+    return found if len(found) <= most else [*found[:most], "..."]
 
 
 def _a(noun: str) -> str:

@@ -1,14 +1,13 @@
 """``hookbus plugins|install|uninstall|upgrade|migrate|status``: plugins from the command line.
 
 Each command takes the application as ``MODULE:ATTRIBUTE``, naming a ``hookbus.PluginSet``
-(or a function returning one), and the database from ``HOOKBUS_DSN``. The commands that
-change state (install, uninstall, upgrade, migrate) refuse to run without it: falling back
-to a throwaway server would report success for work that went nowhere. ``plugins``,
-``status`` and ``migrate --dry-run`` without it show what the code alone says.
+(or a function returning one), and the database from ``--dsn``, else ``HOOKBUS_DSN``. The
+commands that change state (install, uninstall, upgrade, migrate) refuse to run without it:
+falling back to a throwaway server would report success for work that went nowhere.
+``plugins``, ``status`` and ``migrate --dry-run`` without it show what the code alone says.
 
-The asyncpg adapter is imported inside the commands, never when this module is. Each command
-is a :class:`PluginCommand` attribute of this module, registered in ``hookbus._cli.COMMANDS``
-as ``hookbus._cli._plugins:NAME``.
+Each command is a :class:`PluginCommand` of this module, registered in the ``hookbus.commands``
+entry-point group (pyproject.toml). asyncpg is imported when a command runs.
 """
 
 from __future__ import annotations
@@ -16,26 +15,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from .._plugins import PluginSet
-from ._errors import CommandError
-from ._target import load
+from hookbus import PluginSet
+from hookbus.cli import CommandError, ExitStatus, add_dsn_option, dsn_from, load_object
 
 __all__ = ["PluginCommand", "install", "migrate", "plugins", "status", "uninstall", "upgrade"]
-
-#: Exit status when another migrator held the lock for longer than ``--lock-wait``.
-EXIT_LOCKED = 3
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def load_plugins(target: str) -> PluginSet:
     """The ``PluginSet`` named by ``MODULE:ATTRIBUTE`` (called first if it is a function)."""
-    found: object = load(target, object, "a hookbus.PluginSet")
+    found: object = load_object(target, object, "a hookbus.PluginSet")
     if callable(found) and not isinstance(found, PluginSet):
         found = found()
     if not isinstance(found, PluginSet):
@@ -51,20 +44,11 @@ def _table(rows: Sequence[Sequence[object]]) -> str:
     )
 
 
-def _dsn(args: argparse.Namespace, *, required: bool) -> str | None:
-    dsn = os.environ.get("HOOKBUS_DSN") or None
-    if required and (dsn is None or dsn == "embedded"):
-        raise CommandError(
-            "HOOKBUS_DSN is not set to a database URL. Commands that change state run only on "
-            "the database named explicitly (never on a throwaway embedded server)."
-        )
-    return None if dsn == "embedded" else dsn
-
-
 async def _with_manager(
     args: argparse.Namespace, dsn: str, work: Callable[[Any], Coroutine[Any, Any, int]]
 ) -> int:
     import asyncpg
+
     import hookbus_asyncpg
 
     plugins = load_plugins(args.app)
@@ -82,18 +66,17 @@ async def _with_manager(
         try:
             return await work(manager)
         except hookbus_asyncpg.MigrationLockTimeout as exc:
-            print(f"hookbus {args.plugin_command}: {exc}", file=sys.stderr)
-            return EXIT_LOCKED
+            raise CommandError(str(exc), ExitStatus.BUSY) from None
 
 
 async def _plugins(args: argparse.Namespace) -> int:
-    dsn = _dsn(args, required=False)
+    dsn = dsn_from(args, required=False)
     if dsn is None:
         plugins = load_plugins(args.app)
         rows: list[Sequence[object]] = [("PLUGIN", "VERSION", "REQUIRES")]
         rows += [(p.name, p.version, ",".join(p.requires) or "-") for p in plugins]
         print(_table(rows))
-        print("(HOOKBUS_DSN unset: the code's plugins only, no install state)")
+        print("(no database named: the code's plugins only, no install state)")
         return 0
 
     async def work(manager: Any) -> int:
@@ -112,7 +95,7 @@ async def _plugins(args: argparse.Namespace) -> int:
 
 
 async def _install(args: argparse.Namespace) -> int:
-    dsn = _dsn(args, required=True)
+    dsn = dsn_from(args, required=True)
     assert dsn is not None
 
     async def work(manager: Any) -> int:
@@ -124,7 +107,7 @@ async def _install(args: argparse.Namespace) -> int:
 
 
 async def _uninstall(args: argparse.Namespace) -> int:
-    dsn = _dsn(args, required=True)
+    dsn = dsn_from(args, required=True)
     assert dsn is not None
 
     async def work(manager: Any) -> int:
@@ -137,10 +120,10 @@ async def _uninstall(args: argparse.Namespace) -> int:
 
 async def _upgrade(args: argparse.Namespace) -> int:
     dry = getattr(args, "dry_run", False)
-    dsn = _dsn(args, required=not dry)
+    dsn = dsn_from(args, required=not dry)
     if dsn is None:
         plugins = load_plugins(args.app)
-        print("HOOKBUS_DSN unset: every migration of the code, as if nothing ran yet")
+        print("no database named: every migration of the code, as if nothing ran yet")
         rows: list[Sequence[object]] = [("PLUGIN", "VERSION", "STAGE", "KIND", "CONDITION")]
         for plugin in plugins:
             for migration in plugin.migrations:
@@ -168,7 +151,7 @@ async def _upgrade(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    dsn = _dsn(args, required=False)
+    dsn = dsn_from(args, required=False)
     if dsn is None:
         print("HOOKBUS_DSN unset: no database to read the progress from")
         return 0
@@ -198,19 +181,22 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 class PluginCommand:
-    """One plugin command for the ``hookbus`` registry: ``configure(parser)``, ``run(args)``."""
+    """One plugin command, a ``hookbus.cli.Subcommand``: ``summary``, ``configure(parser)``,
+    ``run(args)``."""
 
-    __slots__ = ("_changes", "_extra", "_run", "name")
+    __slots__ = ("_changes", "_extra", "_run", "name", "summary")
 
     def __init__(
         self,
         name: str,
+        summary: str,
         run: Command,
         *,
         changes: bool,
         extra: Callable[[argparse.ArgumentParser], None] | None = None,
     ) -> None:
         self.name = name
+        self.summary = summary
         self._run = run
         self._changes = changes
         self._extra = extra
@@ -218,6 +204,7 @@ class PluginCommand:
     def configure(self, parser: argparse.ArgumentParser) -> None:
         """The command's arguments."""
         parser.add_argument("app", help="the application's PluginSet, as MODULE:ATTRIBUTE")
+        add_dsn_option(parser)
         if self._changes:
             parser.add_argument(
                 "--lock-wait", type=float, default=30.0, metavar="SECONDS",
@@ -262,9 +249,25 @@ def _plugin_filter(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", help="only this plugin's stages")
 
 
-plugins = PluginCommand("plugins", _plugins, changes=False)
-install = PluginCommand("install", _install, changes=True, extra=_names)
-uninstall = PluginCommand("uninstall", _uninstall, changes=True, extra=_one)
-upgrade = PluginCommand("upgrade", _upgrade, changes=True, extra=_migrating)
-migrate = PluginCommand("migrate", _upgrade, changes=True, extra=_dry_run)
-status = PluginCommand("status", _status, changes=False, extra=_plugin_filter)
+plugins = PluginCommand(
+    "plugins", "list plugins: version, installed version, state, requires", _plugins,
+    changes=False,
+)  # fmt: skip
+install = PluginCommand(
+    "install", "install plugins and what they require", _install, changes=True, extra=_names
+)
+uninstall = PluginCommand(
+    "uninstall", "uninstall a plugin (--cascade: its dependants first)", _uninstall,
+    changes=True, extra=_one,
+)  # fmt: skip
+upgrade = PluginCommand(
+    "upgrade", "run the pending migrations of plugins, then post_upgrade", _upgrade,
+    changes=True, extra=_migrating,
+)  # fmt: skip
+migrate = PluginCommand(
+    "migrate", "the same as upgrade; --dry-run prints the plan", _upgrade,
+    changes=True, extra=_dry_run,
+)  # fmt: skip
+status = PluginCommand(
+    "status", "the migration progress table", _status, changes=False, extra=_plugin_filter
+)
