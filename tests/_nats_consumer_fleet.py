@@ -1,0 +1,105 @@
+"""Worker processes killed by their pid and restarted: the harness of the kill and soak tests.
+
+A :class:`Worker` is one command line (``hookbus consume ...``, and once the relay is merged
+``hookbus outbox relay ...``): started, SIGKILLed, restarted, or stopped with SIGTERM. A
+:class:`Fleet` kills a random running worker and restarts it. Adding a kind of worker to a
+run is adding a :class:`Worker` to the fleet.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def hookbus_command(*args: str) -> list[str]:
+    """``hookbus ARGS...`` with the interpreter running the tests."""
+    return [sys.executable, "-m", "hookbus", *args]
+
+
+def consume_command(app: str, nats_url: str, stream: object, name: str, *extra: str) -> list[str]:
+    """``hookbus consume`` on a test's stream (a ``_nats_consumer.Stream``)."""
+    return hookbus_command(
+        "consume", app, "--stream", stream.name, "--name", name,  # type: ignore[attr-defined]
+        "--nats-url", nats_url,
+        "--dead-letter-stream", stream.dead_stream,  # type: ignore[attr-defined]
+        "--dead-letter-prefix", stream.dead_prefix,  # type: ignore[attr-defined]
+        *extra,
+    )  # fmt: skip
+
+
+@dataclass
+class Worker:
+    """One worker process: its command line, environment and log file."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    kills: int = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL, by pid: no clean-up of any kind runs."""
+        os.kill(self.pid, signal.SIGKILL)
+        assert self.process is not None
+        self.process.wait(30)
+        self.kills += 1
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, and the exit status once it has finished its batch."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Fleet:
+    """Workers, one of which is killed at random and restarted at a time."""
+
+    workers: list[Worker]
+    rng: random.Random = field(
+        default_factory=lambda: random.Random(os.environ.get("HOOKBUS_SEED"))
+    )
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def kill_one(self) -> Worker:
+        worker = self.rng.choice(self.workers)
+        worker.kill()
+        worker.start()
+        return worker
+
+    def stop(self) -> list[int]:
+        return [worker.stop() for worker in self.workers]
+
+
+def worker_env(dsn: str, **extra: str) -> dict[str, str]:
+    """The environment of a worker: the database, and the tests' folder on the path."""
+    env = dict(os.environ)
+    env["HOOKBUS_DSN"] = dsn
+    tests = str(Path(__file__).parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
