@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +43,11 @@ class Worker:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     kills: int = 0
+    ready_line: str = ": started"  # what the worker prints once it handles SIGTERM
+    _offset: int = 0
 
     def start(self) -> None:
+        self._offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT
@@ -61,9 +65,19 @@ class Worker:
         self.process.wait(30)
         self.kills += 1
 
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until the worker (re)started last said it is ready (a log file offers nothing to
+        await)."""
+        deadline = time.monotonic() + timeout
+        while self.ready_line not in self.log.read_text(errors="replace")[self._offset :]:
+            assert self.process is not None and self.process.poll() is None, self.output()
+            assert time.monotonic() < deadline, f"not ready after {timeout}s: {self.output()}"
+            time.sleep(0.02)
+
     def stop(self, timeout: float = 60) -> int:
-        """SIGTERM, and the exit status once it has finished its batch."""
+        """SIGTERM once ready, and the exit status once it has finished its batch."""
         assert self.process is not None
+        self.wait_ready()
         if self.process.poll() is None:
             os.kill(self.pid, signal.SIGTERM)
         return self.process.wait(timeout)

@@ -1,0 +1,127 @@
+"""The soak: events published while ``hookbus consume`` processes are SIGKILLed at random.
+
+Small in CI; full size on demand::
+
+    HOOKBUS_NATS_SOAK_EVENTS=100000 HOOKBUS_NATS_SOAK_KILLS=20 \\
+        .venv/bin/python -m pytest -q -s tests/test_nats_soak.py
+
+Two consumer processes share one durable consumer; one of them, chosen at random, is killed
+by its pid every 0.3-1.2 s and restarted, while the events are published. At the end every
+event's counter in the projection is exactly 1, and nothing was dead-lettered.
+
+The harness is the fleet of ``_nats_consumer_fleet``: once the relay is merged, the events
+are written to the outbox instead of published (``OutboxSource``, a few lines: an
+``Outbox.publish`` per event in a transaction), and relay workers (``hookbus outbox relay``)
+join the fleet, to be killed like the consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+import asyncpg
+import pytest_asyncio
+from _nats_consumer import Stream, nats_url_fixture, pending, publish, stream_fixture  # noqa: F401
+from _nats_consumer_app import OrderPlaced
+from _nats_consumer_fleet import Fleet, Worker, consume_command, worker_env
+from hookbus_nats import create_inbox, list_dead_letters
+
+EVENTS = int(os.environ.get("HOOKBUS_NATS_SOAK_EVENTS", "3000"))
+KILLS = int(os.environ.get("HOOKBUS_NATS_SOAK_KILLS", "4"))
+CONSUMERS = 2
+
+
+class Source(Protocol):
+    """Where the soak's events enter: straight into JetStream, or (with a relay) the outbox."""
+
+    async def emit(self, orders: range) -> None: ...
+
+
+class NatsSource:
+    """Events published to the stream as the relay would publish them."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    async def emit(self, orders: range) -> None:
+        await asyncio.gather(
+            *(
+                publish(self.stream.js, self.stream.subject(order % 16), "order_placed",
+                        OrderPlaced(order, 1), msg_id=f"order-{order}")
+                for order in orders
+            )
+        )  # fmt: skip
+
+
+@pytest_asyncio.fixture
+async def projection(pool: asyncpg.Pool) -> AsyncIterator[str]:
+    table = f"soak_{secrets.token_hex(4)}"
+    await create_inbox(pool)
+    await pool.execute(f"CREATE TABLE {table} (order_id int PRIMARY KEY, n int NOT NULL)")
+    yield table
+    await pool.execute(f"DROP TABLE {table}")
+
+
+async def _produce(source: Source, events: int, chunk: int = 250) -> None:
+    for start in range(1, events + 1, chunk):
+        await source.emit(range(start, min(start + chunk, events + 1)))
+        await asyncio.sleep(0.02)  # spread the events over the kills
+
+
+async def _kill_while(fleet: Fleet, producing: asyncio.Task[None]) -> int:
+    kills = 0
+    while kills < KILLS or not producing.done():
+        await asyncio.sleep(fleet.rng.uniform(0.3, 1.2))
+        await asyncio.to_thread(fleet.kill_one)
+        kills += 1
+    return kills
+
+
+async def test_events_are_applied_exactly_once_while_consumers_are_killed(
+    pool: asyncpg.Pool,
+    dsn: str,
+    stream: Stream,
+    nats_url: str,
+    projection: str,
+    tmp_path: Path,
+) -> None:
+    name = f"soak{secrets.token_hex(4)}"
+    env = worker_env(dsn, HOOKBUS_TEST_PROJECTION=projection)
+    command = consume_command(
+        "_nats_consumer_app:bus", nats_url, stream, name,
+        "--batch", "200", "--ack-wait", "3", "--stats-every", "3600",
+    )  # fmt: skip
+    fleet = Fleet([Worker(command, env, tmp_path / f"consume-{i}.log") for i in range(CONSUMERS)])
+    started = time.monotonic()
+    fleet.start()
+    try:
+        producing = asyncio.create_task(_produce(NatsSource(stream), EVENTS))
+        kills = await _kill_while(fleet, producing)
+        await producing
+        deadline = time.monotonic() + 120 + EVENTS / 500
+        while True:
+            done = await pool.fetchval(f"SELECT count(*) FROM {projection}")
+            left = await pending(stream.js, stream.name, name)
+            if done == EVENTS and left == (0, 0):
+                break
+            assert time.monotonic() < deadline, f"{done} of {EVENTS} applied, {left} pending"
+            await asyncio.sleep(0.1)
+    finally:
+        statuses = await asyncio.to_thread(fleet.stop)
+    assert statuses == [0] * CONSUMERS, [w.output() for w in fleet.workers]
+    counts = await pool.fetch(f"SELECT n, count(*) FROM {projection} GROUP BY n")
+    assert [tuple(r) for r in counts] == [(1, EVENTS)]
+    letters = list_dead_letters(
+        stream.js, name, stream=stream.dead_stream, prefix=stream.dead_prefix
+    )
+    assert [d async for d in letters] == []
+    print(
+        f"\nsoak: {EVENTS} events, {kills} consumer kills, {CONSUMERS} consumers, "
+        f"{time.monotonic() - started:.1f}s: each applied once, 0 dead-lettered"
+    )
