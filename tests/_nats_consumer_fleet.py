@@ -27,7 +27,7 @@ def consume_command(app: str, nats_url: str, stream: object, name: str, *extra: 
     """``hookbus consume`` on a test's stream (a ``_nats_consumer.Stream``)."""
     return hookbus_command(
         "consume", app, "--stream", stream.name, "--name", name,  # type: ignore[attr-defined]
-        "--nats-url", nats_url,
+        "--server", nats_url,
         "--dead-letter-stream", stream.dead_stream,  # type: ignore[attr-defined]
         "--dead-letter-prefix", stream.dead_prefix,  # type: ignore[attr-defined]
         *extra,

@@ -33,7 +33,7 @@ async def projection(pool: asyncpg.Pool) -> AsyncIterator[str]:
 
 def _where(stream: Stream, nats_url: str) -> list[str]:
     return [
-        "--nats-url", nats_url,
+        "--server", nats_url,
         "--dead-letter-stream", stream.dead_stream,
         "--dead-letter-prefix", stream.dead_prefix,
     ]  # fmt: skip
@@ -157,11 +157,9 @@ async def test_sigterm_finishes_the_batch_in_hand_and_acknowledges_it(
 def test_nats_credentials_are_never_shown() -> None:
     import argparse
 
-    args = argparse.Namespace(
-        nats_url="nats://alice:s3cret@a:4222,nats://tok3n@b:4222",
-        creds=None, nkey=None, tls_ca=None, tls_cert=None, tls_key=None, tls_hostname=None,
-    )  # fmt: skip
-    options = connect_options(args)
+    args = argparse.Namespace(server="nats://alice:s3cret@a:4222,nats://tok3n@b:4222")
+    options = connect_options(args, {"NATS_PASSWORD": "pw", "NATS_CREDS": "/run/my.creds"})
+    assert (options["password"], options["user_credentials"]) == ("pw", "/run/my.creds")
     assert options["servers"] == ["nats://alice:s3cret@a:4222", "nats://tok3n@b:4222"]
     shown = shown_servers(options)
     assert shown == "nats://alice:***@a:4222,nats://***@b:4222"

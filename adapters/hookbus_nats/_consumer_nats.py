@@ -1,11 +1,12 @@
-"""Connecting to NATS the way nats-py and the ``nats`` CLI users expect, without printing secrets.
+"""Connecting to NATS the way the ``nats`` CLI and nats-py users expect, never showing secrets.
 
-Options, each with the environment variable the ``nats`` CLI reads: ``--nats-url``
-(``NATS_URL``, comma-separated servers, default ``nats://127.0.0.1:4222``), ``--creds``
+The options are the ``nats`` CLI's, each defaulting to the variable it reads: ``--server``
+(``NATS_URL``, comma-separated URLs, else ``nats://127.0.0.1:4222``), ``--creds``
 (``NATS_CREDS``: a credentials file, nats-py's ``user_credentials``), ``--nkey``
-(``NATS_NKEY``: a seed file), ``--tls-ca`` (``NATS_CA``), ``--tls-cert`` (``NATS_CERT``) and
-``--tls-key`` (``NATS_KEY``), ``--tls-hostname``; a user and password or a token go in the URL
-(``nats://user:secret@host:4222``) or ``NATS_USER``/``NATS_PASSWORD``/``NATS_TOKEN``. What is
+(``NATS_NKEY``: a seed file), ``--user``/``--password`` (``NATS_USER``/``NATS_PASSWORD``),
+``--token`` (``NATS_TOKEN``), ``--tlscert``/``--tlskey``/``--tlsca``
+(``NATS_CERT``/``NATS_KEY``/``NATS_CA``). Prefer the variables and files: a command line is
+visible to every user of the machine. The relay's commands take the same options. What is
 shown of the connection (:func:`shown_servers`) never includes a password or a token.
 """
 
@@ -13,56 +14,63 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["add_nats_options", "connect_options", "shown_servers"]
+__all__ = ["DEFAULT_URL", "add_nats_options", "connect_options", "shown_servers"]
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
+DEFAULT_URL: Final = "nats://127.0.0.1:4222"
 
-_OPTIONS = (
-    (
-        "--nats-url",
-        "NATS_URL",
-        f"servers, comma separated (default: NATS_URL, else {DEFAULT_URL})",
-    ),
-    ("--creds", "NATS_CREDS", "a NATS credentials file (default: NATS_CREDS)"),
-    ("--nkey", "NATS_NKEY", "an NKey seed file (default: NATS_NKEY)"),
-    ("--tls-ca", "NATS_CA", "CA certificates to verify the server (default: NATS_CA)"),
-    ("--tls-cert", "NATS_CERT", "client certificate (default: NATS_CERT)"),
-    ("--tls-key", "NATS_KEY", "client certificate's key (default: NATS_KEY)"),
-    ("--tls-hostname", None, "the name expected in the server's certificate"),
+_OPTIONS: Final = (
+    ("--server", "NATS_URL", "the NATS server URL(s), comma-separated"),
+    ("--creds", "NATS_CREDS", "a user credentials file (JWT and seed)"),
+    ("--nkey", "NATS_NKEY", "an nkey seed file"),
+    ("--user", "NATS_USER", "a user name"),
+    ("--password", "NATS_PASSWORD", "the user's password"),
+    ("--token", "NATS_TOKEN", "an authentication token"),
+    ("--tlscert", "NATS_CERT", "a client certificate file (TLS)"),
+    ("--tlskey", "NATS_KEY", "the client certificate's key file (TLS)"),
+    ("--tlsca", "NATS_CA", "a CA certificate file to verify the server (TLS)"),
+)
+
+_KEYWORDS: Final = (
+    ("--creds", "user_credentials"),
+    ("--nkey", "nkeys_seed"),
+    ("--user", "user"),
+    ("--password", "password"),
+    ("--token", "token"),
 )
 
 
 def add_nats_options(parser: argparse.ArgumentParser) -> None:
-    """Add the NATS connection options to ``parser`` (values default to the environment)."""
-    group = parser.add_argument_group("NATS connection")
+    """Add the NATS connection options to ``parser`` (each defaults to its variable)."""
+    group = parser.add_argument_group("NATS (each option defaults to its variable)")
     for flag, env, text in _OPTIONS:
-        default = os.environ.get(env) if env else None
-        group.add_argument(flag, default=default, help=text, metavar="VALUE")
+        group.add_argument(flag, metavar=env, default=None, help=f"{text} (${env})")
 
 
-def connect_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``nats.connect`` keyword arguments from the parsed options and the environment."""
-    servers = [s.strip() for s in (args.nats_url or DEFAULT_URL).split(",") if s.strip()]
-    options: dict[str, Any] = {"servers": servers, "name": "hookbus"}
-    if args.creds:
-        options["user_credentials"] = args.creds
-    if args.nkey:
-        options["nkeys_seed"] = args.nkey
-    for env, key in (("NATS_USER", "user"), ("NATS_PASSWORD", "password"), ("NATS_TOKEN", "token")):
-        if os.environ.get(env):
-            options[key] = os.environ[env]
-    if args.tls_ca or args.tls_cert or any(urlsplit(s).scheme == "tls" for s in servers):
+def connect_options(
+    args: argparse.Namespace, environ: os._Environ[str] | dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``nats.connect`` keyword arguments from the parsed options, else the variables."""
+    env = os.environ if environ is None else environ
+
+    def given(flag: str, variable: str) -> str | None:
+        return getattr(args, flag.lstrip("-"), None) or env.get(variable) or None
+
+    values = {flag: given(flag, variable) for flag, variable, _ in _OPTIONS}
+    servers = (values["--server"] or DEFAULT_URL).split(",")
+    options: dict[str, Any] = {"servers": [s.strip() for s in servers if s.strip()]}
+    for flag, keyword in _KEYWORDS:
+        if values[flag]:
+            options[keyword] = values[flag]
+    if values["--tlscert"] or values["--tlsca"]:
         import ssl
 
-        context = ssl.create_default_context(cafile=args.tls_ca)
-        if args.tls_cert:
-            context.load_cert_chain(args.tls_cert, args.tls_key)
+        context = ssl.create_default_context(cafile=values["--tlsca"])
+        if values["--tlscert"]:
+            context.load_cert_chain(values["--tlscert"], values["--tlskey"])
         options["tls"] = context
-        if args.tls_hostname:
-            options["tls_hostname"] = args.tls_hostname
     return options
 
 
