@@ -4,8 +4,8 @@ Each message (256 bytes of JSON) runs one hook that writes one projection row, w
 row, and is acknowledged after COMMIT. Cases, interleaved round by round (the order flipped
 every round), each on its own durable consumer of one file-storage stream:
 
-* ``batch``: ``hookbus_nats.Consumer``, one transaction per 500-message fetch, the hook
-  sending its INSERT;
+* ``batch``: ``hookbus_nats.Consumer.run()``, one transaction per 500-message fetch (the
+  next fetch in flight meanwhile), the hook sending its INSERT;
 * ``batch, accumulated``: the same, the hook accumulating its row into one operation that
   writes the batch's rows in one statement at precommit (``tx.accumulate``);
 * ``per message``: the same fetches, one transaction per message (inbox row, hook, COMMIT,
@@ -35,7 +35,7 @@ import hookbus_asyncpg
 import msgspec
 import nats
 from hookbus_asyncpg.testing import run_with_database
-from hookbus_nats import Consumer, ConsumerState, create_inbox, record_applied
+from hookbus_nats import Consumer, create_inbox, record_applied
 
 import hookbus
 from hookbus import current_transaction
@@ -105,18 +105,27 @@ async def publish(js: Any, subject: str, count: int) -> None:
 
 
 def with_consumer(bus: hookbus.Bus, pool: asyncpg.Pool, js: Any, stream: str, name: str) -> Any:
-    consumer = Consumer(
-        bus, pool, js, name=name, stream=stream, subject=f"{stream}.{name}", batch=BATCH
-    )
+    """``Consumer.run()`` (the next fetch in flight while a batch is applied), until ``count``
+    messages are applied; a consumer started (bound) before the clock starts."""
 
-    async def drain(count: int) -> None:
-        if consumer.state is ConsumerState.NEW:
-            await consumer.start()
-        target = consumer.statistics().applied + count
-        while consumer.statistics().applied < target:
-            await consumer.poll()
+    async def prepare() -> Callable[[int], Awaitable[float]]:
+        consumer = Consumer(
+            bus, pool, js, name=name, stream=stream, subject=f"{stream}.{name}", batch=BATCH
+        )
+        await consumer.start()
 
-    return drain
+        async def drain(count: int) -> float:
+            running = asyncio.create_task(consumer.run())
+            while consumer.statistics().applied < count:  # noqa: ASYNC110 (counters, no event)
+                await asyncio.sleep(0.001)
+            done = time.perf_counter()  # not counting the stop (a last empty fetch)
+            consumer.stop()
+            await running
+            return done
+
+        return drain
+
+    return prepare
 
 
 async def per_message(bus: hookbus.Bus, pool: asyncpg.Pool, js: Any, stream: str, name: str) -> Any:
@@ -131,7 +140,10 @@ async def per_message(bus: hookbus.Bus, pool: asyncpg.Pool, js: Any, stream: str
     sub = await js.pull_subscribe_bind(durable=name, stream=stream)
     decode = msgspec.json.Decoder(Placed).decode
 
-    async def drain(count: int) -> None:
+    async def prepare() -> Callable[[int], Awaitable[float]]:
+        return drain
+
+    async def drain(count: int) -> float:
         done = 0
         while done < count:
             for msg in await sub.fetch(BATCH, timeout=5):
@@ -140,8 +152,9 @@ async def per_message(bus: hookbus.Bus, pool: asyncpg.Pool, js: Any, stream: str
                         await bus.emit("placed", decode(msg.data))
                 await msg.ack()
                 done += 1
+        return time.perf_counter()
 
-    return drain
+    return prepare
 
 
 async def measure(dsn: str, args: argparse.Namespace) -> None:
@@ -154,7 +167,8 @@ async def measure(dsn: str, args: argparse.Namespace) -> None:
             await create_inbox(pool)
             await pool.execute("CREATE TABLE bench_projection (order_id text, amount int)")
             plain, accumulated = make_bus(False), make_bus(True)
-            cases: dict[str, tuple[int, Callable[[int], Awaitable[None]]]] = {
+            Prepare = Callable[[], Awaitable[Callable[[int], Awaitable[float]]]]
+            cases: dict[str, tuple[int, Prepare]] = {
                 "batch": (args.messages, with_consumer(plain, pool, js, stream, "batch")),
                 "batch, accumulated": (
                     args.messages,
@@ -171,12 +185,12 @@ async def measure(dsn: str, args: argparse.Namespace) -> None:
             for round_ in range(args.rounds + 1):  # round 0 warms up, not counted
                 order = list(cases) if round_ % 2 == 0 else list(reversed(cases))
                 for name in order:
-                    count, drain = cases[name]
+                    count, prepare = cases[name]
+                    drain = await prepare()
                     await publish(js, f"{stream}.{subjects[name]}", count)
                     await pool.execute("TRUNCATE bench_projection, hookbus_inbox")
                     started = time.perf_counter()
-                    await drain(count)
-                    elapsed = time.perf_counter() - started
+                    elapsed = await drain(count) - started
                     if round_:
                         rates[name].append(count / elapsed)
             base = statistics.median(rates["per message"])

@@ -234,8 +234,9 @@ class Consumer:
     async def run(self) -> None:
         """Fetch and apply batches until :meth:`stop`; starts the consumer if it is new.
 
-        On stop, the batch in hand is finished and what committed is acknowledged. Errors of
-        the database or of NATS pause the loop (doubling up to 30 s), never end it.
+        The next batch is fetched while the current one is applied. On stop, what was fetched
+        is applied and what committed is acknowledged. Errors of the database or of NATS pause
+        the loop (doubling up to 30 s, nothing fetched meanwhile), never end it.
         """
         if self._life.state is ConsumerState.NEW:
             await self.start()
@@ -243,16 +244,29 @@ class Consumer:
         pause = 0.0
         loop = asyncio.get_running_loop()
         next_cleanup = loop.time()
+        fetching: asyncio.Task[list[Any]] | None = None
         try:
-            while not self._stop.is_set():
+            while True:
                 if self._retention is not None and loop.time() >= next_cleanup:
                     next_cleanup = loop.time() + self.cleanup_every
                     await self._cleanup_logged()
+                healthy = True
                 try:
-                    healthy = await self._poll()
-                except Exception as exc:  # NATS or PostgreSQL away: pause, never end the loop
+                    msgs = await (fetching or self._fetch())
+                except Exception as exc:  # NATS away: pause, never end the loop
+                    logger.warning("consumer %s: fetch failed: %r; pausing", self.name, exc)
+                    msgs, healthy = [], False
+                fetching = None
+                stopping = self._stop.is_set()
+                if healthy and not stopping:  # the next batch comes while this one is applied
+                    fetching = asyncio.create_task(self._fetch())
+                try:
+                    healthy = await self._handle(msgs) and healthy
+                except Exception as exc:  # PostgreSQL away: pause, never end the loop
                     logger.warning("consumer %s: %r; pausing", self.name, exc)
                     healthy = False
+                if stopping:
+                    break
                 pause = 0.0 if healthy else min(30.0, max(0.5, pause * 2))
                 if pause:
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -261,13 +275,18 @@ class Consumer:
         except BaseException:
             self._life.move(ConsumerState.FAILED)
             raise
+        finally:
+            if fetching is not None:  # what it gets is redelivered after ack_wait
+                fetching.cancel()
+                with contextlib.suppress(BaseException):
+                    await fetching
         self._life.move(ConsumerState.STOPPED)
 
     async def poll(self) -> int:
         """Fetch one batch (waiting up to ``fetch_timeout``) and apply it; return its size."""
         self._life.require(ConsumerState.STARTED, ConsumerState.RUNNING, doing="poll()")
         before = self._counters.snapshot()
-        await self._poll()
+        await self._handle(await self._fetch())
         after = self._counters.snapshot()
         return sum(
             getattr(after, f) - getattr(before, f)
@@ -292,14 +311,18 @@ class Consumer:
 
     # -- one batch ------------------------------------------------------------------------
 
-    async def _poll(self) -> bool:
-        """One fetch, applied; False when nothing in it could be applied (pause the loop)."""
+    async def _fetch(self) -> list[Any]:
+        """Up to ``batch`` messages, waiting up to ``fetch_timeout`` for the first one."""
         from nats.errors import TimeoutError as NatsTimeoutError
 
         try:
-            msgs = await self._sub.fetch(self._batch, timeout=self._fetch_timeout)
+            msgs: list[Any] = await self._sub.fetch(self._batch, timeout=self._fetch_timeout)
         except (TimeoutError, NatsTimeoutError):  # nats' own, or a bare asyncio one
-            return True  # nothing arrived: fetch itself waited, no busy loop
+            return []  # nothing arrived: fetch itself waited, no busy loop
+        return msgs
+
+    async def _handle(self, msgs: list[Any]) -> bool:
+        """Apply one fetch; False when nothing in it could be applied (pause the loop)."""
         counters = self._counters
         decoded: list[tuple[Any, Decoded]] = []
         for msg in msgs:
