@@ -24,6 +24,7 @@ from hookbus_nats import (
     create_inbox,
     inbox_plugin,
     list_dead_letters,
+    record_applied,
     replay_dead_letters,
 )
 
@@ -335,3 +336,28 @@ async def test_inbox_rows_are_kept_as_long_as_the_stream_keeps_messages(
     assert await c.cleanup_inbox() == 1
     left = await pool.fetch("SELECT msg_id FROM hookbus_inbox WHERE consumer = $1", c.name)
     assert [r[0] for r in left] == ["new"]
+
+
+async def test_a_message_the_server_gives_up_on_is_dead_lettered_unless_it_was_applied(
+    pool: asyncpg.Pool, stream: Stream, projection: str
+) -> None:
+    c = consumer(order_bus(projection), pool, stream, max_deliver=1, ack_wait=1.0)
+    await c.start()
+    await publish(stream.js, stream.subject(1), "order_placed", OrderPlaced(1, 10), msg_id="lost")
+    await publish(stream.js, stream.subject(2), "order_placed", OrderPlaced(2, 10), msg_id="done")
+    # Another process of the same consumer fetches both and dies without an outcome, after
+    # it committed the second one (its inbox row is there, its ack never left).
+    dying = await stream.js.pull_subscribe_bind(durable=c.name, stream=stream.name)
+    assert len(await dying.fetch(2, timeout=5)) == 2
+    await record_applied(pool, c.name, ["done"])
+    where = {"stream": stream.dead_stream, "prefix": stream.dead_prefix}
+    for _ in range(50):  # the server gives up on its next pull after ack_wait, then announces
+        await c.poll()
+        letters = [s.letter async for s in list_dead_letters(stream.js, c.name, **where)]
+        if letters and c.statistics().dead_lettered:
+            break
+    assert [(d.msg_id, d.reason, d.deliveries) for d in letters] == [
+        ("lost", DeadReason.MAX_DELIVERIES, 1)
+    ]
+    assert msgspec.json.decode(letters[0].data, type=OrderPlaced) == OrderPlaced(1, 10)
+    assert c.statistics().dead_lettered == 1

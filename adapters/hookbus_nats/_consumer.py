@@ -29,6 +29,7 @@ import hookbus_asyncpg
 
 from hookbus import Bus, EntityEvent, LoadEvent, QueryEvent, RelationEvent
 
+from ._consumer_advisory import MaxDeliveries, watch_max_deliveries
 from ._consumer_decode import Decoded, EventDecoder, Undecodable
 from ._consumer_state import ConsumerError, ConsumerState, ConsumerStatistics, Lifecycle
 from ._dead_letters import (
@@ -41,7 +42,7 @@ from ._dead_letters import (
     now,
     publish_dead_letter,
 )
-from ._inbox import cleanup_inbox, record_applied
+from ._inbox import cleanup_inbox, is_applied, record_applied
 
 __all__ = ["Consumer"]
 
@@ -103,6 +104,7 @@ class Consumer:
 
     __slots__ = (
         "_ack_wait",
+        "_advisory",
         "_backoff",
         "_batch",
         "_bus",
@@ -175,6 +177,7 @@ class Consumer:
         self._life = Lifecycle(name)
         self._stop = asyncio.Event()
         self._sub: Any = None
+        self._advisory: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -226,6 +229,12 @@ class Consumer:
             )
             await self._js.add_consumer(self._stream, config=config)
         self._sub = await self._js.pull_subscribe_bind(durable=self.name, stream=self._stream)
+        # The advisory is core NATS: it needs the connection under the JetStream context.
+        nc = getattr(self._js, "_nc", None)
+        if nc is not None:
+            self._advisory = await watch_max_deliveries(
+                nc, self._stream, self.name, self._undelivered
+            )
 
     def stop(self) -> None:
         """Ask ``run()`` to return after the batch in hand (a signal handler may call it)."""
@@ -280,6 +289,9 @@ class Consumer:
                 fetching.cancel()
                 with contextlib.suppress(BaseException):
                     await fetching
+            if self._advisory is not None:
+                with contextlib.suppress(Exception):
+                    await self._advisory.unsubscribe()
         self._life.move(ConsumerState.STOPPED)
 
     async def poll(self) -> int:
@@ -463,6 +475,49 @@ class Consumer:
             meta.sequence.stream,
             reason.value,
             detail,
+        )
+
+    async def _undelivered(self, advisory: MaxDeliveries) -> None:
+        """The server gave up on a message: dead-letter it unless the inbox has it."""
+        try:
+            raw = await self._js.get_msg(self._stream, advisory.stream_seq)
+            headers = headers_of(raw.headers)
+            msg_id = self._decoder.msg_id(headers)
+            if msg_id is not None and await is_applied(self._pool, self.name, msg_id):
+                return  # applied; only its acknowledgement was lost
+            letter = DeadLetter(
+                consumer=self.name,
+                reason=DeadReason.MAX_DELIVERIES,
+                detail=(
+                    f"delivered {advisory.deliveries} times without an outcome (the process "
+                    "died, or its hooks outlasted ack_wait, each time)"
+                ),
+                subject=raw.subject or "",
+                stream=self._stream,
+                stream_seq=advisory.stream_seq,
+                deliveries=advisory.deliveries,
+                msg_id=msg_id,
+                event=headers.get("Hookbus-Event"),
+                headers=headers,
+                data=raw.data or b"",
+                failed_at=now(),
+            )
+            await publish_dead_letter(self._js, letter, prefix=self._dead_prefix)
+        except Exception as exc:  # the advisory is not repeated: say so loudly
+            logger.error(
+                "consumer %s: %s seq %d reached max_deliver and could not be dead-lettered: %r",
+                self.name,
+                self._stream,
+                advisory.stream_seq,
+                exc,
+            )
+            return
+        self._counters.dead_lettered += 1
+        logger.warning(
+            "consumer %s: dead-lettered %s seq %d: max-deliveries",
+            self.name,
+            self._stream,
+            advisory.stream_seq,
         )
 
 

@@ -54,6 +54,7 @@ class DeadReason(StrEnum):
     NO_MESSAGE_ID = "no-message-id"  # nothing to key the inbox by
     EVENT_MISMATCH = "event-mismatch"  # the payload's .event contradicts Hookbus-Event
     HANDLER_FAILED = "handler-failed"  # hooks kept failing until max_deliver
+    MAX_DELIVERIES = "max-deliveries"  # every delivery ended without an outcome
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

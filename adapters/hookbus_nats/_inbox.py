@@ -18,7 +18,14 @@ from typing import Any, Final
 
 from hookbus import Plugin, StageContext
 
-__all__ = ["INBOX_TABLE", "cleanup_inbox", "create_inbox", "inbox_plugin", "record_applied"]
+__all__ = [
+    "INBOX_TABLE",
+    "cleanup_inbox",
+    "create_inbox",
+    "inbox_plugin",
+    "is_applied",
+    "record_applied",
+]
 
 INBOX_TABLE: Final = "hookbus_inbox"
 
@@ -56,6 +63,14 @@ async def record_applied(connection: Any, consumer: str, msg_ids: Sequence[str])
     """
     rows = await connection.fetch(_RECORD, consumer, list(msg_ids))
     return {row[0] for row in rows}
+
+
+async def is_applied(connection: Any, consumer: str, msg_id: str) -> bool:
+    """Whether ``consumer`` recorded ``msg_id`` as applied (and that record committed)."""
+    found = await connection.fetchval(
+        f"SELECT 1 FROM {INBOX_TABLE} WHERE consumer = $1 AND msg_id = $2", consumer, msg_id
+    )
+    return found is not None
 
 
 async def cleanup_inbox(
