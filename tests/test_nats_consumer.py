@@ -28,7 +28,7 @@ from hookbus_nats import (
     replay_dead_letters,
 )
 
-from hookbus import Bus, PluginSet, current_transaction
+from hookbus import Bus, Edited, EntityEvent, PluginSet, current_transaction, is_instance
 
 
 class OrderPlaced(msgspec.Struct, frozen=True):
@@ -361,3 +361,33 @@ async def test_a_message_the_server_gives_up_on_is_dead_lettered_unless_it_was_a
     ]
     assert msgspec.json.decode(letters[0].data, type=OrderPlaced) == OrderPlaced(1, 10)
     assert c.statistics().dead_lettered == 1
+
+
+async def test_a_built_in_entity_event_arrives_as_plain_values_in_the_consumers_transaction(
+    pool: asyncpg.Pool, stream: Stream, projection: str
+) -> None:
+    seen: list[tuple[Any, ...]] = []
+    bus = Bus()
+
+    @bus.hook("after_add_entity", select=is_instance("Person"))
+    async def remember(event: EntityEvent) -> None:
+        assert event.tx is current_transaction()  # the consumer's own scope
+        seen.append((event.eid, dict(event.edited), event.entity, type(event.edited)))
+
+    wire = {  # what the relay sends for an entity event: plain values, no transaction
+        "event": "after_add_entity",
+        "etype": "Person",
+        "eid": 7,
+        "edited": {"name": "Ann"},
+        "entity": {"name": "Ann", "age": 40},
+    }
+    await publish(stream.js, stream.subject("p"), "after_add_entity", wire)
+    await drain(consumer(bus, pool, stream), stream.js, stream)
+    assert seen == [(7, {"name": "Ann"}, {"name": "Ann", "age": 40}, Edited)]
+
+
+def test_the_public_names_are_sorted_and_exported() -> None:
+    import hookbus_nats
+
+    assert sorted(hookbus_nats.__all__) == hookbus_nats.__all__
+    assert all(hasattr(hookbus_nats, name) for name in hookbus_nats.__all__)
