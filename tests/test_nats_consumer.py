@@ -391,3 +391,28 @@ def test_the_public_names_are_sorted_and_exported() -> None:
 
     assert sorted(hookbus_nats.__all__) == hookbus_nats.__all__
     assert all(hasattr(hookbus_nats, name) for name in hookbus_nats.__all__)
+
+
+async def test_order_per_key_holds_through_a_retry_with_one_message_in_flight(
+    pool: asyncpg.Pool, stream: Stream, projection: str
+) -> None:
+    applied: list[int] = []
+    failures = {2: 1}
+
+    def fail(event: Any) -> bool:
+        if failures.get(event.order_id, 0) > 0:
+            failures[event.order_id] -= 1
+            return True
+        return False
+
+    bus = order_bus(projection, fail=fail)
+    bus.hook("order_placed", priority=10)(lambda event: applied.append(event.order_id))
+    for order in range(1, 6):  # key "a" gets 1..5, key "b" one message between each
+        await publish(stream.js, stream.subject("a"), "order_placed", OrderPlaced(order, 1))
+        await publish(stream.js, stream.subject("b"), "order_placed", OrderPlaced(100 + order, 1))
+    # One consumer for key "a" (its subject), one message in flight: order 2 fails once, and
+    # nothing after it is applied before its retry.
+    c = consumer(bus, pool, stream, subject=stream.subject("a"), max_ack_pending=1, backoff=(0.1,))
+    await drain(c, stream.js, stream)
+    assert applied == [1, 2, 3, 4, 5]
+    assert c.statistics().retried == 1
