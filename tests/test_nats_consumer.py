@@ -416,3 +416,28 @@ async def test_order_per_key_holds_through_a_retry_with_one_message_in_flight(
     await drain(c, stream.js, stream)
     assert applied == [1, 2, 3, 4, 5]
     assert c.statistics().retried == 1
+
+
+async def test_a_long_batch_is_kept_in_progress_and_not_redelivered_meanwhile(
+    pool: asyncpg.Pool, stream: Stream, projection: str
+) -> None:
+    bus = order_bus(projection)
+    working_on_it = asyncio.Event()
+
+    @bus.hook("order_placed", priority=-1)
+    async def slow(event: Any) -> None:
+        working_on_it.set()
+        await asyncio.sleep(2.5)  # the work itself: 2.5 ack_waits
+
+    name = f"c{secrets.token_hex(4)}"
+    worker = consumer(bus, pool, stream, name, ack_wait=1.0)
+    other = consumer(order_bus(projection), pool, stream, name, ack_wait=1.0, fetch_timeout=3)
+    await worker.start()
+    await other.start()
+    await publish(stream.js, stream.subject(1), "order_placed", OrderPlaced(1, 10))
+    working = asyncio.create_task(worker.poll())
+    await working_on_it.wait()
+    assert await other.poll() == 0  # nothing redelivered while the hooks run
+    await working
+    assert await counts(pool, projection) == {1: 1}
+    assert (worker.statistics().applied, other.statistics().redelivered) == (1, 0)
