@@ -14,6 +14,9 @@ from ._installer import PluginManager, PluginStatus
 from ._migration_lock import MigrationLock, MigrationLockTimeout
 from ._migrator import Migrator, PlannedStage
 from ._options import TransactionOptions
+from ._outbox import Outbox
+from ._outbox_table import outbox_plugin
+from ._outbox_wire import WIRE_VERSION, EntityMessage, RelationMessage, wire_type
 from ._plugin_state import PluginState, PluginStateError
 from ._progress import StageProgress
 from ._progress_bar import Progress, open_progress
@@ -34,16 +37,19 @@ __all__ = [
     "Attribute",
     "EmbeddedPostgres",
     "Entity",
+    "EntityMessage",
     "EntityType",
     "MigrationLock",
     "MigrationLockTimeout",
     "Migrator",
+    "Outbox",
     "PlannedStage",
     "PluginManager",
     "PluginState",
     "PluginStateError",
     "PluginStatus",
     "Progress",
+    "RelationMessage",
     "RelationType",
     "Schema",
     "SchemaMismatchError",
@@ -51,6 +57,9 @@ __all__ = [
     "Store",
     "TransactionOptions",
     "UnknownNameError",
+    "WIRE_VERSION",
     "open_progress",
+    "outbox_plugin",
     "transaction",
+    "wire_type",
 ]
