@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._backend import AsyncpgBackend
 from ._embedded import EmbeddedPostgres
 from ._entity import Entity
+from ._fenced_lock import FencedLock, LockHolder, LockLostError, LockTimeoutError
 from ._installer import PluginManager, PluginStatus
 from ._migration_lock import MigrationLock, MigrationLockTimeout
 from ._migrator import Migrator, PlannedStage
@@ -39,6 +40,10 @@ __all__ = [
     "Entity",
     "EntityMessage",
     "EntityType",
+    "FencedLock",
+    "LockHolder",
+    "LockLostError",
+    "LockTimeoutError",
     "MigrationLock",
     "MigrationLockTimeout",
     "Migrator",
