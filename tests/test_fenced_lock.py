@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import hookbus_asyncpg
 import pytest
 from _postgres import wait_until_blocked_on_lock
 from hookbus_asyncpg import FencedLock, LockLostError, LockTimeoutError
@@ -62,13 +63,14 @@ async def test_a_fence_passes_for_the_holder_and_is_refused_once_another_took_th
     async with pool.acquire() as conn:
         async with conn.transaction():
             await first.fence(conn)
-        with pytest.raises(LockLostError, match="inside one"):
-            await first.fence(conn)  # outside a transaction it would guard nothing
 
         await pool.execute("SELECT pg_terminate_backend($1, 10000)", await backend_of(first))
         async with FencedLock(pool, name, wait=5) as second:
             assert second.token > first.token
             assert first.lost
+            async with conn.transaction():
+                assert not await first.still_current(conn)  # a new holder took it
+                assert await second.still_current(conn)
             with pytest.raises(LockLostError):
                 async with conn.transaction():
                     await first.fence(conn)
@@ -77,6 +79,19 @@ async def test_a_fence_passes_for_the_holder_and_is_refused_once_another_took_th
             async with conn.transaction():
                 await second.fence(conn)
     await first.__aexit__(None, None, None)  # leaving a lost lock is quiet
+
+
+async def test_a_holder_that_lost_its_connection_is_still_current_until_another_takes_over(
+    pool: asyncpg.Pool, name: str
+) -> None:
+    lock = FencedLock(pool, name)
+    await lock.__aenter__()
+    await pool.execute("SELECT pg_terminate_backend($1, 10000)", await backend_of(lock))
+    async with pool.acquire() as conn, conn.transaction():
+        with pytest.raises(LockLostError, match="lost with its connection"):
+            await lock.fence(conn)
+        assert await lock.still_current(conn)  # nobody took it: its failure may be recorded
+    await lock.__aexit__(None, None, None)
 
 
 async def test_a_fenced_transaction_in_flight_holds_back_the_next_holder(
@@ -128,9 +143,9 @@ async def test_a_lock_sees_only_its_own_name(pool: asyncpg.Pool, name: str) -> N
         assert await FencedLock(pool, name + ".b").holder() is None
         async with FencedLock(pool, name + ".b", wait=0.3) as b:
             assert (await backend_of(a)) != (await backend_of(b))
-            async with pool.acquire() as conn, conn.transaction():
-                await a.fence(conn)
-                await b.fence(conn)
+            async with hookbus_asyncpg.transaction(pool) as tx:  # as the first statement
+                await a.fence(tx.connection)
+                await b.fence(tx.connection)
         assert await b.holder() is None
         assert await a.holder() is not None
 

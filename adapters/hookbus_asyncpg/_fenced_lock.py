@@ -222,6 +222,8 @@ class FencedLock:
     async def fence(self, conn: Any) -> None:
         """Check, in the transaction ``conn`` is in, that this holder still holds the lock.
 
+        Call it inside the transaction it guards (in autocommit it would guard nothing).
+
         Holds a share lock on the lock's row until that transaction ends: the next holder
         cannot take the lock over before it has committed or rolled back. Raises
         ``LockLostError`` if the lock's connection is gone or another holder took the lock.
@@ -229,14 +231,21 @@ class FencedLock:
         token = self.token
         if self.lost:
             raise LockLostError(f"the lock {self.name!r} was lost with its connection")
-        if not conn.is_in_transaction():
-            raise LockLostError(
-                f"fence({self.name!r}) guards a transaction: call it inside one, not in autocommit"
-            )
-        if await conn.fetchval(_FENCE, self.name, token) is None:
+        # Not asked first whether ``conn`` is in a transaction: a hookbus scope's
+        # ``tx.connection`` begins at its first statement, which this may well be.
+        if not await self.still_current(conn):
             raise LockLostError(
                 f"the lock {self.name!r} was taken by another holder (this one had token {token})"
             )
+
+    async def still_current(self, conn: Any) -> bool:
+        """Whether this holder's token is still the name's, share-locking the row like ``fence``.
+
+        Unlike ``fence``, true for a holder whose lock connection is gone as long as no other
+        holder took the lock since: what a holder that lost its lock uses to record its own
+        failure without overwriting a new holder's records.
+        """
+        return await conn.fetchval(_FENCE, self.name, self.token) is not None
 
     async def holder(self) -> LockHolder | None:
         """Who holds the lock now (this object or another), or None."""
