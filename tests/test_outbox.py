@@ -10,39 +10,27 @@ import hookbus_asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
-from hookbus_asyncpg import EntityMessage, Outbox, RelationMessage, outbox_plugin, wire_type
+from _outbox import OrderPlaced, install_outbox, shop_bus
+from hookbus_asyncpg import EntityMessage, Outbox, RelationMessage, wire_type
 
 from hookbus import (
     Bus,
     EntityEvent,
-    PluginSet,
     RelationEvent,
     TransactionStateError,
     UnknownEventError,
 )
 
 
-class OrderPlaced(msgspec.Struct, frozen=True):
-    order: int
-    total: float
-
-
 @pytest.fixture
 def bus() -> Bus:
-    bus = Bus()
-    bus.declare("order_placed", OrderPlaced)
-    return bus
+    return shop_bus()
 
 
 @pytest_asyncio.fixture
 async def outbox_pool(pool: asyncpg.Pool, bus: Bus) -> AsyncIterator[asyncpg.Pool]:
     """The module's pool, with the outbox plugin installed (as ``hookbus install`` does)."""
-    await pool.execute(
-        "DROP TABLE IF EXISTS hookbus_outbox, hookbus_outbox_cursor, hookbus_plugin, "
-        "hookbus_stage, hookbus_batch CASCADE"
-    )
-    manager = hookbus_asyncpg.PluginManager(pool, PluginSet(bus, [outbox_plugin()]))
-    assert await manager.install() == ["hookbus_outbox"]
+    await install_outbox(pool, bus)
     await pool.execute("CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY)")
     await pool.execute("TRUNCATE orders")
     yield pool

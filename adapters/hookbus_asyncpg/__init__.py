@@ -16,7 +16,7 @@ from ._migration_lock import MigrationLock, MigrationLockTimeout
 from ._migrator import Migrator, PlannedStage
 from ._options import TransactionOptions
 from ._outbox import Outbox
-from ._outbox_table import outbox_plugin
+from ._outbox_table import OUTBOX_CHANNEL, outbox_plugin
 from ._outbox_wire import WIRE_VERSION, EntityMessage, RelationMessage, wire_type
 from ._plugin_state import PluginState, PluginStateError
 from ._progress import StageProgress
@@ -47,6 +47,7 @@ __all__ = [
     "MigrationLock",
     "MigrationLockTimeout",
     "Migrator",
+    "OUTBOX_CHANNEL",
     "Outbox",
     "PlannedStage",
     "PluginManager",

@@ -13,10 +13,11 @@ from typing import Final
 
 from hookbus import Plugin, StageContext
 
-__all__ = ["NOTIFY_CHANNEL", "OUTBOX_DDL", "outbox_plugin"]
+__all__ = ["NOTIFY_CHANNEL", "OUTBOX_CHANNEL", "OUTBOX_DDL", "outbox_plugin"]
 
 #: The channel writers NOTIFY at COMMIT and relays LISTEN on.
-NOTIFY_CHANNEL: Final = "hookbus_outbox"
+OUTBOX_CHANNEL: Final = "hookbus_outbox"
+NOTIFY_CHANNEL: Final = OUTBOX_CHANNEL
 
 OUTBOX_DDL: Final = """\
 CREATE TABLE IF NOT EXISTS hookbus_outbox (

@@ -1,9 +1,17 @@
-"""hookbus over NATS JetStream: consumers that apply committed events once.
+"""hookbus over NATS JetStream: committed outbox rows published by a relay, and consumers
+that apply each one once.
 
-A :class:`Consumer` pulls a stream's messages, decodes them into the events its bus declares,
-runs the hooks in a PostgreSQL transaction that records each message id in ``hookbus_inbox``
-(so a redelivery is a no-op), and acknowledges after COMMIT; what it cannot apply goes to a
-dead-letter stream with its reason, to be listed and replayed (``hookbus dead-letters``).
+>>> relay = hookbus_nats.Relay(dsn, nc.jetstream(), stream="SHOP")  # doctest: +SKIP
+>>> await relay.run()  # doctest: +SKIP
+>>> consumer = hookbus_nats.Consumer(bus, pool, nc.jetstream(), name="totals", stream="SHOP")
+>>> await consumer.run()  # doctest: +SKIP
+
+The writer side (``hookbus_asyncpg.Outbox``) imports no NATS; this package publishes what it
+wrote (see docs/outbox.md). A :class:`Consumer` pulls a stream's messages, decodes them into
+the events its bus declares, runs the hooks in a PostgreSQL transaction that records each
+message id in ``hookbus_inbox`` (so a redelivery is a no-op), and acknowledges after COMMIT;
+what it cannot apply goes to a dead-letter stream with its reason, to be listed and replayed
+(``hookbus dead-letters``; see docs/consumers.md).
 """
 
 from __future__ import annotations
@@ -25,19 +33,33 @@ from ._dead_letters import (
     replay_dead_letters,
 )
 from ._inbox import INBOX_TABLE, cleanup_inbox, create_inbox, inbox_plugin, record_applied
+from ._relay import Relay, RelayStats
+from ._relay_errors import CursorAheadError, DuplicateWindowError, RelayError
+from ._relay_sql import Cursor, Holdback, OutboxStatus
+from ._relay_state import RelayState, RelayStateError
 
 __all__ = [
     "Consumer",
     "ConsumerError",
     "ConsumerState",
     "ConsumerStatistics",
+    "Cursor",
+    "CursorAheadError",
     "DEAD_LETTER_PREFIX",
     "DEAD_LETTER_STREAM",
     "DeadLetter",
     "DeadReason",
     "Decoded",
+    "DuplicateWindowError",
     "EventDecoder",
+    "Holdback",
     "INBOX_TABLE",
+    "OutboxStatus",
+    "Relay",
+    "RelayError",
+    "RelayState",
+    "RelayStateError",
+    "RelayStats",
     "ReplayedDeadLetter",
     "StoredDeadLetter",
     "Undecodable",

@@ -1,0 +1,380 @@
+"""``Relay``: committed outbox rows to NATS JetStream, in commit order, each batch acknowledged
+before the cursor moves.
+
+>>> js = (await nats.connect(url)).jetstream()  # doctest: +SKIP
+>>> relay = Relay(dsn, js, stream="SHOP")  # doctest: +SKIP
+>>> await relay.run()  # until relay.stop(); raises what stopped it otherwise  # doctest: +SKIP
+
+One relay per outbox is active: it holds the fenced lock ``hookbus.outbox.<name>`` and every
+save of its cursor is fenced, so a relay that lost its lock cannot move the cursor, and it
+stops before its next publish; another relay started with the same name waits as a standby
+and takes over. A batch is the next ``batch_size`` committed rows after the ``(xid, id)``
+cursor, below the xmin of the server's snapshot; all of it is published with many
+acknowledgements in flight (``publish_async``), and the cursor moves, in a transaction that
+also checks the lock's token, only once every message of the batch is acknowledged. Each
+message carries the row's ``msg_id`` as ``Nats-Msg-Id``: a batch re-sent (after a NATS
+failure, or by a relay restarted before it saved its cursor) is dropped by JetStream as a
+duplicate while within the stream's duplicate window, which must cover ``retry_horizon``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+from typing import Any, Final, final
+
+import asyncpg
+import msgspec
+import nats.errors
+from hookbus_asyncpg import WIRE_VERSION, FencedLock, LockLostError, LockTimeoutError
+from nats.js import JetStreamContext
+
+from ._relay_errors import CursorAheadError, DuplicateWindowError
+from ._relay_sql import (
+    Cursor,
+    Holdback,
+    Row,
+    cleanup,
+    holdback,
+    load_cursor,
+    next_xid,
+    read_batch,
+    save_cursor,
+)
+from ._relay_state import RelayState, check_move
+from ._relay_wakeup import Wakeup
+
+__all__ = ["Relay", "RelayStats"]
+
+logger: Final = logging.getLogger("hookbus.outbox")
+# What NATS answers when it is slow, gone or refusing (a full stream): worth sending again.
+# Anything else (a bug, a database error) stops the relay.
+_NATS_FAILURES: Final = (nats.errors.Error, asyncio.TimeoutError, OSError)
+_decode_headers: Final = msgspec.json.Decoder(dict[str, str]).decode
+
+
+@final
+class RelayStats(msgspec.Struct, frozen=True):
+    """A snapshot of a relay's counters (``relay.stats()``)."""
+
+    state: RelayState
+    cursor: Cursor | None
+    published: int  # messages acknowledged by JetStream since the start
+    duplicates: int  # of which JetStream had already stored (a re-send)
+    batches: int
+    retries: int  # batches sent again after NATS failed to acknowledge them
+    held_back: Holdback | None  # what holds committed rows back, at the last look
+    listening: bool  # whether a LISTEN connection is up (else polling only)
+    error: str | None  # the last error seen (a NATS failure, or what stopped the relay)
+
+
+class _Stopped(Exception):
+    """Asked to stop while a batch waited to be sent again: the batch is left unsaved."""
+
+
+@final
+class Relay:
+    """Publishes the rows of ``hookbus_outbox`` on the database ``dsn`` through ``js``.
+
+    ``stream`` is the stream the outbox's subjects go to: its duplicate window must be at
+    least ``retry_horizon`` seconds (else ``DuplicateWindowError`` at the start). ``name``
+    names the cursor and the lock (one active relay per name). ``poll_interval`` bounds the
+    wait when no NOTIFY comes; ``ack_timeout`` the wait for a batch's acknowledgements;
+    failed batches are sent again after a backoff growing to ``max_backoff``. Rows every
+    relay has published are deleted once older than ``retention`` (``None``: never).
+    ``standby_check`` is how often a standby tries the lock.
+    """
+
+    __slots__ = (
+        "_batches",
+        "_cursor",
+        "_dsn",
+        "_duplicates",
+        "_error",
+        "_held",
+        "_js",
+        "_published",
+        "_retries",
+        "_state",
+        "_stop",
+        "_wakeup",
+        "ack_timeout",
+        "batch_size",
+        "cleanup_interval",
+        "max_backoff",
+        "name",
+        "poll_interval",
+        "retention",
+        "retry_horizon",
+        "stall_warning",
+        "standby_check",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        dsn: str,
+        js: JetStreamContext,
+        *,
+        stream: str,
+        name: str = "default",
+        batch_size: int = 1000,
+        poll_interval: float = 1.0,
+        ack_timeout: float = 10.0,
+        max_backoff: float = 5.0,
+        retry_horizon: float = 60.0,
+        retention: timedelta | None = timedelta(hours=1),
+        cleanup_interval: float = 60.0,
+        standby_check: float = 5.0,
+        stall_warning: float = 5.0,
+    ) -> None:
+        if not 1 <= batch_size <= 4000:
+            raise ValueError("batch_size is between 1 and 4000 (nats-py's in-flight limit)")
+        for label, value in (
+            ("poll_interval", poll_interval),
+            ("ack_timeout", ack_timeout),
+            ("max_backoff", max_backoff),
+            ("retry_horizon", retry_horizon),
+            ("standby_check", standby_check),
+        ):
+            if not value > 0:
+                raise ValueError(f"{label} must be positive, not {value!r}")
+        self._dsn: Final = dsn
+        self._js: Final = js
+        self.stream: Final = stream
+        self.name: Final = name
+        self.batch_size: Final = batch_size
+        self.poll_interval: Final = poll_interval
+        self.ack_timeout: Final = ack_timeout
+        self.max_backoff: Final = max_backoff
+        self.retry_horizon: Final = retry_horizon
+        self.retention: Final = retention
+        self.cleanup_interval: Final = cleanup_interval
+        self.standby_check: Final = standby_check
+        self.stall_warning: Final = stall_warning
+        self._state = RelayState.NEW
+        self._stop = asyncio.Event()
+        self._wakeup: Wakeup | None = None
+        self._cursor: Cursor | None = None
+        self._published = self._duplicates = self._batches = self._retries = 0
+        self._held: Holdback | None = None
+        self._error: str | None = None
+
+    # -- the lifecycle ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> RelayState:
+        """Where the relay is in its lifecycle."""
+        return self._state
+
+    @property
+    def lock_name(self) -> str:
+        """The fenced lock the active relay holds."""
+        return f"hookbus.outbox.{self.name}"
+
+    def _move(self, new: RelayState) -> None:
+        check_move(self._state, new)
+        self._state = new
+
+    def stop(self) -> None:
+        """Ask the relay to stop: it finishes the batch in flight (publish, acknowledgements,
+        cursor), then ``run`` returns. A batch waiting to be sent again is left for the next
+        relay (its messages are re-sent under the same ids)."""
+        self._stop.set()
+        if self._wakeup is not None:
+            self._wakeup.nudge()
+
+    def stats(self) -> RelayStats:
+        """A snapshot of the counters."""
+        wakeup = self._wakeup
+        return RelayStats(
+            self._state,
+            self._cursor,
+            self._published,
+            self._duplicates,
+            self._batches,
+            self._retries,
+            self._held,
+            wakeup is not None and wakeup.listening,
+            self._error,
+        )
+
+    async def run(self) -> None:
+        """Relay until ``stop()``; raise what made it stop otherwise (a lost lock, a cursor
+        ahead of the server, a duplicate window too short, a database error)."""
+        self._move(RelayState.STARTING)
+        try:
+            await self._check_stream()
+            async with asyncpg.create_pool(self._dsn, min_size=1, max_size=3) as pool:
+                lock = await self._take_lock(pool)
+                if lock is not None:
+                    try:
+                        await self._relay_while_held(pool, lock)
+                    finally:
+                        await lock.__aexit__(None, None, None)
+        except _Stopped:
+            pass
+        except asyncio.CancelledError:
+            self._move(RelayState.STOPPED)
+            raise
+        except BaseException as exc:
+            self._error = f"{type(exc).__name__}: {exc}"
+            self._move(RelayState.FAILED)
+            raise
+        self._move(RelayState.STOPPED)
+
+    # -- starting --------------------------------------------------------------------------
+
+    async def _check_stream(self) -> None:
+        info = await self._js.stream_info(self.stream)
+        window = info.config.duplicate_window or 0.0
+        if window < self.retry_horizon:
+            raise DuplicateWindowError(
+                f"stream {self.stream!r} keeps message ids for {window:g} s, less than the "
+                f"relay's retry horizon of {self.retry_horizon:g} s: a batch re-sent after "
+                "the window would be stored twice. Raise the stream's duplicate_window or "
+                "lower retry_horizon"
+            )
+
+    async def _take_lock(self, pool: asyncpg.Pool) -> FencedLock | None:
+        """The relay's lock, waiting as a standby while another relay holds it; ``None`` if
+        asked to stop meanwhile."""
+        while not self._stop.is_set():
+            lock = FencedLock(pool, self.lock_name, wait=self.standby_check)
+            try:
+                await lock.__aenter__()
+            except LockTimeoutError as exc:
+                logger.info("relay %r is on standby: %s", self.name, exc)
+                continue
+            return lock
+        return None
+
+    async def _relay_while_held(self, pool: asyncpg.Pool, lock: FencedLock) -> None:
+        async with pool.acquire() as conn:
+            cursor, _ = await load_cursor(conn, self.name)
+            upcoming = await next_xid(conn)
+        if cursor.xid >= upcoming:
+            raise CursorAheadError(
+                f"the cursor of relay {self.name!r} is at transaction {cursor.xid}, ahead "
+                f"of the server's next transaction {upcoming}: the database was restored (or "
+                "the cursor copied). Rows written from now on would never be published. "
+                "`hookbus outbox reset` re-sends every row the outbox holds and lets the "
+                "relay run (consumers drop what they have seen by message id)"
+            )
+        self._cursor = cursor
+        wakeup = self._wakeup = Wakeup(lambda: asyncpg.connect(self._dsn))
+        try:
+            await self._loop(pool, lock, wakeup, cursor)
+        finally:
+            await wakeup.close()
+
+    # -- relaying --------------------------------------------------------------------------
+
+    async def _loop(
+        self, pool: asyncpg.Pool, lock: FencedLock, wakeup: Wakeup, cursor: Cursor
+    ) -> None:
+        looked = cleaned = 0.0
+        while not self._stop.is_set():
+            async with pool.acquire() as conn:
+                rows = await read_batch(conn, cursor, self.batch_size)
+                now = time.monotonic()
+                if len(rows) < self.batch_size and now - looked >= self.poll_interval:
+                    looked = now
+                    self._watch(await holdback(conn, cursor))
+                if (
+                    not rows
+                    and self.retention is not None
+                    and now - cleaned >= self.cleanup_interval
+                ):
+                    cleaned = now
+                    await self._clean(conn)
+            if not rows:
+                self._move(RelayState.WAITING)
+                await wakeup.wait(self.poll_interval)
+                continue
+            self._move(RelayState.RELAYING)
+            await self._publish(rows, lock)
+            cursor = Cursor(rows[-1].xid, rows[-1].id)
+            async with pool.acquire() as conn, conn.transaction():
+                await lock.fence(conn)
+                await save_cursor(conn, self.name, cursor, len(rows))
+            self._cursor = cursor
+            self._batches += 1
+
+    def _watch(self, held: Holdback | None) -> None:
+        was, self._held = self._held, held
+        if held is None:
+            if was is not None:
+                logger.info("relay %r is no longer held back", self.name)
+            return
+        if held.age is not None and held.age.total_seconds() >= self.stall_warning:
+            logger.warning("relay %r is held back: %s", self.name, held.describe())
+
+    async def _clean(self, conn: Any) -> None:
+        assert self.retention is not None
+        deleted = await cleanup(conn, self.retention)
+        if deleted:
+            logger.info("relay %r deleted %d published row(s)", self.name, deleted)
+
+    async def _publish(self, rows: list[Row], lock: FencedLock) -> None:
+        """Send ``rows`` until every one is acknowledged, backing off while NATS fails."""
+        delay, first = 0.05, time.monotonic()
+        while True:
+            if lock.lost:
+                raise LockLostError(
+                    f"relay {self.name!r} lost its lock {self.lock_name!r}; it stops before "
+                    "publishing again (a standby takes over)"
+                )
+            try:
+                self._duplicates += await self._send(rows)
+                self._published += len(rows)
+                return
+            except _NATS_FAILURES as exc:
+                self._error = f"{type(exc).__name__}: {exc}"
+                self._retries += 1
+                self._move(RelayState.BACKING_OFF)
+                late = time.monotonic() - first > self.retry_horizon
+                logger.warning(
+                    "relay %r: NATS did not acknowledge a batch of %d (%s); sending it again "
+                    "in %.2f s%s",
+                    self.name,
+                    len(rows),
+                    self._error,
+                    delay,
+                    " (past the retry horizon: the stream may store some twice)" if late else "",
+                )
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except TimeoutError:
+                    pass
+                else:
+                    raise _Stopped from exc
+                delay = min(delay * 2, self.max_backoff)
+                self._move(RelayState.RELAYING)
+
+    async def _send(self, rows: list[Row]) -> int:
+        """Publish ``rows`` with every acknowledgement in flight; the number of duplicates.
+        Raises if any is not acknowledged within ``ack_timeout``."""
+        js = self._js
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for row in rows:
+                headers = {} if row.headers == "{}" else _decode_headers(row.headers)
+                headers["Nats-Msg-Id"] = row.msg_id
+                headers["Hookbus-Event"] = row.event
+                headers["Hookbus-Wire"] = WIRE_VERSION
+                futures.append(await js.publish_async(row.subject, row.payload, headers=headers))
+            _, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        if pending:
+            for future in pending:
+                future.cancel()
+            raise TimeoutError(
+                f"{len(pending)} of {len(rows)} messages not acknowledged in {self.ack_timeout:g} s"
+            )
+        return sum(1 for future in futures if future.result().duplicate)

@@ -1,0 +1,205 @@
+"""What the relay asks PostgreSQL: its cursor, the next batch, what holds it back, the clean-up.
+
+The cursor is ``(xid, id)``: rows are read in ``(xid, id)`` order and only below
+``pg_snapshot_xmin(pg_current_snapshot())``, the oldest transaction still running. Below it
+every writer has ended, so no row can appear there later: a transaction that commits after
+one with a higher id is read in its turn instead of being skipped (an ``id`` cursor skips
+it). xids are compared as ``xid8`` (64 bits, never wrapping); they travel as text.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Final, final
+
+import msgspec
+
+__all__ = [
+    "Cursor",
+    "Holdback",
+    "OutboxStatus",
+    "Row",
+    "cleanup",
+    "holdback",
+    "load_cursor",
+    "next_xid",
+    "read_batch",
+    "reset_cursor",
+    "save_cursor",
+    "status",
+]
+
+
+@final
+class Cursor(msgspec.Struct, frozen=True):
+    """The last row published and acknowledged: ``(xid, id)``; ``("0", 0)`` before any."""
+
+    xid: int
+    id: int
+
+
+@final
+class Row(msgspec.Struct, frozen=True, array_like=True):
+    """An outbox row as the relay sends it."""
+
+    id: int
+    xid: int
+    subject: str
+    event: str
+    msg_id: str
+    payload: bytes
+    headers: str
+
+
+@final
+class Holdback(msgspec.Struct, frozen=True):
+    """What keeps committed rows from the relay: the oldest transaction still running
+    (``pid`` and its age; ``pid`` is ``None`` for a prepared transaction, named by ``gid``)
+    and how many committed rows wait behind it."""
+
+    rows: int
+    pid: int | None
+    age: timedelta | None
+    state: str | None
+    application_name: str | None
+    query: str | None
+    gid: str | None = None
+
+    def describe(self) -> str:
+        """One line for a log or a listing."""
+        if self.pid is None and self.gid is None:
+            return f"{self.rows} committed row(s) wait behind a transaction that just ended"
+        who = f"prepared transaction {self.gid!r}" if self.pid is None else f"pid {self.pid}"
+        extra = f" ({self.state}, {self.application_name or 'no application_name'})"
+        return (
+            f"{self.rows} committed row(s) wait behind the oldest open transaction: {who}"
+            f"{extra if self.pid is not None else ''}, open for {self.age}"
+        )
+
+
+@final
+class OutboxStatus(msgspec.Struct, frozen=True):
+    """The outbox as a relay named ``relay`` sees it."""
+
+    relay: str
+    cursor: Cursor
+    published: int  # rows this relay name has published, ever
+    pending: int  # rows past the cursor, committed or not yet visible below xmin
+    oldest_pending: datetime | None  # created_at of the oldest row past the cursor
+    lag: timedelta | None  # now - oldest_pending
+    rows: int  # rows in the outbox, sent ones kept for the retention included
+    updated_at: datetime | None  # when the cursor last moved
+
+
+_LOAD: Final = (
+    "INSERT INTO hookbus_outbox_cursor (relay) VALUES ($1) ON CONFLICT (relay) DO NOTHING"
+)
+_READ_CURSOR: Final = (
+    "SELECT xid::text::numeric::bigint, id, published, updated_at "
+    "FROM hookbus_outbox_cursor WHERE relay = $1"
+)
+_SAVE: Final = (
+    "UPDATE hookbus_outbox_cursor SET xid = $2::text::xid8, id = $3, "
+    "published = published + $4, updated_at = clock_timestamp() WHERE relay = $1"
+)
+_BATCH: Final = """\
+SELECT id, xid::text::numeric::bigint, subject, event, msg_id, payload, headers::text
+FROM hookbus_outbox
+WHERE (xid, id) > ($1::text::xid8, $2) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY xid, id
+LIMIT $3"""
+_NEXT_XID: Final = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric::bigint"
+# Committed rows past the cursor at or above xmin: visible (so committed), yet not readable.
+_HELD: Final = """\
+SELECT count(*) FROM hookbus_outbox
+WHERE (xid, id) > ($1::text::xid8, $2) AND xid >= pg_snapshot_xmin(pg_current_snapshot())"""
+_OLDEST: Final = """\
+SELECT pid, now() - xact_start, state, application_name, left(query, 200), NULL::text
+FROM pg_stat_activity
+WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+UNION ALL
+SELECT NULL, now() - prepared, 'prepared', NULL, NULL, gid FROM pg_prepared_xacts
+ORDER BY 2 DESC NULLS LAST
+LIMIT 1"""
+_CLEANUP: Final = """\
+DELETE FROM hookbus_outbox WHERE id IN (
+    SELECT o.id FROM hookbus_outbox o
+    WHERE o.created_at < clock_timestamp() - $1::interval
+      AND EXISTS (SELECT FROM hookbus_outbox_cursor c WHERE (o.xid, o.id) <= (c.xid, c.id))
+      AND NOT EXISTS (SELECT FROM hookbus_outbox_cursor c WHERE (o.xid, o.id) > (c.xid, c.id))
+    LIMIT $2)"""
+_STATUS: Final = """\
+SELECT count(*), min(created_at), clock_timestamp() - min(created_at) FROM hookbus_outbox
+WHERE (xid, id) > ($1::text::xid8, $2)"""
+# Every row gets the lowest normal xid and the cursor starts over: each row still in the
+# outbox is sent again (JetStream and the consumers' inbox drop what they have seen), and
+# every row written from now on sorts after them.
+_RESET: Final = """\
+UPDATE hookbus_outbox SET xid = '3';
+UPDATE hookbus_outbox_cursor SET xid = '0', id = 0, updated_at = clock_timestamp();"""
+
+
+async def load_cursor(conn: Any, relay: str) -> tuple[Cursor, int]:
+    """The cursor of ``relay`` (created at the start) and its count of published rows."""
+    await conn.execute(_LOAD, relay)
+    row = await conn.fetchrow(_READ_CURSOR, relay)
+    return Cursor(row[0], row[1]), row[2]
+
+
+async def save_cursor(conn: Any, relay: str, cursor: Cursor, published: int) -> None:
+    """Move ``relay``'s cursor to ``cursor`` (inside the caller's fenced transaction)."""
+    await conn.execute(_SAVE, relay, str(cursor.xid), cursor.id, published)
+
+
+async def read_batch(conn: Any, cursor: Cursor, limit: int) -> list[Row]:
+    """The next committed rows after ``cursor``, at most ``limit``, in ``(xid, id)`` order."""
+    records = await conn.fetch(_BATCH, str(cursor.xid), cursor.id, limit)
+    return [Row(*record) for record in records]
+
+
+async def next_xid(conn: Any) -> int:
+    """The id the server's next transaction gets (``pg_snapshot_xmax``)."""
+    value: int = await conn.fetchval(_NEXT_XID)
+    return value
+
+
+async def holdback(conn: Any, cursor: Cursor) -> Holdback | None:
+    """What holds committed rows back from the relay, or ``None`` when nothing does."""
+    held: int = await conn.fetchval(_HELD, str(cursor.xid), cursor.id)
+    if not held:
+        return None
+    oldest = await conn.fetchrow(_OLDEST)
+    if oldest is None:
+        return Holdback(held, None, None, None, None, None)
+    return Holdback(held, *oldest)
+
+
+async def cleanup(conn: Any, retention: timedelta, limit: int = 10_000) -> int:
+    """Delete up to ``limit`` rows every relay has published, older than ``retention``."""
+    done: str = await conn.execute(_CLEANUP, retention, limit)
+    return int(done.split()[-1])
+
+
+async def status(conn: Any, relay: str) -> OutboxStatus:
+    """The counters of ``relay``: published, pending, lag, the oldest unpublished row."""
+    row = await conn.fetchrow(_READ_CURSOR, relay)
+    cursor = Cursor(0, 0) if row is None else Cursor(row[0], row[1])
+    pending, oldest, lag = await conn.fetchrow(_STATUS, str(cursor.xid), cursor.id)
+    total: int = await conn.fetchval("SELECT count(*) FROM hookbus_outbox")
+    return OutboxStatus(
+        relay,
+        cursor,
+        0 if row is None else row[2],
+        pending,
+        oldest,
+        lag,
+        total,
+        None if row is None else row[3],
+    )
+
+
+async def reset_cursor(conn: Any) -> int:
+    """Renumber the outbox for a restored database (see ``_RESET``); the rows to re-send."""
+    count: int = await conn.fetchval("SELECT count(*) FROM hookbus_outbox")
+    await conn.execute(_RESET)
+    return count
