@@ -44,6 +44,7 @@ class Worker:
     process: subprocess.Popen[bytes] | None = None
     kills: int = 0
     ready_line: str = ": started"  # what the worker prints once it handles SIGTERM
+    kind: str = "consume"
     _offset: int = 0
 
     def start(self) -> None:
@@ -88,25 +89,39 @@ class Worker:
 
 @dataclass
 class Fleet:
-    """Workers, one of which is killed at random and restarted at a time."""
+    """Workers, one of which is killed and restarted at a time: the kinds of worker in turn
+    (a consumer, a relay, a consumer...), a random worker of that kind."""
 
     workers: list[Worker]
     rng: random.Random = field(
         default_factory=lambda: random.Random(os.environ.get("HOOKBUS_SEED"))
     )
+    kills: dict[str, int] = field(default_factory=dict)
 
     def start(self) -> None:
         for worker in self.workers:
             worker.start()
 
     def kill_one(self) -> Worker:
-        worker = self.rng.choice(self.workers)
+        kinds = sorted({w.kind for w in self.workers})
+        kind = kinds[sum(self.kills.values()) % len(kinds)]
+        worker = self.rng.choice([w for w in self.workers if w.kind == kind])
         worker.kill()
         worker.start()
+        self.kills[kind] = self.kills.get(kind, 0) + 1
         return worker
 
     def stop(self) -> list[int]:
         return [worker.stop() for worker in self.workers]
+
+
+def relay_command(nats_url: str, stream: object, name: str, *extra: str) -> list[str]:
+    """``hookbus outbox relay`` to a test's stream; it logs its counters every 0.2 s, the
+    first time once it handles SIGTERM (the ready line ``published``)."""
+    return hookbus_command(
+        "outbox", "relay", "--stream", stream.name, "--name", name,  # type: ignore[attr-defined]
+        "--server", nats_url, "--poll-interval", "0.05", "--stats-interval", "0.2", *extra,
+    )  # fmt: skip
 
 
 def worker_env(dsn: str, **extra: str) -> dict[str, str]:

@@ -1,18 +1,16 @@
-"""The soak: events published while ``hookbus consume`` processes are SIGKILLed at random.
+"""The soak: events applied exactly once while relay and consumer processes are SIGKILLed.
 
-Small in CI; full size on demand::
+Small in CI; full size on demand (KILLS is per kind of worker)::
 
-    HOOKBUS_NATS_SOAK_EVENTS=100000 HOOKBUS_NATS_SOAK_KILLS=20 \\
+    HOOKBUS_NATS_SOAK_EVENTS=100000 HOOKBUS_NATS_SOAK_KILLS=10 \\
         .venv/bin/python -m pytest -q -s tests/test_nats_soak.py
 
-Two consumer processes share one durable consumer; one of them, chosen at random, is killed
-by its pid every 0.3-1.2 s and restarted, while the events are published. At the end every
+Two ``hookbus consume`` processes share one durable consumer. Events enter either straight
+into JetStream (``nats``: only consumers are killed), or through the outbox (``outbox``: each
+written with ``Outbox.publish`` in a transaction, and two ``hookbus outbox relay`` processes,
+one active and one on standby, publish them). A worker is killed by its pid every 0.3-1.2 s
+and restarted, a consumer and a relay in turn, while the events are written. At the end every
 event's counter in the projection is exactly 1, and nothing was dead-lettered.
-
-The harness is the fleet of ``_nats_consumer_fleet``: once the relay is merged, the events
-are written to the outbox instead of published (``OutboxSource``, a few lines: an
-``Outbox.publish`` per event in a transaction), and relay workers (``hookbus outbox relay``)
-join the fleet, to be killed like the consumers.
 """
 
 from __future__ import annotations
@@ -26,15 +24,20 @@ from pathlib import Path
 from typing import Protocol
 
 import asyncpg
+import hookbus_asyncpg
+import pytest
 import pytest_asyncio
 from _nats_consumer import Stream, nats_url_fixture, pending, publish, stream_fixture  # noqa: F401
 from _nats_consumer_app import OrderPlaced
-from _nats_consumer_fleet import Fleet, Worker, consume_command, worker_env
-from hookbus_nats import create_inbox, list_dead_letters
+from _nats_consumer_fleet import Fleet, Worker, consume_command, relay_command, worker_env
+from hookbus_asyncpg import Outbox, outbox_plugin
+from hookbus_nats import create_inbox, inbox_plugin, list_dead_letters
+
+from hookbus import Bus, PluginSet
 
 EVENTS = int(os.environ.get("HOOKBUS_NATS_SOAK_EVENTS", "3000"))
-KILLS = int(os.environ.get("HOOKBUS_NATS_SOAK_KILLS", "4"))
-CONSUMERS = 2
+KILLS = int(os.environ.get("HOOKBUS_NATS_SOAK_KILLS", "3"))  # of each kind of worker
+CONSUMERS = RELAYS = 2
 
 
 class Source(Protocol):
@@ -59,6 +62,24 @@ class NatsSource:
         )  # fmt: skip
 
 
+class OutboxSource:
+    """Events written to the outbox, 50 to a transaction, for the relays to publish."""
+
+    def __init__(self, pool: asyncpg.Pool, prefix: str) -> None:
+        self.pool = pool
+        bus = Bus()
+        bus.declare("order_placed", OrderPlaced)
+        self.outbox = Outbox(bus, subject_prefix=prefix)
+
+    async def emit(self, orders: range) -> None:
+        for first in range(orders.start, orders.stop, 50):
+            async with hookbus_asyncpg.transaction(self.pool) as tx:
+                for order in range(first, min(first + 50, orders.stop)):
+                    await self.outbox.publish(
+                        tx, "order_placed", OrderPlaced(order, 1), key=str(order % 16)
+                    )
+
+
 @pytest_asyncio.fixture
 async def projection(pool: asyncpg.Pool) -> AsyncIterator[str]:
     table = f"soak_{secrets.token_hex(4)}"
@@ -74,16 +95,16 @@ async def _produce(source: Source, events: int, chunk: int = 250) -> None:
         await asyncio.sleep(0.02)  # spread the events over the kills
 
 
-async def _kill_while(fleet: Fleet, producing: asyncio.Task[None]) -> int:
-    kills = 0
-    while kills < KILLS or not producing.done():
+async def _kill_while(fleet: Fleet, producing: asyncio.Task[None]) -> None:
+    kinds = {w.kind for w in fleet.workers}
+    while min(fleet.kills.get(k, 0) for k in kinds) < KILLS or not producing.done():
         await asyncio.sleep(fleet.rng.uniform(0.3, 1.2))
         await asyncio.to_thread(fleet.kill_one)
-        kills += 1
-    return kills
 
 
-async def test_events_are_applied_exactly_once_while_consumers_are_killed(
+@pytest.mark.parametrize("through", ["nats", "outbox"])
+async def test_events_are_applied_exactly_once_while_workers_are_killed(
+    through: str,
     pool: asyncpg.Pool,
     dsn: str,
     stream: Stream,
@@ -97,12 +118,23 @@ async def test_events_are_applied_exactly_once_while_consumers_are_killed(
         "_nats_consumer_app:bus", nats_url, stream, name,
         "--batch", "200", "--ack-wait", "3", "--stats-every", "3600",
     )  # fmt: skip
-    fleet = Fleet([Worker(command, env, tmp_path / f"consume-{i}.log") for i in range(CONSUMERS)])
+    workers = [Worker(command, env, tmp_path / f"consume-{i}.log") for i in range(CONSUMERS)]
+    source: Source = NatsSource(stream)
+    if through == "outbox":
+        plugins = PluginSet(Bus(), [outbox_plugin(), inbox_plugin()])
+        await hookbus_asyncpg.PluginManager(pool, plugins).install()
+        source = OutboxSource(pool, stream.prefix)
+        relay = relay_command(nats_url, stream, name)
+        workers += [
+            Worker(relay, env, tmp_path / f"relay-{i}.log", ready_line="published", kind="relay")
+            for i in range(RELAYS)
+        ]
+    fleet = Fleet(workers)
     started = time.monotonic()
     fleet.start()
     try:
-        producing = asyncio.create_task(_produce(NatsSource(stream), EVENTS))
-        kills = await _kill_while(fleet, producing)
+        producing = asyncio.create_task(_produce(source, EVENTS))
+        await _kill_while(fleet, producing)
         await producing
         deadline = time.monotonic() + 120 + EVENTS / 500
         while True:
@@ -114,7 +146,7 @@ async def test_events_are_applied_exactly_once_while_consumers_are_killed(
             await asyncio.sleep(0.1)
     finally:
         statuses = await asyncio.to_thread(fleet.stop)
-    assert statuses == [0] * CONSUMERS, [w.output() for w in fleet.workers]
+    assert statuses == [0] * len(workers), [w.output() for w in fleet.workers]
     counts = await pool.fetch(f"SELECT n, count(*) FROM {projection} GROUP BY n")
     assert [tuple(r) for r in counts] == [(1, EVENTS)]
     letters = list_dead_letters(
@@ -122,6 +154,6 @@ async def test_events_are_applied_exactly_once_while_consumers_are_killed(
     )
     assert [d async for d in letters] == []
     print(
-        f"\nsoak: {EVENTS} events, {kills} consumer kills, {CONSUMERS} consumers, "
+        f"\nsoak through {through}: {EVENTS} events, kills {fleet.kills}, "
         f"{time.monotonic() - started:.1f}s: each applied once, 0 dead-lettered"
     )
