@@ -7,6 +7,7 @@ gets a stream and a dead-letter stream of its own (``stream``), deleted after it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -85,3 +86,15 @@ async def pending(js: Any, stream: str, consumer: str) -> tuple[int, int]:
     """``(num_pending, num_ack_pending)`` of a durable consumer."""
     info = await js.consumer_info(stream, consumer)
     return info.num_pending, info.num_ack_pending
+
+
+async def settled(js: Any, stream: str, consumer: str) -> tuple[int, int]:
+    """:func:`pending` once no acknowledgement is outstanding, or after 10 s: acks are
+    fire-and-forget and the server handles them in its own time, offering nothing to await."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10.0
+    while True:
+        value = await pending(js, stream, consumer)
+        if value[1] == 0 or loop.time() > deadline:
+            return value
+        await asyncio.sleep(0.02)

@@ -15,7 +15,14 @@ import hookbus_asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
-from _nats_consumer import Stream, nats_url_fixture, pending, publish, stream_fixture  # noqa: F401
+from _nats_consumer import (  # noqa: F401
+    Stream,
+    nats_url_fixture,
+    pending,
+    publish,
+    settled,
+    stream_fixture,
+)
 from hookbus_nats import (
     Consumer,
     ConsumerError,
@@ -123,7 +130,7 @@ async def test_a_batch_applies_each_event_once_and_acknowledges_after_commit(
     await c.start()
     assert await c.poll() == 20
     assert await counts(pool, projection) == {order: 1 for order in range(1, 21)}
-    assert await pending(stream.js, stream.name, c.name) == (0, 0)
+    assert await settled(stream.js, stream.name, c.name) == (0, 0)
     stats = c.statistics()
     assert (stats.applied, stats.batches, stats.dead_lettered) == (20, 1, 0)
     rows = await pool.fetchval("SELECT count(*) FROM hookbus_inbox WHERE consumer = $1", c.name)
@@ -166,7 +173,7 @@ async def test_a_redelivery_after_the_ack_deadline_applies_its_effect_once(
     assert calls == 1
     assert (first.statistics().applied, second.statistics().duplicates) == (1, 1)
     assert second.statistics().redelivered == 1
-    assert await pending(stream.js, stream.name, name) == (0, 0)
+    assert await settled(stream.js, stream.name, name) == (0, 0)
 
 
 async def _until_a_backend_waits_on_a_lock(pool: asyncpg.Pool) -> None:

@@ -12,7 +12,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
-from _nats_consumer import Stream, nats_url_fixture, pending, publish, stream_fixture  # noqa: F401
+from _nats_consumer import (  # noqa: F401
+    Stream,
+    nats_url_fixture,
+    pending,
+    publish,
+    settled,
+    stream_fixture,
+)
 from _nats_consumer_app import OrderPlaced
 from _nats_consumer_fleet import Worker, consume_command, worker_env
 from hookbus_nats import Consumer, create_inbox
@@ -149,7 +156,7 @@ async def test_sigterm_finishes_the_batch_in_hand_and_acknowledges_it(
     assert await asyncio.to_thread(worker.stop) == 0, worker.output()
     done = await pool.fetchval(f"SELECT count(*) FROM {projection}")
     assert done > 0 and done % 50 == 0  # whole batches, the one in hand included
-    remaining, unacknowledged = await pending(stream.js, stream.name, name)
+    remaining, unacknowledged = await settled(stream.js, stream.name, name)
     assert (remaining, unacknowledged) == (200 - done, 0)
     assert f"consume {name}: applied {done}," in worker.output()
 
