@@ -448,3 +448,54 @@ async def test_a_long_batch_is_kept_in_progress_and_not_redelivered_meanwhile(
     await working
     assert await counts(pool, projection) == {1: 1}
     assert (worker.statistics().applied, other.statistics().redelivered) == (1, 0)
+
+
+async def test_a_batch_whose_connection_is_terminated_applies_each_event_once(
+    pool: asyncpg.Pool, dsn: str, stream: Stream, projection: str
+) -> None:
+    bus = order_bus(projection)
+    killed: list[int] = []
+
+    @bus.hook("order_placed", priority=-1)
+    async def terminate_my_backend(event: Any) -> None:
+        if event.order_id == 3 and not killed:  # the batch's connection dies mid-batch
+            killed.append(current_transaction().connection.get_server_pid())  # type: ignore[attr-defined]
+            other = await asyncpg.connect(dsn)
+            try:
+                await other.execute("SELECT pg_terminate_backend($1)", killed[0])
+            finally:
+                await other.close()
+
+    for order in range(1, 6):
+        await publish(stream.js, stream.subject(order), "order_placed", OrderPlaced(order, 10))
+    c = consumer(bus, pool, stream, backoff=(0.1,))
+    await drain(c, stream.js, stream)
+    assert killed
+    assert await counts(pool, projection) == {order: 1 for order in range(1, 6)}
+    assert (c.statistics().fallbacks, c.statistics().dead_lettered) == (1, 0)
+
+
+async def test_while_the_database_is_away_a_batch_is_retried_later_without_trying_each_message(
+    pool: asyncpg.Pool, stream: Stream, projection: str
+) -> None:
+    bus = order_bus(projection)
+    attempts = 0
+    away = True
+
+    @bus.hook("order_placed", priority=-1)
+    async def database(event: Any) -> None:
+        nonlocal attempts
+        if away:
+            attempts += 1
+            raise ConnectionRefusedError("the database is away")
+
+    for order in range(1, 6):
+        await publish(stream.js, stream.subject(order), "order_placed", OrderPlaced(order, 10))
+    c = consumer(bus, pool, stream, backoff=(0.2,))
+    await c.start()
+    assert await c.poll() == 5
+    assert attempts == 2  # the batch, then its first message alone: the rest waits too
+    assert (c.statistics().retried, c.statistics().applied) == (5, 0)
+    away = False
+    await drain(c, stream.js, stream)
+    assert await counts(pool, projection) == {order: 1 for order in range(1, 6)}

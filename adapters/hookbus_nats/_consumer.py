@@ -360,11 +360,15 @@ class Consumer:
             )
             counters.fallbacks += 1
             healthy = False
-            for item in decoded:
+            for index, item in enumerate(decoded):
                 try:
                     await self._guarded([item], self._apply([item]))
                 except Exception as one:
                     await self._failed(item, one)
+                    if isinstance(one, _TRANSIENT):  # the database is away: the rest waits too
+                        for rest in decoded[index + 1 :]:
+                            await self._failed(rest, one)
+                        return False
                 else:
                     healthy = True
             return healthy
