@@ -29,20 +29,16 @@ import hookbus_asyncpg
 
 from hookbus import Bus, EntityEvent, LoadEvent, QueryEvent, RelationEvent
 
-from ._consumer_advisory import MaxDeliveries, watch_max_deliveries
+from ._consumer_advisory import watch_max_deliveries
 from ._consumer_decode import Decoded, EventDecoder, Undecodable
-from ._consumer_state import ConsumerError, ConsumerState, ConsumerStatistics, Lifecycle
+from ._consumer_failures import Failures
+from ._consumer_state import ConsumerError, ConsumerState, ConsumerStatistics, Counters, Lifecycle
 from ._dead_letters import (
     DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,
-    DeadLetter,
-    DeadReason,
     ensure_dead_letter_stream,
-    headers_of,
-    now,
-    publish_dead_letter,
 )
-from ._inbox import cleanup_inbox, is_applied, record_applied
+from ._inbox import cleanup_inbox, record_applied
 
 __all__ = ["Consumer"]
 
@@ -62,26 +58,6 @@ _TRANSIENT: Final = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
 )
-
-
-@final
-class _Counters:
-    __slots__ = (
-        "applied",
-        "batches",
-        "dead_lettered",
-        "duplicates",
-        "fallbacks",
-        "redelivered",
-        "retried",
-    )
-
-    def __init__(self) -> None:
-        self.applied = self.batches = self.dead_lettered = self.duplicates = 0
-        self.fallbacks = self.redelivered = self.retried = 0
-
-    def snapshot(self) -> ConsumerStatistics:
-        return ConsumerStatistics(**{name: getattr(self, name) for name in self.__slots__})
 
 
 @final
@@ -105,13 +81,13 @@ class Consumer:
     __slots__ = (
         "_ack_wait",
         "_advisory",
-        "_backoff",
         "_batch",
         "_bus",
         "_counters",
         "_dead_prefix",
         "_dead_stream",
         "_decoder",
+        "_failures",
         "_fetch_timeout",
         "_heartbeat",
         "_js",
@@ -165,7 +141,6 @@ class Consumer:
         self._fetch_timeout = fetch_timeout
         self._ack_wait = ack_wait
         self._max_deliver = max_deliver
-        self._backoff = tuple(float(d) for d in backoff)
         self._max_ack_pending = max_ack_pending
         self._heartbeat = heartbeat
         self._retention = retention
@@ -173,7 +148,18 @@ class Consumer:
         self._dead_stream = dead_letter_stream
         self._dead_prefix = dead_letter_prefix
         self._decoder = EventDecoder(bus)
-        self._counters = _Counters()
+        self._counters = Counters()
+        self._failures = Failures(
+            name,
+            stream,
+            js,
+            pool,
+            self._decoder,
+            self._counters,
+            backoff=tuple(float(d) for d in backoff),
+            max_deliver=max_deliver,
+            prefix=dead_letter_prefix,
+        )
         self._life = Lifecycle(name)
         self._stop = asyncio.Event()
         self._sub: Any = None
@@ -233,7 +219,7 @@ class Consumer:
         nc = getattr(self._js, "_nc", None)
         if nc is not None:
             self._advisory = await watch_max_deliveries(
-                nc, self._stream, self.name, self._undelivered
+                nc, self._stream, self.name, self._failures.undelivered
             )
 
     def stop(self) -> None:
@@ -343,14 +329,14 @@ class Consumer:
             try:
                 decoded.append((msg, self._decoder.decode(msg.headers, msg.data)))
             except Undecodable as bad:
-                await self._dead_letter(msg, bad.reason, bad.detail)
+                await self._failures.dead_letter(msg, bad.reason, bad.detail)
         if not decoded:
             return True
         try:
             await self._guarded(decoded, self._apply(decoded))
         except Exception as exc:
             if len(decoded) == 1:
-                await self._failed(decoded[0], exc)
+                await self._failures.failed(decoded[0], exc)
                 return not isinstance(exc, _TRANSIENT)
             logger.info(
                 "consumer %s: a batch of %d failed (%r); applying one at a time",
@@ -364,10 +350,10 @@ class Consumer:
                 try:
                     await self._guarded([item], self._apply([item]))
                 except Exception as one:
-                    await self._failed(item, one)
+                    await self._failures.failed(item, one)
                     if isinstance(one, _TRANSIENT):  # the database is away: the rest waits too
                         for rest in decoded[index + 1 :]:
-                            await self._failed(rest, one)
+                            await self._failures.failed(rest, one)
                         return False
                 else:
                     healthy = True
@@ -417,112 +403,6 @@ class Consumer:
             await asyncio.sleep(self._ack_wait / 3)
             for msg in msgs:
                 await msg.in_progress()
-
-    async def _failed(self, item: tuple[Any, Decoded], exc: BaseException) -> None:
-        """Hooks failed for this message alone: retry it later, or dead-letter it at the end."""
-        msg, event = item
-        delivered = msg.metadata.num_delivered
-        if delivered >= self._max_deliver:
-            detail = f"{event.event}: {type(exc).__name__}: {exc} (delivery {delivered})"
-            await self._dead_letter(msg, DeadReason.HANDLER_FAILED, detail, event=event)
-            return
-        delay = self._backoff[min(delivered, len(self._backoff)) - 1]
-        logger.warning(
-            "consumer %s: %s (%s) failed on delivery %d, retried in %.1fs: %r",
-            self.name,
-            event.event,
-            event.msg_id,
-            delivered,
-            delay,
-            exc,
-        )
-        try:
-            await msg.nak(delay=delay)
-        except Exception as exc:  # the server redelivers after ack_wait anyway
-            logger.warning("consumer %s: nak lost (%r)", self.name, exc)
-        self._counters.retried += 1
-
-    async def _dead_letter(
-        self, msg: Any, reason: DeadReason, detail: str, *, event: Decoded | None = None
-    ) -> None:
-        """Store the message as a dead letter with its reason, then terminate it."""
-        headers = headers_of(msg.headers)
-        meta = msg.metadata
-        letter = DeadLetter(
-            consumer=self.name,
-            reason=reason,
-            detail=detail,
-            subject=msg.subject,
-            stream=meta.stream,
-            stream_seq=meta.sequence.stream,
-            deliveries=meta.num_delivered,
-            msg_id=event.msg_id if event else self._decoder.msg_id(headers),
-            event=event.event if event else headers.get("Hookbus-Event"),
-            headers=headers,
-            data=msg.data,
-            failed_at=now(),
-        )
-        try:
-            await publish_dead_letter(self._js, letter, prefix=self._dead_prefix)
-        except Exception as exc:  # not stored: the message stays, redelivered after ack_wait
-            logger.error("consumer %s: dead letter not stored (%r)", self.name, exc)
-            return
-        try:
-            await msg.term()
-        except Exception as exc:  # redelivered, stored again under the same id: no double
-            logger.warning("consumer %s: term lost (%r)", self.name, exc)
-        self._counters.dead_lettered += 1
-        logger.warning(
-            "consumer %s: dead-lettered %s seq %d: %s: %s",
-            self.name,
-            meta.stream,
-            meta.sequence.stream,
-            reason.value,
-            detail,
-        )
-
-    async def _undelivered(self, advisory: MaxDeliveries) -> None:
-        """The server gave up on a message: dead-letter it unless the inbox has it."""
-        try:
-            raw = await self._js.get_msg(self._stream, advisory.stream_seq)
-            headers = headers_of(raw.headers)
-            msg_id = self._decoder.msg_id(headers)
-            if msg_id is not None and await is_applied(self._pool, self.name, msg_id):
-                return  # applied; only its acknowledgement was lost
-            letter = DeadLetter(
-                consumer=self.name,
-                reason=DeadReason.MAX_DELIVERIES,
-                detail=(
-                    f"delivered {advisory.deliveries} times without an outcome (the process "
-                    "died, or its hooks outlasted ack_wait, each time)"
-                ),
-                subject=raw.subject or "",
-                stream=self._stream,
-                stream_seq=advisory.stream_seq,
-                deliveries=advisory.deliveries,
-                msg_id=msg_id,
-                event=headers.get("Hookbus-Event"),
-                headers=headers,
-                data=raw.data or b"",
-                failed_at=now(),
-            )
-            await publish_dead_letter(self._js, letter, prefix=self._dead_prefix)
-        except Exception as exc:  # the advisory is not repeated: say so loudly
-            logger.error(
-                "consumer %s: %s seq %d reached max_deliver and could not be dead-lettered: %r",
-                self.name,
-                self._stream,
-                advisory.stream_seq,
-                exc,
-            )
-            return
-        self._counters.dead_lettered += 1
-        logger.warning(
-            "consumer %s: dead-lettered %s seq %d: max-deliveries",
-            self.name,
-            self._stream,
-            advisory.stream_seq,
-        )
 
 
 def _retention(name: str, config: Any, asked: timedelta | None) -> timedelta | None:

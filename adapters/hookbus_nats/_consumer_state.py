@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import Final, final
 
 import msgspec
 
 from hookbus import HookbusError
 
-__all__ = ["ConsumerError", "ConsumerState", "ConsumerStatistics", "Lifecycle"]
+__all__ = ["ConsumerError", "ConsumerState", "ConsumerStatistics", "Counters", "Lifecycle"]
 
 
 class ConsumerError(HookbusError):
@@ -89,3 +89,25 @@ class ConsumerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     dead_lettered: int = 0
     batches: int = 0
     fallbacks: int = 0
+
+
+@final
+class Counters:
+    """The consumer's counters, kept by the consumer and its failures alike."""
+
+    __slots__ = (
+        "applied",
+        "batches",
+        "dead_lettered",
+        "duplicates",
+        "fallbacks",
+        "redelivered",
+        "retried",
+    )
+
+    def __init__(self) -> None:
+        self.applied = self.batches = self.dead_lettered = self.duplicates = 0
+        self.fallbacks = self.redelivered = self.retried = 0
+
+    def snapshot(self) -> ConsumerStatistics:
+        return ConsumerStatistics(**{name: getattr(self, name) for name in self.__slots__})
