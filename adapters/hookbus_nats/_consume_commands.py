@@ -148,6 +148,7 @@ class ConsumeCommand:
 
         from ._consumer import Consumer
 
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         nc = await _connect(args)
         try:
             async with asyncpg.create_pool(dsn, min_size=1, max_size=args.pool_size) as pool:
