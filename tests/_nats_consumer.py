@@ -82,9 +82,19 @@ async def publish(
     return msg_id
 
 
-async def pending(js: Any, stream: str, consumer: str) -> tuple[int, int]:
-    """``(num_pending, num_ack_pending)`` of a durable consumer."""
-    info = await js.consumer_info(stream, consumer)
+async def pending(
+    js: Any, stream: str, consumer: str, *, missing: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """``(num_pending, num_ack_pending)`` of a durable consumer; ``missing`` if it does not
+    exist yet (else the server's NotFoundError)."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        info = await js.consumer_info(stream, consumer)
+    except NotFoundError:
+        if missing is None:
+            raise
+        return missing
     return info.num_pending, info.num_ack_pending
 
 

@@ -106,6 +106,7 @@ class Fleet:
         kinds = sorted({w.kind for w in self.workers})
         kind = kinds[sum(self.kills.values()) % len(kinds)]
         worker = self.rng.choice([w for w in self.workers if w.kind == kind])
+        worker.wait_ready()  # a kill lands on a worker at work, not on one still importing
         worker.kill()
         worker.start()
         self.kills[kind] = self.kills.get(kind, 0) + 1

@@ -139,7 +139,7 @@ async def test_events_are_applied_exactly_once_while_workers_are_killed(
         deadline = time.monotonic() + 120 + EVENTS / 500
         while True:
             done = await pool.fetchval(f"SELECT count(*) FROM {projection}")
-            left = await pending(stream.js, stream.name, name)
+            left = await pending(stream.js, stream.name, name, missing=(EVENTS, 0))
             if done == EVENTS and left == (0, 0):
                 break
             assert time.monotonic() < deadline, f"{done} of {EVENTS} applied, {left} pending"
