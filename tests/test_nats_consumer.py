@@ -231,6 +231,12 @@ async def test_an_old_consumer_decodes_a_newer_event_with_an_extra_optional_fiel
     await drain(c, stream.js, stream)
     assert await counts(pool, projection) == {1: 1}
     assert seen == [OrderPlaced(1, 10)]
+    # an event the bus declares after the consumer was built is decoded all the same
+    bus.declare("order_noted", OrderPlacedV2)
+    bus.hook("order_noted")(lambda event: seen.append(event))
+    await publish(stream.js, stream.subject(2), "order_noted", OrderPlacedV2(2, 5, note="n"))
+    await drain(c, stream.js, stream)
+    assert seen[1:] == [OrderPlacedV2(2, 5, note="n")]
     assert c.statistics().dead_lettered == 0
 
 

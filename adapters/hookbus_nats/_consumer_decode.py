@@ -49,14 +49,20 @@ class Decoded:
 
 @final
 class EventDecoder:
-    """Decoders for every event ``bus`` declares, built once (events declared later are unknown)."""
+    """Decoders for the events ``bus`` declares, each built once; an event declared after the
+    decoder was made is found on its first message (the bus is asked again on a miss only)."""
 
-    __slots__ = ("_decoders",)
+    __slots__ = ("_bus", "_decoders")
 
     def __init__(self, bus: Bus) -> None:
-        self._decoders: Final[dict[str, tuple[str, msgspec.json.Decoder[Any]]]] = {
-            spec.name: (spec.name, msgspec.json.Decoder(spec.payload)) for spec in bus.events()
-        }
+        self._bus: Final = bus
+        self._decoders: Final[dict[str, tuple[str, msgspec.json.Decoder[Any]]]] = {}
+        self._learn()
+
+    def _learn(self) -> None:
+        for spec in self._bus.events():
+            if spec.name not in self._decoders:
+                self._decoders[spec.name] = (spec.name, msgspec.json.Decoder(spec.payload))
 
     def msg_id(self, headers: Mapping[str, str]) -> str | None:
         """The inbox key: a replay's ``Hookbus-Msg-Id``, else ``Nats-Msg-Id``."""
@@ -73,6 +79,9 @@ class EventDecoder:
             )
         name = headers.get("Hookbus-Event")
         found = self._decoders.get(name) if name is not None else None
+        if found is None and name is not None:
+            self._learn()
+            found = self._decoders.get(name)
         if found is None:
             raise Undecodable(
                 DeadReason.UNDECLARED_EVENT, f"event {name!r} is not declared on this bus"
