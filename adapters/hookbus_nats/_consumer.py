@@ -75,7 +75,7 @@ class Consumer:
     dead-lettered at delivery ``max_deliver``. ``max_ack_pending`` caps the messages in flight
     across every process (1: strict order). ``retention`` is how long inbox rows are kept; by
     default the stream's ``max_age`` (or its duplicate window, if longer), and a shorter one is
-    refused. Events are decoded into the payload types ``bus`` declares at construction.
+    refused. Events are decoded into the payload types ``bus`` declares, and nothing else.
     """
 
     __slots__ = (
