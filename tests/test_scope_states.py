@@ -120,7 +120,7 @@ async def test_tx_rollback_ends_the_server_transaction_before_the_block_ends(
     returned: list[bool] = []
 
     class Watched(asyncpg.Connection):
-        async def reset(self, *, timeout: float | None = None) -> None:
+        async def reset(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
             returned.append(self.is_in_transaction())
             await super().reset(timeout=timeout)
 
