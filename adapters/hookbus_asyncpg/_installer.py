@@ -352,11 +352,11 @@ class PluginManager:
         token = self.migrator.lock.token
         if running.hook is None:
             return  # a stage's failure: the migrator kept it
-        took = time.perf_counter() - running.started
-        await record_error(tx.connection, plugin.name, version, running.hook, token, error)
-        await record_hook(
+        took = time.perf_counter() - running.started  # the run's interval ends just now:
+        await record_hook(  # recorded first, before another round trip shifts it later
             tx.connection, plugin.name, version, running.hook, "failed", took, error, token
         )
+        await record_error(tx.connection, plugin.name, version, running.hook, token, error)
 
     async def upgrade(self, names: Iterable[str] | None = None) -> list[str]:
         """Bring installed plugins (``names``, default all) to their code's version.
