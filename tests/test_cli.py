@@ -581,3 +581,37 @@ async def test_status_says_what_ran_how_long_what_failed_and_when(
     assert failure[1:] == ["ledger", "2.0", "post_upgrade", *hooks[1][6:]]
     # when: the failure is kept with its time, after its run started and before the next
     assert hooks[0][5] <= hooks[1][5] <= failure[0] <= hooks[2][5], out.stdout
+
+
+async def relations(dsn: str) -> list[tuple[str, str]]:
+    """Every relation of the database outside PostgreSQL's own schemas, and its kind."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"
+        )
+    finally:
+        await conn.close()
+    return [tuple(row) for row in rows]
+
+
+async def test_read_only_questions_change_nothing_where_hookbus_never_ran(
+    tmp_path: Path, fresh: str
+) -> None:
+    (tmp_path / "app.py").write_text(textwrap.dedent(PLUGINS))
+    assert await relations(fresh) == []
+    for args, status, said in [
+        (["status", "app:plugins"], 0, "nothing has run: no migration, no lifecycle hook\n"),
+        (["status", "app:plugins", "--plugin", "crm"], 0, "nothing has run"),
+        (["plugins", "app:plugins"], 0, "PLUGIN"),
+        (["migrate", "--dry-run", "app:plugins"], 0, ""),
+        (["uninstall", "app:plugins", "crm"], 4, ""),
+        (["uninstall", "app:plugins", "crm", "--cascade"], 4, ""),
+    ]:
+        out = await asyncio.to_thread(hookbus, *args, cwd=tmp_path, HOOKBUS_DSN=fresh)
+        assert (out.returncode, out.stdout[: len(said)]) == (status, said), (args, out.stderr)
+        assert await relations(fresh) == [], (args, out.stdout)
+    refused = hookbus("uninstall", "app:plugins", "crm", cwd=tmp_path, HOOKBUS_DSN=fresh)
+    assert refused.stderr == "hookbus uninstall: plugin 'crm' is not installed\n"
