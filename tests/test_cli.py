@@ -615,3 +615,31 @@ async def test_read_only_questions_change_nothing_where_hookbus_never_ran(
         assert await relations(fresh) == [], (args, out.stdout)
     refused = hookbus("uninstall", "app:plugins", "crm", cwd=tmp_path, HOOKBUS_DSN=fresh)
     assert refused.stderr == "hookbus uninstall: plugin 'crm' is not installed\n"
+
+
+def test_help_imports_no_driver() -> None:
+    code = textwrap.dedent(
+        """
+        import contextlib, io, sys
+        from hookbus.cli import main
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            main(["--help"])
+        assert "uninstall" in out.getvalue(), out.getvalue()  # the adapter's commands listed
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("asyncpg", "nats")))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout == "[]\n"
+
+
+def test_the_adapters_public_names_import_on_first_use() -> None:
+    import hookbus_asyncpg
+
+    for name in hookbus_asyncpg.__all__:
+        assert getattr(hookbus_asyncpg, name).__name__ == name.split(".")[-1], name
+    assert sorted(hookbus_asyncpg.__all__) == hookbus_asyncpg.__all__
+    assert set(hookbus_asyncpg.__all__) <= set(dir(hookbus_asyncpg))
+    with pytest.raises(AttributeError, match="has no attribute 'Transaction'"):
+        hookbus_asyncpg.Transaction  # noqa: B018
