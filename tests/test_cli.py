@@ -10,11 +10,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from hookbus_asyncpg.testing import with_database
+from hookbus_asyncpg.testing import create_database, drop_database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKBUS = Path(sys.executable).parent / "hookbus"  # the console script pip installed
@@ -485,3 +486,161 @@ def test_the_server_rule_never_shows_a_password() -> None:
         choose_server((), dsn="postgresql://u:hunter2@127.0.0.1:9/x?password=hunter3")
     assert "hunter" not in str(refused.value)
     assert "postgresql://u:***@127.0.0.1:9/x?password=***" in str(refused.value)
+
+
+# -- hookbus status: what ran, how long, what failed and when ----------------------------------
+
+
+@pytest.fixture
+async def fresh(server: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The DSN of a database of this test's own, with no hookbus table in it."""
+    database = await create_database(server, request.node.name)
+    try:
+        yield database
+    finally:
+        await drop_database(server, database)
+
+
+LEDGER = """
+import os
+from pathlib import Path
+from hookbus import Batch, BatchedStage, Bus, Migration, Plugin, PluginSet
+
+async def post_init(ctx):
+    await ctx.tx.connection.execute(
+        "CREATE TABLE item (id int PRIMARY KEY, hits int NOT NULL DEFAULT 0);"
+        "INSERT INTO item (id) SELECT generate_series(1, 10)"
+    )
+
+async def forgets_the_first_batch(batch: Batch):  # id > NULL matches no row
+    await batch.tx.connection.execute(
+        "UPDATE item SET hits = hits + 1 WHERE id > $1 AND id <= $2", batch.after, batch.last
+    )
+
+async def post_upgrade(ctx, from_version):
+    flag = Path("fail-once")
+    if flag.exists():
+        flag.unlink()
+        raise RuntimeError("the mail server is down")
+
+plugins = PluginSet(Bus(), [Plugin(
+    "ledger", os.environ["LEDGER_VERSION"], post_init=post_init, post_upgrade=post_upgrade,
+    migrations=[Migration("2.0", [BatchedStage("hits", forgets_the_first_batch, table="item",
+                                                batch_size=4)])],
+)])
+"""
+
+
+async def test_status_says_what_ran_how_long_what_failed_and_when(
+    tmp_path: Path, fresh: str
+) -> None:
+    (tmp_path / "app.py").write_text(textwrap.dedent(LEDGER))
+
+    def run(*args: str, version: str = "2.0") -> subprocess.CompletedProcess[str]:
+        return hookbus(*args, "app:plugins", cwd=tmp_path, HOOKBUS_DSN=fresh,
+                       LEDGER_VERSION=version)  # fmt: skip
+
+    nothing = run("status")
+    assert (nothing.returncode, nothing.stdout) == (
+        0, "nothing has run: no migration, no lifecycle hook\n"
+    ), nothing.stderr  # fmt: skip
+    assert run("install", version="1.0").returncode == 0
+    (tmp_path / "fail-once").touch()
+    failed = run("upgrade")
+    assert failed.returncode == 1 and "the mail server is down" in failed.stderr
+    assert run("upgrade").returncode == 0, "upgraded the second time"
+
+    out = run("status", "--plugin", "ledger")
+    assert out.returncode == 0, out.stderr
+    tables, warning = out.stdout.rstrip("\n").rsplit("\n", 1)
+    assert warning == (
+        "warning: 1 batch(es) of ledger 2.0 / hits changed none of the rows of their page"
+    )
+    sections = {
+        title: [line.split() for line in table.splitlines()]
+        for title, table in (part.split(":\n", 1) for part in tables.split("\n\n"))
+    }
+    assert list(sections) == ["stages", "lifecycle hooks", "errors, oldest first"]
+    header, *stages = sections["stages"]
+    assert header == ["PLUGIN", "VERSION", "STAGE", "KIND", "STATUS", "ROWS", "BATCHES",
+                      "UNTOUCHED", "SECONDS", "FINISHED", "CURSOR", "ERROR"]  # fmt: skip
+    # its batches committed in the first upgrade; the second found the stage done
+    assert [row[:8] for row in stages] == [
+        ["ledger", "2.0", "hits", "batched", "completed", "10/10", "3", "1"]
+    ]
+    header, *hooks = sections["lifecycle hooks"]
+    assert header == ["PLUGIN", "VERSION", "HOOK", "STATUS", "SECONDS", "STARTED", "ERROR"]
+    assert [row[:4] for row in hooks] == [
+        ["ledger", "1.0", "post_init", "completed"],
+        ["ledger", "2.0", "post_upgrade", "failed"],
+        ["ledger", "2.0", "post_upgrade", "completed"],
+    ]
+    assert " ".join(hooks[1][6:]) == "RuntimeError: the mail server is down"
+    header, *errors = sections["errors, oldest first"]
+    assert header == ["AT", "PLUGIN", "VERSION", "STEP", "ERROR"]
+    [failure] = errors
+    assert failure[1:] == ["ledger", "2.0", "post_upgrade", *hooks[1][6:]]
+    # when: the failure is kept with its time, after its run started and before the next
+    assert hooks[0][5] <= hooks[1][5] <= failure[0] <= hooks[2][5], out.stdout
+
+
+async def relations(dsn: str) -> list[tuple[str, str]]:
+    """Every relation of the database outside PostgreSQL's own schemas, and its kind."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"
+        )
+    finally:
+        await conn.close()
+    return [tuple(row) for row in rows]
+
+
+async def test_read_only_questions_change_nothing_where_hookbus_never_ran(
+    tmp_path: Path, fresh: str
+) -> None:
+    (tmp_path / "app.py").write_text(textwrap.dedent(PLUGINS))
+    assert await relations(fresh) == []
+    for args, status, said in [
+        (["status", "app:plugins"], 0, "nothing has run: no migration, no lifecycle hook\n"),
+        (["status", "app:plugins", "--plugin", "crm"], 0, "nothing has run"),
+        (["plugins", "app:plugins"], 0, "PLUGIN"),
+        (["migrate", "--dry-run", "app:plugins"], 0, ""),
+        (["uninstall", "app:plugins", "crm"], 4, ""),
+        (["uninstall", "app:plugins", "crm", "--cascade"], 4, ""),
+    ]:
+        out = await asyncio.to_thread(hookbus, *args, cwd=tmp_path, HOOKBUS_DSN=fresh)
+        assert (out.returncode, out.stdout[: len(said)]) == (status, said), (args, out.stderr)
+        assert await relations(fresh) == [], (args, out.stdout)
+    refused = hookbus("uninstall", "app:plugins", "crm", cwd=tmp_path, HOOKBUS_DSN=fresh)
+    assert refused.stderr == "hookbus uninstall: plugin 'crm' is not installed\n"
+
+
+def test_help_imports_no_driver() -> None:
+    code = textwrap.dedent(
+        """
+        import contextlib, io, sys
+        from hookbus.cli import main
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            main(["--help"])
+        assert "uninstall" in out.getvalue(), out.getvalue()  # the adapter's commands listed
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("asyncpg", "nats")))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout == "[]\n"
+
+
+def test_the_adapters_public_names_import_on_first_use() -> None:
+    import hookbus_asyncpg
+
+    for name in hookbus_asyncpg.__all__:
+        assert getattr(hookbus_asyncpg, name).__name__ == name.split(".")[-1], name
+    assert sorted(hookbus_asyncpg.__all__) == hookbus_asyncpg.__all__
+    assert set(hookbus_asyncpg.__all__) <= set(dir(hookbus_asyncpg))
+    with pytest.raises(AttributeError, match="has no attribute 'Transaction'"):
+        hookbus_asyncpg.Transaction  # noqa: B018

@@ -756,3 +756,60 @@ def test_the_scope_factory_opens_scopes_on_the_tests_transaction(project: pytest
         """
     )
     project.runpytest_subprocess().assert_outcomes(passed=2)
+
+
+WEB_TEST = """
+import os
+
+import asyncpg
+import httpx
+from hookbus import current_transaction
+from hookbus_asgi import TransactionMiddleware
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import app
+
+
+async def add_note(request):
+    body = request.query_params["body"]
+    tx = current_transaction()
+    await tx.connection.execute("INSERT INTO note (body) VALUES ($1)", body)
+    tx.add(app.Remember(body))
+    return JSONResponse({"body": body}, status_code=400 if body == "refused" else 201)
+
+
+def make_app(scopes):
+    return TransactionMiddleware(Starlette(routes=[Route("/notes", add_note, methods=["POST"])]),
+                                 scopes)
+
+
+async def test_the_apps_writes_are_the_tests(hookbus_db, hookbus_scope):
+    transport = httpx.ASGITransport(app=make_app(hookbus_scope))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.post("/notes", params={"body": "kept"})).status_code == 201
+        assert (await client.post("/notes", params={"body": "refused"})).status_code == 400
+    # each request's scope ran on a savepoint of the test's transaction, its whole lifecycle
+    assert app.log == ["kept.precommit", "kept.postcommit", "refused.rollback"]
+    bodies = await hookbus_db.connection.fetch("SELECT body FROM note")
+    assert [row["body"] for row in bodies] == ["kept"]
+    other = await asyncpg.connect(os.environ["HOOKBUS_TEST_DSN"])  # nothing committed
+    try:
+        assert await other.fetchval("SELECT count(*) FROM note") == 0
+    finally:
+        await other.close()
+
+
+async def test_gone(hookbus_db):
+    assert await hookbus_db.connection.fetchval("SELECT count(*) FROM note") == 0
+"""
+
+
+def test_a_web_app_given_the_scope_factory_writes_in_the_tests_transaction(
+    project: pytest.Pytester, dsn: str
+) -> None:
+    _ini(project, "auto")
+    project.makepyfile(test_web=WEB_TEST)
+    project.runpytest_subprocess("-p", "no:randomly").assert_outcomes(passed=2)
+    assert _run(lambda: _count_notes(dsn)) == 0

@@ -22,6 +22,7 @@ import logging
 import math
 import traceback
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, final
 
 from hookbus import PluginError, PluginSet
@@ -211,26 +212,70 @@ async def _status(args: argparse.Namespace) -> int:
 
     async def work(manager: Any) -> int:
         stages = await manager.progress(args.plugin)
-        if not stages:
-            print("no migration has run")
-            return ExitStatus.OK
-        rows: list[Sequence[object]] = [
-            ("PLUGIN", "VERSION", "STAGE", "KIND", "STATUS", "ROWS", "BATCHES", "SECONDS",
-             "CURSOR", "ERROR")
-        ]  # fmt: skip
-        rows += [
-            (s.plugin, s.version, s.stage, s.kind, s.status,
-             f"{s.rows:,}" + (f"/{s.total:,}" if s.total is not None else ""),
-             s.batches, f"{s.duration:.2f}", s.cursor or "", s.error or "")
-            for s in stages
-        ]  # fmt: skip
-        print(render_table(rows))
+        runs = await manager.hook_runs(args.plugin)
+        errors = await manager.errors(args.plugin)
+        sections = [
+            f"{title}:\n{render_table(rows)}"
+            for title, rows in (
+                ("stages", _stage_rows(stages)),
+                ("lifecycle hooks", _hook_rows(runs)),
+                ("errors, oldest first", _error_rows(errors)),
+            )
+            if len(rows) > 1
+        ]
+        print("\n\n".join(sections) or "nothing has run: no migration, no lifecycle hook")
+        for s in stages:
+            if s.untouched:
+                print(
+                    f"warning: {s.untouched} batch(es) of {s.plugin} {s.version} / {s.stage} "
+                    "changed none of the rows of their page"
+                )
         holder = await manager.lock_holder()
         if holder is not None:
             print(f"a migrator holds the lock: pid {holder[0]} ({holder[1]}) since {holder[2]}")
         return ExitStatus.OK
 
     return await _with_manager(args, dsn, work)
+
+
+def _when(at: datetime | None) -> str:
+    """A recorded time, in UTC to the millisecond (failures often come close together)."""
+    if at is None:
+        return "-"
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _stage_rows(stages: Sequence[Any]) -> list[Sequence[object]]:
+    rows: list[Sequence[object]] = [
+        ("PLUGIN", "VERSION", "STAGE", "KIND", "STATUS", "ROWS", "BATCHES", "UNTOUCHED",
+         "SECONDS", "FINISHED", "CURSOR", "ERROR")
+    ]  # fmt: skip
+    rows += [
+        (s.plugin, s.version, s.stage, s.kind, s.status,
+         f"{s.rows:,}" + (f"/{s.total:,}" if s.total is not None else ""),
+         s.batches, s.untouched, f"{s.duration:.2f}", _when(s.finished_at), s.cursor or "",
+         s.error or "")
+        for s in stages
+    ]  # fmt: skip
+    return rows
+
+
+def _hook_rows(runs: Sequence[Any]) -> list[Sequence[object]]:
+    rows: list[Sequence[object]] = [
+        ("PLUGIN", "VERSION", "HOOK", "STATUS", "SECONDS", "STARTED", "ERROR")
+    ]
+    rows += [
+        (r.plugin, r.version or "-", r.hook, r.status, f"{r.duration:.2f}",
+         _when(r.started_at), r.error or "")
+        for r in runs
+    ]  # fmt: skip
+    return rows
+
+
+def _error_rows(errors: Sequence[Any]) -> list[Sequence[object]]:
+    rows: list[Sequence[object]] = [("AT", "PLUGIN", "VERSION", "STEP", "ERROR")]
+    rows += [(_when(e.at), e.plugin, e.version or "-", e.step, e.error) for e in errors]
+    return rows
 
 
 def _seconds(text: str) -> float:
@@ -316,7 +361,7 @@ def _stage(parser: argparse.ArgumentParser) -> None:
 
 
 def _plugin_filter(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plugin", help="only this plugin's stages")
+    parser.add_argument("--plugin", help="only this plugin's stages, hook runs and errors")
 
 
 plugins = PluginCommand(
@@ -343,5 +388,6 @@ undo = PluginCommand(
     changes=True, extra=_stage,
 )  # fmt: skip
 status = PluginCommand(
-    "status", "the migration progress table", _status, changes=False, extra=_plugin_filter
-)
+    "status", "what ran, how long, what failed and when: stages, lifecycle hooks, errors",
+    _status, changes=False, extra=_plugin_filter,
+)  # fmt: skip

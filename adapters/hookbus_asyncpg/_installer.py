@@ -352,11 +352,11 @@ class PluginManager:
         token = self.migrator.lock.token
         if running.hook is None:
             return  # a stage's failure: the migrator kept it
-        took = time.perf_counter() - running.started
-        await record_error(tx.connection, plugin.name, version, running.hook, token, error)
-        await record_hook(
+        took = time.perf_counter() - running.started  # the run's interval ends just now:
+        await record_hook(  # recorded first, before another round trip shifts it later
             tx.connection, plugin.name, version, running.hook, "failed", took, error, token
         )
+        await record_error(tx.connection, plugin.name, version, running.hook, token, error)
 
     async def upgrade(self, names: Iterable[str] | None = None) -> list[str]:
         """Bring installed plugins (``names``, default all) to their code's version.
@@ -426,11 +426,13 @@ class PluginManager:
         is uninstalled in a scope of its own. Returns the names uninstalled, in order.
         """
         plugin = self._plugins[name]
+        if not _is_installed(await self.states(), name):  # refused before anything is made
+            raise PluginStateError(f"plugin {name!r} is not installed")
         async with self.migrator.locked():
             await self._create_tables()
             states = await self.states()
             state = states.get(name)
-            if state is None or not state.is_installed:
+            if state is None or not _is_installed(states, name):  # uninstalled meanwhile
                 raise PluginStateError(f"plugin {name!r} is not installed")
             dependants = _installed_dependants(name, states)
             if dependants and not cascade:
@@ -509,6 +511,11 @@ class _Running:
     def __init__(self) -> None:
         self.hook: HookName | None = None
         self.started = 0.0
+
+
+def _is_installed(states: dict[str, PluginState], name: str) -> bool:
+    state = states.get(name)
+    return state is not None and state.is_installed
 
 
 def _installed_dependants(name: str, states: dict[str, PluginState]) -> dict[str, list[str]]:
