@@ -30,8 +30,10 @@ shared cores).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -100,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         help="mutate the logger calls too (left alone by default: their wording is not tested)",
     )
     parser.add_argument(
+        "--memory",
+        type=int,
+        default=1024,
+        metavar="MB",
+        help="the heap each test process may take (default 1024): a mutant that loops "
+        "appending fails with MemoryError at once instead of filling the machine's memory",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         help="the scratch copy (default: <tmp>/hookbus-mutate/<module>); replaced if present",
@@ -121,12 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_children:
         command += ["--max-children", str(args.max_children)]
     with log.open("w") as out:
-        run = subprocess.run(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+        run = subprocess.run(
+            command,
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=functools.partial(limit_heap, args.memory * 2**20),
+        )
     if run.returncode != 0:
         print(log.read_text()[-4000:], file=sys.stderr)
         print(f"mutate: mutmut failed (exit {run.returncode}); its log: {log}", file=sys.stderr)
         return 1
     return summarize(workdir)
+
+
+def limit_heap(size: int) -> None:
+    """Limit the heap of this process and its children (mutmut forks one per mutant)."""
+    resource.setrlimit(resource.RLIMIT_DATA, (size, size))
 
 
 def copy_tree(workdir: Path) -> None:
