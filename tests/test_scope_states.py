@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import hookbus_asyncpg
@@ -208,6 +209,9 @@ class RefusedBegin:
 
     async def rollback_to(self, name: str) -> None:
         await self.memory.rollback_to(name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.memory, name)  # what a backend may be asked besides
 
 
 async def test_a_scope_whose_begin_failed_is_finished() -> None:
