@@ -290,3 +290,55 @@ async def test_an_equal_factory_feeds_the_same_operation_another_is_refused(
             tx.accumulate("k", 3, Other)
         assert len(tx.operations) == 1
     assert log == [("precommit", [1, 2]), ("postcommit", [1, 2])]
+
+
+# -- the precommit queues -----------------------------------------------------------------------
+
+
+class LateOne(Recorded, hookbus.LateOperation):
+    """A late operation that may schedule another late one in its precommit."""
+
+    def __init__(self, log: list[str], name: str, then: str | None = None) -> None:
+        super().__init__(log, name)
+        self.then = then
+
+    async def precommit(self) -> None:
+        await super().precommit()
+        if self.then is not None:
+            hookbus.current_transaction().add(LateOne(self.log, self.then))
+
+
+async def test_late_operations_each_run_once_in_order(scopes: Scopes) -> None:
+    log: list[str] = []
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        tx.add(LateOne(log, "late-1"))
+        tx.add(LateOne(log, "late-2", then="late-4"))
+        tx.add(LateOne(log, "late-3"))
+        tx.add(Recorded(log, "plain"))
+    pre = [entry.removesuffix(".precommit") for entry in log if entry.endswith(".precommit")]
+    post = [entry.removesuffix(".postcommit") for entry in log if entry.endswith(".postcommit")]
+    assert pre == ["plain", "late-1", "late-2", "late-3", "late-4"]
+    assert post == pre
+
+
+async def test_operations_scheduled_after_a_dropped_accumulation_all_run(
+    scopes: Scopes,
+) -> None:
+    # The dropped operation's memory is reused by the next ones of its class (the same id()
+    # in CPython): none of them may be taken for it.
+    log: list[tuple[str, Any]] = []
+    others: list[tuple[str, Any]] = []
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        with pytest.raises(Boom):
+            async with tx.savepoint():
+                tx.accumulate("dropped", 1, functools.partial(Gather, log))
+                raise Boom
+        for _ in range(200):
+            op = Gather(others)
+            op.values = []
+            tx.add(op)
+        tx.accumulate("kept", 2, functools.partial(Gather, log))
+    assert others == [("precommit", [])] * 200 + [("postcommit", [])] * 200
+    assert log == [("rollback", [1]), ("precommit", [2]), ("postcommit", [2])]

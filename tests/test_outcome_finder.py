@@ -2,17 +2,17 @@
 
 A scope's COMMIT is held in flight by a deferred trigger waiting for an advisory lock the test
 holds; the test then drops the scope's connection on the client side (the server carries on)
-and watches the finder ask ``recovery_pool``, whose connections tell the test each time they
-ask a transaction's status. Issue 14's guards: the finder giving up when the connection it asks on
-is lost too; polling on after PostgreSQL has answered; the deadline.
+and watches the finder ask ``recovery_pool``, whose connections tell the test (a query logger)
+each time they have asked a transaction's status. Issue 14's guards: the finder giving up when
+the connection it asks on is lost too; polling on after PostgreSQL has answered; the deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import hookbus_asyncpg
@@ -72,27 +72,16 @@ class Asked:
                 await self._changed.wait()
 
 
-def watched(asked: Asked) -> type[asyncpg.Connection]:
-    """A connection class that tells ``asked`` each statement asking ``pg_xact_status``."""
+async def watch(connection: asyncpg.Connection, asked: Asked) -> None:
+    """Tell ``asked`` of each statement asking ``pg_xact_status`` on ``connection``, once it
+    has its answer (asyncpg's query logger sees every statement, however it is sent)."""
+    pid = connection.get_server_pid()
 
-    class Watched(asyncpg.Connection):  # type: ignore[misc]
-        def _see(self, query: str) -> None:
-            if "pg_xact_status" in query:
-                asked.saw(self.get_server_pid())
+    def logged(query: asyncpg.connection.LoggedQuery) -> None:
+        if "pg_xact_status" in query.query:
+            asked.saw(pid)
 
-        async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
-            self._see(query)
-            return await super().fetchval(query, *args, **kwargs)
-
-        async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
-            self._see(query)
-            return await super().fetchrow(query, *args, **kwargs)
-
-        async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
-            self._see(query)
-            return await super().fetch(query, *args, **kwargs)
-
-    return Watched
+    connection.add_query_logger(logged)
 
 
 @pytest.fixture
@@ -104,7 +93,7 @@ def asked() -> Asked:
 async def recovery(dsn: str, asked: Asked) -> AsyncIterator[asyncpg.Pool]:
     """The pool the finder asks on, one connection at a time; its asks go to ``asked``."""
     async with asyncpg.create_pool(
-        dsn, min_size=1, max_size=1, connection_class=watched(asked)
+        dsn, min_size=1, max_size=1, init=functools.partial(watch, asked=asked)
     ) as pool:
         yield pool
 

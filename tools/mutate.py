@@ -9,9 +9,10 @@ costs its tests, not an interpreter start). This script gives it what this repos
   included) outside the repository, so that nothing here is touched and two runs of
   different modules never share state; its folder is printed for ``mutmut show`` and
   ``mutmut browse`` there;
-- the configuration (a ``setup.cfg`` in the copy): the code under ``hookbus/`` and
-  ``adapters/`` (pytest's ``pythonpath``), ``only_mutate`` the module, the tests that guard
-  it (the defaults below, or the ones given), the folders the tests read (docs, examples);
+- the configuration (a ``setup.cfg`` in the copy): the packages (the adapters' moved to the
+  top of the copy, where mutmut's module names and the tests' imports agree), ``only_mutate``
+  the module, the tests that guard it (the defaults below, or the ones given), the folders
+  the tests read (docs, examples);
 - a summary: the counts, the score, and each survivor with its diff.
 
 The ``logger.`` calls are left alone unless ``--with-logging``: their wording is not what the
@@ -30,8 +31,10 @@ shared cores).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -53,6 +56,10 @@ _ASYNCPG_SCOPE = [
     *_SCOPE,
     "tests/test_outcome_finder.py",
     "tests/test_asyncpg_faults.py",
+    # Random timeouts sized for full speed: under mutmut's slower trampolines none lands
+    # where the test needs some to.
+    "--deselect",
+    "tests/test_asyncpg_faults.py::test_cancelled_during_begin_leaves_no_transaction_open",
 ]
 _DISPATCH = [
     "tests/test_bus.py",
@@ -100,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         help="mutate the logger calls too (left alone by default: their wording is not tested)",
     )
     parser.add_argument(
+        "--memory",
+        type=int,
+        default=1024,
+        metavar="MB",
+        help="the heap each test process may take (default 1024): a mutant that loops "
+        "appending fails with MemoryError at once instead of filling the machine's memory",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         help="the scratch copy (default: <tmp>/hookbus-mutate/<module>); replaced if present",
@@ -114,19 +129,33 @@ def main(argv: list[str] | None = None) -> int:
     slug = module.removesuffix(".py").replace("/", ".")
     workdir = args.workdir or Path(tempfile.gettempdir()) / "hookbus-mutate" / slug
     copy_tree(workdir)
-    (workdir / "setup.cfg").write_text(config(module, tests, args.with_logging))
+    packages = lift_adapters(workdir)
+    (workdir / "setup.cfg").write_text(
+        config(module.removeprefix("adapters/"), packages, tests, args.with_logging)
+    )
     print(f"mutate: {module} against {' '.join(tests)}\nmutate: scratch copy {workdir}")
     log = workdir / "mutmut.log"
     command = [sys.executable, "-m", "mutmut", "run"]
     if args.max_children:
         command += ["--max-children", str(args.max_children)]
     with log.open("w") as out:
-        run = subprocess.run(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+        run = subprocess.run(
+            command,
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=functools.partial(limit_heap, args.memory * 2**20),
+        )
     if run.returncode != 0:
         print(log.read_text()[-4000:], file=sys.stderr)
         print(f"mutate: mutmut failed (exit {run.returncode}); its log: {log}", file=sys.stderr)
         return 1
     return summarize(workdir)
+
+
+def limit_heap(size: int) -> None:
+    """Limit the heap of this process and its children (mutmut forks one per mutant)."""
+    resource.setrlimit(resource.RLIMIT_DATA, (size, size))
 
 
 def copy_tree(workdir: Path) -> None:
@@ -147,14 +176,28 @@ def copy_tree(workdir: Path) -> None:
             shutil.copy2(source, target)
 
 
-def config(module: str, tests: list[str], with_logging: bool) -> str:
+def lift_adapters(workdir: Path) -> list[str]:
+    """Move the adapters' packages to the top of the copy; return every package's folder.
+
+    mutmut names a module after its path (``adapters.hookbus_asyncpg._outcome``) where the
+    tests import ``hookbus_asyncpg._outcome`` (pytest's ``pythonpath`` has ``adapters``): at
+    the top, the two agree, and ``.``, first on that path, finds them there.
+    """
+    packages = ["hookbus"]
+    for package in sorted((workdir / "adapters").iterdir()):
+        if (package / "__init__.py").is_file():
+            package.rename(workdir / package.name)
+            packages.append(package.name)
+    return packages
+
+
+def config(module: str, packages: list[str], tests: list[str], with_logging: bool) -> str:
     def values(items: list[str]) -> str:
         return "".join(f"\n    {item}" for item in items)
 
-    # The code is found through pytest's pythonpath (".", "adapters"), as in the repository.
     return (
         "[mutmut]\n"
-        f"source_paths ={values(['hookbus', 'adapters'])}\n"
+        f"source_paths ={values(packages)}\n"
         f"only_mutate ={values([module])}\n"
         f"pytest_add_cli_args_test_selection ={values(tests)}\n"
         f"also_copy ={values(ALSO_COPY)}\n"
