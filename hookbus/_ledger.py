@@ -144,6 +144,7 @@ class Ledger:
         "_ran",
         "_savepoints",
         "_undo",
+        "_unlogged",
         "added",
         "deleted",
     )
@@ -156,6 +157,10 @@ class Ledger:
         self._at_last = 0
         self._ran: list[Operation] = []
         self._accumulated: dict[Hashable, _Accumulation] = {}
+        # key -> (factory, add), for the open accumulations whose values need no logging:
+        # filled outside savepoints, emptied when one opens (accumulate's short path is one
+        # lookup, no test of the undo log) and when the key's accumulation closes.
+        self._unlogged: dict[Hashable, tuple[Callable[[], Operation], Callable[[Any], object]]] = {}
         # id(op) -> key, for the accumulating operations whose precommit has not started, and
         # _DOOMED -> True while the scope is doomed: the precommit loop tests this one dict
         # between operations, and looks closer only when it is not empty.
@@ -268,6 +273,7 @@ class Ledger:
         key = keys.pop(id(op), _NOT_ACCUMULATED)
         if key is not _NOT_ACCUMULATED:
             self._closed[key] = self._accumulated.pop(key)[0]
+            self._unlogged.pop(key, None)
         return False
 
     # -- accumulations -----------------------------------------------------------------------
@@ -285,6 +291,23 @@ class Ledger:
         documents it).
         """
         try:  # a subscript is cheaper than .get() on this hot path, and hits are the rule
+            made_by, add = self._unlogged[key]
+        except KeyError:
+            self._accumulate(key, value, factory, container)
+            return
+        if made_by is not factory and made_by != factory:
+            raise TypeError(f"key {key!r} accumulates into {_name(made_by)}, not {_name(factory)}")
+        add(value)
+
+    def _accumulate(
+        self,
+        key: Hashable,
+        value: Any,
+        factory: Callable[[], Operation],
+        container: Callable[[], Any],
+    ) -> None:
+        # accumulate() when its key is not in _unlogged: a new key, or a savepoint is open.
+        try:
             made_by, add, op, is_set = self._accumulated[key]
         except KeyError:
             made_by, add, op, is_set = self._open_accumulation(key, factory, container)
@@ -292,6 +315,7 @@ class Ledger:
             raise TypeError(f"key {key!r} accumulates into {_name(made_by)}, not {_name(factory)}")
         undo = self._undo
         if undo is None:
+            self._unlogged[key] = (made_by, add)  # the next values take the short path
             add(value)
         elif is_set:
             if value not in op.values:
@@ -312,7 +336,7 @@ class Ledger:
         container takes them all at once (``update`` or ``extend``, at C speed)."""
         if self._undo is not None:  # every value is logged: one at a time
             for value in values:
-                self.accumulate(key, value, factory, container)
+                self._accumulate(key, value, factory, container)
             return
         try:
             made_by, add, op, is_set = self._accumulated[key]
@@ -405,6 +429,7 @@ class Ledger:
         """Start logging for a new innermost savepoint; return where it began."""
         if self._undo is None:
             self._undo = []
+            self._unlogged.clear()  # from now on every value is logged
         self._savepoints += 1
         self._depth += 1
         return Mark(self._savepoints, self._depth, len(self._undo))
@@ -434,6 +459,7 @@ class Ledger:
                     self._last.insert(index, op)
                 case Created(key, op):
                     self._accumulated.pop(key, None)
+                    self._unlogged.pop(key, None)
                     self._keys.pop(id(op), None)
                 case AddedValue(op, value):
                     if id(op) not in dropped_ids:
