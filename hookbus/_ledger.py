@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 from collections.abc import Set as AbstractSet
+from itertools import islice
 from typing import Any, Final, TypeAlias, final
 
 import msgspec
@@ -116,8 +117,9 @@ class Mark(msgspec.Struct, frozen=True):
         return f"hookbus_sp_{self.number}"
 
 
-# (operation, the container's add or append, whether it is set-like, the factory)
-_Accumulation: TypeAlias = tuple[Operation, Callable[[Any], object], bool, Callable[[], Operation]]
+# (the factory, the container's add or append, the operation, whether it is set-like): the
+# hot path unpacks it whole (one instruction) rather than subscripting it field by field.
+_Accumulation: TypeAlias = tuple[Callable[[], Operation], Callable[[Any], object], Operation, bool]
 _NOT_ACCUMULATED: Final = object()
 # The key of ``Ledger._keys`` that says the scope is doomed (never an id: ids are positive).
 _DOOMED: Final = -1
@@ -142,6 +144,7 @@ class Ledger:
         "_ran",
         "_savepoints",
         "_undo",
+        "_unlogged",
         "added",
         "deleted",
     )
@@ -154,6 +157,10 @@ class Ledger:
         self._at_last = 0
         self._ran: list[Operation] = []
         self._accumulated: dict[Hashable, _Accumulation] = {}
+        # key -> (factory, add), for the open accumulations whose values need no logging:
+        # filled outside savepoints, emptied when one opens (accumulate's short path is one
+        # lookup, no test of the undo log) and when the key's accumulation closes.
+        self._unlogged: dict[Hashable, tuple[Callable[[], Operation], Callable[[Any], object]]] = {}
         # id(op) -> key, for the accumulating operations whose precommit has not started, and
         # _DOOMED -> True while the scope is doomed: the precommit loop tests this one dict
         # between operations, and looks closer only when it is not empty.
@@ -190,9 +197,13 @@ class Ledger:
 
         ``tx.add`` is this method while the scope is open (``Transaction.add`` documents it).
         """
-        if not isinstance(op, Operation):
-            raise TypeError(f"tx.add() takes an Operation instance, not {op!r}")
-        phase = op._hookbus_phase
+        # One lookup is both the type check and the phase: only Operation's classes declare
+        # _hookbus_phase (an Operation class itself, whose type is `type`, is refused too);
+        # isinstance() first cost 120 instructions more a call (callgrind).
+        try:
+            phase = type(op)._hookbus_phase
+        except AttributeError:
+            raise TypeError(f"tx.add() takes an Operation instance, not {op!r}") from None
         if not phase and self._undo is None:  # NORMAL (0), outside savepoints: the common case
             self._normal.append(op)
             return
@@ -223,14 +234,24 @@ class Ledger:
         what a precommit raises propagate (the scope runs the rollback path).
         """
         # Once per operation at every commit: kept flat, on locals, awaiting directly (a
-        # generator the scope iterates cost 90 ns more an operation).
+        # generator the scope iterates cost 90 ns more an operation). The ordinary queue, where
+        # nearly every operation stands, is iterated (a list's iterator sees what is appended
+        # meanwhile) and its ran operations recorded once per run, not one by one.
         normal, late, last, ran, keys = self._normal, self._late, self._last, self._ran, self._keys
         at_normal = at_late = 0
         while True:
             if at_normal < len(normal):
-                op = normal[at_normal]
-                at_normal += 1
-            elif at_late < len(late):
+                start = at_normal
+                try:
+                    for op in normal if not start else islice(normal, start, None):
+                        if keys and self._closing(op):
+                            return  # doomed: op does not run (the scope now rolls back)
+                        at_normal += 1
+                        await op.precommit()
+                finally:
+                    ran.extend(normal[start:at_normal])
+                continue
+            if at_late < len(late):
                 op = late[at_late]
                 at_late += 1
             elif self._at_last < len(last):
@@ -238,14 +259,22 @@ class Ledger:
                 self._at_last += 1  # add() replaces only what stands past it
             else:
                 return
-            if keys:  # an accumulation to close, or a doom (rare: one test otherwise)
-                if _DOOMED in keys:
-                    return  # doomed: op does not run (the scope now rolls back)
-                key = keys.pop(id(op), _NOT_ACCUMULATED)
-                if key is not _NOT_ACCUMULATED:
-                    self._closed[key] = self._accumulated.pop(key)[3]
+            if keys and self._closing(op):
+                return
             ran.append(op)
             await op.precommit()
+
+    def _closing(self, op: Operation) -> bool:
+        """Before ``op``'s precommit: close its accumulation, if it has one; True (and ``op``
+        does not run) if the scope is doomed. Called only while ``_keys`` is not empty."""
+        keys = self._keys
+        if _DOOMED in keys:
+            return True
+        key = keys.pop(id(op), _NOT_ACCUMULATED)
+        if key is not _NOT_ACCUMULATED:
+            self._closed[key] = self._accumulated.pop(key)[0]
+            self._unlogged.pop(key, None)
+        return False
 
     # -- accumulations -----------------------------------------------------------------------
 
@@ -262,25 +291,39 @@ class Ledger:
         documents it).
         """
         try:  # a subscript is cheaper than .get() on this hot path, and hits are the rule
-            entry = self._accumulated[key]
+            made_by, add = self._unlogged[key]
         except KeyError:
-            entry = self._open_accumulation(key, factory, container)
-        else:
-            if entry[3] is not factory and entry[3] != factory:
-                raise TypeError(
-                    f"key {key!r} accumulates into {_name(entry[3])}, not {_name(factory)}"
-                )
+            self._accumulate(key, value, factory, container)
+            return
+        if made_by is not factory and made_by != factory:
+            raise TypeError(f"key {key!r} accumulates into {_name(made_by)}, not {_name(factory)}")
+        add(value)
+
+    def _accumulate(
+        self,
+        key: Hashable,
+        value: Any,
+        factory: Callable[[], Operation],
+        container: Callable[[], Any],
+    ) -> None:
+        # accumulate() when its key is not in _unlogged: a new key, or a savepoint is open.
+        try:
+            made_by, add, op, is_set = self._accumulated[key]
+        except KeyError:
+            made_by, add, op, is_set = self._open_accumulation(key, factory, container)
+        if made_by is not factory and made_by != factory:
+            raise TypeError(f"key {key!r} accumulates into {_name(made_by)}, not {_name(factory)}")
         undo = self._undo
         if undo is None:
-            entry[1](value)
-        elif entry[2]:
-            values = entry[0].values
-            if value not in values:
-                entry[1](value)
-                undo.append(AddedValue(entry[0], value))
+            self._unlogged[key] = (made_by, add)  # the next values take the short path
+            add(value)
+        elif is_set:
+            if value not in op.values:
+                add(value)
+                undo.append(AddedValue(op, value))
         else:
-            entry[1](value)
-            undo.append(AppendedValue(entry[0], value))
+            add(value)
+            undo.append(AppendedValue(op, value))
 
     def accumulate_many(
         self,
@@ -293,22 +336,18 @@ class Ledger:
         container takes them all at once (``update`` or ``extend``, at C speed)."""
         if self._undo is not None:  # every value is logged: one at a time
             for value in values:
-                self.accumulate(key, value, factory, container)
+                self._accumulate(key, value, factory, container)
             return
         try:
-            entry = self._accumulated[key]
+            made_by, add, op, is_set = self._accumulated[key]
         except KeyError:
-            entry = self._open_accumulation(key, factory, container)
-        else:
-            if entry[3] is not factory and entry[3] != factory:
-                raise TypeError(
-                    f"key {key!r} accumulates into {_name(entry[3])}, not {_name(factory)}"
-                )
-        bulk = getattr(entry[0].values, "update" if entry[2] else "extend", None)
+            made_by, add, op, is_set = self._open_accumulation(key, factory, container)
+        if made_by is not factory and made_by != factory:
+            raise TypeError(f"key {key!r} accumulates into {_name(made_by)}, not {_name(factory)}")
+        bulk = getattr(op.values, "update" if is_set else "extend", None)
         if bulk is not None:
             bulk(values)
         else:
-            add = entry[1]
             for value in values:
                 add(value)
 
@@ -338,7 +377,7 @@ class Ledger:
             )
         op.values = values
         self.add(op)
-        entry = self._accumulated[key] = (op, adder or values.append, is_set, factory)
+        entry = self._accumulated[key] = (factory, adder or values.append, op, is_set)
         self._keys[id(op)] = key
         if self._undo is not None:
             self._undo.append(Created(key, op))
@@ -390,6 +429,7 @@ class Ledger:
         """Start logging for a new innermost savepoint; return where it began."""
         if self._undo is None:
             self._undo = []
+            self._unlogged.clear()  # from now on every value is logged
         self._savepoints += 1
         self._depth += 1
         return Mark(self._savepoints, self._depth, len(self._undo))
@@ -419,6 +459,7 @@ class Ledger:
                     self._last.insert(index, op)
                 case Created(key, op):
                     self._accumulated.pop(key, None)
+                    self._unlogged.pop(key, None)
                     self._keys.pop(id(op), None)
                 case AddedValue(op, value):
                     if id(op) not in dropped_ids:

@@ -62,3 +62,21 @@ async def test_without_after_hooks_rows_are_still_marked_added(
         eids = await store.insert_many("Person", [{"name": "Ann"}, {"name": "Bo"}])
         assert all(hookbus.added_in_transaction(eid) for eid in eids)
     assert await pool.fetchval("SELECT count(*) FROM person") == 2
+
+
+async def test_without_hooks_a_row_missing_a_mandatory_relation_fails_the_commit(
+    pool: asyncpg.Pool, store: Store
+) -> None:
+    # owned_by is "1*": each project inserted must be owned by the end of the scope.
+    with pytest.raises(ValidationError) as caught:
+        async with transaction(pool):
+            acme = await store.insert("Company", name="Acme")
+            assert acme is not None
+            owned, orphan = await store.insert_many(
+                "Project", [{"title": "owned"}, {"title": "orphan"}]
+            )
+            assert owned is not None
+            await store.add_relation(owned, "owned_by", acme)
+    assert caught.value.eid == orphan
+    assert "needs at least one owned_by" in caught.value.errors["owned_by"]
+    assert await pool.fetchval("SELECT count(*) FROM project") == 0
