@@ -86,7 +86,7 @@ class MemoryBackend:
 
     __slots__ = ("commit_error", "commit_outcome", "statements")
 
-    #: A scope on it begins at ``tx.begin()`` (its first statement, its first savepoint).
+    #: A scope on it begins at ``tx.begin()`` (its first statement).
     lazy = True
 
     def __init__(

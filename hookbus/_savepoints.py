@@ -7,6 +7,10 @@ uncancellable, as COMMIT does: a timeout or cancellation that arrives meanwhile 
 once the statement has its answer, so hookbus always knows whether the savepoint exists
 (cancelling a statement half-way would leave that unknown, and a ROLLBACK TO a savepoint
 already released aborts the whole transaction).
+
+In a scope that has not begun (it begins lazily, at its first statement), a savepoint sends
+nothing when entered: the scope sends its SAVEPOINT right after BEGIN, and a savepoint whose
+block sent no statement ends with no statement either (``SavepointScope.defer_savepoint``).
 """
 
 from __future__ import annotations
@@ -27,10 +31,21 @@ logger: Final = logging.getLogger("hookbus")
 
 
 class SavepointScope(Protocol):
-    """What a savepoint reads of its scope: its state, and a way to begin it (both public)."""
+    """What a savepoint reads of its scope: its state, and where its SAVEPOINT waits for the
+    scope's BEGIN."""
 
     @property
     def state(self) -> TransactionState: ...
+
+    def defer_savepoint(self, mark: Mark) -> bool:
+        """Keep the SAVEPOINT of ``mark`` for the scope's BEGIN, if the scope has not begun
+        and begins lazily (True); else False: the savepoint sends it now."""
+        ...
+
+    def forget_savepoint(self, mark: Mark) -> bool:
+        """True if the SAVEPOINT of ``mark`` was never sent (it waited for a BEGIN that did
+        not come, or failed); it waits no more. False once it was set."""
+        ...
 
     async def begin(self) -> None: ...
 
@@ -45,7 +60,8 @@ class Savepoint:
     a doom it set is lifted; the exception propagates. Savepoints nest. A cancellation
     (a timeout) that arrives during SAVEPOINT, RELEASE or ROLLBACK TO is raised once the
     statement has its answer: a released savepoint stays released, a rolled back one rolled
-    back, and the scope can go on and commit.
+    back, and the scope can go on and commit. Entered before the scope's first statement,
+    it waits for BEGIN: a block that sends no statement sends nothing.
     """
 
     __slots__ = ("_backend", "_entered", "_ledger", "_mark", "_scope")
@@ -66,8 +82,13 @@ class Savepoint:
         if self._entered:
             raise TransactionStateError("a savepoint is entered once")
         self._entered = True
-        await self._scope.begin()  # a savepoint needs the transaction: it begins it
         mark = self._ledger.mark_savepoint()
+        if self._scope.defer_savepoint(mark):
+            # The scope has not begun: SAVEPOINT goes with BEGIN, at the first statement;
+            # a block that sends none sends nothing.
+            self._mark = mark
+            return self
+        # Here the scope has begun (a scope that does not begin lazily begins when entered).
         try:
             await uncancellable(self._set, mark)
         except BaseException:
@@ -88,6 +109,14 @@ class Savepoint:
         if self._scope.state not in OPEN:
             return  # the whole scope rolled back meanwhile: nothing left to release or undo
         self._ledger.require_innermost(mark)  # before any statement is sent
+        if self._scope.forget_savepoint(mark):  # never set: nothing to send
+            if exc is None:
+                self._ledger.release(mark)
+            else:
+                fatal = await callbacks(self._ledger.undo_to(mark), "rollback")
+                if fatal is not None:
+                    raise fatal
+            return
         if exc is None:
             await uncancellable(self._release, mark)
         else:

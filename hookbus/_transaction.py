@@ -55,7 +55,7 @@ import anyio.lowlevel
 
 from ._backend import Backend, CommitOutcome, MemoryBackend
 from ._exceptions import CommitOutcomeUnknownError, TransactionAbortedError, TransactionStateError
-from ._ledger import Ledger
+from ._ledger import Ledger, Mark
 from ._operations import Operation
 from ._savepoints import Savepoint
 from ._shield import callbacks, on_asyncio, scope_cancelled, settled, uncancellable
@@ -203,6 +203,7 @@ class Transaction:
         "_begun": None,
         "_beginning": None,
         "_begins_lazily": None,
+        "_deferred": None,
         "_ledger": None,
         "_state": None,
         "_token": None,
@@ -231,6 +232,9 @@ class Transaction:
         # Only a backend that sees every statement of the scope go by can begin lazily (a
         # connection its user also holds would run statements outside the transaction).
         self._begins_lazily: bool = getattr(backend, "lazy", False) is True
+        # The savepoints entered before BEGIN, outermost first: their SAVEPOINTs are sent
+        # right after it (``begin``), or never, if no statement comes.
+        self._deferred: list[Mark] = []
         self._token: Token[Transaction | None] | None = None
         self._ledger = Ledger()
         self.data: dict[str, Any] = {}
@@ -387,8 +391,9 @@ class Transaction:
 
         On a backend that begins lazily (``backend.lazy``: the in-memory one, the asyncpg one
         on a pool), entering the scope takes no connection and sends nothing; its first
-        statement (the adapter's connection calls this), or its first savepoint, sends BEGIN.
-        Other backends begin when the scope is entered.
+        statement (the adapter's connection calls this) sends BEGIN, then the SAVEPOINT of
+        each savepoint entered meanwhile (they wait for it). Other backends begin when the
+        scope is entered.
         A scope that never begins commits nothing: its operations still run their phases
         (precommit, postcommit, or rollback), with no statement sent. If BEGIN fails or is
         cancelled, the error propagates and the scope has still not begun (the backend gave
@@ -411,10 +416,38 @@ class Transaction:
         try:
             await self._backend.begin()
             self._begun = True
+            if self._deferred:
+                await uncancellable(self._set_deferred)
         finally:
             self._beginning = None
             for done in waiting:
                 done.set()
+
+    async def _set_deferred(self) -> None:
+        # Each SAVEPOINT waits for its answer (uncancellable): hookbus knows which are set.
+        # One that fails leaves it and those inside it unset (a savepoint that never existed
+        # is neither released nor rolled back to); the transaction is then broken, and its
+        # COMMIT fails or answers ROLLBACK.
+        deferred = self._deferred
+        while deferred:
+            await self._backend.savepoint(deferred[0].name)
+            del deferred[0]
+
+    def defer_savepoint(self, mark: Mark) -> bool:
+        """Keep the SAVEPOINT of ``mark`` for BEGIN, if this scope has not begun and begins
+        lazily; see ``Savepoint``."""
+        if self._begun or not self._begins_lazily:
+            return False
+        self._deferred.append(mark)
+        return True
+
+    def forget_savepoint(self, mark: Mark) -> bool:
+        """Whether the SAVEPOINT of ``mark`` was never sent; it is not sent after this."""
+        deferred = self._deferred
+        if mark in deferred:
+            deferred.remove(mark)
+            return True
+        return False
 
     def savepoint(self) -> Savepoint:
         """Return a savepoint of this scope, to enter with ``async with``."""

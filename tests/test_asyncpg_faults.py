@@ -430,12 +430,10 @@ async def test_connection_transaction_inside_a_scope_points_to_savepoint(
     db: asyncpg.Pool,
 ) -> None:
     with pytest.raises(asyncpg.InterfaceError) as raised:
-        async with (
-            hookbus_asyncpg.transaction(db) as tx,
-            hookbus_asyncpg.transaction(db),
-            tx.connection.transaction(),
-        ):
-            pass
+        async with hookbus_asyncpg.transaction(db) as tx:
+            await tx.connect()  # the scope has its connection: tx.connection is it
+            async with hookbus_asyncpg.transaction(db), tx.connection.transaction():
+                pass
     notes = getattr(raised.value, "__notes__", [])
     assert len(notes) == 1  # once, though two scopes saw it go by
     assert "tx.savepoint()" in notes[0]

@@ -226,6 +226,48 @@ async def test_the_first_statement_takes_the_connection_and_begins(
     assert await ids(pool) == [1, 2, 3]
 
 
+async def test_a_nested_scope_that_never_touches_the_database_sends_nothing(
+    counted: tuple[asyncpg.Pool, list[str], list[int]],
+) -> None:
+    pool, sent, acquired = counted
+    log: list[str] = []
+    async with hookbus_asyncpg.transaction(pool) as tx:
+        async with hookbus_asyncpg.transaction(pool):  # a savepoint, kept for BEGIN
+            tx.add(Recorded(log, "kept"))
+        with pytest.raises(KeyError):
+            async with hookbus_asyncpg.transaction(pool), tx.savepoint():
+                tx.add(Recorded(log, "undone"))
+                tx.mark_added(7)
+                raise KeyError("inner")
+        assert not tx.added(7) and len(tx.operations) == 1
+    assert (sent, acquired) == ([], [])  # no connection taken, no statement sent
+    assert log == ["undone.rollback", "kept.precommit", "kept.postcommit"]
+
+
+async def test_a_statement_inside_waiting_savepoints_sets_them_after_begin(
+    counted: tuple[asyncpg.Pool, list[str], list[int]],
+) -> None:
+    pool, sent, acquired = counted
+    async with hookbus_asyncpg.transaction(pool) as tx:
+        await tx.connection.execute("INSERT INTO items VALUES (1)")  # begins: eager from now
+    sent.clear()
+    async with hookbus_asyncpg.transaction(pool) as tx:
+        with pytest.raises(KeyError):
+            async with hookbus_asyncpg.transaction(pool):
+                async with tx.savepoint():
+                    await tx.connection.execute("INSERT INTO items VALUES (2)")
+                raise KeyError("undo the outer savepoint")
+        await tx.connection.execute("INSERT INTO items VALUES (3)")
+    assert sent[:4] == [
+        "BEGIN",
+        'SAVEPOINT "hookbus_sp_1"',
+        'SAVEPOINT "hookbus_sp_2"',
+        "INSERT INTO items VALUES (2)",
+    ]
+    assert len(acquired) == 2
+    assert await ids(pool) == [1, 3]  # the rolled back savepoint undid the row it held
+
+
 async def test_a_precommit_that_writes_begins_the_scope(dsn: str, small_pool: asyncpg.Pool) -> None:
     class Writes(hookbus.Operation):
         async def precommit(self) -> None:

@@ -117,7 +117,7 @@ async def test_the_statements_of_nested_savepoints() -> None:
         with pytest.raises(ValueError):
             async with tx.savepoint():
                 async with tx.savepoint():
-                    pass
+                    await tx.begin()  # a first statement: BEGIN, then the savepoints waiting
                 raise ValueError("undo")
         async with tx.savepoint():
             pass
@@ -246,3 +246,42 @@ async def test_a_timeout_during_a_savepoint_statement_waits_for_its_answer(gated
         assert "RELEASE SAVEPOINT hookbus_sp_1" in backend.memory.statements
     else:
         assert log == ["inner.rollback", "outer.precommit", "outer.postcommit"]
+
+
+async def test_savepoints_before_the_first_statement_send_nothing() -> None:
+    rolled_back: list[str] = []
+
+    class Undone(hookbus.Operation):
+        async def rollback(self) -> None:
+            rolled_back.append("undone")
+
+    async with hookbus.transaction() as tx:
+        with pytest.raises(ValueError):
+            async with tx.savepoint():
+                tx.add(Undone())
+                tx.mark_added(1)
+                async with tx.savepoint():
+                    tx.mark_added(2)
+                raise ValueError("undo")
+        async with tx.savepoint():
+            tx.mark_added(3)
+        assert rolled_back == ["undone"] and tx.operations == ()
+        assert (tx.added(1), tx.added(2), tx.added(3)) == (False, False, True)
+        assert not tx.begun
+    assert tx.backend.statements == []  # type: ignore[attr-defined]
+
+
+async def test_a_waiting_savepoint_that_fails_after_begin_is_never_rolled_back_to() -> None:
+    class LostAtSavepoint(MemoryBackend):
+        async def savepoint(self, name: str) -> None:
+            await super().savepoint(name)
+            raise ConnectionResetError("the connection dropped")
+
+    backend = LostAtSavepoint()
+    async with hookbus.transaction(backend) as tx:
+        with pytest.raises(ConnectionResetError):
+            async with tx.savepoint():
+                tx.mark_added(1)
+                await tx.begin()  # BEGIN, then the savepoint waiting, which fails
+        assert tx.begun and not tx.added(1)
+    assert backend.statements == ["BEGIN", "SAVEPOINT hookbus_sp_1", "COMMIT"]

@@ -270,7 +270,7 @@ def transaction(
     """Open a hookbus transaction scope on a pooled connection (or the one given).
 
     ``async with transaction(pool) as tx:`` begins lazily: at the scope's first statement on
-    ``tx.connection`` (or ``await tx.connect()``, or its first savepoint) it takes a
+    ``tx.connection`` (or ``await tx.connect()``) it takes a
     connection from ``pool`` and sends BEGIN (``isolation``, ``readonly`` and ``deferrable``
     as asyncpg names them); a scope that sends no statement takes no connection and sends
     nothing. At the end of the block it drives the hookbus lifecycle around the real COMMIT
