@@ -218,6 +218,7 @@ async def test_a_savepoint_that_failed_to_begin_leaves_the_outer_one_able_to_end
     log: list[str] = []
     backend = RefusesSecondSavepoint()
     async with hookbus.transaction(backend) as tx:
+        await tx.begin()  # begun: each savepoint sends its SAVEPOINT as it is entered
         async with tx.savepoint():
             tx.add(Recorded(log, "outer"))
             with pytest.raises(ConnectionResetError):

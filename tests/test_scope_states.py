@@ -73,8 +73,7 @@ async def test_a_scope_rolled_back_sends_rollback_memory(ending: str) -> None:
     tx = hookbus.transaction()
     with contextlib.suppress(Boom):
         async with tx:
-            async with tx.savepoint():  # a statement: the transaction has begun by now
-                pass
+            await tx.begin()  # what a first statement does: the transaction has begun
             await _roll_back(tx, log, ending)
     sent = statements(tx)
     assert sent[0] == "BEGIN"
@@ -239,9 +238,10 @@ async def test_a_scope_whose_begin_failed_is_finished() -> None:
     log: list[str] = []
     tx = hookbus.transaction(RefusedBegin())
     with pytest.raises(ConnectionResetError, match="BEGIN"):
-        # The savepoint is a statement: a scope that begins lazily begins there.
-        async with tx, tx.savepoint():
+        # What a first statement does: a scope that begins lazily begins there.
+        async with tx:
             tx.add(Recorded(log, "a"))
+            await tx.begin()
     assert tx.state in (TransactionState.FAILED, TransactionState.ROLLED_BACK)
     assert "a.precommit" not in log and "a.postcommit" not in log
     await _assert_refuses_work(tx)
@@ -256,8 +256,7 @@ async def test_an_unknown_commit_outcome_leaves_the_scope_failed_memory() -> Non
     tx = hookbus.transaction(MemoryBackend(commit_error=lost))
     with pytest.raises(CommitOutcomeUnknownError):
         async with tx:
-            async with tx.savepoint():
-                pass
+            await tx.begin()  # what a first statement does
             tx.add(Recorded(log, "a"))
     assert tx.state is TransactionState.FAILED
     assert log == ["a.precommit"]  # neither postcommit nor rollback: the outcome is unknown
