@@ -23,6 +23,11 @@ from hookbus_asyncpg.testing import (
     drop_database,
 )
 
+# The NATS fixtures (nats_url, nats_client, jetstream, stream), registered here once: a test
+# module that imports _nats before declaring it as a plugin would keep pytest from rewriting
+# its asserts.
+pytest_plugins = ["_nats"]
+
 # The suite's own variable comes first: it creates and force-drops a database per module, so
 # that it can be pointed at another server than the one the demo and benchmarks use.
 TEST_ENV = "HOOKBUS_TEST_DSN"

@@ -34,7 +34,6 @@ from nats.js import JetStreamContext
 
 from hookbus import Bus
 
-pytest_plugins = ["_nats"]  # nats_url, nats_client, jetstream, stream
 PROCESS = Path(__file__).with_name("_relay_process.py")
 
 

@@ -21,8 +21,6 @@ from nats.js import JetStreamContext
 
 from hookbus import Bus
 
-pytest_plugins = ["_nats"]
-
 SECRET = "s3cret-never-shown"
 
 

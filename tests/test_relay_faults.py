@@ -24,8 +24,6 @@ from nats.js import JetStreamContext
 
 from hookbus import Bus
 
-pytest_plugins = ["_nats"]
-
 
 @pytest.fixture
 def bus() -> Bus:
