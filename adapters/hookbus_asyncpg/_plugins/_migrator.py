@@ -39,6 +39,7 @@ from hookbus import (
     parse_version,
 )
 
+from .._transaction._transaction import AsyncpgTransaction, transaction
 from ._fenced_lock import FencedLock
 from ._migration_lock import MigrationLock
 from ._plugin_state import (
@@ -54,7 +55,6 @@ from ._plugin_state import (
 )
 from ._progress import StageRecord
 from ._progress_bar import Progress, open_progress
-from ._transaction import AsyncpgTransaction, transaction
 
 __all__ = ["Migrator", "PlannedStage"]
 
