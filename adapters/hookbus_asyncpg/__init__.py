@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from ._plugins._migration_lock import MigrationLock, MigrationLockTimeout
     from ._plugins._migrator import Migrator, PlannedStage, decide
     from ._plugins._plugin_state import PluginState, PluginStateError
-    from ._plugins._progress import StageProgress
     from ._plugins._progress_bar import Progress, open_progress
+    from ._plugins._stage_records import StageProgress
     from ._servers._embedded import EmbeddedPostgres
     from ._store._entity import Entity
     from ._store._schema import (
@@ -115,7 +115,7 @@ _DEFINED_IN: Final = {
     "RelationType": "._store._schema",
     "Schema": "._store._schema",
     "SchemaMismatchError": "._store._schema",
-    "StageProgress": "._plugins._progress",
+    "StageProgress": "._plugins._stage_records",
     "Store": "._store._store",
     "TransactionOptions": "._transaction._options",
     "UnknownNameError": "._store._schema",

@@ -44,7 +44,7 @@ from ._plugin_state import (
     read_states,
     write_state,
 )
-from ._progress import StageProgress, read_progress, skipped_stages
+from ._stage_records import StageProgress, read_progress, skipped_stages
 
 __all__ = ["PluginManager", "PluginStateError", "PluginStatus"]
 

@@ -53,8 +53,8 @@ from ._plugin_state import (
     read_states,
     write_state,
 )
-from ._progress import StageRecord
 from ._progress_bar import Progress, open_progress
+from ._stage_records import StageRecord
 
 __all__ = ["Migrator", "PlannedStage"]
 
