@@ -52,7 +52,7 @@ class _Quiet:
 
 async def stages(pool: asyncpg.Pool) -> dict[str, StageProgress]:
     async with pool.acquire() as conn:
-        from hookbus_asyncpg._progress import read_progress
+        from hookbus_asyncpg._plugins._stage_records import read_progress
 
         return {s.stage: s for s in await read_progress(conn, "p")}
 

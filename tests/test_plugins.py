@@ -403,7 +403,7 @@ def test_the_plugin_migration_example_runs_as_written(server: str) -> None:
 
 
 async def test_a_plugin_state_moves_only_as_its_state_machine_allows(db: asyncpg.Pool) -> None:
-    from hookbus_asyncpg._plugin_state import write_state
+    from hookbus_asyncpg._plugins._plugin_state import write_state
 
     await PluginManager(db, PluginSet(Bus(), [Plugin("crm", "1.0")])).install()
     async with db.acquire() as conn:

@@ -75,9 +75,9 @@ GUARDS: dict[str, list[str]] = {
     "hookbus/_shield.py": _SCOPE,
     "hookbus/_operations.py": _SCOPE,
     "hookbus/_backend.py": _SCOPE,
-    "adapters/hookbus_asyncpg/_transaction.py": _ASYNCPG_SCOPE,
-    "adapters/hookbus_asyncpg/_backend.py": _ASYNCPG_SCOPE,
-    "adapters/hookbus_asyncpg/_outcome.py": _ASYNCPG_SCOPE,
+    "adapters/hookbus_asyncpg/_transaction/_transaction.py": _ASYNCPG_SCOPE,
+    "adapters/hookbus_asyncpg/_transaction/_backend.py": _ASYNCPG_SCOPE,
+    "adapters/hookbus_asyncpg/_transaction/_outcome.py": _ASYNCPG_SCOPE,
     "hookbus/_control.py": _DISPATCH,
     "hookbus/_index.py": _DISPATCH,
     "hookbus/_selectors.py": _DISPATCH,
@@ -179,9 +179,9 @@ def copy_tree(workdir: Path) -> None:
 def lift_adapters(workdir: Path) -> list[str]:
     """Move the adapters' packages to the top of the copy; return every package's folder.
 
-    mutmut names a module after its path (``adapters.hookbus_asyncpg._outcome``) where the
-    tests import ``hookbus_asyncpg._outcome`` (pytest's ``pythonpath`` has ``adapters``): at
-    the top, the two agree, and ``.``, first on that path, finds them there.
+    mutmut names a module after its path (``adapters.hookbus_asyncpg._transaction._outcome``)
+    where the tests import ``hookbus_asyncpg._transaction._outcome`` (pytest's ``pythonpath``
+    has ``adapters``): at the top, the two agree, and ``.``, first on that path, finds them there.
     """
     packages = ["hookbus"]
     for package in sorted((workdir / "adapters").iterdir()):

@@ -15,23 +15,20 @@ import importlib
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from ._backend import AsyncpgBackend
-    from ._embedded import EmbeddedPostgres
-    from ._entity import Entity
-    from ._fenced_lock import FencedLock, LockHolder, LockLostError, LockTimeoutError
-    from ._hook_runs import ErrorRecord, HookRun
-    from ._installer import PluginManager, PluginStatus
-    from ._lazy import LazyConnection
-    from ._migration_lock import MigrationLock, MigrationLockTimeout
-    from ._migrator import Migrator, PlannedStage, decide
-    from ._options import TransactionOptions
-    from ._outbox import Outbox
-    from ._outbox_table import OUTBOX_CHANNEL, outbox_plugin
-    from ._outbox_wire import WIRE_VERSION, EntityMessage, RelationMessage, wire_type
-    from ._plugin_state import PluginState, PluginStateError
-    from ._progress import StageProgress
-    from ._progress_bar import Progress, open_progress
-    from ._schema import (
+    from ._outbox._outbox import Outbox
+    from ._outbox._outbox_table import OUTBOX_CHANNEL, outbox_plugin
+    from ._outbox._outbox_wire import WIRE_VERSION, EntityMessage, RelationMessage, wire_type
+    from ._plugins._fenced_lock import FencedLock, LockHolder, LockLostError, LockTimeoutError
+    from ._plugins._hook_runs import ErrorRecord, HookRun
+    from ._plugins._installer import PluginManager, PluginStatus
+    from ._plugins._migration_lock import MigrationLock, MigrationLockTimeout
+    from ._plugins._migrator import Migrator, PlannedStage, decide
+    from ._plugins._plugin_state import PluginState, PluginStateError
+    from ._plugins._progress_bar import Progress, open_progress
+    from ._plugins._stage_records import StageProgress
+    from ._servers._embedded import EmbeddedPostgres
+    from ._store._entity import Entity
+    from ._store._schema import (
         Attribute,
         EntityType,
         RelationType,
@@ -39,8 +36,11 @@ if TYPE_CHECKING:
         SchemaMismatchError,
         UnknownNameError,
     )
-    from ._store import Store
-    from ._transaction import AsyncpgTransaction, transaction
+    from ._store._store import Store
+    from ._transaction._backend import AsyncpgBackend
+    from ._transaction._lazy import LazyConnection
+    from ._transaction._options import TransactionOptions
+    from ._transaction._transaction import AsyncpgTransaction, transaction
 
 __all__ = [
     "AsyncpgBackend",
@@ -86,45 +86,45 @@ __all__ = [
 
 # Where each public name is defined (the imports above, for type checkers, say the same).
 _DEFINED_IN: Final = {
-    "AsyncpgBackend": "._backend",
-    "AsyncpgTransaction": "._transaction",
-    "Attribute": "._schema",
-    "EmbeddedPostgres": "._embedded",
-    "Entity": "._entity",
-    "EntityMessage": "._outbox_wire",
-    "EntityType": "._schema",
-    "ErrorRecord": "._hook_runs",
-    "FencedLock": "._fenced_lock",
-    "HookRun": "._hook_runs",
-    "LazyConnection": "._lazy",
-    "LockHolder": "._fenced_lock",
-    "LockLostError": "._fenced_lock",
-    "LockTimeoutError": "._fenced_lock",
-    "MigrationLock": "._migration_lock",
-    "MigrationLockTimeout": "._migration_lock",
-    "Migrator": "._migrator",
-    "OUTBOX_CHANNEL": "._outbox_table",
-    "Outbox": "._outbox",
-    "PlannedStage": "._migrator",
-    "PluginManager": "._installer",
-    "PluginState": "._plugin_state",
-    "PluginStateError": "._plugin_state",
-    "PluginStatus": "._installer",
-    "Progress": "._progress_bar",
-    "RelationMessage": "._outbox_wire",
-    "RelationType": "._schema",
-    "Schema": "._schema",
-    "SchemaMismatchError": "._schema",
-    "StageProgress": "._progress",
-    "Store": "._store",
-    "TransactionOptions": "._options",
-    "UnknownNameError": "._schema",
-    "WIRE_VERSION": "._outbox_wire",
-    "decide": "._migrator",
-    "open_progress": "._progress_bar",
-    "outbox_plugin": "._outbox_table",
-    "transaction": "._transaction",
-    "wire_type": "._outbox_wire",
+    "AsyncpgBackend": "._transaction._backend",
+    "AsyncpgTransaction": "._transaction._transaction",
+    "Attribute": "._store._schema",
+    "EmbeddedPostgres": "._servers._embedded",
+    "Entity": "._store._entity",
+    "EntityMessage": "._outbox._outbox_wire",
+    "EntityType": "._store._schema",
+    "ErrorRecord": "._plugins._hook_runs",
+    "FencedLock": "._plugins._fenced_lock",
+    "HookRun": "._plugins._hook_runs",
+    "LazyConnection": "._transaction._lazy",
+    "LockHolder": "._plugins._fenced_lock",
+    "LockLostError": "._plugins._fenced_lock",
+    "LockTimeoutError": "._plugins._fenced_lock",
+    "MigrationLock": "._plugins._migration_lock",
+    "MigrationLockTimeout": "._plugins._migration_lock",
+    "Migrator": "._plugins._migrator",
+    "OUTBOX_CHANNEL": "._outbox._outbox_table",
+    "Outbox": "._outbox._outbox",
+    "PlannedStage": "._plugins._migrator",
+    "PluginManager": "._plugins._installer",
+    "PluginState": "._plugins._plugin_state",
+    "PluginStateError": "._plugins._plugin_state",
+    "PluginStatus": "._plugins._installer",
+    "Progress": "._plugins._progress_bar",
+    "RelationMessage": "._outbox._outbox_wire",
+    "RelationType": "._store._schema",
+    "Schema": "._store._schema",
+    "SchemaMismatchError": "._store._schema",
+    "StageProgress": "._plugins._stage_records",
+    "Store": "._store._store",
+    "TransactionOptions": "._transaction._options",
+    "UnknownNameError": "._store._schema",
+    "WIRE_VERSION": "._outbox._outbox_wire",
+    "decide": "._plugins._migrator",
+    "open_progress": "._plugins._progress_bar",
+    "outbox_plugin": "._outbox._outbox_table",
+    "transaction": "._transaction._transaction",
+    "wire_type": "._outbox._outbox_wire",
 }
 
 if not TYPE_CHECKING:  # a type checker sees the imports, and no catch-all attribute

@@ -20,8 +20,8 @@ import asyncpg
 from hookbus import HookbusError, MigrationError, PluginError
 from hookbus.cli import CommandError, ExitStatus, hide_password
 
-from ._migration_lock import MigrationLockTimeout
-from ._plugin_state import PluginStateError
+from ._plugins._migration_lock import MigrationLockTimeout
+from ._plugins._plugin_state import PluginStateError
 
 __all__ = ["CONNECT_TIMEOUT", "check_dsn", "connecting", "one_line", "working"]
 

@@ -35,8 +35,8 @@ from typing import Any, Final, TypeVar, cast
 import asyncpg
 import pytest
 
-from ._rollback_mode import RolledBackDatabase, rolled_back
-from ._transaction import AsyncpgTransaction, transaction
+from ._transaction._rollback_mode import RolledBackDatabase, rolled_back
+from ._transaction._transaction import AsyncpgTransaction, transaction
 from .testing import (
     EMBEDDED,
     ServerUnavailableError,

@@ -38,7 +38,7 @@ import asyncpg
 
 from hookbus.cli import hide_password
 
-from ._embedded import EmbeddedPostgres
+from ._servers._embedded import EmbeddedPostgres
 
 __all__ = [
     "EMBEDDED",

@@ -17,21 +17,21 @@ from hookbus import Edited, EntityEvent
 from ._action import act
 from ._entity import entity_of
 from ._insert import recheck
-from ._session import Session, stoppable
+from ._scoped import ScopedStore, stoppable
 
 __all__ = ["update"]
 
 
 @stoppable(False)
-async def update(session: Session, eid: int, attrs: dict[str, Any]) -> bool:
+async def update(scoped: ScopedStore, eid: int, attrs: dict[str, Any]) -> bool:
     """Change ``attrs`` of ``eid`` (prechecked); ``False`` if cancelled or nothing is left."""
-    kind = await session.kind_of(eid)
+    kind = await scoped.kind_of(eid)
     kind.check(attrs, eid, adding=False, required=False)
-    statements = session.catalog.entity_sql[kind.name]
-    old = await session.run(statements.select_for_update, (eid,))
+    statements = scoped.catalog.entity_sql[kind.name]
+    old = await scoped.run(statements.select_for_update, (eid,))
     if not old:
-        raise session.gone(eid)
-    tx, etype = session.tx, kind.name
+        raise scoped.gone(eid)
+    tx, etype = scoped.tx, kind.name
     entity = entity_of(kind, old[0])
     edited = Edited(attrs, old=entity)
 
@@ -41,13 +41,13 @@ async def update(session: Session, eid: int, attrs: dict[str, Any]) -> bool:
         recheck(kind, edited, eid, "before_update_entity", adding=False)
         sql = statements.update(tuple(edited))
         try:
-            rows = await session.run(sql, (eid, *edited.values()))
+            rows = await scoped.run(sql, (eid, *edited.values()))
         except asyncpg.UniqueViolationError as exc:
-            raise session.catalog.unique_error(exc, eid, edited) from exc
+            raise scoped.catalog.unique_error(exc, eid, edited) from exc
         if not rows:
-            raise session.gone(eid, ": a before_update_entity hook deleted it, nothing to update")
+            raise scoped.gone(eid, ": a before_update_entity hook deleted it, nothing to update")
         after = entity_of(kind, rows[0])
         return EntityEvent("after_update_entity", etype, eid, edited.readonly(), after, tx)
 
     before = EntityEvent("before_update_entity", etype, eid, edited, entity, tx)
-    return await act(session, before, write)
+    return await act(scoped, before, write)

@@ -16,7 +16,7 @@ from typing import Any
 
 from hookbus import EntityEvent, RelationEvent
 
-from ._session import Session, Stopped
+from ._scoped import ScopedStore, Stopped
 
 __all__ = ["Payload", "act"]
 
@@ -24,7 +24,7 @@ Payload = EntityEvent | RelationEvent
 
 
 async def act(
-    session: Session,
+    scoped: ScopedStore,
     before: Payload,
     write: Callable[[], Awaitable[Payload | None]],
     *,
@@ -37,30 +37,30 @@ async def act(
     deleted is unmarked, and ``Stopped`` goes on to the action's runner (``stoppable``).
     Returns whether the action happened.
     """
-    tx = session.tx
+    tx = scoped.tx
     was_marked = False
     try:
         if deleting is not None:
             was_marked = tx.deleted(deleting)
             tx.mark_deleted(deleting)
-        emit = session.emit
+        emit = scoped.emit
         if await emit(before.event, before) is None:
             after = await write()
             if after is not None:
                 await emit(after.event, after)
                 return True
-        _cancelled(session, deleting, was_marked)
+        _cancelled(scoped, deleting, was_marked)
         return False
     except Stopped:
-        _cancelled(session, deleting, was_marked)
+        _cancelled(scoped, deleting, was_marked)
         raise
     except Exception as exc:
-        session.doom(exc)
+        scoped.doom(exc)
         raise
 
 
-def _cancelled(session: Session, deleting: Any, was_marked: bool) -> None:
+def _cancelled(scoped: ScopedStore, deleting: Any, was_marked: bool) -> None:
     # A delete of the same entity run by a hook meanwhile (deleted_here) did delete it: it
     # stays marked then.
-    if deleting is not None and not was_marked and deleting not in session.deleted_here:
-        session.unmark_deleted(deleting)
+    if deleting is not None and not was_marked and deleting not in scoped.deleted_here:
+        scoped.unmark_deleted(deleting)

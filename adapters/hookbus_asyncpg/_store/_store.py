@@ -9,7 +9,7 @@ statement. An error from a hook or a statement propagates, and dooms the scope
 (``tx.doom``): a half-done action is never committed.
 
 The pieces: ``Catalog`` (what the schema gives, built once), ``Databases`` (what is known
-of each database), a ``Session`` per scope handed to the action modules (``_insert``,
+of each database), a ``ScopedStore`` per scope handed to the action modules (``_insert``,
 ``_update``, ``_delete``, ``_relate``, ``_reads``).
 """
 
@@ -33,7 +33,7 @@ from ._catalog import Catalog
 from ._database import Databases
 from ._entity import Entity
 from ._schema import Schema, UnknownNameError
-from ._session import Session
+from ._scoped import ScopedStore
 from ._tables import create_tables
 from ._values import check_eid
 
@@ -103,24 +103,24 @@ class Store:
             self._databases.forget_connections()
         return created
 
-    async def _session(self) -> Session:
-        """The store's session in the current scope, made on its first action there."""
+    async def _scoped(self) -> ScopedStore:
+        """This store in the current scope (its ``ScopedStore``), made on its first action there."""
         try:
             tx = current_transaction()
         except TransactionStateError:
             raise TransactionStateError(f"no transaction scope is open here: {_NO_SCOPE}") from None
-        session: Session | None = tx.data.get(self._key)
-        if session is None:
+        scoped: ScopedStore | None = tx.data.get(self._key)
+        if scoped is None:
             connect = getattr(tx, "connect", None)
             if connect is None:
                 raise TransactionStateError(f"this scope has no PostgreSQL connection: {_NO_SCOPE}")
             conn = await connect()  # the scope begins lazily: its first action begins it
             db = await self._databases.of(conn)
-            session = tx.data[self._key] = Session(
+            scoped = tx.data[self._key] = ScopedStore(
                 tx, conn, self._databases, db, self._catalog, self._bus.emit, self._key
             )
-            session.hooks_for = self._bus.hooks_for
-        return session
+            scoped.hooks_for = self._bus.hooks_for
+        return scoped
 
     # -- entities ---------------------------------------------------------------------------
 
@@ -133,7 +133,7 @@ class Store:
         kind = self._schema.entity(etype)
         kind.check(attrs, adding=True, required=False)
         edited = Edited(kind.with_defaults(attrs))
-        return await _insert.insert(await self._session(), kind, edited)
+        return await _insert.insert(await self._scoped(), kind, edited)
 
     async def insert_many(
         self,
@@ -165,18 +165,18 @@ class Store:
                 exc.add_note(f"in row {index} of insert_many({etype!r}); nothing was inserted")
                 raise
             pending.append(Edited(values if whole else kind.with_defaults(values)))
-        session = await self._session()
+        scoped = await self._scoped()
         total = len(pending)
         if total == 0:
             return []
-        eids = await _insert.take_eids(session, total)
+        eids = await _insert.take_eids(scoped, total)
         if eids is None:
             return [None] * total
         result: list[int | None] = []
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
             result += await _insert.insert_batch(
-                session, kind, eids[start:stop], pending[start:stop], checked=whole
+                scoped, kind, eids[start:stop], pending[start:stop], checked=whole
             )
             if progress is not None:
                 progress(stop, total)
@@ -193,7 +193,7 @@ class Store:
             raise ValueError(f"update({eid!r}) names no attribute to change")
         _eid(eid)
         self._catalog.precheck(eid, attrs)
-        return await _update.update(await self._session(), eid, attrs)
+        return await _update.update(await self._scoped(), eid, attrs)
 
     async def delete(self, eid: int, /) -> bool:
         """Delete an entity and its relations; ``False`` if a before-hook cancelled it.
@@ -207,7 +207,7 @@ class Store:
         unless it is deleted in the same transaction.
         """
         _eid(eid)
-        return await _delete.delete(await self._session(), eid)
+        return await _delete.delete(await self._scoped(), eid)
 
     # -- relations --------------------------------------------------------------------------
 
@@ -218,7 +218,7 @@ class Store:
         would give a side marked ``1`` or ``?`` a second partner, is a ``ValidationError``.
         """
         relation = self._schema.relation(rtype)
-        return await _relate.add_relation(await self._session(), relation, eidfrom, eidto)
+        return await _relate.add_relation(await self._scoped(), relation, eidfrom, eidto)
 
     async def delete_relation(self, eidfrom: int, rtype: str, eidto: int) -> bool:
         """Remove the relation ``rtype`` from ``eidfrom`` to ``eidto``.
@@ -228,7 +228,7 @@ class Store:
         before COMMIT.
         """
         relation = self._schema.relation(rtype)
-        return await _relate.delete_relation(await self._session(), relation, eidfrom, eidto)
+        return await _relate.delete_relation(await self._scoped(), relation, eidfrom, eidto)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -238,7 +238,7 @@ class Store:
         ``LookupError`` too when a load hook skipped it (``Break`` without a value).
         """
         _eid(eid)
-        return await _reads.get(await self._session(), eid)
+        return await _reads.get(await self._scoped(), eid)
 
     async def related(self, eid: int, rtype: str, role: str = "subject") -> list[Any]:
         """The entities related to ``eid`` by ``rtype``, by eid.
@@ -250,8 +250,8 @@ class Store:
         if role not in _ROLES:
             raise ValueError(f"role is 'subject' or 'object', not {role!r}")
         _eid(eid)
-        session = await self._session()
-        return await _reads.related(session, eid, relation, role == "subject")
+        scoped = await self._scoped()
+        return await _reads.related(scoped, eid, relation, role == "subject")
 
     async def load(self, etype: str, /, **filters: Any) -> list[Any]:
         """The entities of ``etype`` whose attributes equal ``filters`` (``None``: IS NULL)."""
@@ -267,7 +267,7 @@ class Store:
             tests.append((attr, value is None))
             if value is not None:
                 args.append(value)
-        return await _reads.load(await self._session(), kind, tuple(tests), tuple(args))
+        return await _reads.load(await self._scoped(), kind, tuple(tests), tuple(args))
 
 
 def _eid(eid: Any) -> None:

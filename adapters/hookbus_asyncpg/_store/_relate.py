@@ -14,53 +14,55 @@ from hookbus import RelationEvent
 from ._action import act
 from ._mandatory import note_unlinked
 from ._schema import RelationType
-from ._session import Session, stoppable
+from ._scoped import ScopedStore, stoppable
 
 __all__ = ["add_relation", "delete_relation"]
 
 
 @stoppable(False)
-async def add_relation(session: Session, relation: RelationType, eidfrom: int, eidto: int) -> bool:
+async def add_relation(
+    scoped: ScopedStore, relation: RelationType, eidfrom: int, eidto: int
+) -> bool:
     """Relate ``eidfrom`` to ``eidto``; ``False`` if a hook cancelled it."""
-    await session.fit(relation, eidfrom, eidto)
-    rtype, tx = relation.name, session.tx
+    await scoped.fit(relation, eidfrom, eidto)
+    rtype, tx = relation.name, scoped.tx
 
     async def write() -> RelationEvent | None:
         try:
-            rows = await session.run(session.catalog.relation_sql[rtype].insert, (eidfrom, eidto))
+            rows = await scoped.run(scoped.catalog.relation_sql[rtype].insert, (eidfrom, eidto))
         except asyncpg.UniqueViolationError as exc:
-            raise session.catalog.unique_error(exc, eidfrom, None, eidto) from exc
+            raise scoped.catalog.unique_error(exc, eidfrom, None, eidto) from exc
         except asyncpg.ForeignKeyViolationError as exc:
             raise LookupError(f"{rtype}: entity {eidfrom} or {eidto} no longer exists") from exc
-        if session.xid is None:
-            session.wrote(rows[0][1])
+        if scoped.xid is None:
+            scoped.wrote(rows[0][1])
         return RelationEvent("after_add_relation", rtype, eidfrom, eidto, tx)
 
     before = RelationEvent("before_add_relation", rtype, eidfrom, eidto, tx)
-    return await act(session, before, write)
+    return await act(scoped, before, write)
 
 
 @stoppable(False)
 async def delete_relation(
-    session: Session, relation: RelationType, eidfrom: int, eidto: int
+    scoped: ScopedStore, relation: RelationType, eidfrom: int, eidto: int
 ) -> bool:
     """Remove the relation; ``False`` if cancelled, ``LookupError`` if there is none.
 
     ``False`` too when a before hook removed it itself (its own events fired then).
     """
-    await session.fit(relation, eidfrom, eidto)
-    rtype, tx = relation.name, session.tx
-    statements = session.catalog.relation_sql[rtype]
-    found = await session.run(statements.check, (eidfrom, eidto))
+    await scoped.fit(relation, eidfrom, eidto)
+    rtype, tx = relation.name, scoped.tx
+    statements = scoped.catalog.relation_sql[rtype]
+    found = await scoped.run(statements.check, (eidfrom, eidto))
     if not found:
         raise LookupError(f"no relation {eidfrom} {rtype} {eidto}")
 
     async def write() -> RelationEvent | None:
-        rows = await session.run(statements.delete, (eidfrom, eidto))
+        rows = await scoped.run(statements.delete, (eidfrom, eidto))
         if not rows:  # deleted by a before hook (which fired the events)
             return None
-        note_unlinked(session, relation, ((eidfrom, eidto),))
+        note_unlinked(scoped, relation, ((eidfrom, eidto),))
         return RelationEvent("after_delete_relation", rtype, eidfrom, eidto, tx)
 
     before = RelationEvent("before_delete_relation", rtype, eidfrom, eidto, tx)
-    return await act(session, before, write)
+    return await act(scoped, before, write)

@@ -34,9 +34,9 @@ from hookbus import (
     UnknownEventError,
 )
 
+from .._transaction._transaction import AsyncpgTransaction
 from ._outbox_table import NOTIFY_CHANNEL
 from ._outbox_wire import encode_payload
-from ._transaction import AsyncpgTransaction
 
 __all__ = ["Outbox", "check_subject"]
 

@@ -39,6 +39,7 @@ from hookbus import (
     parse_version,
 )
 
+from .._transaction._transaction import AsyncpgTransaction, transaction
 from ._fenced_lock import FencedLock
 from ._migration_lock import MigrationLock
 from ._plugin_state import (
@@ -52,9 +53,8 @@ from ._plugin_state import (
     read_states,
     write_state,
 )
-from ._progress import StageRecord
 from ._progress_bar import Progress, open_progress
-from ._transaction import AsyncpgTransaction, transaction
+from ._stage_records import StageRecord
 
 __all__ = ["Migrator", "PlannedStage"]
 

@@ -23,7 +23,7 @@ from hookbus.testing import postcommit_errors
 
 from ._backend import Connection
 from ._options import TransactionOptions
-from ._test_backend import SavepointBackend
+from ._savepoint_backend import SavepointBackend
 from ._transaction import AsyncpgTransaction, stand_in
 
 __all__ = ["RolledBackDatabase", "rolled_back"]

@@ -14,28 +14,28 @@ from hookbus import Break, LoadEvent, ValidationError
 
 from ._entity import Entity, entity_of
 from ._schema import EntityType, RelationType
-from ._session import Session, Stopped
+from ._scoped import ScopedStore, Stopped
 
 __all__ = ["get", "load", "related"]
 
 
-async def get(session: Session, eid: int) -> Entity:
+async def get(scoped: ScopedStore, eid: int) -> Entity:
     """The entity ``eid``; ``LookupError`` if there is none or a load hook skipped it."""
     try:
-        kind = await session.kind_of(eid)
+        kind = await scoped.kind_of(eid)
     except Stopped:
         raise LookupError(f"entity {eid}: a before_query hook cancelled the lookup") from None
-    tx, emit = session.tx, session.emit
+    tx, emit = scoped.tx, scoped.emit
     broken = await emit("before_load", LoadEvent("before_load", kind.name, eid, None, tx))
     if broken is not None:
         served: Entity = _served(broken, eid)
         return served
     try:
-        rows = await session.run(session.catalog.entity_sql[kind.name].select, (eid,))
+        rows = await scoped.run(scoped.catalog.entity_sql[kind.name].select, (eid,))
     except Stopped:
         raise LookupError(f"entity {eid}: a before_query hook cancelled the read") from None
     if not rows:
-        raise session.gone(eid)
+        raise scoped.gone(eid)
     entity = entity_of(kind, rows[0])
     broken = await emit("after_load", LoadEvent("after_load", kind.name, eid, entity, tx))
     if broken is not None:
@@ -45,11 +45,11 @@ async def get(session: Session, eid: int) -> Entity:
 
 
 async def related(
-    session: Session, eid: int, relation: RelationType, as_subject: bool
+    scoped: ScopedStore, eid: int, relation: RelationType, as_subject: bool
 ) -> list[Any]:
     """The entities related to ``eid`` (the subject when ``as_subject``) by ``relation``."""
     try:
-        kind = await session.kind_of(eid)
+        kind = await scoped.kind_of(eid)
     except Stopped:
         return []
     rtype = relation.name
@@ -59,31 +59,34 @@ async def related(
         raise ValidationError(
             eid, {rtype: f"the {role} of {rtype} is a {expected}; {eid} is a {kind.name}"}
         )
-    statements = session.catalog.relation_sql[rtype]
-    other = session.catalog.schema.entity(relation.object if as_subject else relation.subject)
+    statements = scoped.catalog.relation_sql[rtype]
+    other = scoped.catalog.schema.entity(relation.object if as_subject else relation.subject)
     sql = statements.objects if as_subject else statements.subjects
-    return await load_rows(session, other, sql, (eid,))
+    return await load_rows(scoped, other, sql, (eid,))
 
 
 async def load(
-    session: Session, kind: EntityType, tests: tuple[tuple[str, bool], ...], args: tuple[Any, ...]
+    scoped: ScopedStore,
+    kind: EntityType,
+    tests: tuple[tuple[str, bool], ...],
+    args: tuple[Any, ...],
 ) -> list[Any]:
     """The entities of ``kind`` passing ``tests`` (checked filters)."""
-    sql = session.catalog.entity_sql[kind.name].load(tests)
-    return await load_rows(session, kind, sql, args)
+    sql = scoped.catalog.entity_sql[kind.name].load(tests)
+    return await load_rows(scoped, kind, sql, args)
 
 
 async def load_rows(
-    session: Session, kind: EntityType, sql: str, args: tuple[Any, ...]
+    scoped: ScopedStore, kind: EntityType, sql: str, args: tuple[Any, ...]
 ) -> list[Any]:
     """Run ``sql`` and load each row through the load hooks."""
     try:
-        rows = await session.run(sql, args)
+        rows = await scoped.run(sql, args)
     except Stopped:
         return []
     if not rows:
         return []
-    tx, etype, emit, db = session.tx, kind.name, session.emit, session.db
+    tx, etype, emit, db = scoped.tx, kind.name, scoped.emit, scoped.db
     loaded: list[Any] = []
     for record in rows:
         eid = record[0]

@@ -21,27 +21,27 @@ from hookbus import Edited, EntityEvent, RelationEvent
 from ._action import act
 from ._entity import entity_of
 from ._mandatory import note_unlinked
-from ._session import Session, Statement, stoppable
+from ._scoped import ScopedStore, Statement, stoppable
 from ._statements import DELETE_ENTITY
 
 __all__ = ["delete"]
 
 
 @stoppable(False)
-async def delete(session: Session, eid: int) -> bool:
+async def delete(scoped: ScopedStore, eid: int) -> bool:
     """Delete ``eid`` and its relations; ``False`` if cancelled or already gone."""
-    kind = await session.kind_of(eid)
-    catalog = session.catalog
-    old = await session.run(catalog.entity_sql[kind.name].select_for_delete, (eid,))
+    kind = await scoped.kind_of(eid)
+    catalog = scoped.catalog
+    old = await scoped.run(catalog.entity_sql[kind.name].select_for_delete, (eid,))
     if not old:
-        raise session.gone(eid)
-    tx, emit = session.tx, session.emit
-    session.deleted_here.discard(eid)  # the row is there: an earlier delete was undone
+        raise scoped.gone(eid)
+    tx, emit = scoped.tx, scoped.emit
+    scoped.deleted_here.discard(eid)  # the row is there: an earlier delete was undone
 
     async def write() -> EntityEvent | None:
         found: list[tuple[str, list[Any]]] = []  # (rtype, its rows), relation types with rows
         for rtype in catalog.relations_of[kind.name]:
-            rows = await session.run(catalog.relation_sql[rtype].touching, (eid,))
+            rows = await scoped.run(catalog.relation_sql[rtype].touching, (eid,))
             if rows:
                 found.append((rtype, rows))
         for rtype, rows in found:
@@ -53,18 +53,18 @@ async def delete(session: Session, eid: int) -> bool:
             (catalog.relation_sql[rtype].delete_touching, (eid,)) for rtype, _ in found
         ]
         writes.append((DELETE_ENTITY, (eid,)))
-        await session.announce(writes)
+        await scoped.announce(writes)
         for (rtype, _), statement in zip(found, writes[:-1], strict=True):
-            removed = await session.run_announced(statement)
-            note_unlinked(session, catalog.relation(rtype), removed)
+            removed = await scoped.run_announced(statement)
+            note_unlinked(scoped, catalog.relation(rtype), removed)
             for eidfrom, eidto in removed:
                 unlinked = RelationEvent("after_delete_relation", rtype, eidfrom, eidto, tx)
                 await emit("after_delete_relation", unlinked)
-        if not await session.run_announced(writes[-1]):
+        if not await scoped.run_announced(writes[-1]):
             return None  # a before hook deleted it already (and fired the after-hooks)
-        session.deleted_here.add(eid)
+        scoped.deleted_here.add(eid)
         return EntityEvent("after_delete_entity", kind.name, eid, edited.readonly(), entity, tx)
 
     entity, edited = entity_of(kind, old[0]), Edited()
     before = EntityEvent("before_delete_entity", kind.name, eid, edited, entity, tx)
-    return await act(session, before, write, deleting=eid)
+    return await act(scoped, before, write, deleting=eid)

@@ -25,7 +25,7 @@ from hookbus import Savepoint, Transaction, TransactionState, TransactionStateEr
 from ._backend import AsyncpgBackend, Connection
 from ._lazy import LazyConnection
 from ._options import DEFAULT, Isolation, TransactionOptions
-from ._test_backend import SavepointBackend
+from ._savepoint_backend import SavepointBackend
 
 __all__ = ["AsyncpgTransaction", "transaction"]
 

@@ -1,6 +1,6 @@
 """One transaction scope's view of a store: what every action of the store is handed.
 
-A :class:`Session` is made the first time a store acts in a scope and kept in the scope's
+A :class:`ScopedStore` is made the first time a store acts in a scope and kept in the scope's
 ``data``: the scope, its connection, the data that connection works on (``Database``), the
 store's :class:`Catalog` and its bus's ``emit``. It runs the statements, each between its
 ``before_query`` and ``after_query`` events (the one statement runner: ``run`` for one,
@@ -33,7 +33,7 @@ from ._schema import EID_SEQUENCE, EntityType, RelationType, SchemaMismatchError
 from ._statements import LOOKUP_ETYPES
 from ._values import check_eid
 
-__all__ = ["Copy", "Session", "Statement", "Stopped", "stoppable"]
+__all__ = ["Copy", "ScopedStore", "Statement", "Stopped", "stoppable"]
 
 Emit = Callable[[str, Any], Awaitable[Any]]
 _P = ParamSpec("_P")
@@ -79,12 +79,12 @@ class Copy:
         self.columns = list(columns)
 
 
-#: A statement for :meth:`Session.announce`: ``(sql, args)`` or a :class:`Copy`.
+#: A statement for :meth:`ScopedStore.announce`: ``(sql, args)`` or a :class:`Copy`.
 Statement = tuple[str, tuple[Any, ...]] | Copy
 
 
 @final
-class Session:
+class ScopedStore:
     """A store's state in one transaction scope, handed to each of its actions."""
 
     __slots__ = (

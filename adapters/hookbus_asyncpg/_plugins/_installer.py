@@ -25,6 +25,7 @@ import msgspec
 
 from hookbus import HookInfo, Migration, Plugin, PluginSet, StageContext, parse_version
 
+from .._transaction._transaction import AsyncpgTransaction, transaction
 from ._hook_runs import (
     ErrorRecord,
     HookName,
@@ -43,8 +44,7 @@ from ._plugin_state import (
     read_states,
     write_state,
 )
-from ._progress import StageProgress, read_progress, skipped_stages
-from ._transaction import AsyncpgTransaction, transaction
+from ._stage_records import StageProgress, read_progress, skipped_stages
 
 __all__ = ["PluginManager", "PluginStateError", "PluginStatus"]
 

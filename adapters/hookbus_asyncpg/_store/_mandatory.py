@@ -18,7 +18,7 @@ from typing import Any, final
 from hookbus import LateOperation, ValidationError
 
 from ._schema import RelationType
-from ._session import Session, Stopped
+from ._scoped import ScopedStore, Stopped
 
 __all__ = ["CheckMandatory", "note_added", "note_unlinked"]
 
@@ -30,27 +30,27 @@ class CheckMandatory(LateOperation):
     ``values`` are ``(rtype, as_subject, eid)``.
     """
 
-    __slots__ = ("session",)
+    __slots__ = ("scoped",)
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, scoped: ScopedStore) -> None:
         super().__init__()
-        self.session = session
+        self.scoped = scoped
 
     async def precommit(self) -> None:
-        session = self.session
+        scoped = self.scoped
         groups: dict[tuple[str, bool], list[int]] = {}
         for rtype, as_subject, eid in self.values:
-            if not session.tx.deleted(eid):
+            if not scoped.tx.deleted(eid):
                 groups.setdefault((rtype, as_subject), []).append(eid)
         for (rtype, as_subject), eids in sorted(groups.items()):
-            statements = session.catalog.relation_sql[rtype]
+            statements = scoped.catalog.relation_sql[rtype]
             sql = statements.missing_object if as_subject else statements.missing_subject
             try:
-                rows = await session.run(sql, (sorted(eids),))
+                rows = await scoped.run(sql, (sorted(eids),))
             except Stopped:
                 continue  # a before_query hook stopped the check: it did not run
             if rows:
-                raise _lacking(session.catalog.relation(rtype), as_subject, rows)
+                raise _lacking(scoped.catalog.relation(rtype), as_subject, rows)
 
 
 def _lacking(relation: RelationType, as_subject: bool, rows: Iterable[Any]) -> ValidationError:
@@ -66,26 +66,26 @@ def _lacking(relation: RelationType, as_subject: bool, rows: Iterable[Any]) -> V
     )
 
 
-def _note(session: Session, rtype: str, as_subject: bool, eid: int) -> None:
-    factory = session.check_factory
-    if factory is None:  # one factory per session: accumulate() knows a key's by identity
-        factory = session.check_factory = functools.partial(CheckMandatory, session)
-    session.tx.accumulate((session.key, "mandatory"), (rtype, as_subject, eid), factory)
+def _note(scoped: ScopedStore, rtype: str, as_subject: bool, eid: int) -> None:
+    factory = scoped.check_factory
+    if factory is None:  # one factory per scoped store: accumulate() knows a key's by identity
+        factory = scoped.check_factory = functools.partial(CheckMandatory, scoped)
+    scoped.tx.accumulate((scoped.key, "mandatory"), (rtype, as_subject, eid), factory)
 
 
-def note_added(session: Session, sides: Sequence[tuple[str, bool]], eid: int) -> None:
+def note_added(scoped: ScopedStore, sides: Sequence[tuple[str, bool]], eid: int) -> None:
     """An entity with "at least one" ``sides`` was added: check them before COMMIT."""
     for rtype, as_subject in sides:
-        _note(session, rtype, as_subject, eid)
+        _note(scoped, rtype, as_subject, eid)
 
 
-def note_unlinked(session: Session, relation: RelationType, pairs: Iterable[Any]) -> None:
+def note_unlinked(scoped: ScopedStore, relation: RelationType, pairs: Iterable[Any]) -> None:
     """Relations ``(eidfrom, eidto)`` were deleted: check their "at least one" sides."""
     subject, object = relation.cardinality[0] in "1+", relation.cardinality[1] in "1+"
     if not (subject or object):
         return
     for eidfrom, eidto in pairs:
         if subject:
-            _note(session, relation.name, True, eidfrom)
+            _note(scoped, relation.name, True, eidfrom)
         if object:
-            _note(session, relation.name, False, eidto)
+            _note(scoped, relation.name, False, eidto)

@@ -20,7 +20,7 @@ from ._action import act
 from ._entity import Entity, entity_of
 from ._mandatory import note_added
 from ._schema import ENTITIES_TABLE, EntityType
-from ._session import Copy, Session, Stopped, stoppable
+from ._scoped import Copy, ScopedStore, Stopped, stoppable
 from ._statements import ALLOCATE_EIDS
 
 __all__ = ["BLOCK", "insert", "insert_batch", "take_eids"]
@@ -30,55 +30,55 @@ Progress = Callable[[int, int], object]
 
 
 @stoppable(None)
-async def insert(session: Session, kind: EntityType, edited: Edited) -> int | None:
+async def insert(scoped: ScopedStore, kind: EntityType, edited: Edited) -> int | None:
     """Insert one entity whose values were checked; its eid, or ``None`` if cancelled."""
-    free = session.db.free
+    free = scoped.db.free
     if free:
         eid = free.pop()
     else:
         # Other scopes may take from the free list while this one waits: the eid comes
         # from the block fetched, and only the rest of the block goes to the free list.
-        fresh = await _allocate(session, BLOCK)
+        fresh = await _allocate(scoped, BLOCK)
         eid = fresh.pop()
         free[:0] = fresh
-    tx, etype = session.tx, kind.name
+    tx, etype = scoped.tx, kind.name
 
     async def write() -> EntityEvent | None:
         recheck(kind, edited, eid, "before_add_entity", adding=True)
-        sql = session.catalog.entity_sql[etype].insert(tuple(edited))
+        sql = scoped.catalog.entity_sql[etype].insert(tuple(edited))
         try:
-            rows = await session.run(sql, (eid, etype, *edited.values()))
+            rows = await scoped.run(sql, (eid, etype, *edited.values()))
         except asyncpg.UniqueViolationError as exc:
-            raise session.catalog.unique_error(exc, eid, edited) from exc
+            raise scoped.catalog.unique_error(exc, eid, edited) from exc
         record = rows[0]
-        if record[-2] != session.db.sequence:
-            raise session.moved()
-        if session.xid is None:
-            session.wrote(record[-1])
-        added(session, kind, eid)
+        if record[-2] != scoped.db.sequence:
+            raise scoped.moved()
+        if scoped.xid is None:
+            scoped.wrote(record[-1])
+        added(scoped, kind, eid)
         entity = entity_of(kind, record[:-2])
         return EntityEvent("after_add_entity", etype, eid, edited.readonly(), entity, tx)
 
     before = EntityEvent("before_add_entity", etype, eid, edited, None, tx)
-    return eid if await act(session, before, write) else None
+    return eid if await act(scoped, before, write) else None
 
 
-async def take_eids(session: Session, n: int) -> list[int] | None:
+async def take_eids(scoped: ScopedStore, n: int) -> list[int] | None:
     """``n`` eids for ``insert_many``, the smallest first; ``None`` if a hook refused.
 
     The connection is asked which data it works on first (one catalog read: little
     beside a COPY), so that the eids come from the sequence its search_path resolves now.
     """
-    session.db = await session.databases.ask(session.conn)
+    scoped.db = await scoped.databases.ask(scoped.conn)
     # Take what the free list holds now, without awaiting in between (other scopes take
     # from it too), then fetch the rest: those fresh eids are this call's alone.
-    free = session.db.free
+    free = scoped.db.free
     taken = min(n, len(free))
     eids = free[len(free) - taken :][::-1]
     del free[len(free) - taken :]
     if taken < n:
         try:
-            fresh = await _allocate(session, n - taken)
+            fresh = await _allocate(scoped, n - taken)
         except Stopped:
             free += reversed(eids)  # unused: back to the free list
             return None
@@ -87,7 +87,7 @@ async def take_eids(session: Session, n: int) -> list[int] | None:
 
 
 async def insert_batch(
-    session: Session,
+    scoped: ScopedStore,
     kind: EntityType,
     eids: list[int],
     pending: list[Edited],
@@ -100,12 +100,12 @@ async def insert_batch(
     were checked whole, required attributes included (``insert_many`` does that where no
     before_add_entity hook can run); then, with no such hook, nothing is checked again.
     """
-    tx, etype, emit = session.tx, kind.name, session.emit
+    tx, etype, emit = scoped.tx, kind.name, scoped.emit
     # With no before_add_entity hook to change the values (checked by insert_many), only the
     # required attributes may be left to check, not every value again; with no after hook,
     # no after event is built.
-    hooked = bool(session.hooks_for("before_add_entity", etype))
-    told = bool(session.hooks_for("after_add_entity", etype))
+    hooked = bool(scoped.hooks_for("before_add_entity", etype))
+    told = bool(scoped.hooks_for("after_add_entity", etype))
     try:
         columns = kind.columns
         if hooked:
@@ -132,7 +132,7 @@ async def insert_batch(
             ]
             written = list(zip(eids, pending, strict=True)) if told else []
             result = list(eids)
-        statements = session.catalog.entity_sql[etype]
+        statements = scoped.catalog.entity_sql[etype]
         copies = (
             Copy(
                 statements.copy_entities,
@@ -142,22 +142,22 @@ async def insert_batch(
             ),
             Copy(statements.copy, kind.table, records, ("eid", *columns)),
         )
-        await session.announce(copies)
+        await scoped.announce(copies)
         try:
             for copy in copies:
-                await session.run_announced(copy)
+                await scoped.run_announced(copy)
         except asyncpg.UniqueViolationError as exc:
-            raise session.catalog.unique_error(exc, None, None) from exc
+            raise scoped.catalog.unique_error(exc, None, None) from exc
         if not told:  # each row marked added, and nothing else to do for it
-            mark, know, sides = tx.mark_added, session.db.know, session.catalog.mandatory_of[etype]
+            mark, know, sides = tx.mark_added, scoped.db.know, scoped.catalog.mandatory_of[etype]
             for record in records:
                 mark(record[0])
                 know(record[0], kind)
                 if sides:
-                    note_added(session, sides, record[0])
+                    note_added(scoped, sides, record[0])
             return result
         for eid, edited in written:
-            added(session, kind, eid)
+            added(scoped, kind, eid)
             entity = Entity(etype, eid, {c: edited.get(c) for c in columns})
             readonly = edited.readonly()
             event = EntityEvent("after_add_entity", etype, eid, readonly, entity, tx)
@@ -165,18 +165,18 @@ async def insert_batch(
     except Stopped:
         return [None] * len(pending)
     except Exception as exc:
-        session.doom(exc)
+        scoped.doom(exc)
         raise
     return result
 
 
-def added(session: Session, kind: EntityType, eid: int) -> None:
+def added(scoped: ScopedStore, kind: EntityType, eid: int) -> None:
     """Mark ``eid`` added, remember its type, note its "at least one" relations."""
-    session.tx.mark_added(eid)
-    session.db.know(eid, kind)
-    sides = session.catalog.mandatory_of[kind.name]
+    scoped.tx.mark_added(eid)
+    scoped.db.know(eid, kind)
+    sides = scoped.catalog.mandatory_of[kind.name]
     if sides:
-        note_added(session, sides, eid)
+        note_added(scoped, sides, eid)
 
 
 def recheck(kind: EntityType, edited: Edited, eid: int, event: str, *, adding: bool) -> None:
@@ -198,11 +198,11 @@ def _check_required(kind: EntityType, edited: Edited, eid: int) -> None:
             raise exc
 
 
-async def _allocate(session: Session, n: int) -> list[int]:
+async def _allocate(scoped: ScopedStore, n: int) -> list[int]:
     """``n`` fresh eids, descending (``Stopped`` if a before_query hook refused).
 
     They are the caller's alone: it puts those it does not use on the free list itself,
     with no await in between, so that no other scope can take them meanwhile.
     """
-    rows = await session.run(ALLOCATE_EIDS, (n,))
+    rows = await scoped.run(ALLOCATE_EIDS, (n,))
     return sorted(rows[0][0], reverse=True)
