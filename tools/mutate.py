@@ -51,10 +51,13 @@ _SCOPE = [
     "tests/test_lifecycle.py",
     "tests/test_transaction_memory.py",
     "tests/test_transaction_asyncpg.py",
+    "tests/test_backend_protocol.py",
+    "tests/test_scope_under_load.py",
 ]
 _ASYNCPG_SCOPE = [
     *_SCOPE,
     "tests/test_outcome_finder.py",
+    "tests/test_outcome.py",
     "tests/test_asyncpg_faults.py",
     # Random timeouts sized for full speed: under mutmut's slower trampolines none lands
     # where the test needs some to.
