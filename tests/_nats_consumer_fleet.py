@@ -45,6 +45,8 @@ class Worker:
     kills: int = 0
     ready_line: str = ": started"  # what the worker prints once it handles SIGTERM
     kind: str = "consume"
+    supervised: bool = False  # restarted when it exits on its own, as systemd would
+    crashes: list[str] = field(default_factory=list)  # why a supervised worker exited
     _offset: int = 0
 
     def start(self) -> None:
@@ -71,9 +73,21 @@ class Worker:
         await)."""
         deadline = time.monotonic() + timeout
         while self.ready_line not in self.log.read_text(errors="replace")[self._offset :]:
+            if self.revive():
+                continue
             assert self.process is not None and self.process.poll() is None, self.output()
             assert time.monotonic() < deadline, f"not ready after {timeout}s: {self.output()}"
             time.sleep(0.02)
+
+    def revive(self) -> bool:
+        """Restart a supervised worker that exited on its own; whether it did."""
+        if not self.supervised or self.process is None or self.process.poll() is None:
+            return False
+        said = self.log.read_text(errors="replace")[self._offset :].splitlines()
+        errors = [line for line in said if "Error" in line and not line.startswith(" ")]
+        self.crashes.append(errors[-1] if errors else f"exit status {self.process.returncode}")
+        self.start()
+        return True
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM once ready, and the exit status once it has finished its batch."""
@@ -111,6 +125,18 @@ class Fleet:
         worker.start()
         self.kills[kind] = self.kills.get(kind, 0) + 1
         return worker
+
+    def revive(self) -> None:
+        """Restart the supervised workers that exited on their own."""
+        for worker in self.workers:
+            worker.revive()
+
+    def crashes(self) -> dict[str, list[str]]:
+        """Why supervised workers exited on their own (and were restarted), by kind."""
+        found: dict[str, list[str]] = {}
+        for worker in self.workers:
+            found.setdefault(worker.kind, []).extend(worker.crashes)
+        return found
 
     def stop(self) -> list[int]:
         return [worker.stop() for worker in self.workers]

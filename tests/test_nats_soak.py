@@ -11,12 +11,21 @@ written with ``Outbox.publish`` in a transaction, and two ``hookbus outbox relay
 one active and one on standby, publish them). A worker is killed by its pid every 0.3-1.2 s
 and restarted, a consumer and a relay in turn, while the events are written. At the end every
 event's counter in the projection is exactly 1, and nothing was dead-lettered.
+
+On demand, against a three-server JetStream cluster on this machine (``_nats_cluster``: the
+stream and the dead-letter stream replicated on the three), one server SIGKILLed by its pid
+and restarted while the events are written (``HOOKBUS_NATS_SOAK_SERVER_KILLS`` times; the
+workers connect to all three URLs)::
+
+    HOOKBUS_NATS_SOAK_CLUSTER=1 HOOKBUS_NATS_SOAK_EVENTS=20000 \\
+        .venv/bin/python -m pytest -q -s tests/test_nats_soak.py
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +36,7 @@ import asyncpg
 import hookbus_asyncpg
 import pytest
 import pytest_asyncio
-from _nats_consumer import Stream, nats_url_fixture, pending, publish, stream_fixture  # noqa: F401
+from _nats_consumer import Stream, pending, publish
 from _nats_consumer_app import OrderPlaced
 from _nats_consumer_fleet import Fleet, Worker, consume_command, relay_command, worker_env
 from hookbus_asyncpg import Outbox, outbox_plugin
@@ -38,6 +47,18 @@ from hookbus import Bus, PluginSet
 EVENTS = int(os.environ.get("HOOKBUS_NATS_SOAK_EVENTS", "3000"))
 KILLS = int(os.environ.get("HOOKBUS_NATS_SOAK_KILLS", "3"))  # of each kind of worker
 CONSUMERS = RELAYS = 2
+CLUSTER = os.environ.get("HOOKBUS_NATS_SOAK_CLUSTER") == "1"
+SERVER_KILLS = int(os.environ.get("HOOKBUS_NATS_SOAK_SERVER_KILLS", "1"))  # with CLUSTER
+
+if CLUSTER:  # the same fixture names: a three-server cluster and replicated streams
+    from _nats_cluster import (  # noqa: F401
+        NatsCluster,
+        cluster_fixture,
+        cluster_stream_fixture,
+        cluster_url_fixture,
+    )
+else:
+    from _nats_consumer import nats_url_fixture, stream_fixture  # noqa: F401
 
 
 class Source(Protocol):
@@ -99,7 +120,22 @@ async def _kill_while(fleet: Fleet, producing: asyncio.Task[None]) -> None:
     kinds = {w.kind for w in fleet.workers}
     while min(fleet.kills.get(k, 0) for k in kinds) < KILLS or not producing.done():
         await asyncio.sleep(fleet.rng.uniform(0.3, 1.2))
+        await asyncio.to_thread(fleet.revive)
         await asyncio.to_thread(fleet.kill_one)
+
+
+async def _kill_servers(cluster: NatsCluster, producing: asyncio.Task[None]) -> None:
+    """SIGKILL a server by its pid, restart it 2-4 s later: SERVER_KILLS times, spread over
+    the writing of the events."""
+    rng = random.Random(os.environ.get("HOOKBUS_SEED"))
+    for _ in range(SERVER_KILLS):
+        await asyncio.sleep(rng.uniform(1.0, 3.0))
+        victim = rng.randrange(len(cluster.processes))
+        await asyncio.to_thread(cluster.kill, victim)
+        await asyncio.sleep(rng.uniform(2.0, 4.0))
+        await asyncio.to_thread(cluster.start, victim)
+        if producing.done():
+            break
 
 
 @pytest.mark.parametrize("through", ["nats", "outbox"])
@@ -111,6 +147,7 @@ async def test_events_are_applied_exactly_once_while_workers_are_killed(
     nats_url: str,
     projection: str,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     name = f"soak{secrets.token_hex(4)}"
     env = worker_env(dsn, HOOKBUS_TEST_PROJECTION=projection)
@@ -129,12 +166,17 @@ async def test_events_are_applied_exactly_once_while_workers_are_killed(
             Worker(relay, env, tmp_path / f"relay-{i}.log", ready_line="published", kind="relay")
             for i in range(RELAYS)
         ]
+    for worker in workers:  # a worker that starts while the cluster elects a leader may fail
+        worker.supervised = CLUSTER
     fleet = Fleet(workers)
     started = time.monotonic()
     fleet.start()
     try:
         producing = asyncio.create_task(_produce(source, EVENTS))
-        await _kill_while(fleet, producing)
+        killing = [_kill_while(fleet, producing)]
+        if CLUSTER:
+            killing.append(_kill_servers(request.getfixturevalue("cluster"), producing))
+        await asyncio.gather(*killing)
         await producing
         deadline = time.monotonic() + 120 + EVENTS / 500
         while True:
@@ -143,6 +185,7 @@ async def test_events_are_applied_exactly_once_while_workers_are_killed(
             if done == EVENTS and left == (0, 0):
                 break
             assert time.monotonic() < deadline, f"{done} of {EVENTS} applied, {left} pending"
+            await asyncio.to_thread(fleet.revive)
             await asyncio.sleep(0.1)
     finally:
         statuses = await asyncio.to_thread(fleet.stop)
@@ -153,7 +196,13 @@ async def test_events_are_applied_exactly_once_while_workers_are_killed(
         stream.js, name, stream=stream.dead_stream, prefix=stream.dead_prefix
     )
     assert [d async for d in letters] == []
+    if CLUSTER:
+        fleet.kills["nats-server"] = request.getfixturevalue("cluster").kills
+        for kind, why in fleet.crashes().items():  # e.g. a start while no leader answers
+            if why:
+                print(f"\n{kind} exited on its own {len(why)} time(s): {sorted(set(why))}")
     print(
-        f"\nsoak through {through}: {EVENTS} events, kills {fleet.kills}, "
+        f"\nsoak through {through}{' (3-server cluster)' if CLUSTER else ''}: "
+        f"{EVENTS} events, kills {fleet.kills}, "
         f"{time.monotonic() - started:.1f}s: each applied once, 0 dead-lettered"
     )
