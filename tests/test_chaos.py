@@ -135,7 +135,9 @@ async def run_scope(pool: asyncpg.Pool, scope: Scope, rng: random.Random) -> Non
                 tx.add(Record(scope))
                 scope.scheduled = True
             if scope.pid is not None:
-                scope.pid.set_result(conn.get_server_pid())
+                # The server's own pid, asked inside the transaction: behind pgbouncer,
+                # get_server_pid() is pgbouncer's, and names no backend.
+                scope.pid.set_result(await conn.fetchval("SELECT pg_backend_pid()"))
             if returning:
                 xid = await conn.fetchval(
                     "INSERT INTO chaos VALUES ($1, $2) RETURNING pg_current_xact_id()::text",
