@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import hookbus_asyncpg
@@ -47,26 +49,69 @@ async def wait_until_blocked_on_lock(pool: asyncpg.Pool | asyncpg.Connection, pi
     raise AssertionError(f"backend {pid} never blocked")
 
 
+@contextlib.asynccontextmanager
+async def holding_lock(
+    pool: asyncpg.Pool | asyncpg.Connection, lock: int
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Hold the advisory lock ``lock`` in a transaction kept open on a connection of its own
+    (taken from ``pool``, or ``pool`` itself when it is a connection); give a function that
+    releases it by ending that transaction (it is ended on exit anyway).
+
+    A transaction and not a session lock: behind pgbouncer in transaction pooling, a
+    connection outside a transaction goes back to pgbouncer's pool, and the next statement
+    may run on another server session than the one holding a session lock.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        conn = (
+            pool
+            if isinstance(pool, asyncpg.Connection)
+            else await stack.enter_async_context(pool.acquire())
+        )
+        transaction = conn.transaction()
+        await transaction.start()
+        released = False
+
+        async def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                await transaction.rollback()
+
+        try:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
+            yield release
+        finally:
+            await release()
+
+
+async def backend_pid(conn: asyncpg.Connection) -> int:
+    """The pid of the server session running ``conn``'s current transaction, asked inside it:
+    behind pgbouncer, ``get_server_pid()`` is pgbouncer's own key and names no backend."""
+    pid: int = await conn.fetchval("SELECT pg_backend_pid()")
+    return pid
+
+
 async def start_gated_commit(
     pool: asyncpg.Pool,
     log: list[str],
     *,
     table: str = "gated",
     watcher: asyncpg.Pool | None = None,
-) -> tuple[asyncio.Task[None], hookbus_asyncpg.AsyncpgTransaction]:
+) -> tuple[asyncio.Task[None], hookbus_asyncpg.AsyncpgTransaction, int]:
     """Start a scope on ``pool`` that inserts 1 into ``table`` and schedules
     ``Recorded(log, "a")``; return once its COMMIT waits on the advisory lock the caller holds
-    (a deferred trigger of ``table`` takes it), as ``watcher`` (else ``pool``) sees it.
+    (a deferred trigger of ``table`` takes it), as ``watcher`` (else ``pool``) sees it, with
+    the scope's task, its transaction and the pid of its server session.
     """
-    txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
+    started: asyncio.Queue[tuple[hookbus_asyncpg.AsyncpgTransaction, int]] = asyncio.Queue()
 
     async def scope() -> None:
         async with hookbus_asyncpg.transaction(pool) as tx:
             await tx.connection.execute(f"INSERT INTO {table} VALUES (1)")
             tx.add(Recorded(log, "a"))
-            txs.put_nowait(tx)
+            started.put_nowait((tx, await backend_pid(tx.connection)))
 
     task = asyncio.create_task(scope())
-    tx = await txs.get()
-    await wait_until_blocked_on_lock(watcher or pool, tx.connection.get_server_pid())
-    return task, tx
+    tx, pid = await started.get()
+    await wait_until_blocked_on_lock(watcher or pool, pid)
+    return task, tx, pid

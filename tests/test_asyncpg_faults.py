@@ -21,7 +21,7 @@ import asyncpg
 import hookbus_asyncpg
 import pytest
 import pytest_asyncio
-from _postgres import gate_at_commit, ids, start_gated_commit
+from _postgres import gate_at_commit, holding_lock, ids, start_gated_commit
 from _recording import Recorded
 
 import hookbus
@@ -180,11 +180,10 @@ async def test_a_lost_commit_is_found_where_plpgsql_is_not_granted(
     db: asyncpg.Pool, plain_pool: asyncpg.Pool
 ) -> None:
     log: list[str] = []
-    async with db.acquire() as holder:
-        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
-        task, tx = await start_gated_commit(plain_pool, log, watcher=db)
+    async with holding_lock(db, LOCK) as release:
+        task, tx, _ = await start_gated_commit(plain_pool, log, watcher=db)
         tx.connection.terminate()  # the client side drops; the server carries on and commits
-        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        await release()
         await task
     assert log == ["a.precommit", "a.postcommit"]
     assert await ids(db, "gated") == [1]
@@ -199,14 +198,11 @@ async def test_a_notice_from_a_trigger_cannot_pass_for_the_transaction_id(
     async with db.acquire() as conn, conn.transaction():
         await conn.execute("INSERT INTO committed_xid SELECT pg_current_xact_id()::text")
     log: list[str] = []
-    async with db.acquire() as holder:
-        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
-        task, tx = await start_gated_commit(db, log, table="spoofed")  # both notices are sent
-        pid = tx.connection.get_server_pid()
-        assert await holder.fetchval("SELECT pg_terminate_backend($1)", pid)
+    async with holding_lock(db, LOCK):
+        task, _, pid = await start_gated_commit(db, log, table="spoofed")  # both notices are sent
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
         with pytest.raises(TransactionAbortedError, match="rolled transaction"):
             await task
-        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
     assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
     assert await ids(db, "spoofed") == []
 

@@ -15,7 +15,9 @@ import pytest
 import pytest_asyncio
 from _postgres import (
     assert_pool_hands_out_everything,
+    backend_pid,
     gate_at_commit,
+    holding_lock,
     ids,
     wait_until_blocked_on_lock,
 )
@@ -323,21 +325,20 @@ async def test_a_lost_commit_after_a_store_insert_is_found(small_pool: asyncpg.P
     await store.create_tables(small_pool)
     await small_pool.execute(gate_at_commit("gated", LOCK))
     log: list[str] = []
-    txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
+    started: asyncio.Queue[tuple[hookbus_asyncpg.AsyncpgTransaction, int]] = asyncio.Queue()
 
     async def scope() -> None:
         async with hookbus_asyncpg.transaction(small_pool) as tx:
             await store.insert("Gated", n=1)
             tx.add(Recorded(log, "a"))
-            txs.put_nowait(tx)
+            started.put_nowait((tx, await backend_pid(tx.connection)))
 
-    async with small_pool.acquire() as holder:
-        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
+    async with holding_lock(small_pool, LOCK) as release:
         task = asyncio.create_task(scope())
-        tx = await txs.get()
-        await wait_until_blocked_on_lock(holder, tx.connection.get_server_pid())
+        tx, pid = await started.get()
+        await wait_until_blocked_on_lock(small_pool, pid)
         tx.connection.terminate()  # the client side drops; the server carries on and commits
-        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        await release()
         await task
     assert log == ["a.precommit", "a.postcommit"]
     assert tx.state is TransactionState.COMMITTED
@@ -349,23 +350,20 @@ async def test_a_store_insert_lost_before_commit_ran_rolls_back(small_pool: asyn
     await store.create_tables(small_pool)
     await small_pool.execute(gate_at_commit("gated", LOCK))
     log: list[str] = []
-    txs: asyncio.Queue[hookbus_asyncpg.AsyncpgTransaction] = asyncio.Queue()
+    started: asyncio.Queue[tuple[hookbus_asyncpg.AsyncpgTransaction, int]] = asyncio.Queue()
 
     async def scope() -> None:
         async with hookbus_asyncpg.transaction(small_pool) as tx:
             await store.insert("Gated", n=2)
             tx.add(Recorded(log, "a"))
-            txs.put_nowait(tx)
+            started.put_nowait((tx, await backend_pid(tx.connection)))
 
-    async with small_pool.acquire() as holder:
-        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
+    async with holding_lock(small_pool, LOCK):
         task = asyncio.create_task(scope())
-        tx = await txs.get()
-        pid = tx.connection.get_server_pid()
-        await wait_until_blocked_on_lock(holder, pid)
-        assert await holder.fetchval("SELECT pg_terminate_backend($1)", pid)
+        _, pid = await started.get()
+        await wait_until_blocked_on_lock(small_pool, pid)
+        assert await small_pool.fetchval("SELECT pg_terminate_backend($1)", pid)
         with pytest.raises(hookbus.TransactionAbortedError):
             await task
-        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
     assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
     assert await small_pool.fetch("SELECT n FROM gated") == []

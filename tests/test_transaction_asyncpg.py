@@ -17,7 +17,9 @@ import pytest
 import pytest_asyncio
 from _postgres import (
     assert_pool_hands_out_everything,
+    backend_pid,
     gate_at_commit,
+    holding_lock,
     ids,
     start_gated_commit,
     wait_until_blocked_on_lock,
@@ -90,7 +92,7 @@ async def test_backend_terminated_in_the_body_runs_the_rollback_path(db: asyncpg
         async with hookbus_asyncpg.transaction(db) as tx:
             await tx.connection.execute("INSERT INTO items VALUES (1)")
             tx.add(Recorded(log, "a"))
-            pid = tx.connection.get_server_pid()
+            pid = await backend_pid(tx.connection)
             assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
             await tx.connection.execute("INSERT INTO items VALUES (2)")
     assert log == ["a.rollback"]
@@ -99,15 +101,14 @@ async def test_backend_terminated_in_the_body_runs_the_rollback_path(db: asyncpg
 
 async def test_cancelled_in_the_body_rolls_back_and_propagates(db: asyncpg.Pool) -> None:
     log: list[str] = []
-    async with db.acquire() as holder:
-        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
+    async with holding_lock(db, LOCK):
         pids: asyncio.Queue[int] = asyncio.Queue()
 
         async def scope() -> None:
             async with hookbus_asyncpg.transaction(db) as tx:
                 await tx.connection.execute("INSERT INTO items VALUES (1)")
                 tx.add(Recorded(log, "a"))
-                pids.put_nowait(tx.connection.get_server_pid())
+                pids.put_nowait(await backend_pid(tx.connection))
                 await tx.connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK)
 
         task = asyncio.create_task(scope())
@@ -115,7 +116,6 @@ async def test_cancelled_in_the_body_rolls_back_and_propagates(db: asyncpg.Pool)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
     assert log == ["a.rollback"]
     assert await ids(db) == []
 
@@ -125,14 +125,11 @@ async def test_cancelled_in_the_body_rolls_back_and_propagates(db: asyncpg.Pool)
 
 async def test_backend_terminated_during_commit_finds_it_aborted(db: asyncpg.Pool) -> None:
     log: list[str] = []
-    async with db.acquire() as holder:
-        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
-        task, tx = await start_gated_commit(db, log)
-        pid = tx.connection.get_server_pid()
-        assert await holder.fetchval("SELECT pg_terminate_backend($1)", pid)
+    async with holding_lock(db, LOCK):
+        task, _, pid = await start_gated_commit(db, log)
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
         with pytest.raises(TransactionAbortedError, match="lost during COMMIT") as raised:
             await task
-        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
     assert raised.value.__cause__ is not None
     assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
     assert await ids(db, "gated") == []
@@ -142,11 +139,10 @@ async def test_connection_lost_during_commit_that_committed_runs_postcommit(
     db: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     log: list[str] = []
-    async with db.acquire() as holder:
-        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
-        task, tx = await start_gated_commit(db, log)
+    async with holding_lock(db, LOCK) as release:
+        task, tx, _ = await start_gated_commit(db, log)
         tx.connection.terminate()  # the client side drops; the server carries on and commits
-        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        await release()
         with caplog.at_level(logging.WARNING, logger="hookbus"):
             await task
     assert log == ["a.precommit", "a.postcommit"]
@@ -161,21 +157,25 @@ async def test_lost_commit_without_a_pool_to_ask_is_unknown(
     log: list[str] = []
     await conn.execute(SCHEMA)
     victim = await asyncpg.connect(dsn)
-    await conn.execute("SELECT pg_advisory_lock($1)", LOCK)
+    holder = await asyncpg.connect(dsn)
+    pids: asyncio.Queue[int] = asyncio.Queue()
 
     async def scope() -> None:
         async with hookbus_asyncpg.transaction(victim) as tx:
             await victim.execute("INSERT INTO gated VALUES (1)")
             tx.add(Recorded(log, "a"))
+            pids.put_nowait(await backend_pid(victim))
 
-    task = asyncio.create_task(scope())
     try:
-        await wait_until_blocked_on_lock(conn, victim.get_server_pid())
-        await conn.fetchval("SELECT pg_terminate_backend($1)", victim.get_server_pid())
-        with pytest.raises(hookbus.CommitOutcomeUnknownError, match="no pool"):
-            await task
+        async with holding_lock(holder, LOCK):
+            task = asyncio.create_task(scope())
+            pid = await pids.get()
+            await wait_until_blocked_on_lock(conn, pid)
+            await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+            with pytest.raises(hookbus.CommitOutcomeUnknownError, match="no pool"):
+                await task
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        await holder.close()
         await victim.close()
     assert log == ["a.precommit"]
 
@@ -184,12 +184,11 @@ async def test_cancelled_while_commit_in_flight_commits_then_propagates(
     db: asyncpg.Pool,
 ) -> None:
     log: list[str] = []
-    async with db.acquire() as holder:
-        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
-        task, _ = await start_gated_commit(db, log)
+    async with holding_lock(db, LOCK) as release:
+        task, _, _ = await start_gated_commit(db, log)
         task.cancel()
         await asyncio.sleep(0)  # deliver the cancellation while COMMIT waits on the lock
-        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        await release()
         with pytest.raises(asyncio.CancelledError):
             await task
     assert log == ["a.precommit", "a.postcommit"]
