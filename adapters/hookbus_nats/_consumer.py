@@ -196,8 +196,10 @@ class Consumer:
         be applied twice.
         """
         self._life.require(ConsumerState.NEW, doing="start()")
+        from ._startup import when_ready
+
         try:
-            await self._bind()
+            await when_ready(self._bind, self._stream, wait=self._start_wait, logger=logger)
         except BaseException:
             self._life.move(ConsumerState.FAILED)
             raise
@@ -207,11 +209,7 @@ class Consumer:
         from nats.js import api
         from nats.js.errors import NotFoundError
 
-        from ._startup import stream_info_when_ready
-
-        info = await stream_info_when_ready(
-            self._js, self._stream, wait=self._start_wait, logger=logger
-        )
+        info = await self._js.stream_info(self._stream)
         self._retention = _retention(self.name, info.config, self._retention)
         await ensure_dead_letter_stream(self._js, self._dead_stream, self._dead_prefix)
         try:

@@ -46,7 +46,7 @@ from ._relay_sql import (
 )
 from ._relay_state import RelayState, check_move
 from ._relay_wakeup import Wakeup
-from ._startup import stream_info_when_ready
+from ._startup import when_ready
 
 __all__ = ["Relay", "RelayStats"]
 
@@ -244,8 +244,12 @@ class Relay:
     # -- starting --------------------------------------------------------------------------
 
     async def _check_stream(self) -> None:
-        info = await stream_info_when_ready(
-            self._js, self.stream, wait=self.start_wait, logger=logger, stop=self._stop
+        info = await when_ready(
+            lambda: self._js.stream_info(self.stream),
+            self.stream,
+            wait=self.start_wait,
+            logger=logger,
+            stop=self._stop,
         )
         if info is None:
             raise _Stopped

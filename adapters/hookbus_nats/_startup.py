@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import nats.errors
@@ -18,7 +19,7 @@ import nats.js.errors
 
 from hookbus import HookbusError
 
-__all__ = ["JetStreamNotReadyError", "stream_info_when_ready"]
+__all__ = ["JetStreamNotReadyError", "when_ready"]
 
 # What JetStream answers while it has no leader (or is not there yet): worth asking again.
 _NOT_READY: Final = (
@@ -35,16 +36,17 @@ class JetStreamNotReadyError(HookbusError):
     elected, JetStream not enabled, or the server unreachable all along)."""
 
 
-async def stream_info_when_ready(
-    js: Any,
+async def when_ready(
+    ask: Callable[[], Awaitable[Any]],
     stream: str,
     *,
     wait: float,
     logger: logging.Logger,
     stop: asyncio.Event | None = None,
 ) -> Any:
-    """``js.stream_info(stream)``, asked again while JetStream does not answer, for ``wait``
-    seconds at most; ``None`` if ``stop`` is set meanwhile.
+    """What ``ask()`` returns (the start-up checks of a worker on ``stream``), asked again
+    while JetStream does not answer, for ``wait`` seconds at most; ``None`` if ``stop`` is
+    set meanwhile.
 
     Raises :class:`JetStreamNotReadyError` once ``wait`` has passed; any other error (no such
     stream, a bad request) at once.
@@ -53,7 +55,7 @@ async def stream_info_when_ready(
     pause = _FIRST_PAUSE
     while True:
         try:
-            return await js.stream_info(stream)
+            return await ask()
         except _NOT_READY as exc:
             why = type(exc).__name__
             left = deadline - time.monotonic()
