@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import socket
 import subprocess
@@ -156,3 +157,29 @@ async def test_while_nats_is_gone_the_relay_backs_off_then_delivers_each_event_o
         server.kill()
         server.wait()
         shutil.rmtree(storage, ignore_errors=True)
+
+
+async def test_a_failed_batch_leaves_no_future_unretrieved(
+    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, stream: Stream
+) -> None:
+    # Subjects no stream takes: every publish fails at once with NoStreamResponseError, as
+    # during a leader election; the batch is sent again, and again.
+    outbox = Outbox(bus, subject_prefix=f"{stream.prefix}x")
+    loop = asyncio.get_running_loop()
+    unretrieved: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context["message"]))
+    try:
+        relay = Relay(dsn, jetstream, stream=stream.name, poll_interval=0.05, max_backoff=0.1)
+        task = asyncio.create_task(relay.run())
+        try:
+            await publish(outbox_pool, outbox, *range(1, 21))
+            await until(lambda: relay.stats().retries >= 3, "the batch fails, and again")
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 15)
+        assert relay.stats().published == 0
+        gc.collect()  # a future's exception nobody retrieved is reported when it is freed
+        assert unretrieved == []
+    finally:
+        loop.set_exception_handler(previous)

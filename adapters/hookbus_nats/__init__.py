@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._relay_errors import CursorAheadError, DuplicateWindowError, RelayError
     from ._relay_sql import Cursor, Holdback, OutboxStatus
     from ._relay_state import RelayState, RelayStateError
+    from ._startup import JetStreamNotReadyError
 
 __all__ = [
     "Consumer",
@@ -61,6 +62,7 @@ __all__ = [
     "EventDecoder",
     "Holdback",
     "INBOX_TABLE",
+    "JetStreamNotReadyError",
     "OutboxStatus",
     "Relay",
     "RelayError",
@@ -99,6 +101,7 @@ _DEFINED_IN: Final = {
     "EventDecoder": "._consumer_decode",
     "Holdback": "._relay_sql",
     "INBOX_TABLE": "._inbox",
+    "JetStreamNotReadyError": "._startup",
     "OutboxStatus": "._relay_sql",
     "Relay": "._relay",
     "RelayError": "._relay_errors",

@@ -119,6 +119,14 @@ class OutboxCommand:
             help="delete published rows older than this (default 3600)",
         )
         relay.add_argument(
+            "--start-wait",
+            type=_seconds,
+            default=60.0,
+            metavar="SECONDS",
+            help="at the start, wait this long for JetStream to answer for the stream "
+            "(a cluster electing a leader) before failing (default 60)",
+        )
+        relay.add_argument(
             "--stats-interval", type=_seconds, default=60.0, metavar="SECONDS",
             help="log the counters this often (default 60)",
         )  # fmt: skip
@@ -160,6 +168,7 @@ async def _relay(args: argparse.Namespace, dsn: str) -> int:
 
     from ._relay import Relay
     from ._relay_errors import RelayError
+    from ._startup import JetStreamNotReadyError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     options = nats_options(args)
@@ -179,6 +188,7 @@ async def _relay(args: argparse.Namespace, dsn: str) -> int:
         poll_interval=args.poll_interval,
         retry_horizon=args.retry_horizon,
         retention=timedelta(seconds=args.retention),
+        start_wait=args.start_wait,
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -190,6 +200,8 @@ async def _relay(args: argparse.Namespace, dsn: str) -> int:
         raise CommandError(f"no stream named {args.stream!r}", ExitStatus.NOT_FOUND) from None
     except RelayError as exc:
         raise CommandError(str(exc), ExitStatus.REFUSED) from None
+    except JetStreamNotReadyError as exc:
+        raise CommandError(str(exc), ExitStatus.FAILURE) from None
     except Exception as exc:
         raise CommandError(f"{type(exc).__name__}: {exc}", ExitStatus.FAILURE) from None
     finally:

@@ -129,6 +129,13 @@ class ConsumeCommand:
             default=None,
             help="inbox rows kept (default: as long as the stream keeps messages)",
         )
+        parser.add_argument(
+            "--start-wait",
+            type=float,
+            default=60.0,
+            help="seconds to wait at the start for JetStream to answer for the stream "
+            "(a cluster electing a leader) before failing (60)",
+        )
         parser.add_argument("--pool-size", type=int, default=4, help="PostgreSQL connections (4)")
         parser.add_argument(
             "--stats-every", type=float, default=30.0, help="seconds between counter lines (30)"
@@ -162,6 +169,7 @@ class ConsumeCommand:
                     max_ack_pending=args.max_ack_pending, retention=retention,
                     dead_letter_stream=args.dead_letter_stream,
                     dead_letter_prefix=args.dead_letter_prefix,
+                    start_wait=args.start_wait,
                 )  # fmt: skip
                 return await _until_signalled(consumer, args.stats_every)
         finally:
@@ -171,12 +179,17 @@ class ConsumeCommand:
 
 
 async def _until_signalled(consumer: Consumer, every: float) -> int:
+    from ._startup import JetStreamNotReadyError
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, consumer.stop)
     report = asyncio.create_task(_report(consumer, every))
     try:
-        await consumer.start()
+        try:
+            await consumer.start()
+        except JetStreamNotReadyError as exc:
+            raise CommandError(str(exc), ExitStatus.FAILURE) from None
         print(f"consume {consumer.name}: started", file=sys.stderr, flush=True)
         await consumer.run()
     finally:

@@ -75,7 +75,9 @@ class Consumer:
     dead-lettered at delivery ``max_deliver``. ``max_ack_pending`` caps the messages in flight
     across every process (1: strict order). ``retention`` is how long inbox rows are kept; by
     default the stream's ``max_age`` (or its duplicate window, if longer), and a shorter one is
-    refused. Events are decoded into the payload types ``bus`` declares, and nothing else.
+    refused. ``start()`` waits up to ``start_wait`` seconds for JetStream to answer for the
+    stream (a cluster electing a leader). Events are decoded into the payload types ``bus``
+    declares, and nothing else.
     """
 
     __slots__ = (
@@ -96,6 +98,7 @@ class Consumer:
         "_max_deliver",
         "_pool",
         "_retention",
+        "_start_wait",
         "_stop",
         "_stream",
         "_sub",
@@ -124,6 +127,7 @@ class Consumer:
         cleanup_every: float = 3600.0,
         dead_letter_stream: str = DEAD_LETTER_STREAM,
         dead_letter_prefix: str = DEAD_LETTER_PREFIX,
+        start_wait: float = 60.0,
     ) -> None:
         if not name or any(c in name for c in ". *>\t\n"):
             raise ValueError(f"a consumer name is a NATS token (no '.', '*', '>', space): {name!r}")
@@ -147,6 +151,7 @@ class Consumer:
         self.cleanup_every = cleanup_every
         self._dead_stream = dead_letter_stream
         self._dead_prefix = dead_letter_prefix
+        self._start_wait = start_wait
         self._decoder = EventDecoder(bus)
         self._counters = Counters()
         self._failures = Failures(
@@ -184,12 +189,17 @@ class Consumer:
     async def start(self) -> None:
         """Create the durable consumer (or bind to it) and the dead-letter stream.
 
-        Raises :class:`ConsumerError` if ``retention`` is shorter than the stream keeps
-        messages: a redelivery after its inbox row is gone would be applied twice.
+        While JetStream does not answer for the stream (no leader elected yet after a
+        server died), asks again with backoff for ``start_wait`` seconds, then raises
+        :class:`JetStreamNotReadyError`. Raises :class:`ConsumerError` if ``retention`` is
+        shorter than the stream keeps messages: a redelivery after its inbox row is gone would
+        be applied twice.
         """
         self._life.require(ConsumerState.NEW, doing="start()")
+        from ._startup import when_ready
+
         try:
-            await self._bind()
+            await when_ready(self._bind, self._stream, wait=self._start_wait, logger=logger)
         except BaseException:
             self._life.move(ConsumerState.FAILED)
             raise

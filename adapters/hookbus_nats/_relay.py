@@ -46,6 +46,7 @@ from ._relay_sql import (
 )
 from ._relay_state import RelayState, check_move
 from ._relay_wakeup import Wakeup
+from ._startup import when_ready
 
 __all__ = ["Relay", "RelayStats"]
 
@@ -89,7 +90,9 @@ class Relay:
     wait when no NOTIFY comes; ``ack_timeout`` the wait for a batch's acknowledgements;
     failed batches are sent again after a backoff growing to ``max_backoff``. Rows every
     relay has published are deleted once older than ``retention`` (``None``: never).
-    ``standby_check`` is how often a standby tries the lock.
+    ``standby_check`` is how often a standby tries the lock. At the start, while JetStream
+    does not answer for the stream (a cluster electing a leader), the relay asks again with
+    backoff for ``start_wait`` seconds, then raises ``JetStreamNotReadyError``.
     """
 
     __slots__ = (
@@ -117,6 +120,7 @@ class Relay:
         "retry_horizon",
         "stall_warning",
         "standby_check",
+        "start_wait",
         "stream",
     )
 
@@ -136,6 +140,7 @@ class Relay:
         cleanup_interval: float = 60.0,
         standby_check: float = 5.0,
         stall_warning: float = 5.0,
+        start_wait: float = 60.0,
     ) -> None:
         if not 1 <= batch_size <= 4000:
             raise ValueError("batch_size is between 1 and 4000 (nats-py's in-flight limit)")
@@ -145,6 +150,7 @@ class Relay:
             ("max_backoff", max_backoff),
             ("retry_horizon", retry_horizon),
             ("standby_check", standby_check),
+            ("start_wait", start_wait),
         ):
             if not value > 0:
                 raise ValueError(f"{label} must be positive, not {value!r}")
@@ -161,6 +167,7 @@ class Relay:
         self.cleanup_interval: Final = cleanup_interval
         self.standby_check: Final = standby_check
         self.stall_warning: Final = stall_warning
+        self.start_wait: Final = start_wait
         self._state = RelayState.NEW
         self._stop = asyncio.Event()
         self._wakeup: Wakeup | None = None
@@ -237,7 +244,15 @@ class Relay:
     # -- starting --------------------------------------------------------------------------
 
     async def _check_stream(self) -> None:
-        info = await self._js.stream_info(self.stream)
+        info = await when_ready(
+            lambda: self._js.stream_info(self.stream),
+            self.stream,
+            wait=self.start_wait,
+            logger=logger,
+            stop=self._stop,
+        )
+        if info is None:
+            raise _Stopped
         window = info.config.duplicate_window or 0.0
         if window < self.retry_horizon:
             raise DuplicateWindowError(
@@ -424,13 +439,25 @@ class Relay:
                 futures.append(await publish(subject, payload, headers=headers))
             _, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
         except BaseException:
-            for future in futures:
-                future.cancel()
+            _settle(futures)
             raise
+        failure = _settle(futures)
         if pending:
-            for future in pending:
-                future.cancel()
             raise TimeoutError(
                 f"{len(pending)} of {len(rows)} messages not acknowledged in {self.ack_timeout:g} s"
             )
+        if failure is not None:
+            raise failure
         return sum(1 for future in futures if future.result().duplicate)
+
+
+def _settle(futures: list[asyncio.Future[Any]]) -> BaseException | None:
+    """Cancel the futures still pending and retrieve the exception of those that failed (so
+    none is logged as "never retrieved" after a failed batch); the first such exception."""
+    first: BaseException | None = None
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled() and (exc := future.exception()) is not None:
+            first = first or exc
+    return first
