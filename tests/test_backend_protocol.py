@@ -6,6 +6,8 @@ plugs into these, in the core, for every backend.
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import pytest
 from _recording import Recorded
@@ -146,3 +148,57 @@ async def test_tasks_of_one_scope_that_begin_it_at_once_send_one_begin() -> None
         await anyio.wait_all_tasks_blocked()
         gate.set()
     assert backend.log == ["BEGIN", "flush", "COMMIT", "close"]
+
+
+# -- what fails the commit -------------------------------------------------------------------
+
+
+async def test_a_prepare_that_fails_with_no_operation_fails_the_scope_with_its_own_error() -> None:
+    backend = Flushing(flush_error=ValueError("flush failed"))
+    with pytest.raises(ValueError, match="flush failed"):
+        async with hookbus.transaction(backend) as tx:
+            await tx.begin()
+    assert backend.log == ["BEGIN", "flush", "ROLLBACK", "close"]
+
+
+class CancelsItself(Recorded):
+    """A precommit that raises CancelledError though nobody cancelled the scope's task."""
+
+    async def precommit(self) -> None:
+        await super().precommit()
+        raise asyncio.CancelledError
+
+    def __repr__(self) -> str:
+        return f"<CancelsItself {self.name}>"
+
+
+async def test_a_precommit_that_raises_cancelled_error_on_its_own_is_named_in_the_error() -> None:
+    log: list[str] = []
+    message = r"^precommit of <CancelsItself b> raised CancelledError although the scope"
+    with pytest.raises(hookbus.TransactionAbortedError, match=message):
+        async with hookbus.transaction() as tx:
+            tx.add(Recorded(log, "a"))
+            tx.add(CancelsItself(log, "b"))
+    assert log == [
+        *("a.precommit", "b.precommit"),
+        *("b.revertprecommit", "a.revertprecommit"),
+        *("a.rollback", "b.rollback"),
+    ]
+
+
+class CommitLost(Flushing):
+    """COMMIT fails before the server answered (the driver raised)."""
+
+    async def commit(self) -> CommitOutcome:
+        self.log.append("COMMIT (failed)")
+        raise ConnectionResetError("COMMIT failed")
+
+
+async def test_a_commit_that_raises_sends_no_rollback_and_runs_the_rollback_operations() -> None:
+    backend, log = CommitLost(), list[str]()
+    with pytest.raises(ConnectionResetError, match="COMMIT failed"):
+        async with hookbus.transaction(backend) as tx:
+            await tx.begin()
+            tx.add(Logs(log, "a", backend))
+    assert backend.log == ["BEGIN", "precommit", "flush", "COMMIT (failed)", "close", "rollback"]
+    assert tx.state is TransactionState.ROLLED_BACK

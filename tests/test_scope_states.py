@@ -203,6 +203,55 @@ async def test_each_postcommit_error_is_counted(scopes: Scopes) -> None:
     assert log[-3:] == ["a.postcommit", "b.postcommit", "c.postcommit"]
 
 
+class Stalls(Recorded):
+    """A recording operation whose postcommit waits until its task is cancelled."""
+
+    def __init__(self, log: list[str], name: str, started: asyncio.Event) -> None:
+        super().__init__(log, name)
+        self.started = started
+
+    async def postcommit(self) -> None:
+        await super().postcommit()
+        self.started.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_cancelled_postcommit_counts_itself_and_the_ones_after_it_as_not_run(
+    scopes: Scopes,
+) -> None:
+    log: list[str] = []
+    started = asyncio.Event()
+
+    async def commit() -> hookbus.Transaction:
+        async with scopes.transaction() as tx:
+            await scopes.write(tx, 1)
+            tx.add(Recorded(log, "a"))
+            tx.add(Stalls(log, "b", started))
+            tx.add(Recorded(log, "c"))
+            tx.add(Recorded(log, "d"))
+            scope.append(tx)
+        return tx
+
+    scope: list[hookbus.Transaction] = []
+    task = asyncio.create_task(commit())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (tx,) = scope
+    assert tx.state is TransactionState.COMMITTED  # the data stays committed
+    assert tx.postcommit_not_run == 3  # b (cancelled), c and d
+    assert log[-2:] == ["a.postcommit", "b.postcommit"]
+
+
+async def test_a_scope_that_committed_every_postcommit_has_none_not_run(scopes: Scopes) -> None:
+    log: list[str] = []
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        tx.add(Recorded(log, "a"))
+    assert (tx.postcommit_not_run, tx.postcommit_errors) == (0, 0)
+
+
 # -- a scope that failed stays failed ---------------------------------------------------------
 
 
