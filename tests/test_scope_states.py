@@ -299,6 +299,50 @@ async def test_a_scope_whose_begin_failed_is_finished() -> None:
             pass
 
 
+async def test_a_finished_scope_names_what_it_refuses_and_its_state() -> None:
+    async with hookbus.transaction() as tx:
+        pass
+    state = "the transaction scope is committed$"
+    with pytest.raises(TransactionStateError, match=f"^cannot begin the transaction: {state}"):
+        await tx.begin()
+    with pytest.raises(TransactionStateError, match=f"^cannot enter the scope again: {state}"):
+        async with tx:
+            pass
+    with pytest.raises(TransactionStateError, match=f"^cannot roll back: {state}"):
+        await tx.rollback()
+    with pytest.raises(TypeError, match=r"^tx\.add\(\) takes an Operation instance, not 'op'$"):
+        tx.add("op")  # type: ignore[arg-type]
+    with pytest.raises(TransactionStateError, match=r"^no transaction scope is open here: open "):
+        hookbus.current_transaction()
+
+
+class RefusedEagerBegin(RefusedBegin):
+    """A backend that begins when the scope is entered, whose BEGIN fails there."""
+
+    lazy = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = 0
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def test_a_scope_whose_begin_failed_on_entering_is_failed_and_gave_its_session_back() -> None:
+    backend = RefusedEagerBegin()
+    tx = hookbus.transaction(backend)
+    with pytest.raises(ConnectionResetError, match="BEGIN"):
+        async with tx:
+            pytest.fail("the body runs only once the scope began")
+    assert tx.state is TransactionState.FAILED
+    assert backend.closed == 1
+    await _assert_refuses_work(tx)
+    with pytest.raises(TransactionStateError):
+        async with tx:
+            pass
+
+
 async def test_an_unknown_commit_outcome_leaves_the_scope_failed_memory() -> None:
     log: list[str] = []
     lost = CommitOutcomeUnknownError("the connection was lost during COMMIT")
