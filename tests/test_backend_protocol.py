@@ -174,7 +174,10 @@ class CancelsItself(Recorded):
 
 async def test_a_precommit_that_raises_cancelled_error_on_its_own_is_named_in_the_error() -> None:
     log: list[str] = []
-    message = r"^precommit of <CancelsItself b> raised CancelledError although the scope"
+    message = (
+        r"^precommit of <CancelsItself b> raised CancelledError although the scope was not "
+        r"cancelled; the scope rolled back and committed nothing$"
+    )
     with pytest.raises(hookbus.TransactionAbortedError, match=message):
         async with hookbus.transaction() as tx:
             tx.add(Recorded(log, "a"))
@@ -202,3 +205,50 @@ async def test_a_commit_that_raises_sends_no_rollback_and_runs_the_rollback_oper
             tx.add(Logs(log, "a", backend))
     assert backend.log == ["BEGIN", "precommit", "flush", "COMMIT (failed)", "close", "rollback"]
     assert tx.state is TransactionState.ROLLED_BACK
+
+
+class CommitAborted(Flushing):
+    """The server answers COMMIT with ROLLBACK (a statement failed and its error was caught)."""
+
+    async def commit(self) -> CommitOutcome:
+        self.log.append("COMMIT (aborted)")
+        return CommitOutcome.ABORTED
+
+
+async def test_a_commit_answered_with_rollback_says_so_and_sends_no_rollback() -> None:
+    backend, log = CommitAborted(), list[str]()
+    message = (
+        r"^the database answered COMMIT with ROLLBACK: a statement failed inside the scope and "
+        r"its error was caught, which aborted the transaction; nothing was committed and the "
+        r"rollback operations ran$"
+    )
+    with pytest.raises(hookbus.TransactionAbortedError, match=message):
+        async with hookbus.transaction(backend) as tx:
+            await tx.begin()
+            tx.add(Logs(log, "a", backend))
+    assert backend.log == ["BEGIN", "precommit", "flush", "COMMIT (aborted)", "close", "rollback"]
+
+
+async def test_a_doomed_scope_raises_its_error_with_a_note_that_nothing_was_committed() -> None:
+    doom = LookupError("doomed")
+    with pytest.raises(LookupError) as raised:
+        async with hookbus.transaction() as tx:
+            tx.doom(doom)
+    assert raised.value is doom
+    assert doom.__notes__ == [
+        "raised at the end of the transaction scope, which it had doomed (tx.doom()): "
+        "the scope rolled back and committed nothing"
+    ]
+
+
+def test_a_transaction_subclass_may_not_override_the_scheduling_calls() -> None:
+    message = (
+        r"\.Custom cannot override add, mark_added: while the scope is open, its ledger serves "
+        r"these calls directly \(they are slots\)$"
+    )
+    with pytest.raises(TypeError, match=message):
+
+        class Custom(hookbus.Transaction):
+            def add(self, op: hookbus.Operation) -> None: ...
+
+            def mark_added(self, eid: object) -> None: ...
