@@ -312,7 +312,11 @@ async def test_a_finished_scope_names_what_it_refuses_and_its_state() -> None:
         await tx.rollback()
     with pytest.raises(TypeError, match=r"^tx\.add\(\) takes an Operation instance, not 'op'$"):
         tx.add("op")  # type: ignore[arg-type]
-    with pytest.raises(TransactionStateError, match=r"^no transaction scope is open here: open "):
+    no_scope = (
+        r"^no transaction scope is open here: open one with "
+        r"`async with hookbus\.transaction\(\):` \(or an adapter's `transaction\(\)`\)$"
+    )
+    with pytest.raises(TransactionStateError, match=no_scope):
         hookbus.current_transaction()
 
 
