@@ -7,6 +7,7 @@ plugs into these, in the core, for every backend.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import anyio
 import pytest
@@ -131,6 +132,46 @@ async def test_accumulate_many_inside_a_rolled_back_savepoint_leaves_nothing() -
                 tx.accumulate_many("ids", [2, 3, 4], Collect)
                 raise KeyError("undo")
     assert Collect.seen == [{1, 2}]
+
+
+class AppendOnly:
+    """A container with append() and no extend(): accumulate_many feeds it value by value."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+
+    def append(self, value: object) -> None:
+        self.items.append(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectInto:
+    """A factory of ``Collect``; two made alike are equal, not the same object."""
+
+    def __call__(self) -> Collect:
+        return Collect()
+
+
+async def test_accumulate_many_feeds_a_container_without_extend_through_an_equal_factory() -> None:
+    Collect.seen = []
+    async with hookbus.transaction() as tx:
+        tx.accumulate_many("k", iter([1, 2]), CollectInto(), container=AppendOnly)
+        tx.accumulate_many("k", iter([3]), CollectInto(), container=AppendOnly)  # equal
+        message = r"^key 'k' accumulates into CollectInto\(\), not Logs$"
+        with pytest.raises(TypeError, match=message):
+            tx.accumulate_many("k", [9], Logs)  # type: ignore[arg-type]
+    (values,) = Collect.seen
+    assert isinstance(values, AppendOnly) and values.items == [1, 2, 3]
+
+
+async def test_accumulate_many_inside_a_released_savepoint_feeds_one_operation() -> None:
+    Collect.seen = []
+    async with hookbus.transaction() as tx:
+        async with tx.savepoint():
+            tx.accumulate_many("ids", [1, 2], Collect, container=list)  # opened in there
+            tx.accumulate_many("ids", [2, 3], Collect, container=list)
+        tx.accumulate("ids", 4, Collect, container=list)
+    assert Collect.seen == [[1, 2, 2, 3, 4]]
 
 
 async def test_tasks_of_one_scope_that_begin_it_at_once_send_one_begin() -> None:
