@@ -6,6 +6,9 @@ plugs into these, in the core, for every backend.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
 import anyio
 import pytest
 from _recording import Recorded
@@ -131,6 +134,46 @@ async def test_accumulate_many_inside_a_rolled_back_savepoint_leaves_nothing() -
     assert Collect.seen == [{1, 2}]
 
 
+class AppendOnly:
+    """A container with append() and no extend(): accumulate_many feeds it value by value."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+
+    def append(self, value: object) -> None:
+        self.items.append(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectInto:
+    """A factory of ``Collect``; two made alike are equal, not the same object."""
+
+    def __call__(self) -> Collect:
+        return Collect()
+
+
+async def test_accumulate_many_feeds_a_container_without_extend_through_an_equal_factory() -> None:
+    Collect.seen = []
+    async with hookbus.transaction() as tx:
+        tx.accumulate_many("k", iter([1, 2]), CollectInto(), container=AppendOnly)
+        tx.accumulate_many("k", iter([3]), CollectInto(), container=AppendOnly)  # equal
+        message = r"^key 'k' accumulates into CollectInto\(\), not Logs$"
+        with pytest.raises(TypeError, match=message):
+            tx.accumulate_many("k", [9], Logs)  # type: ignore[arg-type]
+    (values,) = Collect.seen
+    assert isinstance(values, AppendOnly) and values.items == [1, 2, 3]
+
+
+async def test_accumulate_many_inside_a_released_savepoint_feeds_one_operation() -> None:
+    Collect.seen = []
+    async with hookbus.transaction() as tx:
+        async with tx.savepoint():
+            tx.accumulate_many("ids", [1, 2], Collect, container=list)  # opened in there
+            tx.accumulate_many("ids", [2, 3], Collect, container=list)
+        tx.accumulate("ids", 4, Collect, container=list)
+    assert Collect.seen == [[1, 2, 2, 3, 4]]
+
+
 async def test_tasks_of_one_scope_that_begin_it_at_once_send_one_begin() -> None:
     gate = anyio.Event()
 
@@ -146,3 +189,107 @@ async def test_tasks_of_one_scope_that_begin_it_at_once_send_one_begin() -> None
         await anyio.wait_all_tasks_blocked()
         gate.set()
     assert backend.log == ["BEGIN", "flush", "COMMIT", "close"]
+
+
+# -- what fails the commit -------------------------------------------------------------------
+
+
+async def test_a_prepare_that_fails_with_no_operation_fails_the_scope_with_its_own_error() -> None:
+    backend = Flushing(flush_error=ValueError("flush failed"))
+    with pytest.raises(ValueError, match="flush failed"):
+        async with hookbus.transaction(backend) as tx:
+            await tx.begin()
+    assert backend.log == ["BEGIN", "flush", "ROLLBACK", "close"]
+
+
+class CancelsItself(Recorded):
+    """A precommit that raises CancelledError though nobody cancelled the scope's task."""
+
+    async def precommit(self) -> None:
+        await super().precommit()
+        raise asyncio.CancelledError
+
+    def __repr__(self) -> str:
+        return f"<CancelsItself {self.name}>"
+
+
+async def test_a_precommit_that_raises_cancelled_error_on_its_own_is_named_in_the_error() -> None:
+    log: list[str] = []
+    message = (
+        r"^precommit of <CancelsItself b> raised CancelledError although the scope was not "
+        r"cancelled; the scope rolled back and committed nothing$"
+    )
+    with pytest.raises(hookbus.TransactionAbortedError, match=message):
+        async with hookbus.transaction() as tx:
+            tx.add(Recorded(log, "a"))
+            tx.add(CancelsItself(log, "b"))
+    assert log == [
+        *("a.precommit", "b.precommit"),
+        *("b.revertprecommit", "a.revertprecommit"),
+        *("a.rollback", "b.rollback"),
+    ]
+
+
+class CommitLost(Flushing):
+    """COMMIT fails before the server answered (the driver raised)."""
+
+    async def commit(self) -> CommitOutcome:
+        self.log.append("COMMIT (failed)")
+        raise ConnectionResetError("COMMIT failed")
+
+
+async def test_a_commit_that_raises_sends_no_rollback_and_runs_the_rollback_operations() -> None:
+    backend, log = CommitLost(), list[str]()
+    with pytest.raises(ConnectionResetError, match="COMMIT failed"):
+        async with hookbus.transaction(backend) as tx:
+            await tx.begin()
+            tx.add(Logs(log, "a", backend))
+    assert backend.log == ["BEGIN", "precommit", "flush", "COMMIT (failed)", "close", "rollback"]
+    assert tx.state is TransactionState.ROLLED_BACK
+
+
+class CommitAborted(Flushing):
+    """The server answers COMMIT with ROLLBACK (a statement failed and its error was caught)."""
+
+    async def commit(self) -> CommitOutcome:
+        self.log.append("COMMIT (aborted)")
+        return CommitOutcome.ABORTED
+
+
+async def test_a_commit_answered_with_rollback_says_so_and_sends_no_rollback() -> None:
+    backend, log = CommitAborted(), list[str]()
+    message = (
+        r"^the database answered COMMIT with ROLLBACK: a statement failed inside the scope and "
+        r"its error was caught, which aborted the transaction; nothing was committed and the "
+        r"rollback operations ran$"
+    )
+    with pytest.raises(hookbus.TransactionAbortedError, match=message):
+        async with hookbus.transaction(backend) as tx:
+            await tx.begin()
+            tx.add(Logs(log, "a", backend))
+    assert backend.log == ["BEGIN", "precommit", "flush", "COMMIT (aborted)", "close", "rollback"]
+
+
+async def test_a_doomed_scope_raises_its_error_with_a_note_that_nothing_was_committed() -> None:
+    doom = LookupError("doomed")
+    with pytest.raises(LookupError) as raised:
+        async with hookbus.transaction() as tx:
+            tx.doom(doom)
+    assert raised.value is doom
+    assert doom.__notes__ == [
+        "raised at the end of the transaction scope, which it had doomed (tx.doom()): "
+        "the scope rolled back and committed nothing"
+    ]
+
+
+def test_a_transaction_subclass_may_not_override_the_scheduling_calls() -> None:
+    message = (
+        r"\.Custom cannot override add, mark_added: while the scope is open, its ledger serves "
+        r"these calls directly \(they are slots\)$"
+    )
+    with pytest.raises(TypeError, match=message):
+
+        class Custom(hookbus.Transaction):
+            def add(self, op: hookbus.Operation) -> None: ...
+
+            def mark_added(self, eid: object) -> None: ...

@@ -177,22 +177,25 @@ async def test_a_factory_returning_one_entry_for_two_keys_is_refused() -> None:
 class Watch:
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.scopes: list[hookbus.Transaction] = []  # the scope of each entry of ``seen``
 
     def moved(self, tx: hookbus.Transaction, old: TransactionState, new: TransactionState) -> None:
         self.seen.append(f"{old.name}>{new.name}")
+        self.scopes.append(tx)
 
     def ended(self, tx: hookbus.Transaction) -> None:
         self.seen.append("ended")
+        self.scopes.append(tx)
 
 
 async def test_a_scope_observer_sees_every_move_and_the_end_until_it_is_replaced() -> None:
     watch = Watch()
     assert observe_scopes(watch) is None
     try:
-        async with hookbus.transaction():
+        async with hookbus.transaction() as committed:
             pass
         with pytest.raises(LookupError):
-            async with hookbus.transaction():
+            async with hookbus.transaction() as rolled_back:
                 raise LookupError
     finally:
         assert observe_scopes(None) is watch
@@ -201,6 +204,8 @@ async def test_a_scope_observer_sees_every_move_and_the_end_until_it_is_replaced
     assert watch.seen[0] == "NEW>ACTIVE" and watch.seen.count("ended") == 2
     assert "COMMITTING>COMMITTED" in watch.seen
     assert any(move.endswith(">ROLLED_BACK") for move in watch.seen)
+    ends = watch.seen.index("ended") + 1
+    assert watch.scopes == [committed] * ends + [rolled_back] * (len(watch.seen) - ends)
 
 
 def test_hookbus_otel_imports_only_public_names() -> None:

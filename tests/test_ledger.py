@@ -342,3 +342,112 @@ async def test_operations_scheduled_after_a_dropped_accumulation_all_run(
         tx.accumulate("kept", 2, functools.partial(Gather, log))
     assert others == [("precommit", [])] * 200 + [("postcommit", [])] * 200
     assert log == [("rollback", [1]), ("precommit", [2]), ("postcommit", [2])]
+
+
+class SortedList(list[Any]):
+    """A list-like container whose append keeps its values sorted (not at the end)."""
+
+    def append(self, value: Any) -> None:
+        index = len(self)
+        while index and self[index - 1] > value:
+            index -= 1
+        self.insert(index, value)
+
+
+@pytest.mark.parametrize("container", [list, SortedList])
+async def test_list_values_appended_in_a_rolled_back_savepoint_are_taken_out_one_each(
+    scopes: Scopes, container: type
+) -> None:
+    # Repeated values, some before the savepoint: each undone value takes out one occurrence
+    # (the last one), even when the container did not append it at the end.
+    log: list[tuple[str, Any]] = []
+    gather = functools.partial(Gather, log)
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        tx.accumulate("k", 5, gather, container=container)
+        tx.accumulate("k", 1, gather, container=container)
+        with pytest.raises(Boom):
+            async with tx.savepoint():
+                tx.accumulate("k", 3, gather, container=container)
+                tx.accumulate("k", 1, gather, container=container)
+                tx.accumulate("k", 5, gather, container=container)
+                raise Boom
+        tx.accumulate("k", 2, gather, container=container)
+    kept = [1, 2, 5] if container is SortedList else [5, 1, 2]
+    assert log == [("precommit", kept), ("postcommit", kept)]
+
+
+async def test_a_list_accumulation_opened_empty_is_empty_again_after_a_rolled_back_savepoint(
+    scopes: Scopes,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    gather = functools.partial(Gather, log)
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        tx.accumulate_many("k", [], gather, container=list)  # scheduled, no value yet
+        with pytest.raises(Boom):
+            async with tx.savepoint():
+                tx.accumulate("k", "a", gather, container=list)
+                raise Boom
+    assert log == [("precommit", []), ("postcommit", [])]
+
+
+async def test_an_equal_factory_feeds_the_same_operation_inside_a_savepoint(
+    scopes: Scopes,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        async with tx.savepoint():
+            tx.accumulate("k", 1, GatherInto(log))
+            tx.accumulate("k", 2, GatherInto(log))  # equal: the same factory
+            message = r"^key 'k' accumulates into GatherInto\(.*\), not Other$"
+            with pytest.raises(TypeError, match=message):
+                tx.accumulate("k", 3, Other)
+        assert len(tx.operations) == 1
+    assert log == [("precommit", [1, 2]), ("postcommit", [1, 2])]
+
+
+async def test_a_container_without_add_or_append_is_refused_by_its_type_name(
+    scopes: Scopes,
+) -> None:
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        message = r"^accumulate\(\) needs a container with add\(\) or append\(\), not tuple$"
+        with pytest.raises(TypeError, match=message):
+            tx.accumulate("k", 1, Other, container=tuple)
+        assert tx.operations == ()
+
+
+class LateGather(Gather, hookbus.LateOperation):
+    """A late accumulating operation that feeds its own key once, in its precommit."""
+
+    async def precommit(self) -> None:
+        await super().precommit()
+        if len(self.log) == 1:  # the first one: its key is closed now
+            hookbus.current_transaction().accumulate("k", 2, LateGatherInto(self.log))
+
+
+@dataclasses.dataclass(frozen=True)
+class LateGatherInto:
+    """A factory of ``LateGather``; two made alike are equal."""
+
+    log: list[tuple[str, Any]]
+
+    def __call__(self) -> LateGather:
+        return LateGather(self.log)
+
+
+async def test_a_late_accumulation_stops_accumulating_once_its_precommit_starts(
+    scopes: Scopes,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        tx.accumulate("k", 1, LateGatherInto(log))
+    assert log == [
+        ("precommit", [1]),
+        ("precommit", [2]),
+        ("postcommit", [1]),
+        ("postcommit", [2]),
+    ]

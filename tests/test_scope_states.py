@@ -203,6 +203,55 @@ async def test_each_postcommit_error_is_counted(scopes: Scopes) -> None:
     assert log[-3:] == ["a.postcommit", "b.postcommit", "c.postcommit"]
 
 
+class Stalls(Recorded):
+    """A recording operation whose postcommit waits until its task is cancelled."""
+
+    def __init__(self, log: list[str], name: str, started: asyncio.Event) -> None:
+        super().__init__(log, name)
+        self.started = started
+
+    async def postcommit(self) -> None:
+        await super().postcommit()
+        self.started.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_cancelled_postcommit_counts_itself_and_the_ones_after_it_as_not_run(
+    scopes: Scopes,
+) -> None:
+    log: list[str] = []
+    started = asyncio.Event()
+
+    async def commit() -> hookbus.Transaction:
+        async with scopes.transaction() as tx:
+            await scopes.write(tx, 1)
+            tx.add(Recorded(log, "a"))
+            tx.add(Stalls(log, "b", started))
+            tx.add(Recorded(log, "c"))
+            tx.add(Recorded(log, "d"))
+            scope.append(tx)
+        return tx
+
+    scope: list[hookbus.Transaction] = []
+    task = asyncio.create_task(commit())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (tx,) = scope
+    assert tx.state is TransactionState.COMMITTED  # the data stays committed
+    assert tx.postcommit_not_run == 3  # b (cancelled), c and d
+    assert log[-2:] == ["a.postcommit", "b.postcommit"]
+
+
+async def test_a_scope_that_committed_every_postcommit_has_none_not_run(scopes: Scopes) -> None:
+    log: list[str] = []
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 1)
+        tx.add(Recorded(log, "a"))
+    assert (tx.postcommit_not_run, tx.postcommit_errors) == (0, 0)
+
+
 # -- a scope that failed stays failed ---------------------------------------------------------
 
 
@@ -247,6 +296,54 @@ async def test_a_scope_whose_begin_failed_is_finished() -> None:
     await _assert_refuses_work(tx)
     with pytest.raises(TransactionStateError):
         async with tx:  # never entered again
+            pass
+
+
+async def test_a_finished_scope_names_what_it_refuses_and_its_state() -> None:
+    async with hookbus.transaction() as tx:
+        pass
+    state = "the transaction scope is committed$"
+    with pytest.raises(TransactionStateError, match=f"^cannot begin the transaction: {state}"):
+        await tx.begin()
+    with pytest.raises(TransactionStateError, match=f"^cannot enter the scope again: {state}"):
+        async with tx:
+            pass
+    with pytest.raises(TransactionStateError, match=f"^cannot roll back: {state}"):
+        await tx.rollback()
+    with pytest.raises(TypeError, match=r"^tx\.add\(\) takes an Operation instance, not 'op'$"):
+        tx.add("op")  # type: ignore[arg-type]
+    no_scope = (
+        r"^no transaction scope is open here: open one with "
+        r"`async with hookbus\.transaction\(\):` \(or an adapter's `transaction\(\)`\)$"
+    )
+    with pytest.raises(TransactionStateError, match=no_scope):
+        hookbus.current_transaction()
+
+
+class RefusedEagerBegin(RefusedBegin):
+    """A backend that begins when the scope is entered, whose BEGIN fails there."""
+
+    lazy = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = 0
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def test_a_scope_whose_begin_failed_on_entering_is_failed_and_gave_its_session_back() -> None:
+    backend = RefusedEagerBegin()
+    tx = hookbus.transaction(backend)
+    with pytest.raises(ConnectionResetError, match="BEGIN"):
+        async with tx:
+            pytest.fail("the body runs only once the scope began")
+    assert tx.state is TransactionState.FAILED
+    assert backend.closed == 1
+    await _assert_refuses_work(tx)
+    with pytest.raises(TransactionStateError):
+        async with tx:
             pass
 
 
