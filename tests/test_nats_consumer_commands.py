@@ -23,7 +23,7 @@ from _nats_consumer import (  # noqa: F401
 from _nats_consumer_app import OrderPlaced
 from _nats_consumer_fleet import Worker, consume_command, worker_env
 from hookbus_nats import Consumer, create_inbox
-from hookbus_nats._consumer_nats import connect_options, shown_servers
+from hookbus_nats._nats_options import connect_options, shown_servers
 
 from hookbus import Bus, current_transaction
 from hookbus.cli import main

@@ -15,33 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from datetime import timedelta
 from typing import Any, Final
 
-from hookbus.cli import CommandError, ExitStatus, add_dsn_option, dsn_from, hide_password
+from hookbus.cli import CommandError, ExitStatus, add_dsn_option, dsn_from
+
+from ._nats_options import add_nats_options, connect_options, shown_servers
 
 __all__ = ["OutboxCommand", "outbox"]
-
-_NATS_OPTIONS: Final = (
-    ("--server", "NATS_URL", "the NATS server URL(s), comma-separated"),
-    ("--creds", "NATS_CREDS", "a user credentials file (JWT and seed)"),
-    ("--nkey", "NATS_NKEY", "an nkey seed file"),
-    ("--user", "NATS_USER", "a user name"),
-    ("--password", "NATS_PASSWORD", "the user's password"),
-    ("--token", "NATS_TOKEN", "an authentication token"),
-    ("--tlscert", "NATS_CERT", "a client certificate file (TLS)"),
-    ("--tlskey", "NATS_KEY", "the client certificate's key file (TLS)"),
-    ("--tlsca", "NATS_CA", "a CA certificate file to verify the server (TLS)"),
-)
-
-
-def _add_nats_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("NATS (each option defaults to its variable)")
-    for option, variable, text in _NATS_OPTIONS:
-        group.add_argument(option, metavar=variable, default=None, help=f"{text} (${variable})")
 
 
 def _seconds(text: str) -> float:
@@ -49,38 +32,6 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
     return value
-
-
-def nats_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``nats.connect`` keyword arguments from the options and the variables."""
-
-    def given(option: str, variable: str) -> str | None:
-        return getattr(args, option.lstrip("-"), None) or os.environ.get(variable) or None
-
-    values = {option: given(option, variable) for option, variable, _ in _NATS_OPTIONS}
-    servers = (values["--server"] or "nats://127.0.0.1:4222").split(",")
-    options: dict[str, Any] = {"servers": [s.strip() for s in servers if s.strip()]}
-    for option, keyword in (
-        ("--creds", "user_credentials"),
-        ("--nkey", "nkeys_seed"),
-        ("--user", "user"),
-        ("--password", "password"),
-        ("--token", "token"),
-    ):
-        if values[option]:
-            options[keyword] = values[option]
-    if values["--tlscert"] or values["--tlsca"]:
-        import ssl
-
-        context = ssl.create_default_context(cafile=values["--tlsca"])
-        if values["--tlscert"]:
-            context.load_cert_chain(values["--tlscert"], values["--tlskey"])
-        options["tls"] = context
-    return options
-
-
-def _shown_servers(options: dict[str, Any]) -> str:
-    return ",".join(hide_password(server) for server in options["servers"])
 
 
 class OutboxCommand:
@@ -98,7 +49,7 @@ class OutboxCommand:
             "flight is finished and its cursor saved, then the relay exits.",
         )
         add_dsn_option(relay)
-        _add_nats_options(relay)
+        add_nats_options(relay)
         relay.add_argument("--stream", required=True, help="the stream the subjects go to")
         relay.add_argument("--name", default="default", help="the relay's cursor and lock")
         relay.add_argument("--batch-size", type=int, default=1000)
@@ -171,12 +122,12 @@ async def _relay(args: argparse.Namespace, dsn: str) -> int:
     from ._startup import JetStreamNotReadyError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    options = nats_options(args)
+    options = connect_options(args)
     try:
         nc = await nats.connect(**options, max_reconnect_attempts=-1)
     except Exception as exc:
         raise CommandError(
-            f"cannot connect to NATS at {_shown_servers(options)}: {type(exc).__name__}",
+            f"cannot connect to NATS at {shown_servers(options)}: {type(exc).__name__}",
             ExitStatus.FAILURE,
         ) from None
     relay = Relay(

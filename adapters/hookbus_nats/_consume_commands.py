@@ -5,7 +5,7 @@ until SIGTERM or SIGINT, which finish the batch in hand and acknowledge what com
 counters go to standard error every ``--stats-every`` seconds and at exit. ``hookbus
 dead-letters list`` shows the dead letters (of one consumer with ``--consumer``), ``hookbus
 dead-letters replay`` republishes them (``--all``, or by sequence) to their original subjects.
-The database is ``--dsn``, else ``HOOKBUS_DSN``; NATS as :mod:`._consumer_nats` says. Nothing
+The database is ``--dsn``, else ``HOOKBUS_DSN``; NATS as :mod:`._nats_options` says. Nothing
 printed shows a password, a token or a credentials file's content.
 
 Registered in the ``hookbus.commands`` entry-point group; nats and asyncpg are imported when a
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Final, final
 from hookbus import Bus
 from hookbus.cli import CommandError, ExitStatus, add_dsn_option, dsn_from, load_object
 
-from ._consumer_nats import add_nats_options, connect_options, shown_servers
 from ._dead_letters import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
+from ._nats_options import add_nats_options, connect_options, shown_servers
 
 if TYPE_CHECKING:
     from ._consumer import Consumer

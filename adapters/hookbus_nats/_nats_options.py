@@ -6,7 +6,7 @@ The options are the ``nats`` CLI's, each defaulting to the variable it reads: ``
 (``NATS_NKEY``: a seed file), ``--user``/``--password`` (``NATS_USER``/``NATS_PASSWORD``),
 ``--token`` (``NATS_TOKEN``), ``--tlscert``/``--tlskey``/``--tlsca``
 (``NATS_CERT``/``NATS_KEY``/``NATS_CA``). Prefer the variables and files: a command line is
-visible to every user of the machine. The relay's commands take the same options. What is
+visible to every user of the machine. The outbox and consume commands both read them here. What is
 shown of the connection (:func:`shown_servers`) never includes a password or a token.
 """
 
