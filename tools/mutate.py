@@ -72,7 +72,6 @@ _DISPATCH = [
     "tests/test_selectors.py",
     "tests/test_explain.py",
     "tests/test_instrumentation.py",  # entries built through hookbus.instrumentation
-    "tests/test_plugins.py",  # hooks registered and unregistered by plugins
 ]
 GUARDS: dict[str, list[str]] = {
     "hookbus/_ledger.py": _SCOPE,
