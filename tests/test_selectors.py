@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -11,9 +12,11 @@ from hookbus import (
     Bus,
     EntityEvent,
     EventSpec,
+    RegistrationError,
     RelationEvent,
     Selector,
     is_instance,
+    match_key,
     match_rtype,
     match_rtype_sets,
     where,
@@ -206,3 +209,60 @@ async def test_a_users_selector_under_and_is_settled_once_per_key_named_beside_i
             await bus.emit("after_add_entity", EntityEvent("after_add_entity", etype, 1))
     assert seen == ["A"] * 100
     assert len(asked) <= 3  # settled when the entries are built, not asked per dispatch
+
+
+def test_selectors_read_as_written() -> None:
+    assert repr(is_instance("Person", "Company")) == "is_instance('Company', 'Person')"
+    assert repr(match_rtype("boss")) == "match_rtype('boss')"
+    assert repr(match_rtype_sets({"boss"}, ["knows"])) == "match_rtype_sets('boss', 'knows')"
+    assert repr(match_key(2, "a", 10)) == "match_key(10, 2, 'a')"  # keys of any types, by str
+    assert repr(where(big)) == "where('big')"
+    unnamed = functools.partial(big)  # a callable without __qualname__: shown as itself
+    assert repr(where(unnamed)) == f"where({unnamed!r})"
+    assert repr(~is_instance("A") & where(even) | is_instance("B")) == (
+        "((~is_instance('A') & where('even')) | is_instance('B'))"
+    )
+
+
+def test_relation_selectors_take_relation_type_names_and_match_relation_events_only() -> None:
+    for select in (match_rtype, lambda *names: match_rtype_sets(names)):
+        with pytest.raises(TypeError, match="type names"):
+            select(3)
+        bus = Bus()
+        with pytest.raises(RegistrationError, match="can never match 'after_add_entity'"):
+            bus.register(lambda e: None, "after_add_entity", select=select("Person"))
+
+
+class Settled(Selector):
+    """A user's selector that gives one answer for every key (it names none), and counts
+    how often it is asked."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def specialize(self, spec: EventSpec, key: Hashable) -> bool | Callable[[Any], bool]:
+        self.asked += 1
+        return True
+
+    def mentions(self, spec: EventSpec) -> frozenset[Hashable] | None:
+        return frozenset()
+
+
+@pytest.mark.parametrize("combine", ["&", "|"])
+@pytest.mark.parametrize("settled_first", [True, False], ids=["settled-first", "settled-last"])
+async def test_a_selector_that_names_no_key_is_settled_once_beside_a_negation(
+    combine: str, settled_first: bool
+) -> None:
+    settled = Settled()
+    parts: tuple[Selector, Selector] = (settled, ~is_instance("A"))
+    left, right = parts if settled_first else parts[::-1]
+    select = left & right if combine == "&" else left | right
+    bus = Bus()
+    seen: list[str] = []
+    bus.hook("after_add_entity", select=select)(lambda e: seen.append(e.etype))
+    settled.asked = 0
+    for _ in range(50):
+        for etype in ("A", "B", "C"):
+            await bus.emit("after_add_entity", EntityEvent("after_add_entity", etype, 1))
+    assert seen == (["B", "C"] if combine == "&" else ["A", "B", "C"]) * 50
+    assert settled.asked <= 3  # once per entry built (A, the others), not per dispatch
