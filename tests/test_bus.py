@@ -522,8 +522,12 @@ async def test_a_plain_hook_returning_a_coroutine_is_refused_naming_it(bus: Bus)
         warnings.simplefilter("error")  # the coroutine is closed: no "never awaited" on top
         with pytest.raises(TypeError, match="forgets_to_await is a plain function that returned"):
             await bus.emit("after_add_entity", added())
-        with pytest.raises(TypeError, match="returned a coroutine on event 'after_add_entity'"):
+        with pytest.raises(
+            TypeError, match="returned a coroutine on event 'after_add_entity'"
+        ) as info:
             await bus.collect("after_add_entity", added())
+        name = f"{forgets_to_await.__module__}.{forgets_to_await.__qualname__}"
+        assert info.value.__notes__ == [f"raised by hook {name} on event 'after_add_entity'"]
         bus.hook("after_add_entity", select=where(bool))(lambda e: None)  # the checked shape
         with pytest.raises(TypeError, match="forgets_to_await"):
             await bus.emit("after_add_entity", added())
