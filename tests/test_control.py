@@ -23,6 +23,7 @@ from hookbus import (
     hooks_control,
     is_instance,
 )
+from hookbus._index import MAX_FORMS
 
 
 @pytest.fixture
@@ -290,6 +291,45 @@ async def test_states_of_a_form_dropped_past_the_bound_keep_dispatching() -> Non
             await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Person", 1))
     seen.clear()
     with hooks_control(ALLOW_ALL, "metadata"):  # the first form is long dropped
+        await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Company", 1))
+        await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Person", 1))
+    assert seen == ["company", "person"]
+
+
+async def test_each_name_of_a_state_is_reported_on_its_own_at_the_emit() -> None:
+    bus = Bus(protected=("activeintegrity",))
+    for category in ("integrity", "integrals", "integrator", "integrities", "metadata", "notify"):
+        bus.register(lambda e: None, "after_add_entity", category=category)
+    # In the order reported (sorted): close to nothing here, protected, a typo with four
+    # close categories, a category of this bus, a typo with one.
+    names = ("aaa", "activeintegrity", "integrty", "metadata", "notifyy")
+    with warnings.catch_warnings(record=True) as caught, hooks_control(ALLOW_ALL, *names):
+        warnings.simplefilter("always")
+        await bus.emit("after_add_entity", added())
+    assert [str(w.message) for w in caught] == [
+        "hooks_control(ALLOW_ALL, 'activeintegrity'): 'activeintegrity' is protected on this "
+        "bus, its hooks stay enabled",
+        "hooks_control names category 'integrty', which no hook on this bus has; did you mean "
+        "'integrity' or 'integrator' or 'integrities'?",
+        "hooks_control names category 'notifyy', which no hook on this bus has; did you mean "
+        "'notify'?",
+    ]
+    assert {(w.category, w.filename) for w in caught} == {(UnknownCategoryWarning, __file__)}
+
+
+async def test_a_state_whose_form_was_just_dropped_dispatches_a_key_new_to_it() -> None:
+    seen: list[str] = []
+    bus = keyed_bus(seen)
+    for i in range(8):
+        bus.register(lambda e: None, "after_update_entity", category=f"c{i}")
+    first = hooks_control(ALLOW_ALL, "metadata")
+    with first:
+        await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Person", 1))
+    for n in range(1, MAX_FORMS):  # the last one drops the first state's form, only it
+        with hooks_control(ALLOW_ALL, *(f"c{i}" for i in range(8) if n >> i & 1)):
+            await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Person", 1))
+    seen.clear()
+    with first:
         await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Company", 1))
         await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Person", 1))
     assert seen == ["company", "person"]

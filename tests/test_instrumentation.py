@@ -172,6 +172,11 @@ async def test_a_factory_returning_one_entry_for_two_keys_is_refused() -> None:
     with pytest.raises(TypeError, match=r"key 'Company' the entry it returned for .* 'Person'"):
         bus.emit("after_add_entity", EntityEvent("after_add_entity", "Company", 2))  # at the call
     assert seen == ["P"]
+    bus.hook("after_add_entity")(lambda e: seen.append("any"))  # the other keys' entry runs it
+    await bus.emit("after_add_entity", added())
+    with pytest.raises(TypeError, match="and key <any other key> the entry it returned for"):
+        bus.emit("after_add_entity", EntityEvent("after_add_entity", "Other", 3))
+    assert seen == ["P", "P"]  # the factory's one entry runs the hooks it was first built for
 
 
 class Watch:
