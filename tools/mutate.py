@@ -90,6 +90,24 @@ GUARDS: dict[str, list[str]] = {
     "hookbus/_generate.py": _DISPATCH,
     "hookbus/_bus.py": _DISPATCH,
 }
+# Modules whose runs start each test with _generate.py's compiled shapes forgotten. That
+# cache outlives a test: mutmut runs the suite once in its main process, recording which
+# tests run which function, and forks each mutant's tests from there; with the shapes kept,
+# only the first test of each shape is seen to run the code that compiles it, and in the
+# forks no test runs it at all, so its mutants survive unseen.
+FRESH = {"hookbus/_control.py", "hookbus/_selectors.py", "hookbus/_dispatch.py",
+         "hookbus/_generate.py", "hookbus/_index.py", "hookbus/_bus.py"}  # fmt: skip
+FRESH_PLUGIN = """\
+\"\"\"Written by tools/mutate.py in its scratch copy: each test compiles its own shapes.\"\"\"
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _forget_compiled_shapes():
+    from hookbus import _generate
+
+    _generate._compiled.clear()
+"""
 # What the tests read besides the code and the tests themselves.
 ALSO_COPY = ["docs", "examples", "benchmarks", "README.md"]
 # Lines left alone unless --with-logging: a log call's wording is not what the tests guard,
@@ -137,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     copy_tree(workdir)
     packages = lift_adapters(workdir)
     (workdir / "setup.cfg").write_text(
-        config(module.removeprefix("adapters/"), packages, tests, args.with_logging)
+        config(
+            module.removeprefix("adapters/"), packages, tests, args.with_logging, module in FRESH
+        )
     )
+    if module in FRESH:
+        (workdir / "_mutate_fresh.py").write_text(FRESH_PLUGIN)
     print(f"mutate: {module} against {' '.join(tests)}\nmutate: scratch copy {workdir}")
     log = workdir / "mutmut.log"
     command = [sys.executable, "-m", "mutmut", "run"]
@@ -197,7 +219,9 @@ def lift_adapters(workdir: Path) -> list[str]:
     return packages
 
 
-def config(module: str, packages: list[str], tests: list[str], with_logging: bool) -> str:
+def config(
+    module: str, packages: list[str], tests: list[str], with_logging: bool, fresh: bool = False
+) -> str:
     def values(items: list[str]) -> str:
         return "".join(f"\n    {item}" for item in items)
 
@@ -206,8 +230,9 @@ def config(module: str, packages: list[str], tests: list[str], with_logging: boo
         f"source_paths ={values(packages)}\n"
         f"only_mutate ={values([module])}\n"
         f"pytest_add_cli_args_test_selection ={values(tests)}\n"
-        f"also_copy ={values(ALSO_COPY)}\n"
+        f"also_copy ={values(ALSO_COPY + (['_mutate_fresh.py'] if fresh else []))}\n"
         + ("" if with_logging else f"do_not_mutate_patterns ={values([LOGGING])}\n")
+        + (f"pytest_add_cli_args ={values(['-p', '_mutate_fresh'])}\n" if fresh else "")
     )
 
 
