@@ -101,7 +101,7 @@ def consumer(
     return Consumer(
         bus,
         pool,
-        stream.js,
+        stream.nc,
         name=name or f"c{secrets.token_hex(4)}",
         stream=stream.name,
         dead_letter_stream=stream.dead_stream,
@@ -505,3 +505,28 @@ async def test_while_the_database_is_away_a_batch_is_retried_later_without_tryin
     away = False
     await drain(c, stream.js, stream)
     assert await counts(pool, projection) == {order: 1 for order in range(1, 6)}
+
+
+async def test_a_consumer_given_a_jetstream_context_still_works_but_says_it_is_deprecated(
+    pool: asyncpg.Pool, stream: Stream, projection: str
+) -> None:
+    with pytest.warns(DeprecationWarning, match=r"Consumer\(bus, pool, nc, \.\.\.\)"):
+        c = Consumer(
+            order_bus(projection),
+            pool,
+            stream.js,
+            name=f"c{secrets.token_hex(4)}",
+            stream=stream.name,
+            dead_letter_stream=stream.dead_stream,
+            dead_letter_prefix=stream.dead_prefix,
+            fetch_timeout=0.5,
+        )
+    await publish(stream.js, stream.subject(1), "order_placed", OrderPlaced(1, 10))
+    await drain(c, stream.js, stream)
+    assert await counts(pool, projection) == {1: 1}
+
+
+@pytest.mark.parametrize("given", ["nats://127.0.0.1:4222", None])
+def test_a_consumer_without_a_nats_connection_is_refused(given: Any) -> None:
+    with pytest.raises(TypeError, match=r"nats\.aio\.client\.Client|needs the NATS connection"):
+        Consumer(Bus(), None, given, name="c", stream="S")  # type: ignore[arg-type]

@@ -83,7 +83,7 @@ async def test_dead_letters_are_listed_with_their_reason_and_replayed_by_the_com
         "fetch_timeout": 0.5,
     }
     await publish(stream.js, stream.subject(1), "order_placed", OrderPlaced(1, 5), msg_id="m1")
-    strict = Consumer(bus(Version1), pool, stream.js, **options)  # type: ignore[arg-type]
+    strict = Consumer(bus(Version1), pool, stream.nc, **options)  # type: ignore[arg-type]
     await strict.start()
     await strict.poll()
     assert strict.statistics().dead_lettered == 1
@@ -98,7 +98,7 @@ async def test_dead_letters_are_listed_with_their_reason_and_replayed_by_the_com
     )
     assert "name the dead letters to replay" in capsys.readouterr().err
 
-    fixed = Consumer(bus(OrderPlaced), pool, stream.js, **options)  # type: ignore[arg-type]
+    fixed = Consumer(bus(OrderPlaced), pool, stream.nc, **options)  # type: ignore[arg-type]
     await fixed.start()
     assert (
         await _hookbus(
