@@ -148,8 +148,9 @@ async def test_sigterm_finishes_the_batch_in_hand_and_acknowledges_it(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
         "AND xact_start IS NOT NULL"
     )
+    started = f"consume {name}: started"  # a SIGTERM before would end its start-up instead
     for _ in range(3000):
-        if await pool.fetchval(open_tx, app):
+        if started in worker.output() and await pool.fetchval(open_tx, app):
             break
         await asyncio.sleep(0.01)
     os.kill(worker.pid, signal.SIGTERM)

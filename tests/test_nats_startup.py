@@ -25,11 +25,19 @@ from typing import Any
 import anyio
 import asyncpg
 import pytest
+import pytest_asyncio
 from _nats import Stream, make_stream
 from _nats_consumer_fleet import consume_command, hookbus_command, worker_env
 from _outbox import install_outbox, shop_bus
 from hookbus_asyncpg import Outbox
-from hookbus_nats import Consumer, ConsumerState, JetStreamNotReadyError, Relay, RelayState
+from hookbus_nats import (
+    Consumer,
+    ConsumerState,
+    JetStreamNotReadyError,
+    Relay,
+    RelayState,
+    create_inbox,
+)
 from hookbus_nats.testing import server_binary
 from nats.errors import NoRespondersError
 from test_relay_faults import connect, publish, until
@@ -82,6 +90,12 @@ async def ready_for_requests(nc: Any) -> None:
     it is part of the caller's state before a worker starts."""
     with contextlib.suppress(NoRespondersError):
         await nc.request("hookbus.test.nobody", b"", timeout=10)
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def inbox(pool: asyncpg.Pool) -> None:
+    """The consumers' inbox table, in the module's database (its plugin installed by hand)."""
+    await create_inbox(pool)
 
 
 @pytest.fixture

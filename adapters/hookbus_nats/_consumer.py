@@ -39,7 +39,7 @@ from ._dead_letters import (
     DEAD_LETTER_STREAM,
     ensure_dead_letter_stream,
 )
-from ._inbox import cleanup_inbox, record_applied
+from ._inbox import cleanup_inbox, inbox_exists, record_applied
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -207,12 +207,19 @@ class Consumer:
         server died), asks again with backoff for ``start_wait`` seconds, then raises
         :class:`JetStreamNotReadyError`. Raises :class:`ConsumerError` if ``retention`` is
         shorter than the stream keeps messages: a redelivery after its inbox row is gone would
-        be applied twice.
+        be applied twice, and if ``hookbus_inbox`` is missing (``inbox_plugin()`` not
+        installed): every message would fail.
         """
         self._life.require(ConsumerState.NEW, doing="start()")
         from ._startup import when_ready
 
         try:
+            if not await inbox_exists(self._pool):
+                raise ConsumerError(
+                    f"consumer {self.name!r}: the table hookbus_inbox is missing: add "
+                    "hookbus_nats.inbox_plugin() to the application's PluginSet and run "
+                    "`hookbus install` (or hookbus_nats.create_inbox(pool))"
+                )
             checked = await when_ready(
                 self._check, self._stream, wait=self._start_wait, logger=logger, stop=self._stop
             )
