@@ -3,7 +3,8 @@
 In the seconds after a server of a JetStream cluster dies, the stream has no leader: its API
 times out or answers "no responders" until an election ends. A worker starting then waits and
 asks again (with backoff, saying what it waits for) rather than exiting, up to a bound past
-which it fails with :class:`JetStreamNotReadyError`.
+which it fails with :class:`JetStreamNotReadyError`. The worker's ``stop()`` ends the wait at
+once, a question in flight included.
 """
 
 from __future__ import annotations
