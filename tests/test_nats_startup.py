@@ -356,3 +356,27 @@ async def test_a_later_start_up_call_without_answer_is_asked_again_and_binds_onc
         assert len(made) == 2, made
     finally:
         await nc.close()
+
+
+async def test_a_consumer_that_ran_and_stopped_leaves_no_subscription_behind(
+    nats: Server, pool: asyncpg.Pool
+) -> None:
+    nats.start(jetstream=True)
+    nc = await connect(nats.url)
+    try:
+        stream = (await make_stream(nc.jetstream())).name
+        before = await subscriptions(nats, nc)
+        consumer = Consumer(shop_bus(), pool, nc, name="ran", stream=stream,
+                            dead_letter_stream=f"{stream}_DEAD",
+                            dead_letter_prefix=f"{stream.lower()}dead",
+                            fetch_timeout=0.2)  # fmt: skip
+        await consumer.start()
+        assert len(await subscriptions(nats, nc)) == len(before) + 2  # pull inbox, advisory
+        running = asyncio.create_task(consumer.run())
+        await until(lambda: consumer.state is ConsumerState.RUNNING, "the consumer runs")
+        consumer.stop()
+        await asyncio.wait_for(running, 30)
+        assert consumer.state is ConsumerState.STOPPED
+        assert await subscriptions(nats, nc) == before
+    finally:
+        await nc.close()

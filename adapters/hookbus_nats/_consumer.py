@@ -328,9 +328,10 @@ class Consumer:
                 fetching.cancel()
                 with contextlib.suppress(BaseException):
                     await fetching
-            if self._advisory is not None:
-                with contextlib.suppress(Exception):
-                    await self._advisory.unsubscribe()
+            for sub in (self._sub, self._advisory):  # the caller's connection as it was
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
         self._life.move(ConsumerState.STOPPED)
 
     async def poll(self) -> int:
