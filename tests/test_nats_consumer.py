@@ -6,7 +6,9 @@ Every test makes its own stream, dead-letter stream, consumer name and projectio
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import secrets
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,6 +25,8 @@ from _nats_consumer import (  # noqa: F401
     settled,
     stream_fixture,
 )
+from _nats_consumer_fleet import hookbus_command, worker_env
+from hookbus_asyncpg.testing import create_database, drop_database
 from hookbus_nats import (
     Consumer,
     ConsumerError,
@@ -101,7 +105,7 @@ def consumer(
     return Consumer(
         bus,
         pool,
-        stream.js,
+        stream.nc,
         name=name or f"c{secrets.token_hex(4)}",
         stream=stream.name,
         dead_letter_stream=stream.dead_stream,
@@ -329,6 +333,68 @@ async def test_the_inbox_is_created_by_installing_its_plugin(dsn: str) -> None:
         assert [c[0] for c in columns] == ["consumer", "msg_id", "applied_at"]
 
 
+def test_hookbus_publishes_none_of_its_own_plugins_as_entry_points() -> None:
+    ours = [
+        ep.value
+        for ep in importlib.metadata.entry_points(group="hookbus.plugins")
+        if ep.dist is not None and ep.dist.name == "hookbus"
+    ]
+    assert ours == []
+
+
+async def test_hookbus_install_creates_the_outbox_and_inbox_only_when_the_app_lists_them(
+    server: str,
+) -> None:
+    dsn = await create_database(server, "plugin_rule")
+    try:
+        env = worker_env(dsn)
+
+        def install(app: str) -> None:
+            done = subprocess.run(
+                hookbus_command("install", f"_nats_consumer_plugins:{app}"),
+                env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+
+        async def made() -> tuple[list[str], list[str]]:
+            conn = await asyncpg.connect(dsn)
+            try:
+                tables = await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE tablename IN "
+                    "('hookbus_inbox', 'hookbus_outbox') ORDER BY 1"
+                )
+                plugins = await conn.fetch(
+                    "SELECT name FROM hookbus_plugin WHERE name <> 'hookbus' ORDER BY 1"
+                )
+            finally:
+                await conn.close()
+            return [t[0] for t in tables], [p[0] for p in plugins]
+
+        await asyncio.to_thread(install, "discovered")
+        assert await made() == ([], [])
+        await asyncio.to_thread(install, "listed")
+        assert await made() == (
+            ["hookbus_inbox", "hookbus_outbox"],
+            ["hookbus_inbox", "hookbus_outbox"],
+        )
+    finally:
+        await drop_database(server, dsn)
+
+
+async def test_a_consumer_without_its_inbox_table_is_refused_at_start(
+    server: str, stream: Stream
+) -> None:
+    fresh = await create_database(server, "no_inbox")
+    try:
+        async with asyncpg.create_pool(fresh, min_size=1, max_size=2) as pool:
+            c = consumer(order_bus("unused"), pool, stream)
+            with pytest.raises(ConsumerError, match=r"hookbus_nats\.inbox_plugin\(\)"):
+                await c.start()
+            assert c.state is ConsumerState.FAILED
+    finally:
+        await drop_database(server, fresh)
+
+
 async def test_inbox_rows_are_kept_as_long_as_the_stream_keeps_messages(
     pool: asyncpg.Pool, stream: Stream, projection: str
 ) -> None:
@@ -505,3 +571,28 @@ async def test_while_the_database_is_away_a_batch_is_retried_later_without_tryin
     away = False
     await drain(c, stream.js, stream)
     assert await counts(pool, projection) == {order: 1 for order in range(1, 6)}
+
+
+async def test_a_consumer_given_a_jetstream_context_still_works_but_says_it_is_deprecated(
+    pool: asyncpg.Pool, stream: Stream, projection: str
+) -> None:
+    with pytest.warns(DeprecationWarning, match=r"Consumer\(bus, pool, nc, \.\.\.\)"):
+        c = Consumer(
+            order_bus(projection),
+            pool,
+            stream.js,
+            name=f"c{secrets.token_hex(4)}",
+            stream=stream.name,
+            dead_letter_stream=stream.dead_stream,
+            dead_letter_prefix=stream.dead_prefix,
+            fetch_timeout=0.5,
+        )
+    await publish(stream.js, stream.subject(1), "order_placed", OrderPlaced(1, 10))
+    await drain(c, stream.js, stream)
+    assert await counts(pool, projection) == {1: 1}
+
+
+@pytest.mark.parametrize("given", ["nats://127.0.0.1:4222", None])
+def test_a_consumer_without_a_nats_connection_is_refused(given: Any) -> None:
+    with pytest.raises(TypeError, match=r"nats\.aio\.client\.Client|needs the NATS connection"):
+        Consumer(Bus(), None, given, name="c", stream="S")  # type: ignore[arg-type]

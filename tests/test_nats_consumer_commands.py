@@ -83,7 +83,7 @@ async def test_dead_letters_are_listed_with_their_reason_and_replayed_by_the_com
         "fetch_timeout": 0.5,
     }
     await publish(stream.js, stream.subject(1), "order_placed", OrderPlaced(1, 5), msg_id="m1")
-    strict = Consumer(bus(Version1), pool, stream.js, **options)  # type: ignore[arg-type]
+    strict = Consumer(bus(Version1), pool, stream.nc, **options)  # type: ignore[arg-type]
     await strict.start()
     await strict.poll()
     assert strict.statistics().dead_lettered == 1
@@ -98,7 +98,7 @@ async def test_dead_letters_are_listed_with_their_reason_and_replayed_by_the_com
     )
     assert "name the dead letters to replay" in capsys.readouterr().err
 
-    fixed = Consumer(bus(OrderPlaced), pool, stream.js, **options)  # type: ignore[arg-type]
+    fixed = Consumer(bus(OrderPlaced), pool, stream.nc, **options)  # type: ignore[arg-type]
     await fixed.start()
     assert (
         await _hookbus(
@@ -148,8 +148,9 @@ async def test_sigterm_finishes_the_batch_in_hand_and_acknowledges_it(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
         "AND xact_start IS NOT NULL"
     )
+    started = f"consume {name}: started"  # a SIGTERM before would end its start-up instead
     for _ in range(3000):
-        if await pool.fetchval(open_tx, app):
+        if started in worker.output() and await pool.fetchval(open_tx, app):
             break
         await asyncio.sleep(0.01)
     os.kill(worker.pid, signal.SIGTERM)

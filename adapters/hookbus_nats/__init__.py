@@ -3,7 +3,7 @@ that apply each one once.
 
 >>> relay = hookbus_nats.Relay(dsn, nc.jetstream(), stream="SHOP")  # doctest: +SKIP
 >>> await relay.run()  # doctest: +SKIP
->>> consumer = hookbus_nats.Consumer(bus, pool, js, name="totals", stream="SHOP")  # doctest: +SKIP
+>>> consumer = hookbus_nats.Consumer(bus, pool, nc, name="totals", stream="SHOP")  # doctest: +SKIP
 >>> await consumer.run()  # doctest: +SKIP
 
 The writer side (``hookbus_asyncpg.Outbox``) imports no NATS; this package publishes what it

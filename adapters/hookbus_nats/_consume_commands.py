@@ -163,7 +163,7 @@ class ConsumeCommand:
                     None if args.retention_hours is None else timedelta(hours=args.retention_hours)
                 )
                 consumer = Consumer(
-                    bus, pool, nc.jetstream(), name=args.name, stream=args.stream,
+                    bus, pool, nc, name=args.name, stream=args.stream,
                     subject=args.subject, batch=args.batch, ack_wait=args.ack_wait,
                     max_deliver=args.max_deliver, backoff=args.backoff,
                     max_ack_pending=args.max_ack_pending, retention=retention,
@@ -190,6 +190,10 @@ async def _until_signalled(consumer: Consumer, every: float) -> int:
             await consumer.start()
         except JetStreamNotReadyError as exc:
             raise CommandError(str(exc), ExitStatus.FAILURE) from None
+        from ._consumer_state import ConsumerState
+
+        if consumer.state is ConsumerState.STOPPED:  # a signal during the wait for JetStream
+            return ExitStatus.OK
         print(f"consume {consumer.name}: started", file=sys.stderr, flush=True)
         await consumer.run()
     finally:

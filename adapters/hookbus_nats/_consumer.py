@@ -10,7 +10,7 @@ with a delay (``backoff``), or dead-lettered at its last delivery (``max_deliver
 that cannot become a declared event is dead-lettered at once, with its reason, and
 terminated; the loop never stops for a message.
 
->>> consumer = Consumer(bus, pool, js, name="projection", stream="ORDERS")  # doctest: +SKIP
+>>> consumer = Consumer(bus, pool, nc, name="projection", stream="ORDERS")  # doctest: +SKIP
 >>> await consumer.start()                                                   # doctest: +SKIP
 >>> await consumer.run()  # until consumer.stop()                            # doctest: +SKIP
 """
@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import warnings
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import asyncpg
 import hookbus_asyncpg
@@ -38,7 +39,11 @@ from ._dead_letters import (
     DEAD_LETTER_STREAM,
     ensure_dead_letter_stream,
 )
-from ._inbox import cleanup_inbox, record_applied
+from ._inbox import cleanup_inbox, inbox_exists, record_applied
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
 
 __all__ = ["Consumer"]
 
@@ -64,6 +69,11 @@ _TRANSIENT: Final = (
 class Consumer:
     """Apply the events of a JetStream stream to PostgreSQL through ``bus``'s hooks, once each.
 
+    ``nc`` is the connection (a ``nats.aio.client.Client``): the consumer subscribes on it to
+    the server's MAX_DELIVERIES advisory, and works with JetStream through ``js`` (by default
+    ``nc.jetstream()``; pass your own for a domain, a prefix or a timeout). A
+    ``JetStreamContext`` in place of ``nc`` still works for one release, with a
+    ``DeprecationWarning`` (nats-py offers no public way to its connection).
     ``name`` is the durable consumer's name and the inbox's key: every process started with
     the same name shares the work (scale out by starting more). ``subject`` filters the
     stream (one key range per consumer for order per key). ``batch`` messages are fetched at a
@@ -96,6 +106,7 @@ class Consumer:
         "_life",
         "_max_ack_pending",
         "_max_deliver",
+        "_nc",
         "_pool",
         "_retention",
         "_start_wait",
@@ -111,8 +122,9 @@ class Consumer:
         self,
         bus: Bus,
         pool: asyncpg.Pool,
-        js: Any,
+        nc: Client | JetStreamContext | None = None,
         *,
+        js: Any = None,
         name: str,
         stream: str,
         subject: str | None = None,
@@ -135,9 +147,11 @@ class Consumer:
             raise ValueError("batch, max_deliver, ack_wait and fetch_timeout must be positive")
         if not backoff or any(delay < 0 for delay in backoff):
             raise ValueError(f"backoff is one or more delays >= 0, not {backoff!r}")
+        nc, js = _connection_of(nc, js)
         self.name: Final = name
         self._bus = bus
         self._pool = pool
+        self._nc = nc
         self._js = js
         self._stream = stream
         self._subject = subject
@@ -193,19 +207,35 @@ class Consumer:
         server died), asks again with backoff for ``start_wait`` seconds, then raises
         :class:`JetStreamNotReadyError`. Raises :class:`ConsumerError` if ``retention`` is
         shorter than the stream keeps messages: a redelivery after its inbox row is gone would
-        be applied twice.
+        be applied twice, and if ``hookbus_inbox`` is missing (``inbox_plugin()`` not
+        installed): every message would fail.
         """
         self._life.require(ConsumerState.NEW, doing="start()")
         from ._startup import when_ready
 
         try:
-            await when_ready(self._bind, self._stream, wait=self._start_wait, logger=logger)
+            if not await inbox_exists(self._pool):
+                raise ConsumerError(
+                    f"consumer {self.name!r}: the table hookbus_inbox is missing: add "
+                    "hookbus_nats.inbox_plugin() to the application's PluginSet and run "
+                    "`hookbus install` (or hookbus_nats.create_inbox(pool))"
+                )
+            checked = await when_ready(
+                self._check, self._stream, wait=self._start_wait, logger=logger, stop=self._stop
+            )
+            if checked is None:  # stop() during the wait: nothing was bound
+                self._life.move(ConsumerState.STOPPED)
+                return
+            await self._subscribe()
         except BaseException:
             self._life.move(ConsumerState.FAILED)
             raise
         self._life.move(ConsumerState.STARTED)
 
-    async def _bind(self) -> None:
+    async def _check(self) -> bool:
+        """The start-up questions to JetStream, asked again while it does not answer: the
+        stream (and the retention it implies), the dead-letter stream, the durable consumer
+        (created if missing). Nothing is bound here, so a retry leaves nothing behind."""
         from nats.js import api
         from nats.js.errors import NotFoundError
 
@@ -224,16 +254,27 @@ class Consumer:
                 filter_subject=self._subject,
             )
             await self._js.add_consumer(self._stream, config=config)
-        self._sub = await self._js.pull_subscribe_bind(durable=self.name, stream=self._stream)
-        # The advisory is core NATS: it needs the connection under the JetStream context.
-        nc = getattr(self._js, "_nc", None)
-        if nc is not None:
+        return True
+
+    async def _subscribe(self) -> None:
+        """Bind the pull subscription and the advisory's, once, after the checks; if the
+        second fails, the first is unsubscribed (nothing half-bound)."""
+        sub = await self._js.pull_subscribe_bind(durable=self.name, stream=self._stream)
+        try:
             self._advisory = await watch_max_deliveries(
-                nc, self._stream, self.name, self._failures.undelivered
+                self._nc, self._stream, self.name, self._failures.undelivered
             )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            raise
+        self._sub = sub
 
     def stop(self) -> None:
-        """Ask ``run()`` to return after the batch in hand (a signal handler may call it)."""
+        """Ask ``run()`` to return after the batch in hand (a signal handler may call it).
+
+        During ``start()``'s wait for JetStream, the wait ends at once: ``start()`` returns
+        with nothing bound and the consumer ``STOPPED`` (``run()`` then returns too)."""
         self._stop.set()
 
     async def run(self) -> None:
@@ -245,6 +286,8 @@ class Consumer:
         """
         if self._life.state is ConsumerState.NEW:
             await self.start()
+            if self.state is ConsumerState.STOPPED:  # stopped while it started
+                return
         self._life.move(ConsumerState.RUNNING)
         pause = 0.0
         loop = asyncio.get_running_loop()
@@ -285,9 +328,10 @@ class Consumer:
                 fetching.cancel()
                 with contextlib.suppress(BaseException):
                     await fetching
-            if self._advisory is not None:
-                with contextlib.suppress(Exception):
-                    await self._advisory.unsubscribe()
+            for sub in (self._sub, self._advisory):  # the caller's connection as it was
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
         self._life.move(ConsumerState.STOPPED)
 
     async def poll(self) -> int:
@@ -413,6 +457,31 @@ class Consumer:
             await asyncio.sleep(self._ack_wait / 3)
             for msg in msgs:
                 await msg.in_progress()
+
+
+def _connection_of(nc: Any, js: Any) -> tuple[Any, Any]:
+    """The connection and the JetStream context a consumer works with, or ``TypeError``."""
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+    if isinstance(nc, Client):
+        return nc, nc.jetstream() if js is None else js
+    if nc is None and js is None:
+        raise TypeError("Consumer needs the NATS connection: Consumer(bus, pool, nc, ...)")
+    deprecated = js if nc is None else nc
+    if not isinstance(deprecated, JetStreamContext) or (nc is not None and js is not None):
+        raise TypeError(
+            "Consumer's third argument is a nats.aio.client.Client (the connection), "
+            f"not {type(nc).__name__}"
+        )
+    warnings.warn(
+        "Consumer(bus, pool, js, ...) with a JetStreamContext is deprecated: pass the "
+        "connection, Consumer(bus, pool, nc, ...) (and js=... for a context of your own)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    # The advisory is core NATS: nats-py keeps the context's connection private.
+    return deprecated._nc, deprecated
 
 
 def _retention(name: str, config: Any, asked: timedelta | None) -> timedelta | None:

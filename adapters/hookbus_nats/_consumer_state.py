@@ -22,7 +22,8 @@ class ConsumerState(enum.Enum):
     ``NEW`` -> ``STARTED`` (the durable consumer exists, the subscription is bound) ->
     ``RUNNING`` (``run()`` loops) -> ``STOPPING`` (``stop()`` asked: the batch in hand
     finishes, what committed is acknowledged) -> ``STOPPED``. An error that escapes the loop
-    makes it ``FAILED``. ``poll()`` works in ``STARTED`` (a caller driving it by hand).
+    makes it ``FAILED``. ``poll()`` works in ``STARTED`` (a caller driving it by hand). A
+    ``stop()`` while ``start()`` waits for JetStream goes from ``NEW`` to ``STOPPED``.
     """
 
     NEW = "new"
@@ -34,7 +35,9 @@ class ConsumerState(enum.Enum):
 
 
 _MOVES: Final[dict[ConsumerState, frozenset[ConsumerState]]] = {
-    ConsumerState.NEW: frozenset({ConsumerState.STARTED, ConsumerState.FAILED}),
+    ConsumerState.NEW: frozenset(
+        {ConsumerState.STARTED, ConsumerState.STOPPED, ConsumerState.FAILED}
+    ),
     ConsumerState.STARTED: frozenset(
         {ConsumerState.RUNNING, ConsumerState.STOPPED, ConsumerState.FAILED}
     ),

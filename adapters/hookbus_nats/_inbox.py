@@ -6,8 +6,9 @@ duplicate window, a replayed dead letter) makes the message a no-op. The insert 
 redelivery that races the first delivery waits for that transaction and then finds the row:
 two consumer processes never both apply one message.
 
-The table belongs to the ``hookbus_inbox`` plugin (entry point group ``hookbus.plugins``), so
-``hookbus install`` creates it; :func:`create_inbox` does the same by hand.
+The table belongs to the ``hookbus_inbox`` plugin, which the consuming application lists in
+its ``PluginSet`` (``inbox_plugin()``) so that ``hookbus install`` creates it; it is not an
+entry point. :func:`create_inbox` does the same by hand.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ async def create_inbox(connection: Any) -> None:
     await connection.execute(_CREATE)
 
 
+async def inbox_exists(connection: Any) -> bool:
+    """Whether ``hookbus_inbox`` is there (as an unqualified name: on the search path)."""
+    found = await connection.fetchval("SELECT to_regclass($1)", INBOX_TABLE)
+    return found is not None
+
+
 async def record_applied(connection: Any, consumer: str, msg_ids: Sequence[str]) -> set[str]:
     """Record ``msg_ids`` as applied by ``consumer``; return those not recorded before.
 
@@ -99,7 +106,8 @@ async def _uninstall(ctx: StageContext) -> None:
 
 
 def inbox_plugin() -> Plugin:
-    """The plugin that owns ``hookbus_inbox`` (published as the ``hookbus_inbox`` entry point).
+    """The plugin that owns ``hookbus_inbox``: list it in the consuming application's
+    ``PluginSet`` (hookbus publishes none of its own plugins as entry points).
 
     >>> plugins = PluginSet(bus, [hookbus_nats.inbox_plugin(), *mine])  # doctest: +SKIP
     """

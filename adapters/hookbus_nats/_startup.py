@@ -3,7 +3,8 @@
 In the seconds after a server of a JetStream cluster dies, the stream has no leader: its API
 times out or answers "no responders" until an election ends. A worker starting then waits and
 asks again (with backoff, saying what it waits for) rather than exiting, up to a bound past
-which it fails with :class:`JetStreamNotReadyError`.
+which it fails with :class:`JetStreamNotReadyError`. The worker's ``stop()`` ends the wait at
+once, a question in flight included.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ async def when_ready(
     stop: asyncio.Event | None = None,
 ) -> Any:
     """What ``ask()`` returns (the start-up checks of a worker on ``stream``), asked again
-    while JetStream does not answer, for ``wait`` seconds at most; ``None`` if ``stop`` is
-    set meanwhile.
+    while JetStream does not answer, for ``wait`` seconds at most; ``None`` as soon as
+    ``stop`` is set, whether a pause or a question to the server is under way (that question
+    is cancelled: its answer, if it comes, is dropped).
 
     Raises :class:`JetStreamNotReadyError` once ``wait`` has passed; any other error (no such
     stream, a bad request) at once.
@@ -55,7 +57,7 @@ async def when_ready(
     pause = _FIRST_PAUSE
     while True:
         try:
-            return await ask()
+            asked, answer = await _unless_stopped(ask, stop)
         except _NOT_READY as exc:
             why = type(exc).__name__
             left = deadline - time.monotonic()
@@ -70,6 +72,8 @@ async def when_ready(
                 why,
                 pause,
             )
+        else:
+            return answer if asked else None
         if stop is None:
             await asyncio.sleep(pause)
         else:
@@ -80,3 +84,26 @@ async def when_ready(
             else:
                 return None
         pause = min(pause * 2, _LONGEST_PAUSE)
+
+
+async def _unless_stopped(
+    ask: Callable[[], Awaitable[Any]], stop: asyncio.Event | None
+) -> tuple[bool, Any]:
+    """``(True, ask())``, or ``(False, None)`` once ``stop`` is set (``ask()`` cancelled)."""
+    if stop is None:
+        return True, await ask()
+    if stop.is_set():
+        return False, None
+    asking = asyncio.ensure_future(ask())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((asking, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when the caller is cancelled: nothing is left running
+        for task in (asking, stopping):
+            task.cancel()
+        await asyncio.wait((asking, stopping))
+    if stop.is_set():
+        if not asking.cancelled():
+            asking.exception()  # retrieved: an error of a question nobody waits for is moot
+        return False, None
+    return True, asking.result()
