@@ -1,10 +1,11 @@
-"""What a store derives from its schema once: statements, constraint messages, cardinalities.
+"""What a store derives from its schema once: statements, checks, messages, cardinalities.
 
 Nothing here changes after the store is built, and nothing here talks to a database: the
-statements of each type, the message of each UNIQUE constraint a violation turns into, the
-"at least one" sides (cardinality ``1``, ``+``) of each entity type, the relation types each
-entity type takes part in, and the declarations of each attribute name across the types
-(to refuse a bad value before the type of an eid is known).
+statements of each type, the check of many rows of it (``insert_many``), the message of each
+UNIQUE constraint a violation turns into, the "at least one" sides (cardinality ``1``,
+``+``) of each entity type, the relation types each entity type takes part in, and the
+declarations of each attribute name across the types (to refuse a bad value before the type
+of an eid is known).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncpg
 
 from hookbus import Edited, ValidationError
 
+from ._rows import RowsCheck
 from ._schema import Attribute, EntityType, RelationType, Schema, UnknownNameError
 from ._statements import EntityStatements, RelationStatements
 
@@ -33,6 +35,7 @@ class Catalog:
         "mandatory_of",
         "relation_sql",
         "relations_of",
+        "rows_check",
         "schema",
     )
 
@@ -40,6 +43,8 @@ class Catalog:
         self.schema = schema
         entities, relations = schema.entities, schema.relations
         self.entity_sql = {name: EntityStatements(kind) for name, kind in entities.items()}
+        #: Entity type -> insert_many's check of many rows at once.
+        self.rows_check = {name: RowsCheck(kind) for name, kind in entities.items()}
         self.relation_sql = {
             name: RelationStatements(rel, entities[rel.subject], entities[rel.object])
             for name, rel in relations.items()

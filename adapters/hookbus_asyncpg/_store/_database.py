@@ -54,6 +54,13 @@ class Database:
             kinds.clear()
         kinds[eid] = kind
 
+    def know_many(self, eids: list[int], kind: EntityType) -> None:
+        """Remember that each of ``eids`` is a ``kind`` (``know`` for a batch)."""
+        kinds = self.kinds
+        if len(kinds) + len(eids) > _CACHE_LIMIT:
+            kinds.clear()
+        kinds.update(dict.fromkeys(eids, kind))
+
 
 @final
 class Databases:

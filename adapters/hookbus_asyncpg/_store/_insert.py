@@ -10,6 +10,8 @@ them), before the write.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Final
 
 import asyncpg
@@ -90,15 +92,20 @@ async def insert_batch(
     scoped: ScopedStore,
     kind: EntityType,
     eids: list[int],
-    pending: list[Edited],
+    pending: list[Edited] | None,
     *,
-    checked: bool = False,
+    values: list[dict[str, Any]] | None = None,
+    rows: list[Any] | None = None,
 ) -> list[int | None]:
-    """Insert ``pending`` (eids given) with COPY: every before hook, the COPYs, every after hook.
+    """Insert a batch (eids given) with COPY: every before hook, the COPYs, every after hook.
 
-    Returns the eid of each, ``None`` for an entity a hook cancelled. ``checked``: the values
-    were checked whole, required attributes included (``insert_many`` does that where no
-    before_add_entity hook can run); then, with no such hook, nothing is checked again.
+    Returns the eid of each, ``None`` for an entity a hook cancelled. ``pending`` holds the
+    entities as the hooks get them. ``values``: the rows were checked whole, required
+    attributes included (``insert_many`` does that where no before_add_entity hook can run),
+    and these are their values, every attribute in column order; then, with no such hook,
+    they are written as they are, and ``pending`` may be ``None`` where no after_add_entity
+    hook was registered: the entities are built from ``rows`` only if a hook registered
+    since needs them.
     """
     tx, etype, emit = scoped.tx, kind.name, scoped.emit
     # With no before_add_entity hook to change the values (checked by insert_many), only the
@@ -106,9 +113,13 @@ async def insert_batch(
     # no after event is built.
     hooked = bool(scoped.hooks_for("before_add_entity", etype))
     told = bool(scoped.hooks_for("after_add_entity", etype))
+    if pending is None and (hooked or told):
+        assert rows is not None
+        pending = [Edited(kind.with_defaults(dict(row))) for row in rows]
     try:
         columns = kind.columns
         if hooked:
+            assert pending is not None
             result: list[int | None] = []
             records: list[tuple[Any, ...]] = []
             written: list[tuple[int, Edited]] = []
@@ -124,20 +135,24 @@ async def insert_batch(
             if not records:
                 return result
         else:  # no hook can cancel a row: every row is written, built at C speed
-            if not checked:
+            if values is None:
+                assert pending is not None
                 for eid, edited in zip(eids, pending, strict=True):
                     _check_required(kind, edited, eid)
-            records = [
-                (eid, *map(edited.get, columns)) for eid, edited in zip(eids, pending, strict=True)
-            ]
-            written = list(zip(eids, pending, strict=True)) if told else []
+                records = [
+                    (eid, *map(edited.get, columns))
+                    for eid, edited in zip(eids, pending, strict=True)
+                ]
+            else:
+                records = [(eid, *row.values()) for eid, row in zip(eids, values, strict=True)]
+            written = list(zip(eids, pending, strict=True)) if told and pending else []
             result = list(eids)
         statements = scoped.catalog.entity_sql[etype]
         copies = (
             Copy(
                 statements.copy_entities,
                 ENTITIES_TABLE,
-                [(r[0], etype) for r in records],
+                list(zip(map(itemgetter(0), records), repeat(etype))),
                 ("eid", "etype"),
             ),
             Copy(statements.copy, kind.table, records, ("eid", *columns)),
@@ -149,12 +164,14 @@ async def insert_batch(
         except asyncpg.UniqueViolationError as exc:
             raise scoped.catalog.unique_error(exc, None, None) from exc
         if not told:  # each row marked added, and nothing else to do for it
-            mark, know, sides = tx.mark_added, scoped.db.know, scoped.catalog.mandatory_of[etype]
-            for record in records:
-                mark(record[0])
-                know(record[0], kind)
-                if sides:
-                    note_added(scoped, sides, record[0])
+            mark, sides = tx.mark_added, scoped.catalog.mandatory_of[etype]
+            added_eids = list(map(itemgetter(0), records))
+            for eid in added_eids:
+                mark(eid)
+            scoped.db.know_many(added_eids, kind)
+            if sides:
+                for eid in added_eids:
+                    note_added(scoped, sides, eid)
             return result
         for eid, edited in written:
             added(scoped, kind, eid)
@@ -163,7 +180,7 @@ async def insert_batch(
             event = EntityEvent("after_add_entity", etype, eid, readonly, entity, tx)
             await emit("after_add_entity", event)
     except Stopped:
-        return [None] * len(pending)
+        return [None] * len(eids)
     except Exception as exc:
         scoped.doom(exc)
         raise

@@ -153,20 +153,30 @@ class Store:
         kind = self._schema.entity(etype)
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"batch_size is an int of at least 1, not {batch_size!r}")
-        pending: list[Edited] = []
-        # With no before_add_entity hook to set them, required attributes are checked here
-        # too, with the values: the rows are then not checked again after the hooks.
-        whole = not self._bus.hooks_for("before_add_entity", etype)
-        for index, row in enumerate(rows):
-            values = kind.with_defaults(dict(row)) if whole else dict(row)
-            try:
-                kind.check(values, adding=True, required=whole)
-            except (ValidationError, LookupError) as exc:
-                exc.add_note(f"in row {index} of insert_many({etype!r}); nothing was inserted")
-                raise
-            pending.append(Edited(values if whole else kind.with_defaults(values)))
+        hooks_for = self._bus.hooks_for
+        pending: list[Edited] | None = None
+        values: list[dict[str, Any]] | None = None
+        listed: list[Any] = []
+        if hooks_for("before_add_entity", etype):
+            # The hooks may set the required attributes: those are checked once they ran.
+            pending = []
+            for index, row in enumerate(rows):
+                checked = dict(row)
+                try:
+                    kind.check(checked, adding=True, required=False)
+                except (ValidationError, LookupError) as exc:
+                    exc.add_note(f"in row {index} of insert_many({etype!r}); nothing was inserted")
+                    raise
+                pending.append(Edited(kind.with_defaults(checked)))
+        else:
+            # No hook can change the rows: each is checked whole (required attributes
+            # included) a column at a time, and written as it is, not checked again.
+            listed = list(rows)
+            values = self._catalog.rows_check[etype](listed)
+            if hooks_for("after_add_entity", etype):  # they get each entity as an Edited
+                pending = [Edited(kind.with_defaults(dict(row))) for row in listed]
         scoped = await self._scoped()
-        total = len(pending)
+        total = len(values) if values is not None else len(pending or ())
         if total == 0:
             return []
         eids = await _insert.take_eids(scoped, total)
@@ -176,7 +186,12 @@ class Store:
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
             result += await _insert.insert_batch(
-                scoped, kind, eids[start:stop], pending[start:stop], checked=whole
+                scoped,
+                kind,
+                eids[start:stop],
+                None if pending is None else pending[start:stop],
+                values=None if values is None else values[start:stop],
+                rows=listed[start:stop],
             )
             if progress is not None:
                 progress(stop, total)
