@@ -2,7 +2,9 @@
 
 ``hookbus consume _nats_consumer_app:bus`` counts each ``order_placed`` into the table named
 by ``HOOKBUS_TEST_PROJECTION`` (one row per order, ``n`` the times it was applied); each hook
-waits ``HOOKBUS_TEST_HOOK_DELAY`` seconds first, so that a kill lands inside a batch.
+waits ``HOOKBUS_TEST_HOOK_DELAY`` seconds first, so that a kill lands inside a batch. With
+``HOOKBUS_TEST_FAULTS`` (the soak), each batch's transaction gets a postcommit operation that
+kills the process when the soak armed it (``_soak_faults``): after COMMIT, before the acks.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import os
 from typing import Any
 
 import msgspec
+from _soak_faults import FAULTS, strike
 
-from hookbus import Bus, current_transaction
+from hookbus import Bus, Operation, current_transaction
 
 
 class OrderPlaced(msgspec.Struct, frozen=True):
@@ -21,9 +24,19 @@ class OrderPlaced(msgspec.Struct, frozen=True):
     amount: int
 
 
+class DieAfterCommit(Operation):
+    """The consumer's fault point: its batch committed, none of its messages acknowledged."""
+
+    values: set[int]
+
+    async def postcommit(self) -> None:
+        strike("consume")
+
+
 def bus() -> Bus:
     table = os.environ["HOOKBUS_TEST_PROJECTION"]
     delay = float(os.environ.get("HOOKBUS_TEST_HOOK_DELAY", "0"))
+    faults = bool(os.environ.get(FAULTS))
     made = Bus()
     made.declare("order_placed", OrderPlaced)
     sql = (
@@ -34,6 +47,9 @@ def bus() -> Bus:
     async def count(event: Any) -> None:
         if delay:
             await asyncio.sleep(delay)
-        await current_transaction().connection.execute(sql, event.order_id)  # type: ignore[attr-defined]
+        tx: Any = current_transaction()
+        await tx.connection.execute(sql, event.order_id)
+        if faults:
+            tx.accumulate("soak_fault", event.order_id, DieAfterCommit)
 
     return made

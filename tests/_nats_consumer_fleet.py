@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ class Worker:
     kind: str = "consume"
     supervised: bool = False  # restarted when it exits on its own, as systemd would
     crashes: list[str] = field(default_factory=list)  # why a supervised worker exited
+    faults: Path | None = None  # the folder of _soak_faults: a kill there is no crash
     _offset: int = 0
 
     def start(self) -> None:
@@ -83,9 +85,14 @@ class Worker:
         """Restart a supervised worker that exited on its own; whether it did."""
         if not self.supervised or self.process is None or self.process.poll() is None:
             return False
-        said = self.log.read_text(errors="replace")[self._offset :].splitlines()
-        errors = [line for line in said if "Error" in line and not line.startswith(" ")]
-        self.crashes.append(errors[-1] if errors else f"exit status {self.process.returncode}")
+        aimed = (
+            self.faults is not None
+            and self.faults.joinpath(f"{self.kind}.taken.{self.pid}").exists()
+        )
+        if not aimed:  # else it killed itself at its fault point, as the soak asked
+            said = self.log.read_text(errors="replace")[self._offset :].splitlines()
+            errors = [line for line in said if "Error" in line and not line.startswith(" ")]
+            self.crashes.append(errors[-1] if errors else f"exit status {self.process.returncode}")
         self.start()
         return True
 
@@ -111,25 +118,31 @@ class Fleet:
         default_factory=lambda: random.Random(os.environ.get("HOOKBUS_SEED"))
     )
     kills: dict[str, int] = field(default_factory=dict)
+    # kill_one and revive may run in two threads at once: one restart of a dead worker
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
         for worker in self.workers:
             worker.start()
 
-    def kill_one(self) -> Worker:
-        kinds = sorted({w.kind for w in self.workers})
-        kind = kinds[sum(self.kills.values()) % len(kinds)]
+    def kill_one(self, kind: str | None = None) -> Worker:
+        """Kill a random worker of ``kind`` (by default the kinds in turn) and restart it."""
+        if kind is None:
+            kinds = sorted({w.kind for w in self.workers})
+            kind = kinds[sum(self.kills.values()) % len(kinds)]
         worker = self.rng.choice([w for w in self.workers if w.kind == kind])
-        worker.wait_ready()  # a kill lands on a worker at work, not on one still importing
-        worker.kill()
-        worker.start()
+        with self._lock:
+            worker.wait_ready()  # a kill lands on a worker at work, not on one still importing
+            worker.kill()
+            worker.start()
         self.kills[kind] = self.kills.get(kind, 0) + 1
         return worker
 
     def revive(self) -> None:
         """Restart the supervised workers that exited on their own."""
-        for worker in self.workers:
-            worker.revive()
+        with self._lock:
+            for worker in self.workers:
+                worker.revive()
 
     def crashes(self) -> dict[str, list[str]]:
         """Why supervised workers exited on their own (and were restarted), by kind."""
@@ -138,8 +151,15 @@ class Fleet:
             found.setdefault(worker.kind, []).extend(worker.crashes)
         return found
 
-    def stop(self) -> list[int]:
-        return [worker.stop() for worker in self.workers]
+    def stop(self, timeout: float = 60) -> list[int]:
+        """SIGTERM to every worker once all are ready, then their exit statuses (each
+        finishes its batch, or a standby its wait for the lock, at once with the others)."""
+        for worker in self.workers:
+            worker.wait_ready()
+        for worker in self.workers:
+            if worker.process is not None and worker.process.poll() is None:
+                os.kill(worker.pid, signal.SIGTERM)
+        return [worker.process.wait(timeout) for worker in self.workers if worker.process]
 
 
 def relay_command(nats_url: str, stream: object, name: str, *extra: str) -> list[str]:

@@ -1,6 +1,6 @@
 """The soak: events applied exactly once while relay and consumer processes are SIGKILLed.
 
-Small in CI; full size on demand (KILLS is per kind of worker)::
+Small in CI; full size on demand (KILLS and AIMED are per kind of worker)::
 
     HOOKBUS_NATS_SOAK_EVENTS=100000 HOOKBUS_NATS_SOAK_KILLS=10 \\
         .venv/bin/python -m pytest -q -s tests/test_nats_soak.py
@@ -8,9 +8,17 @@ Small in CI; full size on demand (KILLS is per kind of worker)::
 Two ``hookbus consume`` processes share one durable consumer. Events enter either straight
 into JetStream (``nats``: only consumers are killed), or through the outbox (``outbox``: each
 written with ``Outbox.publish`` in a transaction, and two ``hookbus outbox relay`` processes,
-one active and one on standby, publish them). A worker is killed by its pid every 0.3-1.2 s
-and restarted, a consumer and a relay in turn, while the events are written. At the end every
-event's counter in the projection is exactly 1, and nothing was dead-lettered.
+one active and one on standby, publish them). While the events are written, KILLS workers of
+each kind, chosen at random, are killed by their pid and restarted.
+
+Random kills seldom land in the two windows that exactly-once rests on, so ``AIMED`` kills
+(``HOOKBUS_NATS_SOAK_AIMED``, default KILLS) of each kind land there (``_soak_faults``): a
+consumer kills itself after a batch's COMMIT, before its acks (only the inbox keeps the
+redelivery from being applied again), a relay after a batch is acknowledged, before its
+cursor is saved (only ``Nats-Msg-Id`` keeps the re-send out of the stream). The events are
+written in portions, a kill of each sort during each but the last. At the end every
+event's counter in the projection is exactly 1, the stream holds each event once, and nothing
+was dead-lettered.
 
 On demand, against a three-server JetStream cluster on this machine (``_nats_cluster``: the
 stream and the dead-letter stream replicated on the three), one server SIGKILLed by its pid
@@ -24,9 +32,11 @@ workers connect to all three URLs)::
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,6 +49,7 @@ import pytest_asyncio
 from _nats_consumer import Stream, pending, publish
 from _nats_consumer_app import OrderPlaced
 from _nats_consumer_fleet import Fleet, Worker, consume_command, relay_command, worker_env
+from _soak_faults import FAULTS, arm, armed, taken
 from hookbus_asyncpg import Outbox, outbox_plugin
 from hookbus_nats import create_inbox, inbox_plugin, list_dead_letters
 
@@ -46,6 +57,7 @@ from hookbus import Bus, PluginSet
 
 EVENTS = int(os.environ.get("HOOKBUS_NATS_SOAK_EVENTS", "3000"))
 KILLS = int(os.environ.get("HOOKBUS_NATS_SOAK_KILLS", "3"))  # of each kind of worker
+AIMED = int(os.environ.get("HOOKBUS_NATS_SOAK_AIMED", str(KILLS)))  # at a fault point, each kind
 CONSUMERS = RELAYS = 2
 CLUSTER = os.environ.get("HOOKBUS_NATS_SOAK_CLUSTER") == "1"
 SERVER_KILLS = int(os.environ.get("HOOKBUS_NATS_SOAK_SERVER_KILLS", "1"))  # with CLUSTER
@@ -110,18 +122,39 @@ async def projection(pool: asyncpg.Pool) -> AsyncIterator[str]:
     await pool.execute(f"DROP TABLE {table}")
 
 
-async def _produce(source: Source, events: int, chunk: int = 250) -> None:
-    for start in range(1, events + 1, chunk):
-        await source.emit(range(start, min(start + chunk, events + 1)))
-        await asyncio.sleep(0.02)  # spread the events over the kills
+async def _emit(source: Source, orders: range, chunk: int = 250) -> None:
+    for start in range(orders.start, orders.stop, chunk):
+        await source.emit(range(start, min(start + chunk, orders.stop)))
+        await asyncio.sleep(0.02)  # spread the events over the kill
 
 
-async def _kill_while(fleet: Fleet, producing: asyncio.Task[None]) -> None:
-    kinds = {w.kind for w in fleet.workers}
-    while min(fleet.kills.get(k, 0) for k in kinds) < KILLS or not producing.done():
-        await asyncio.sleep(fleet.rng.uniform(0.3, 1.2))
+async def _produce_and_kill(source: Source, fleet: Fleet, faults: Path) -> None:
+    """The events in portions, during each portion but the last a random kill (KILLS of each
+    kind of worker, in random order) and a kill at a fault point (AIMED of each kind). The
+    random kill lands 0.3-1.2 s into its portion; the aimed kill is armed before its portion,
+    and the next portion waits until a worker took it."""
+    kinds = sorted({w.kind for w in fleet.workers})
+    randomly = [kind for kind in kinds for _ in range(KILLS)]
+    aimed = [kind for kind in kinds for _ in range(AIMED)]
+    fleet.rng.shuffle(randomly)
+    fleet.rng.shuffle(aimed)
+    plan = list(itertools.zip_longest(randomly, aimed))
+    edges = [1 + EVENTS * i // (len(plan) + 1) for i in range(len(plan) + 2)]
+    for i, (first, stop) in enumerate(itertools.pairwise(edges)):
+        kill, arming = plan[i] if i < len(plan) else (None, None)
+        if arming is not None:
+            arm(faults, arming)
+        emitting = asyncio.create_task(_emit(source, range(first, stop)))
+        if kill is not None:
+            await asyncio.sleep(fleet.rng.uniform(0.3, 1.2))
+            await asyncio.to_thread(fleet.kill_one, kill)
+        await emitting
+        deadline = time.monotonic() + 120
+        while arming is not None and armed(faults, arming):  # until a worker took it and died
+            assert time.monotonic() < deadline, f"no {arming} reached its fault point in 120 s"
+            await asyncio.to_thread(fleet.revive)
+            await asyncio.sleep(0.02)
         await asyncio.to_thread(fleet.revive)
-        await asyncio.to_thread(fleet.kill_one)
 
 
 async def _kill_servers(cluster: NatsCluster, producing: asyncio.Task[None]) -> None:
@@ -150,7 +183,9 @@ async def test_events_are_applied_exactly_once_while_workers_are_killed(
     request: pytest.FixtureRequest,
 ) -> None:
     name = f"soak{secrets.token_hex(4)}"
-    env = worker_env(dsn, HOOKBUS_TEST_PROJECTION=projection)
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    env = worker_env(dsn, HOOKBUS_TEST_PROJECTION=projection, **{FAULTS: str(faults)})
     command = consume_command(
         "_nats_consumer_app:bus", nats_url, stream, name,
         "--batch", "200", "--ack-wait", "3", "--stats-every", "3600",
@@ -161,22 +196,23 @@ async def test_events_are_applied_exactly_once_while_workers_are_killed(
         plugins = PluginSet(Bus(), [outbox_plugin(), inbox_plugin()])
         await hookbus_asyncpg.PluginManager(pool, plugins).install()
         source = OutboxSource(pool, stream.prefix)
-        relay = relay_command(nats_url, stream, name)
+        # hookbus outbox relay, through the entry point that adds the relay's fault point
+        relay = [sys.executable, str(Path(__file__).with_name("_soak_faults.py"))]
+        relay += relay_command(nats_url, stream, name)[3:]
         workers += [
             Worker(relay, env, tmp_path / f"relay-{i}.log", ready_line="published", kind="relay")
             for i in range(RELAYS)
         ]
-    for worker in workers:  # a worker that starts while the cluster elects a leader may fail
-        worker.supervised = CLUSTER
+    for worker in workers:  # restarted after a kill at its fault point (or, in a cluster,
+        worker.supervised = True  # a start while no leader answers)
+        worker.faults = faults
     fleet = Fleet(workers)
     started = time.monotonic()
     fleet.start()
     try:
-        producing = asyncio.create_task(_produce(source, EVENTS))
-        killing = [_kill_while(fleet, producing)]
+        producing = asyncio.create_task(_produce_and_kill(source, fleet, faults))
         if CLUSTER:
-            killing.append(_kill_servers(request.getfixturevalue("cluster"), producing))
-        await asyncio.gather(*killing)
+            await _kill_servers(request.getfixturevalue("cluster"), producing)
         await producing
         deadline = time.monotonic() + 120 + EVENTS / 500
         while True:
@@ -196,6 +232,13 @@ async def test_events_are_applied_exactly_once_while_workers_are_killed(
         stream.js, name, stream=stream.dead_stream, prefix=stream.dead_prefix
     )
     assert [d async for d in letters] == []
+    stored = (await stream.js.stream_info(stream.name)).state.messages
+    assert stored == EVENTS, f"the stream holds {stored} messages for {EVENTS} events"
+    kinds = sorted({w.kind for w in workers})
+    aimed = {kind: len(taken(faults, kind)) for kind in kinds}
+    assert aimed == dict.fromkeys(kinds, AIMED)
+    if not CLUSTER:  # a worker exits on its own only at its fault point
+        assert fleet.crashes() == {k: [] for k in kinds}, fleet.crashes()
     if CLUSTER:
         fleet.kills["nats-server"] = request.getfixturevalue("cluster").kills
         for kind, why in fleet.crashes().items():  # e.g. a start while no leader answers
@@ -203,6 +246,6 @@ async def test_events_are_applied_exactly_once_while_workers_are_killed(
                 print(f"\n{kind} exited on its own {len(why)} time(s): {sorted(set(why))}")
     print(
         f"\nsoak through {through}{' (3-server cluster)' if CLUSTER else ''}: "
-        f"{EVENTS} events, kills {fleet.kills}, "
+        f"{EVENTS} events, random kills {fleet.kills}, at a fault point {aimed}, "
         f"{time.monotonic() - started:.1f}s: each applied once, 0 dead-lettered"
     )
