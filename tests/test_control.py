@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import tracemalloc
 import warnings
 from contextlib import nullcontext
@@ -296,7 +297,7 @@ async def test_states_of_a_form_dropped_past_the_bound_keep_dispatching() -> Non
     assert seen == ["company", "person"]
 
 
-async def test_each_name_of_a_state_is_reported_on_its_own_at_the_emit() -> None:
+async def test_each_name_of_a_state_is_reported_on_its_own() -> None:
     bus = Bus(protected=("activeintegrity",))
     for category in ("integrity", "integrals", "integrator", "integrities", "metadata", "notify"):
         bus.register(lambda e: None, "after_add_entity", category=category)
@@ -314,7 +315,15 @@ async def test_each_name_of_a_state_is_reported_on_its_own_at_the_emit() -> None
         "hooks_control names category 'notifyy', which no hook on this bus has; did you mean "
         "'notify'?",
     ]
-    assert {(w.category, w.filename) for w in caught} == {(UnknownCategoryWarning, __file__)}
+    assert {w.category for w in caught} == {UnknownCategoryWarning}
+
+
+async def test_the_warning_points_at_the_emit(bus: Bus, calls: list[str]) -> None:
+    with warnings.catch_warnings(record=True) as caught, hooks_control(ALLOW_ALL, "metadta"):
+        warnings.simplefilter("always")
+        await bus.emit("after_add_entity", added())
+        line = sys._getframe().f_lineno - 1
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]
 
 
 async def test_a_state_whose_form_was_just_dropped_dispatches_a_key_new_to_it() -> None:
