@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import tracemalloc
 import warnings
@@ -342,3 +343,31 @@ async def test_a_state_whose_form_was_just_dropped_dispatches_a_key_new_to_it() 
         await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Company", 1))
         await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Person", 1))
     assert seen == ["company", "person"]
+
+
+async def test_ever_new_forms_of_states_keep_memory_bounded() -> None:
+    bus = Bus()
+    for i in range(12):
+        bus.register(lambda e: None, "after_add_entity", category=f"c{i}")
+    # Each state disables another subset of the bus's categories: each is a form of its own.
+    states = [
+        hooks_control(ALLOW_ALL, *(f"c{i}" for i in range(12) if n >> i & 1)) for n in range(1, 901)
+    ]
+
+    async def dispatch_under(blocks: list[hooks_control]) -> None:
+        for block in blocks:
+            with block:
+                await bus.emit("after_add_entity", added())
+
+    await dispatch_under(states[:300])  # past every bound: forms, states, their views
+    tracemalloc.start()  # what was allocated before is not traced
+    try:
+        await dispatch_under(states[300:400])  # what the first ones traced leave for good
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        await dispatch_under(states[400:])
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000, f"{grown} bytes kept by 500 more forms"
