@@ -320,13 +320,14 @@ async def test_a_selector_failing_on_keys_it_does_not_name_is_asked_per_key() ->
 async def test_a_selector_returning_neither_bool_nor_predicate_is_refused_when_built() -> None:
     class Sloppy(Selector):
         def specialize(self, spec: EventSpec, key: Hashable) -> bool | Callable[[Any], bool]:
-            return True if key == "A" else "yes"  # type: ignore[return-value]
+            return key == "A" or ("yes" if key == "B" else False)  # type: ignore[return-value]
 
         def keys(self, spec: EventSpec) -> frozenset[Hashable] | None:
-            return frozenset({"A", "B"})
+            return frozenset({"A"})
 
     bus = Bus()
     bus.hook("after_add_entity", select=Sloppy())(lambda e: None)  # probed with "A": fine
+    bus.hook("after_add_entity", select=is_instance("B"))(lambda e: None)  # "B" named: asked
     with pytest.raises(
         TypeError,
         match=r"returned 'yes' for 'B' on 'after_add_entity': specialize\(\) must return True, "
