@@ -6,6 +6,7 @@ import asyncio
 import functools
 import inspect
 import sys
+import tracemalloc
 import warnings
 from typing import Any
 
@@ -898,3 +899,54 @@ async def test_a_hook_whose_name_reads_as_code_is_only_ever_a_name(bus: Bus) -> 
     assert info.value.__notes__ == [
         f"raised by hook {Sly.__module__}.{Sly.__qualname__} on event 'after_add_entity'"
     ]
+
+
+class _Shipment(msgspec.Struct):
+    """An application payload with a field named ``key`` that is not its key."""
+
+    key: str
+    customer: str
+
+
+async def test_the_declared_key_field_keys_the_event_not_a_field_named_key() -> None:
+    bus = Bus()
+    bus.declare("shipped", _Shipment, key="customer")
+    seen: list[str] = []
+    bus.hook("shipped", select=hookbus.match_key("acme"))(lambda s: seen.append(s.key))
+    for _ in range(2):  # entries built, then found
+        for key, customer in (("acme", "globex"), ("x", "acme")):
+            await bus.emit("shipped", _Shipment(key, customer))
+    assert seen == ["x", "x"]
+
+
+def test_an_unknown_event_is_named_with_the_three_closest(bus: Bus) -> None:
+    with pytest.raises(UnknownEventError) as info:
+        bus.hooks_for("after_add_entty")
+    assert info.value.name == "after_add_entty"
+    assert info.value.suggestions == (
+        "after_add_entity",
+        "after_update_entity",
+        "after_delete_entity",
+    )
+    assert str(info.value).startswith("unknown event 'after_add_entty'; did you mean")
+    with pytest.raises(UnknownEventError) as info:  # not a str: unknown, even unhashable
+        bus.hooks_for(["after_add_entity"])  # type: ignore[arg-type]
+    assert info.value.name == "['after_add_entity']"
+
+
+async def test_ever_new_keys_keep_memory_bounded() -> None:
+    bus = Bus()
+    bus.hook("after_add_entity", select=is_instance("Person"))(lambda e: None)
+    bus.hook("after_add_entity")(lambda e: None)  # every other key runs this one
+    payloads = [added(f"T{i}") for i in range(6000)]
+    for payload in payloads[:2000]:  # past the keys a table holds one by one
+        await bus.emit("after_add_entity", payload)
+    tracemalloc.start()  # what was allocated before is not traced
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for payload in payloads[2000:]:
+            await bus.emit("after_add_entity", payload)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 50_000, f"{grown} bytes kept by 4,000 more keys"

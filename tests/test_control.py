@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import tracemalloc
 import warnings
 from contextlib import nullcontext
@@ -296,7 +298,7 @@ async def test_states_of_a_form_dropped_past_the_bound_keep_dispatching() -> Non
     assert seen == ["company", "person"]
 
 
-async def test_each_name_of_a_state_is_reported_on_its_own_at_the_emit() -> None:
+async def test_each_name_of_a_state_is_reported_on_its_own() -> None:
     bus = Bus(protected=("activeintegrity",))
     for category in ("integrity", "integrals", "integrator", "integrities", "metadata", "notify"):
         bus.register(lambda e: None, "after_add_entity", category=category)
@@ -314,7 +316,15 @@ async def test_each_name_of_a_state_is_reported_on_its_own_at_the_emit() -> None
         "hooks_control names category 'notifyy', which no hook on this bus has; did you mean "
         "'notify'?",
     ]
-    assert {(w.category, w.filename) for w in caught} == {(UnknownCategoryWarning, __file__)}
+    assert {w.category for w in caught} == {UnknownCategoryWarning}
+
+
+async def test_the_warning_points_at_the_emit(bus: Bus, calls: list[str]) -> None:
+    with warnings.catch_warnings(record=True) as caught, hooks_control(ALLOW_ALL, "metadta"):
+        warnings.simplefilter("always")
+        await bus.emit("after_add_entity", added())
+        line = sys._getframe().f_lineno - 1
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]
 
 
 async def test_a_state_whose_form_was_just_dropped_dispatches_a_key_new_to_it() -> None:
@@ -333,3 +343,31 @@ async def test_a_state_whose_form_was_just_dropped_dispatches_a_key_new_to_it() 
         await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Company", 1))
         await bus.emit("after_add_entity", EntityEvent("after_add_entity", "Person", 1))
     assert seen == ["company", "person"]
+
+
+async def test_ever_new_forms_of_states_keep_memory_bounded() -> None:
+    bus = Bus()
+    for i in range(12):
+        bus.register(lambda e: None, "after_add_entity", category=f"c{i}")
+    # Each state disables another subset of the bus's categories: each is a form of its own.
+    states = [
+        hooks_control(ALLOW_ALL, *(f"c{i}" for i in range(12) if n >> i & 1)) for n in range(1, 901)
+    ]
+
+    async def dispatch_under(blocks: list[hooks_control]) -> None:
+        for block in blocks:
+            with block:
+                await bus.emit("after_add_entity", added())
+
+    await dispatch_under(states[:300])  # past every bound: forms, states, their views
+    tracemalloc.start()  # what was allocated before is not traced
+    try:
+        await dispatch_under(states[300:400])  # what the first ones traced leave for good
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        await dispatch_under(states[400:])
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000, f"{grown} bytes kept by 500 more forms"

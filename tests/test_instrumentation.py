@@ -169,7 +169,9 @@ async def test_a_factory_returning_one_entry_for_two_keys_is_refused() -> None:
     bus.hook("after_add_entity", select=hookbus.is_instance("Company"))(lambda e: seen.append("C"))
     use_entries(bus, one_for_all)
     await bus.emit("after_add_entity", added())
-    with pytest.raises(TypeError, match=r"key 'Company' the entry it returned for .* 'Person'"):
+    with pytest.raises(
+        TypeError, match="key 'Company' the entry it returned for 'after_add_entity' and 'Person'"
+    ):
         bus.emit("after_add_entity", EntityEvent("after_add_entity", "Company", 2))  # at the call
     assert seen == ["P"]
     bus.hook("after_add_entity")(lambda e: seen.append("any"))  # the other keys' entry runs it

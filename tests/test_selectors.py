@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import msgspec
 import pytest
 
 from hookbus import (
@@ -266,3 +267,70 @@ async def test_a_selector_that_names_no_key_is_settled_once_beside_a_negation(
             await bus.emit("after_add_entity", EntityEvent("after_add_entity", etype, 1))
     assert seen == (["B", "C"] if combine == "&" else ["A", "B", "C"]) * 50
     assert settled.asked <= 3  # once per entry built (A, the others), not per dispatch
+
+
+class Tick(msgspec.Struct):
+    """An unkeyed application payload."""
+
+    n: int
+
+
+async def test_a_users_selector_naming_no_keys_decides_per_payload_on_an_unkeyed_event() -> None:
+    class EvenTicks(Selector):
+        def specialize(self, spec: EventSpec, key: Hashable) -> bool | Callable[[Any], bool]:
+            return lambda tick: tick.n % 2 == 0
+
+    bus = Bus()
+    bus.declare("tick", Tick)
+    seen: list[int] = []
+    bus.hook("tick", select=EvenTicks())(lambda tick: seen.append(tick.n))
+    for n in range(5):
+        await bus.emit("tick", Tick(n))
+    assert seen == [0, 2, 4]
+
+
+class Visit(msgspec.Struct):
+    page: str | None
+
+
+async def test_match_key_none_matches_the_key_none_only() -> None:
+    bus = Bus()
+    bus.declare("visited", Visit, key="page")
+    seen: list[str | None] = []
+    bus.hook("visited", select=match_key(None))(lambda visit: seen.append(visit.page))
+    for _ in range(2):  # entries built, then found
+        for page in ("home", None, "about"):
+            await bus.emit("visited", Visit(page))
+    assert seen == [None, None]
+
+
+async def test_a_selector_failing_on_keys_it_does_not_name_is_asked_per_key() -> None:
+    class OnlyA(Selector):
+        """Names the key "A"; fails when asked about anything but a string."""
+
+        def specialize(self, spec: EventSpec, key: Hashable) -> bool | Callable[[Any], bool]:
+            return len(key) == 1 and key == "A"  # type: ignore[arg-type]
+
+        def keys(self, spec: EventSpec) -> frozenset[Hashable] | None:
+            return frozenset({"A"})
+
+    assert await dispatched(OnlyA(), ("A", 1), ("B", 2), ("CC", 3), ("A", 4)) == ["A:1", "A:4"]
+
+
+async def test_a_selector_returning_neither_bool_nor_predicate_is_refused_when_built() -> None:
+    class Sloppy(Selector):
+        def specialize(self, spec: EventSpec, key: Hashable) -> bool | Callable[[Any], bool]:
+            return key == "A" or ("yes" if key == "B" else False)  # type: ignore[return-value]
+
+        def keys(self, spec: EventSpec) -> frozenset[Hashable] | None:
+            return frozenset({"A"})
+
+    bus = Bus()
+    bus.hook("after_add_entity", select=Sloppy())(lambda e: None)  # probed with "A": fine
+    bus.hook("after_add_entity", select=is_instance("B"))(lambda e: None)  # "B" named: asked
+    with pytest.raises(
+        TypeError,
+        match=r"returned 'yes' for 'B' on 'after_add_entity': specialize\(\) must return True, "
+        "False or a predicate",
+    ):
+        bus.emit("after_add_entity", EntityEvent("after_add_entity", "B", 1))
