@@ -12,14 +12,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -49,18 +52,29 @@ class Server:
     def __init__(self) -> None:
         self.port, self.monitor = free_port(), free_port()
         self.storage = tempfile.mkdtemp(prefix="hookbus-nats-start-")
+        self.log = Path(self.storage) / "server.log"
         self.url = f"nats://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, jetstream: bool) -> None:
+        """Start it, and return once it says it is ready (or fail if it exits first: a
+        client's first connection would otherwise try for ever)."""
         self.kill()
         command = [server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
         command += ["-m", str(self.monitor)]
         if jetstream:
             command += ["-js", "-sd", self.storage]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        seen = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while b"Server is ready" not in self.log.read_bytes()[seen:]:
+            said = self.log.read_bytes()[seen:].decode(errors="replace")
+            if self.process.poll() is not None:
+                raise AssertionError(f"nats-server exited at start: {said}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nats-server not ready after 30 s: {said}")
+            time.sleep(0.02)  # a process offers nothing to await
 
     def kill(self) -> None:
         if self.process is not None:
@@ -70,10 +84,17 @@ class Server:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port free now, below the kernel's ephemeral ports (32768 and up): the server is
+    restarted on it, and an ephemeral port may meanwhile become another connection's."""
+    for _ in range(500):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port in 20000-32000")
 
 
 async def subscriptions(server: Server, nc: Any) -> list[str]:
