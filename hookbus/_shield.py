@@ -9,10 +9,9 @@ nor stops the other operations of its phase.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Coroutine, Generator, Iterable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, final
 
 import anyio
 
@@ -46,7 +45,7 @@ async def uncancellable(func: Callable[..., Coroutine[Any, Any, _T]], *args: Any
 
 
 async def settled(
-    func: Callable[..., Coroutine[Any, Any, _T]], *args: Any
+    func: Callable[..., Coroutine[Any, Any, _T]], *args: Any, asyncio_running: bool | None = None
 ) -> tuple[_T, BaseException | None]:
     """Run ``func(*args)`` to its end even if the caller is cancelled meanwhile; return its
     result and the cancellation that arrived meanwhile (``None`` if none), for the caller to
@@ -62,8 +61,10 @@ async def settled(
     anyio shield is needed there, which saved 4 us a call. Elsewhere (trio), an anyio shield
     keeps the cancellation out, and the caller's next checkpoint raises it. If the work
     raises while a cancellation is kept, the cancellation is raised, from it.
+    ``asyncio_running``: what ``on_asyncio()`` says, where the caller asked already (on 3.11
+    each asking is a ``getpid()`` system call).
     """
-    if not on_asyncio():
+    if not (on_asyncio() if asyncio_running is None else asyncio_running):
         with anyio.CancelScope(shield=True):
             return await func(*args), None
     guarded = _Guarded(func(*args))
@@ -80,10 +81,13 @@ async def settled(
 class _Guarded:
     """Await a coroutine in the calling task, out of reach of ``task.cancel()``.
 
-    The coroutine is stepped here: for each future it waits on, the task waits on a fresh
-    stand-in future that the real one completes. ``task.cancel()`` cancels the stand-in
-    (never the real one, so asyncpg's query is never cancelled); the ``CancelledError`` is
-    kept in ``cancelled`` and the wait goes on. No task is created: a task per COMMIT cost
+    The coroutine is stepped here: for each future it waits on, the task waits on a
+    ``_StandIn`` whose done callbacks are the real future's (the task wakes as soon as the
+    real one is done). ``task.cancel()`` cancels the stand-in, which keeps the
+    ``CancelledError`` in ``cancelled`` and never touches the real future (so asyncpg's query
+    is never cancelled); the wait goes on. (A stand-in future completed by a callback of the
+    real one cost a turn of the loop per wait: an ``epoll_wait`` system call and the loop's
+    bookkeeping, twice per COMMIT.) No task is created: a task per COMMIT cost
     several microseconds, and a KeyboardInterrupt in the work stays in the caller's task.
     """
 
@@ -106,23 +110,57 @@ class _Guarded:
                 except asyncio.CancelledError as exc:
                     self.cancelled = exc
                 continue
-            # The work's own future: the task is told it does not wait on it, and waits on
-            # stand-ins until it is done; then the work reads its result itself.
+            # The work's own future: the task waits on a stand-in for it, whose completion is
+            # the future's (the task's wake-up is the future's own callback: no turn of the
+            # loop more), and whose cancel() is kept here, never passed on. Then the work reads
+            # the future's result itself (an error it holds is thrown in here first: skipped).
             waited._asyncio_future_blocking = False
-            loop = asyncio.get_running_loop()
             while not waited.done():
-                stand_in = loop.create_future()
-                waited.add_done_callback(functools.partial(_wake, stand_in))
-                stand_in._asyncio_future_blocking = True
                 try:
-                    yield stand_in
-                except asyncio.CancelledError as exc:
-                    self.cancelled = exc
+                    yield _StandIn(waited, self)
+                except BaseException:
+                    if not waited.done():
+                        raise
 
 
-def _wake(stand_in: asyncio.Future[None], _: object) -> None:
-    if not stand_in.done():
-        stand_in.set_result(None)
+@final
+class _StandIn:
+    """What the task waits on in place of the work's future ``future`` (see ``_Guarded``).
+
+    To asyncio's task it is a future: its loop, its done callbacks and ``done()`` are
+    ``future``'s; ``cancel()`` keeps the ``CancelledError`` in ``guard.cancelled`` and says
+    it cancelled, so that ``task.cancel()`` goes no further (the task goes on waiting for
+    ``future``). A fresh stand-in per wait, each told whether the task blocks on it.
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "_future", "_guard")
+
+    def __init__(self, future: Any, guard: _Guarded) -> None:
+        self._future = future
+        self._guard = guard
+        self._asyncio_future_blocking = True
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        loop: asyncio.AbstractEventLoop = self._future.get_loop()
+        return loop
+
+    def add_done_callback(self, callback: Callable[..., object], *, context: Any = None) -> None:
+        self._future.add_done_callback(callback, context=context)
+
+    def remove_done_callback(self, callback: Callable[..., object]) -> int:
+        removed: int = self._future.remove_done_callback(callback)
+        return removed
+
+    def done(self) -> bool:
+        return bool(self._future.done())
+
+    def cancelled(self) -> bool:
+        return False  # what cancel() is told is kept, never done to the work's future
+
+    def cancel(self, msg: Any = None) -> bool:
+        error = asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)
+        self._guard.cancelled = error
+        return True
 
 
 def scope_cancelled() -> bool:

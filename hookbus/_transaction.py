@@ -529,11 +529,12 @@ class Transaction:
         # COMMIT and the giving back of the connection run to their end; a cancellation
         # that arrived meanwhile is held until postcommit has run (postcommit itself can be
         # cancelled: it runs with the connection back in its pool).
-        _, cancelled = await settled(self._commit_and_close)
+        here = on_asyncio()  # asked once: on 3.11 it is a getpid() system call
+        _, cancelled = await settled(self._commit_and_close, asyncio_running=here)
         await self._postcommit()
         if cancelled is not None:
             raise cancelled
-        if not on_asyncio():
+        if not here:
             # A cancellation of anyio's that was held off by the shield surfaces here (on
             # asyncio, settled() kept it and it was raised above).
             await anyio.lowlevel.checkpoint_if_cancelled()

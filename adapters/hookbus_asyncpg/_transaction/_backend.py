@@ -176,6 +176,12 @@ class AsyncpgBackend:
             return await find_outcome(xid, exc, self._options, self._pool)
         return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
 
+    @property
+    def holds_pooled(self) -> bool:
+        """Whether the backend holds a connection it took from its pool (``close`` gives it
+        back)."""
+        return self._home is not None and self.connection is not None
+
     async def close(self) -> None:
         """Give the connection back to the pool it came from (once; a no-op without a pool).
 

@@ -13,6 +13,7 @@ connection.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from typing import Any, Final, TypeAlias, final
@@ -26,6 +27,12 @@ from ._options import TransactionOptions
 __all__ = ["ASK_XID", "NOT_RECEIVED", "Xid", "XidNotice", "find_outcome", "is_connection_loss"]
 
 logger: Final = logging.getLogger("hookbus")
+
+# The nonce of each notice: a secret drawn once per process, then a count (drawing 8 random
+# bytes per COMMIT was a getrandom system call per COMMIT). Nothing outside this process
+# knows the secret, so no other notice can pass for ours; a count never repeats.
+_SECRET: Final = os.urandom(8).hex()
+_NONCES: Final = itertools.count()
 
 #: The transaction's id, asked with a round trip (where the DO block is refused).
 ASK_XID: Final = "SELECT pg_current_xact_id_if_assigned()::text"
@@ -51,14 +58,15 @@ class XidNotice:
     """A log listener that catches the first NOTICE carrying this COMMIT's nonce.
 
     ``xid`` is the transaction's id, ``None`` if it had none (it wrote nothing), or
-    ``NOT_RECEIVED``. ``statement`` sends the notice, then COMMIT. The DO block runs inside a
+    ``NOT_RECEIVED``. ``statement`` sends the notice, then COMMIT. Its nonce is the process's
+    secret and a count: no two COMMITs of the process share it. The DO block runs inside a
     savepoint, so that where it is refused the transaction survives and can still commit.
     """
 
     __slots__ = ("_prefix", "statement", "xid")
 
     def __init__(self) -> None:
-        self._prefix = prefix = f"hookbus xid {os.urandom(8).hex()} "
+        self._prefix = prefix = f"hookbus xid {_SECRET}{next(_NONCES):x} "
         self.xid: Xid = NOT_RECEIVED
         # client_min_messages is raised for the rest of the transaction only, in case the
         # session filters notices out; pg_current_xact_id_if_assigned() assigns no id. The

@@ -233,7 +233,8 @@ class _Scope:
         finally:
             _open.reset(token)
             backend = tx.backend
-            if isinstance(backend, AsyncpgBackend):  # a no-op once the scope gave it back
+            # Given back already, unless the scope could not (nothing to await then).
+            if isinstance(backend, AsyncpgBackend) and backend.holds_pooled:
                 await backend.close()
 
 
