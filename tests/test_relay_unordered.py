@@ -215,6 +215,8 @@ async def test_ordered_and_unordered_relays_never_mix(
         with pytest.raises(RelayModeError, match=r"relayed unordered.*--unordered.*mode ordered"):
             await asyncio.wait_for(ordered.run(), 30)  # (a relay that ran: a timeout)
         assert ordered.state is RelayState.FAILED
+        busy = await asyncio.to_thread(_hookbus, dsn, "outbox", "mode", "ordered", "--yes")
+        assert busy.returncode == 5 and "an unordered relay is running" in busy.stderr
     shown = _hookbus(dsn, "outbox", "mode", "ordered")  # without --yes: says what it does
     assert shown.returncode == 0 and "--yes" in shown.stdout
     switched = _hookbus(dsn, "outbox", "mode", "ordered", "--yes")
@@ -224,6 +226,8 @@ async def test_ordered_and_unordered_relays_never_mix(
     ordered = Relay(dsn, jetstream, stream=stream.name, poll_interval=0.05)
     async with running(ordered):
         await until(lambda: ordered.stats().published == 1, "only the unsent row is sent")
+        busy = await asyncio.to_thread(_hookbus, dsn, "outbox", "mode", "unordered", "--yes")
+        assert busy.returncode == 5 and "an ordered relay is running" in busy.stderr
     assert sorted(orders_of(await received(jetstream, stream, 2))) == [1, 2]
     with pytest.raises(RelayModeError, match=r"relayed ordered.*without --unordered"):
         await asyncio.wait_for(make_unordered(dsn, jetstream, stream).run(), 30)

@@ -311,7 +311,7 @@ async def _reset(args: argparse.Namespace, dsn: str) -> int:
 async def _mode(args: argparse.Namespace, dsn: str) -> int:
     import asyncpg
 
-    from ._relay_mode import read_mode, switch_mode
+    from ._relay_mode import read_mode
 
     conn = await asyncpg.connect(dsn)
     try:
@@ -322,24 +322,55 @@ async def _mode(args: argparse.Namespace, dsn: str) -> int:
                 ExitStatus.NOT_FOUND,
             )
         was = await read_mode(conn)
-        if was == args.mode:
-            print(f"the outbox is relayed {args.mode} already")
-            return ExitStatus.OK
-        if not args.yes:
-            what = (
-                "marks sent the rows every cursor has passed and drops the cursors"
-                if args.mode == "unordered"
-                else "deletes the rows marked sent (a new cursor sends the others)"
-            )
-            print(
-                f"switching to {args.mode} {what}; stop every relay of this outbox, then run "
-                "it again with --yes"
-            )
-            return ExitStatus.OK
-        async with conn.transaction():
-            changed = await switch_mode(conn, args.mode)
+        names = [row[0] for row in await conn.fetch("SELECT relay FROM hookbus_outbox_cursor")]
     finally:
         await conn.close()
+    if was == args.mode:
+        print(f"the outbox is relayed {args.mode} already")
+        return ExitStatus.OK
+    if not args.yes:
+        what = (
+            "marks sent the rows every cursor has passed and drops the cursors"
+            if args.mode == "unordered"
+            else "deletes the rows marked sent (a new cursor sends the others)"
+        )
+        print(
+            f"switching to {args.mode} {what}; stop every relay of this outbox, then run it "
+            "again with --yes"
+        )
+        return ExitStatus.OK
+    changed = await _switch(dsn, args.mode, names)
     done = "marked sent" if args.mode == "unordered" else "deleted as sent"
     print(f"the outbox is relayed {args.mode} (was {was or 'unset'}); {changed} row(s) {done}")
     return ExitStatus.OK
+
+
+async def _switch(dsn: str, mode: Any, names: list[str]) -> int:
+    """Switch under the lock of every ordered relay's name and the unordered relays' lock:
+    refused while a relay runs, and none starts before the switch commits."""
+    import contextlib
+
+    import asyncpg
+    from hookbus_asyncpg import FencedLock, LockTimeoutError
+
+    from ._relay_mode import switch_mode, unordered_running
+
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=len(names) + 2) as pool:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for name in names:
+                    lock = FencedLock(pool, f"hookbus.outbox.{name}", wait=1.0)
+                    await stack.enter_async_context(lock)
+                conn = await stack.enter_async_context(pool.acquire())
+                await stack.enter_async_context(conn.transaction())
+                if await unordered_running(conn):
+                    raise CommandError(
+                        "an unordered relay is running: stop every relay of this outbox first",
+                        ExitStatus.BUSY,
+                    )
+                return await switch_mode(conn, mode)
+        except LockTimeoutError as exc:
+            raise CommandError(
+                f"an ordered relay is running ({exc}): stop every relay of this outbox first",
+                ExitStatus.BUSY,
+            ) from None

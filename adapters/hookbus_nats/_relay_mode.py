@@ -16,7 +16,7 @@ from typing import Any, Final, Literal
 
 from ._relay_errors import RelayModeError
 
-__all__ = ["Mode", "claim_mode", "read_mode", "switch_mode"]
+__all__ = ["Mode", "claim_mode", "hold_unordered", "read_mode", "switch_mode", "unordered_running"]
 
 Mode = Literal["ordered", "unordered"]
 _FLAG: Final[dict[str, str]] = {"ordered": "without --unordered", "unordered": "--unordered"}
@@ -36,6 +36,25 @@ _TO_ORDERED: Final = "DELETE FROM hookbus_outbox WHERE sent_at IS NOT NULL"
 _SET: Final = """\
 INSERT INTO hookbus_outbox_mode (mode) VALUES ($1)
 ON CONFLICT (one) DO UPDATE SET mode = EXCLUDED.mode, set_at = clock_timestamp()"""
+
+
+# Every unordered relay holds it shared on a connection of its own while it runs; a switch
+# takes it exclusive for its transaction (a relay starting meanwhile waits, then is refused).
+_UNORDERED_KEY: Final = "hookbus.outbox.unordered"
+
+
+async def hold_unordered(conn: Any) -> None:
+    """Hold the unordered relays' shared lock on ``conn`` (until its session ends)."""
+    await conn.execute("SELECT pg_advisory_lock_shared(hashtext($1))", _UNORDERED_KEY)
+
+
+async def unordered_running(conn: Any) -> bool:
+    """Whether an unordered relay runs; if none, no other starts before this transaction
+    ends."""
+    took: bool = await conn.fetchval(
+        "SELECT pg_try_advisory_xact_lock(hashtext($1))", _UNORDERED_KEY
+    )
+    return not took
 
 
 async def read_mode(conn: Any) -> Mode | None:

@@ -27,7 +27,7 @@ import asyncpg
 import msgspec
 from nats.js import JetStreamContext
 
-from ._relay_mode import claim_mode
+from ._relay_mode import claim_mode, hold_unordered
 from ._relay_publish import Publishing, Stopped, check_options
 from ._relay_sql import claim_batch, cleanup, mark_sent
 from ._relay_state import RelayState, check_move
@@ -162,7 +162,11 @@ class UnorderedRelay(Publishing):
         self._move(RelayState.STARTING)
         try:
             await self._check_stream()
-            async with asyncpg.create_pool(self._dsn, min_size=1, max_size=2) as pool:
+            async with (
+                asyncpg.create_pool(self._dsn, min_size=2, max_size=3) as pool,
+                pool.acquire() as holder,  # for the run: `hookbus outbox mode` sees it
+            ):
+                await hold_unordered(holder)
                 async with pool.acquire() as conn:
                     await claim_mode(conn, "unordered")
                 wakeup = self._wakeup = Wakeup(lambda: asyncpg.connect(self._dsn))
