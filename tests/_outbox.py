@@ -25,7 +25,8 @@ def shop_bus() -> Bus:
 async def install_outbox(pool: asyncpg.Pool, bus: Bus) -> None:
     """Drop what an earlier test left and install the outbox plugin afresh."""
     await pool.execute(
-        "DROP TABLE IF EXISTS hookbus_outbox, hookbus_outbox_cursor, hookbus_plugin, "
+        "DROP TABLE IF EXISTS hookbus_outbox, hookbus_outbox_cursor, hookbus_outbox_mode, "
+        "hookbus_plugin, "
         "hookbus_stage, hookbus_batch CASCADE"
     )
     manager = hookbus_asyncpg.PluginManager(pool, PluginSet(bus, [hookbus_asyncpg.outbox_plugin()]))

@@ -124,7 +124,9 @@ async def test_status_shows_the_counters_and_cleanup_keeps_what_is_unpublished(
 
 
 async def test_status_without_an_outbox_says_so(pool: asyncpg.Pool, dsn: str) -> None:
-    await pool.execute("DROP TABLE IF EXISTS hookbus_outbox, hookbus_outbox_cursor CASCADE")
+    await pool.execute(
+        "DROP TABLE IF EXISTS hookbus_outbox, hookbus_outbox_cursor, hookbus_outbox_mode CASCADE"
+    )
     shown = hookbus(dsn, "status")
     assert shown.returncode == 3
     assert "install the hookbus_outbox plugin" in shown.stderr

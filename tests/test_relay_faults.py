@@ -19,7 +19,7 @@ import pytest_asyncio
 from _nats import Stream, make_stream
 from _outbox import OrderPlaced, install_outbox, shop_bus
 from hookbus_asyncpg import Outbox
-from hookbus_nats import Relay, RelayState
+from hookbus_nats import Relay, RelayState, UnorderedRelay
 from hookbus_nats.testing import server_binary
 from nats.js import JetStreamContext
 
@@ -111,8 +111,9 @@ async def connect(url: str) -> nats.NATS:
             await asyncio.sleep(0.05)  # a process offers nothing to await
 
 
+@pytest.mark.parametrize("kind", [Relay, UnorderedRelay])
 async def test_while_nats_is_gone_the_relay_backs_off_then_delivers_each_event_once(
-    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus
+    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, kind: type[Relay | UnorderedRelay]
 ) -> None:
     storage = tempfile.mkdtemp(prefix="hookbus-nats-fault-")
     with socket.socket() as probe:  # a free port, kept for the server's restart
@@ -126,7 +127,7 @@ async def test_while_nats_is_gone_the_relay_backs_off_then_delivers_each_event_o
         js = nc.jetstream()
         stream = await make_stream(js)
         outbox = Outbox(bus, subject_prefix=stream.prefix)
-        relay = Relay(
+        relay = kind(
             dsn, js, stream=stream.name, poll_interval=0.05, ack_timeout=0.5, max_backoff=0.4
         )
         task = asyncio.create_task(relay.run())

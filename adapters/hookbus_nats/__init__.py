@@ -41,9 +41,10 @@ if TYPE_CHECKING:
     )
     from ._inbox import INBOX_TABLE, cleanup_inbox, create_inbox, inbox_plugin, record_applied
     from ._relay import Relay, RelayStats
-    from ._relay_errors import CursorAheadError, DuplicateWindowError, RelayError
+    from ._relay_errors import CursorAheadError, DuplicateWindowError, RelayError, RelayModeError
     from ._relay_sql import Cursor, Holdback, OutboxStatus
     from ._relay_state import RelayState, RelayStateError
+    from ._relay_unordered import UnorderedRelay, UnorderedRelayStats
     from ._startup import JetStreamNotReadyError
 
 __all__ = [
@@ -66,12 +67,15 @@ __all__ = [
     "OutboxStatus",
     "Relay",
     "RelayError",
+    "RelayModeError",
     "RelayState",
     "RelayStateError",
     "RelayStats",
     "ReplayedDeadLetter",
     "StoredDeadLetter",
     "Undecodable",
+    "UnorderedRelay",
+    "UnorderedRelayStats",
     "WIRE_VERSIONS",
     "cleanup_inbox",
     "create_inbox",
@@ -105,12 +109,15 @@ _DEFINED_IN: Final = {
     "OutboxStatus": "._relay_sql",
     "Relay": "._relay",
     "RelayError": "._relay_errors",
+    "RelayModeError": "._relay_errors",
     "RelayState": "._relay_state",
     "RelayStateError": "._relay_state",
     "RelayStats": "._relay",
     "ReplayedDeadLetter": "._dead_letters",
     "StoredDeadLetter": "._dead_letters",
     "Undecodable": "._consumer_decode",
+    "UnorderedRelay": "._relay_unordered",
+    "UnorderedRelayStats": "._relay_unordered",
     "WIRE_VERSIONS": "._consumer_decode",
     "cleanup_inbox": "._inbox",
     "create_inbox": "._inbox",

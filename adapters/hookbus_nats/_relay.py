@@ -27,11 +27,12 @@ from typing import Any, Final, final
 
 import asyncpg
 import msgspec
-import nats.errors
-from hookbus_asyncpg import WIRE_VERSION, FencedLock, LockLostError, LockTimeoutError
+from hookbus_asyncpg import FencedLock, LockLostError, LockTimeoutError
 from nats.js import JetStreamContext
 
-from ._relay_errors import CursorAheadError, DuplicateWindowError
+from ._relay_errors import CursorAheadError
+from ._relay_mode import claim_mode
+from ._relay_publish import Publishing, Stopped, check_options
 from ._relay_sql import (
     Cursor,
     Holdback,
@@ -46,14 +47,10 @@ from ._relay_sql import (
 )
 from ._relay_state import RelayState, check_move
 from ._relay_wakeup import Wakeup
-from ._startup import when_ready
 
 __all__ = ["Relay", "RelayStats"]
 
 logger: Final = logging.getLogger("hookbus.outbox")
-# What NATS answers when it is slow, gone or refusing (a full stream): worth sending again.
-# Anything else (a bug, a database error) stops the relay.
-_NATS_FAILURES: Final = (nats.errors.Error, asyncio.TimeoutError, OSError)
 # How often the relay looks at what holds it back (at most), and polls while rows are held:
 # first after _HELD_FIRST, doubling to _HELD_POLL (a holder that commits without a NOTIFY,
 # such as a consumer's transaction or the relay's own cursor save, mostly ends in a few ms).
@@ -61,7 +58,6 @@ _LOOK_EVERY: Final = 1.0
 _HELD_FIRST: Final = 0.005
 _HELD_POLL: Final = 0.05
 _WARN_EVERY: Final = 30.0
-_decode_headers: Final = msgspec.json.Decoder(dict[str, str]).decode
 
 
 @final
@@ -79,12 +75,8 @@ class RelayStats(msgspec.Struct, frozen=True):
     error: str | None  # the last error seen (a NATS failure, or what stopped the relay)
 
 
-class _Stopped(Exception):
-    """Asked to stop while a batch waited to be sent again: the batch is left unsaved."""
-
-
 @final
-class Relay:
+class Relay(Publishing):
     """Publishes the rows of ``hookbus_outbox`` on the database ``dsn`` through ``js``.
 
     ``stream`` is the stream the outbox's subjects go to: its duplicate window must be at
@@ -103,28 +95,16 @@ class Relay:
         "_cleaned",
         "_cursor",
         "_dsn",
-        "_duplicates",
-        "_error",
         "_held",
-        "_js",
-        "_published",
-        "_retries",
         "_state",
-        "_stop",
         "_wakeup",
         "_warned",
-        "ack_timeout",
         "batch_size",
         "cleanup_interval",
-        "max_backoff",
-        "name",
         "poll_interval",
         "retention",
-        "retry_horizon",
         "stall_warning",
         "standby_check",
-        "start_wait",
-        "stream",
     )
 
     def __init__(
@@ -145,32 +125,29 @@ class Relay:
         stall_warning: float = 5.0,
         start_wait: float = 60.0,
     ) -> None:
-        if not 1 <= batch_size <= 4000:
-            raise ValueError("batch_size is between 1 and 4000 (nats-py's in-flight limit)")
-        for label, value in (
-            ("poll_interval", poll_interval),
-            ("ack_timeout", ack_timeout),
-            ("max_backoff", max_backoff),
-            ("retry_horizon", retry_horizon),
-            ("standby_check", standby_check),
-            ("start_wait", start_wait),
-        ):
-            if not value > 0:
-                raise ValueError(f"{label} must be positive, not {value!r}")
+        check_options(
+            batch_size,
+            poll_interval=poll_interval,
+            ack_timeout=ack_timeout,
+            max_backoff=max_backoff,
+            retry_horizon=retry_horizon,
+            standby_check=standby_check,
+            start_wait=start_wait,
+        )
         self._dsn: Final = dsn
-        self._js: Final = js
-        self.stream: Final = stream
+        self._js = js
+        self.stream = stream
         self.name: Final = name
         self.batch_size: Final = batch_size
         self.poll_interval: Final = poll_interval
-        self.ack_timeout: Final = ack_timeout
-        self.max_backoff: Final = max_backoff
-        self.retry_horizon: Final = retry_horizon
+        self.ack_timeout = ack_timeout
+        self.max_backoff = max_backoff
+        self.retry_horizon = retry_horizon
         self.retention: Final = retention
         self.cleanup_interval: Final = cleanup_interval
         self.standby_check: Final = standby_check
         self.stall_warning: Final = stall_warning
-        self.start_wait: Final = start_wait
+        self.start_wait = start_wait
         self._state = RelayState.NEW
         self._stop = asyncio.Event()
         self._wakeup: Wakeup | None = None
@@ -233,7 +210,7 @@ class Relay:
                         await self._relay_while_held(pool, lock)
                     finally:
                         await lock.__aexit__(None, None, None)
-        except _Stopped:
+        except Stopped:
             pass
         except asyncio.CancelledError:
             self._move(RelayState.STOPPED)
@@ -245,25 +222,6 @@ class Relay:
         self._move(RelayState.STOPPED)
 
     # -- starting --------------------------------------------------------------------------
-
-    async def _check_stream(self) -> None:
-        info = await when_ready(
-            lambda: self._js.stream_info(self.stream),
-            self.stream,
-            wait=self.start_wait,
-            logger=logger,
-            stop=self._stop,
-        )
-        if info is None:
-            raise _Stopped
-        window = info.config.duplicate_window or 0.0
-        if window < self.retry_horizon:
-            raise DuplicateWindowError(
-                f"stream {self.stream!r} keeps message ids for {window:g} s, less than the "
-                f"relay's retry horizon of {self.retry_horizon:g} s: a batch re-sent after "
-                "the window would be stored twice. Raise the stream's duplicate_window or "
-                "lower retry_horizon"
-            )
 
     async def _take_lock(self, pool: asyncpg.Pool) -> FencedLock | None:
         """The relay's lock, waiting as a standby while another relay holds it; ``None`` if
@@ -280,6 +238,7 @@ class Relay:
 
     async def _relay_while_held(self, pool: asyncpg.Pool, lock: FencedLock) -> None:
         async with pool.acquire() as conn:
+            await claim_mode(conn, "ordered")
             cursor, _ = await load_cursor(conn, self.name)
             upcoming = await next_xid(conn)
         if cursor.xid >= upcoming:
@@ -403,72 +362,12 @@ class Relay:
 
     async def _publish(self, rows: list[Row], lock: FencedLock) -> None:
         """Send ``rows`` until every one is acknowledged, backing off while NATS fails."""
-        delay, first = 0.05, time.monotonic()
-        while True:
+
+        def check() -> None:
             if lock.lost:
                 raise LockLostError(
                     f"relay {self.name!r} lost its lock {self.lock_name!r}; it stops before "
                     "publishing again (a standby takes over)"
                 )
-            try:
-                self._duplicates += await self._send(rows)
-                self._published += len(rows)
-                return
-            except _NATS_FAILURES as exc:
-                self._error = f"{type(exc).__name__}: {exc}"
-                self._retries += 1
-                self._move(RelayState.BACKING_OFF)
-                late = time.monotonic() - first > self.retry_horizon
-                logger.warning(
-                    "relay %r: NATS did not acknowledge a batch of %d (%s); sending it again "
-                    "in %.2f s%s",
-                    self.name,
-                    len(rows),
-                    self._error,
-                    delay,
-                    " (past the retry horizon: the stream may store some twice)" if late else "",
-                )
-                try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                except TimeoutError:
-                    pass
-                else:
-                    raise _Stopped from exc
-                delay = min(delay * 2, self.max_backoff)
-                self._move(RelayState.RELAYING)
 
-    async def _send(self, rows: list[Row]) -> int:
-        """Publish ``rows`` with every acknowledgement in flight; the number of duplicates.
-        Raises if any is not acknowledged within ``ack_timeout``."""
-        publish, wire = self._js.publish_async, WIRE_VERSION  # locals: the hot loop
-        futures: list[asyncio.Future[Any]] = []
-        try:
-            for _, _, subject, event, msg_id, payload, extra in rows:
-                headers = {"Nats-Msg-Id": msg_id, "Hookbus-Event": event, "Hookbus-Wire": wire}
-                if extra != "{}":  # the row's own (traceparent), never over the envelope's
-                    headers = _decode_headers(extra) | headers
-                futures.append(await publish(subject, payload, headers=headers))
-            _, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
-        except BaseException:
-            _settle(futures)
-            raise
-        failure = _settle(futures)
-        if pending:
-            raise TimeoutError(
-                f"{len(pending)} of {len(rows)} messages not acknowledged in {self.ack_timeout:g} s"
-            )
-        if failure is not None:
-            raise failure
-        return sum(1 for future in futures if future.result().duplicate)
-
-
-def _settle(futures: list[asyncio.Future[Any]]) -> BaseException | None:
-    """Cancel the futures still pending and retrieve the exception of those that failed (so
-    none is logged as "never retrieved" after a failed batch); the first such exception."""
-    first: BaseException | None = None
-    for future in futures:
-        if not future.done():
-            future.cancel()
-        elif not future.cancelled() and (exc := future.exception()) is not None:
-            first = first or exc
-    return first
+        await self._publish_rows(rows, check)

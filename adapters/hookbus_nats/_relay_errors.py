@@ -5,14 +5,15 @@
     HookbusError
     └── RelayError
         ├── CursorAheadError       the cursor is past the server's transaction ids (restored)
-        └── DuplicateWindowError   the stream forgets message ids before the relay's retries end
+        ├── DuplicateWindowError   the stream forgets message ids before the relay's retries end
+        └── RelayModeError         an ordered and an unordered relay on one outbox
 """
 
 from __future__ import annotations
 
 from hookbus import HookbusError
 
-__all__ = ["CursorAheadError", "DuplicateWindowError", "RelayError"]
+__all__ = ["CursorAheadError", "DuplicateWindowError", "RelayError", "RelayModeError"]
 
 
 class RelayError(HookbusError):
@@ -29,3 +30,9 @@ class CursorAheadError(RelayError):
 class DuplicateWindowError(RelayError):
     """The stream's duplicate window is shorter than the relay's retry horizon: a batch
     re-sent after the window would be stored twice."""
+
+
+class RelayModeError(RelayError):
+    """The outbox is relayed in the other mode (ordered, or unordered): the two never mix,
+    each would send again what the other has sent. ``hookbus outbox mode`` switches an
+    outbox, every relay stopped."""

@@ -19,15 +19,18 @@ __all__ = [
     "Holdback",
     "OutboxStatus",
     "Row",
+    "claim_batch",
     "cleanup",
     "cursor_of",
     "holdback",
     "load_cursor",
+    "mark_sent",
     "next_xid",
     "read_batch",
     "reset_cursor",
     "save_cursor",
     "status",
+    "unordered_status",
 ]
 
 
@@ -83,6 +86,9 @@ class OutboxStatus(msgspec.Struct, frozen=True):
     lag: timedelta | None  # now - oldest_pending
     rows: int  # rows in the outbox, sent ones kept for the retention included
     updated_at: datetime | None  # when the cursor last moved
+    # "unordered": no cursor (``("0", 0)``); published counts the sent rows still kept,
+    # pending the rows not marked sent, updated_at the last row marked sent
+    mode: str = "ordered"
 
 
 _LOAD: Final = (
@@ -115,13 +121,16 @@ UNION ALL
 SELECT NULL, now() - prepared, 'prepared', NULL, NULL, gid FROM pg_prepared_xacts
 ORDER BY 2 DESC NULLS LAST
 LIMIT 1"""
+# Published: marked sent by an unordered relay, or passed by every ordered relay's cursor.
+# SKIP LOCKED: unordered relays clean up side by side, each deleting other rows.
 _CLEANUP: Final = """\
 DELETE FROM hookbus_outbox WHERE id IN (
     SELECT o.id FROM hookbus_outbox o
     WHERE o.created_at < clock_timestamp() - $1::interval
-      AND EXISTS (SELECT FROM hookbus_outbox_cursor c WHERE (o.xid, o.id) <= (c.xid, c.id))
-      AND NOT EXISTS (SELECT FROM hookbus_outbox_cursor c WHERE (o.xid, o.id) > (c.xid, c.id))
-    LIMIT $2)"""
+      AND (o.sent_at IS NOT NULL OR (
+        EXISTS (SELECT FROM hookbus_outbox_cursor c WHERE (o.xid, o.id) <= (c.xid, c.id))
+        AND NOT EXISTS (SELECT FROM hookbus_outbox_cursor c WHERE (o.xid, o.id) > (c.xid, c.id))))
+    LIMIT $2 FOR UPDATE OF o SKIP LOCKED)"""
 _STATUS: Final = """\
 SELECT count(*), min(created_at), clock_timestamp() - min(created_at) FROM hookbus_outbox
 WHERE (xid, id) > ($1::text::xid8, $2)"""
@@ -195,6 +204,46 @@ async def status(conn: Any, relay: str) -> OutboxStatus:
         total,
         None if row is None else row[3],
     )
+
+
+# -- the unordered mode ----------------------------------------------------------------------
+
+# The first unsent rows no other relay holds, in id order, locked until this transaction
+# ends: no xmin gate (a row is visible once committed), so no other transaction holds them.
+_CLAIM: Final = """\
+SELECT id, xid::text, subject, event, msg_id, payload, headers::text
+FROM hookbus_outbox
+WHERE sent_at IS NULL
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED"""
+_MARK: Final = "UPDATE hookbus_outbox SET sent_at = clock_timestamp() WHERE id = ANY($1::bigint[])"
+_UNORDERED_STATUS: Final = """\
+SELECT count(*) FILTER (WHERE sent_at IS NOT NULL),
+       count(*) FILTER (WHERE sent_at IS NULL),
+       min(created_at) FILTER (WHERE sent_at IS NULL),
+       clock_timestamp() - min(created_at) FILTER (WHERE sent_at IS NULL),
+       count(*),
+       max(sent_at)
+FROM hookbus_outbox"""
+
+
+async def claim_batch(conn: Any, limit: int) -> list[Row]:
+    """Lock and return up to ``limit`` unsent rows no other transaction holds, by id (inside
+    the caller's transaction: they stay locked until it ends)."""
+    rows: list[Row] = await conn.fetch(_CLAIM, limit)
+    return rows
+
+
+async def mark_sent(conn: Any, rows: list[Row]) -> None:
+    """Mark ``rows`` sent (inside the transaction that claimed them)."""
+    await conn.execute(_MARK, [row[ID] for row in rows])
+
+
+async def unordered_status(conn: Any, relay: str) -> OutboxStatus:
+    """The counters of an outbox relayed unordered: sent (kept), pending, the oldest unsent."""
+    sent, pending, oldest, lag, total, last = await conn.fetchrow(_UNORDERED_STATUS)
+    return OutboxStatus(relay, Cursor(0, 0), sent, pending, oldest, lag, total, last, "unordered")
 
 
 async def reset_cursor(conn: Any) -> int:
