@@ -360,6 +360,21 @@ async def test_an_independent_scope_commits_on_its_own(db: asyncpg.Pool) -> None
     assert await ids(db) == [2]
 
 
+async def test_a_scope_on_another_source_inside_a_scope_is_a_transaction_of_its_own(
+    db: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    # Only a scope on the open scope's pool or connection joins it: one on another
+    # connection (or pool) in the same task commits on its own.
+    with pytest.raises(RuntimeError, match="outer fails"):
+        async with hookbus_asyncpg.transaction(db) as outer:
+            await outer.connection.execute("INSERT INTO items VALUES (1)")
+            async with hookbus_asyncpg.transaction(conn) as inner:
+                assert inner is not outer
+                await conn.execute("INSERT INTO items VALUES (2)")
+            raise RuntimeError("outer fails")
+    assert await ids(db) == [2]
+
+
 async def test_a_nested_scope_cannot_change_the_transaction_it_joins(db: asyncpg.Pool) -> None:
     async with hookbus_asyncpg.transaction(db) as outer:
         with pytest.raises(ValueError, match=r"isolation='serializable'.*independent=True"):
