@@ -472,6 +472,49 @@ async def test_bad_options_fail_where_transaction_is_called(
         hookbus_asyncpg.transaction(pool, **options)
 
 
+@pytest.mark.parametrize(
+    ("good", "bad", "error"),
+    [
+        ({"readonly": True}, {"readonly": 1}, TypeError),
+        ({"deferrable": True}, {"deferrable": 1}, TypeError),
+        ({"find_outcome": False}, {"find_outcome": 0}, TypeError),
+        ({"independent": True}, {"independent": 1}, TypeError),
+        ({"outcome_timeout": 1.0}, {"outcome_timeout": True}, ValueError),
+    ],
+)
+async def test_a_bad_option_equal_to_a_good_one_is_still_refused(
+    pool: asyncpg.Pool, good: dict[str, Any], bad: dict[str, Any], error: type[Exception]
+) -> None:
+    # 1 == True and True == 1.0: options checked once per set must not let the bad value
+    # pass for the good one checked before.
+    hookbus_asyncpg.transaction(pool, **good)
+    with pytest.raises(error, match=next(iter(bad))):
+        hookbus_asyncpg.transaction(pool, **bad)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"isolation": "serializable"},
+        {"readonly": True},
+        {"deferrable": True},
+        {"outcome_timeout": 0.25},
+        {"find_outcome": False},
+        {"independent": True},
+        {"recovery_pool": "pool"},
+    ],
+)
+async def test_each_option_given_is_the_scope_s_and_the_next_scope_has_its_own(
+    pool: asyncpg.Pool, given: dict[str, Any]
+) -> None:
+    if given.get("recovery_pool") == "pool":
+        given = {"recovery_pool": pool}
+    (name, value), default = next(iter(given.items())), hookbus_asyncpg.TransactionOptions()
+    for options in ({}, given, {}, given):
+        async with hookbus_asyncpg.transaction(pool, **options) as tx:  # begins at no statement
+            assert getattr(tx.options, name) == (value if options else getattr(default, name))
+
+
 def test_options_are_one_immutable_object() -> None:
     options = hookbus_asyncpg.TransactionOptions(isolation="serializable", readonly=True)
     assert options.begin == "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"
