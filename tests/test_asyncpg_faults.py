@@ -425,6 +425,26 @@ async def _enter(source: Any) -> None:
         pass
 
 
+async def test_a_transaction_context_is_entered_once(db: asyncpg.Pool) -> None:
+    scope = hookbus_asyncpg.transaction(db)
+    async with scope:
+        pass
+    with pytest.raises(RuntimeError, match="entered once"):
+        async with scope:
+            pass
+
+
+async def test_the_connection_of_a_scope_that_never_began_is_refused_once_it_is_over(
+    db: asyncpg.Pool,
+) -> None:
+    async with hookbus_asyncpg.transaction(db) as tx:
+        stand_in = tx.connection  # no statement yet: it stands for the connection to come
+    with pytest.raises(TransactionStateError, match="scope that is over"):
+        async with hookbus_asyncpg.transaction(stand_in):
+            pass
+    assert await ids(db) == []
+
+
 async def test_a_connection_in_a_transaction_of_its_own_is_refused(
     db: asyncpg.Pool, conn: asyncpg.Connection
 ) -> None:
