@@ -189,6 +189,34 @@ async def test_a_lost_commit_is_found_where_plpgsql_is_not_granted(
     assert await ids(db, "gated") == [1]
 
 
+REFUSED_AT_COMMIT = """
+CREATE TABLE IF NOT EXISTS refused (id int);
+CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'refused at COMMIT' USING ERRCODE = 'insufficient_privilege';
+END $$;
+DROP TRIGGER IF EXISTS refuse_at_commit ON refused;
+CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON refused
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse();
+TRUNCATE refused;
+"""
+
+
+async def test_commit_refused_for_privilege_is_not_taken_for_a_refused_do_block(
+    db: asyncpg.Pool,
+) -> None:
+    # The error a refused DO block raises, raised by COMMIT itself (a deferred trigger's):
+    # the transaction is over, rolled back; nothing is retried.
+    await db.execute(REFUSED_AT_COMMIT)
+    log: list[str] = []
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="refused at COMMIT"):
+        async with hookbus_asyncpg.transaction(db) as tx:
+            await tx.connection.execute("INSERT INTO refused VALUES (1)")
+            tx.add(Recorded(log, "a"))
+    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
+    assert await ids(db, "refused") == []
+
+
 # -- a spoofed or lost transaction id (defect 3) ---------------------------------------------
 
 
