@@ -189,6 +189,34 @@ async def test_a_lost_commit_is_found_where_plpgsql_is_not_granted(
     assert await ids(db, "gated") == [1]
 
 
+REFUSED_AT_COMMIT = """
+CREATE TABLE IF NOT EXISTS refused (id int);
+CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'refused at COMMIT' USING ERRCODE = 'insufficient_privilege';
+END $$;
+DROP TRIGGER IF EXISTS refuse_at_commit ON refused;
+CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON refused
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse();
+TRUNCATE refused;
+"""
+
+
+async def test_commit_refused_for_privilege_is_not_taken_for_a_refused_do_block(
+    db: asyncpg.Pool,
+) -> None:
+    # The error a refused DO block raises, raised by COMMIT itself (a deferred trigger's):
+    # the transaction is over, rolled back; nothing is retried.
+    await db.execute(REFUSED_AT_COMMIT)
+    log: list[str] = []
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="refused at COMMIT"):
+        async with hookbus_asyncpg.transaction(db) as tx:
+            await tx.connection.execute("INSERT INTO refused VALUES (1)")
+            tx.add(Recorded(log, "a"))
+    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
+    assert await ids(db, "refused") == []
+
+
 # -- a spoofed or lost transaction id (defect 3) ---------------------------------------------
 
 
@@ -360,6 +388,21 @@ async def test_an_independent_scope_commits_on_its_own(db: asyncpg.Pool) -> None
     assert await ids(db) == [2]
 
 
+async def test_a_scope_on_another_source_inside_a_scope_is_a_transaction_of_its_own(
+    db: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    # Only a scope on the open scope's pool or connection joins it: one on another
+    # connection (or pool) in the same task commits on its own.
+    with pytest.raises(RuntimeError, match="outer fails"):
+        async with hookbus_asyncpg.transaction(db) as outer:
+            await outer.connection.execute("INSERT INTO items VALUES (1)")
+            async with hookbus_asyncpg.transaction(conn) as inner:
+                assert inner is not outer
+                await conn.execute("INSERT INTO items VALUES (2)")
+            raise RuntimeError("outer fails")
+    assert await ids(db) == [2]
+
+
 async def test_a_nested_scope_cannot_change_the_transaction_it_joins(db: asyncpg.Pool) -> None:
     async with hookbus_asyncpg.transaction(db) as outer:
         with pytest.raises(ValueError, match=r"isolation='serializable'.*independent=True"):
@@ -410,6 +453,26 @@ async def _enter(source: Any) -> None:
         pass
 
 
+async def test_a_transaction_context_is_entered_once(db: asyncpg.Pool) -> None:
+    scope = hookbus_asyncpg.transaction(db)
+    async with scope:
+        pass
+    with pytest.raises(RuntimeError, match="entered once"):
+        async with scope:
+            pass
+
+
+async def test_the_connection_of_a_scope_that_never_began_is_refused_once_it_is_over(
+    db: asyncpg.Pool,
+) -> None:
+    async with hookbus_asyncpg.transaction(db) as tx:
+        stand_in = tx.connection  # no statement yet: it stands for the connection to come
+    with pytest.raises(TransactionStateError, match="scope that is over"):
+        async with hookbus_asyncpg.transaction(stand_in):
+            pass
+    assert await ids(db) == []
+
+
 async def test_a_connection_in_a_transaction_of_its_own_is_refused(
     db: asyncpg.Pool, conn: asyncpg.Connection
 ) -> None:
@@ -455,6 +518,49 @@ async def test_bad_options_fail_where_transaction_is_called(
 ) -> None:
     with pytest.raises(error, match=match):
         hookbus_asyncpg.transaction(pool, **options)
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "error"),
+    [
+        ({"readonly": True}, {"readonly": 1}, TypeError),
+        ({"deferrable": True}, {"deferrable": 1}, TypeError),
+        ({"find_outcome": False}, {"find_outcome": 0}, TypeError),
+        ({"independent": True}, {"independent": 1}, TypeError),
+        ({"outcome_timeout": 1.0}, {"outcome_timeout": True}, ValueError),
+    ],
+)
+async def test_a_bad_option_equal_to_a_good_one_is_still_refused(
+    pool: asyncpg.Pool, good: dict[str, Any], bad: dict[str, Any], error: type[Exception]
+) -> None:
+    # 1 == True and True == 1.0: options checked once per set must not let the bad value
+    # pass for the good one checked before.
+    hookbus_asyncpg.transaction(pool, **good)
+    with pytest.raises(error, match=next(iter(bad))):
+        hookbus_asyncpg.transaction(pool, **bad)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"isolation": "serializable"},
+        {"readonly": True},
+        {"deferrable": True},
+        {"outcome_timeout": 0.25},
+        {"find_outcome": False},
+        {"independent": True},
+        {"recovery_pool": "pool"},
+    ],
+)
+async def test_each_option_given_is_the_scope_s_and_the_next_scope_has_its_own(
+    pool: asyncpg.Pool, given: dict[str, Any]
+) -> None:
+    if given.get("recovery_pool") == "pool":
+        given = {"recovery_pool": pool}
+    (name, value), default = next(iter(given.items())), hookbus_asyncpg.TransactionOptions()
+    for options in ({}, given, {}, given):
+        async with hookbus_asyncpg.transaction(pool, **options) as tx:  # begins at no statement
+            assert getattr(tx.options, name) == (value if options else getattr(default, name))
 
 
 def test_options_are_one_immutable_object() -> None:

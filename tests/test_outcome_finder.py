@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import asyncpg
 import hookbus_asyncpg
@@ -60,12 +61,11 @@ class Asked:
         self.pids.append(pid)
         self._changed.set()
 
-    async def wait(self, count: int = 1, other_than: int | None = None) -> int:
-        """Wait until ``count`` asks were made (by a pid other than ``other_than``); return
-        the pid of the last."""
+    async def wait(self, count: int = 1) -> int:
+        """Wait until ``count`` asks were made; return the pid of the last."""
         async with asyncio.timeout(BOUND):
             while True:
-                pids = [pid for pid in self.pids if pid != other_than]
+                pids = self.pids
                 if len(pids) >= count:
                     return pids[-1]
                 self._changed.clear()
@@ -143,18 +143,78 @@ async def test_the_finder_stops_asking_once_postgresql_answers(
     assert "committed" in caplog.text
 
 
+class Cutter:
+    """A TCP relay to PostgreSQL: once ``armed``, it cuts the next connection that sends a
+    message (a query, then), both ways, without passing it on: the network fails mid-query."""
+
+    def __init__(self, dsn: str) -> None:
+        parts = urlsplit(dsn)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.armed = False
+        self.cut = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer, cutting=True),
+                self._pipe(up_reader, writer, cutting=False),
+            )
+        except OSError:
+            pass  # cut
+        finally:
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+    async def _pipe(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, cutting: bool
+    ) -> None:
+        while data := await source.read(65536):
+            if cutting and self.armed:
+                self.armed = False
+                self.cut += 1
+                raise ConnectionAbortedError("cut")
+            sink.write(data)
+            await sink.drain()
+        raise ConnectionResetError("closed")  # one side closed: close the other
+
+
 async def test_the_finder_asks_again_when_its_own_connection_is_lost(
-    db: asyncpg.Pool, recovery: asyncpg.Pool, asked: Asked
+    db: asyncpg.Pool, dsn: str, asked: Asked
 ) -> None:
+    # The network between the finder and PostgreSQL fails during its first ask: a loss of
+    # the connection asked on (which the pool could not see before handing it out).
+    cutter = Cutter(dsn)
+    relay = await asyncio.start_server(cutter.serve, "127.0.0.1", 0)
+    host, port = relay.sockets[0].getsockname()[:2]
     log: list[str] = []
-    async with db.acquire() as holder:
-        await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
-        task = await lost_commit(db, recovery, log, outcome_timeout=DEADLINE)
-        first = await asked.wait()
-        assert await holder.fetchval("SELECT pg_terminate_backend($1)", first)
-        await asked.wait(other_than=first)  # on a new connection of the recovery pool
-        await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
-        assert await ends_within_bound(task)
+    try:
+        async with (
+            asyncpg.create_pool(
+                dsn,
+                host=host,
+                port=port,
+                min_size=1,
+                max_size=1,
+                init=functools.partial(watch, asked=asked),
+            ) as recovery,
+            db.acquire() as holder,
+        ):
+            await holder.execute("SELECT pg_advisory_lock($1)", LOCK)
+            cutter.armed = True  # the recovery pool's next message is the finder's first ask
+            task = await lost_commit(db, recovery, log, outcome_timeout=DEADLINE)
+            asking = asyncio.ensure_future(asked.wait())  # it asks again: "in progress"
+            try:
+                await asyncio.wait({task, asking}, return_when=asyncio.FIRST_COMPLETED)
+                await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+                assert await ends_within_bound(task), "the finder asked on after the answer"
+                assert asking.done(), "the finder gave up when its connection was lost"
+                await asking
+            finally:
+                asking.cancel()
+    finally:
+        relay.close()
+    assert cutter.cut == 1
     assert log == ["a.precommit", "a.postcommit"]
     assert await ids(db, "gated") == [1]
 

@@ -214,6 +214,15 @@ def test_scopes_in_test_mode_nest_roll_back_and_check_deferred_constraints(
                 rows = await hookbus_db.connection.fetch("SELECT body FROM note")
                 assert [row["body"] for row in rows] == ["good"]
 
+            async def test_a_scope_whose_block_raises_rolls_back(hookbus_db):
+                with pytest.raises(RuntimeError, match="block fails"):
+                    async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
+                        await tx.connection.execute("INSERT INTO note (body) VALUES ('gone')")
+                        tx.add(app.Remember("raised"))
+                        raise RuntimeError("block fails")
+                assert app.log == ["raised.rollback"]
+                assert await hookbus_db.connection.fetchval("SELECT count(*) FROM note") == 0
+
             async def test_a_nested_scope_joins_and_its_rollback_drops_its_operations(hookbus_db):
                 pool = hookbus_db.pool
                 async with hookbus_asyncpg.transaction(pool) as tx:
@@ -249,7 +258,7 @@ def test_scopes_in_test_mode_nest_roll_back_and_check_deferred_constraints(
         )
     )
     result = project.runpytest()
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
 
 
 def test_a_session_wide_pool_with_session_loop_scope(project: pytest.Pytester, dsn: str) -> None:

@@ -19,7 +19,10 @@ The ``logger.`` calls are left alone unless ``--with-logging``: their wording is
 tests guard, and their string mutants bury the survivors that matter.
 
 Score: (killed + timed out) / all mutants. A timeout is a mutant that made its tests hang
-(an endless loop), which no user would miss; "no tests" (no selected test runs the
+(an endless loop), which no user would miss (its bound: the tests' estimated time plus
+``--timeout-constant``, times 15; mutmut's estimate counts the tests' call phase only, not
+their fixtures, so the constant is sized for a loaded machine, lest a mutant whose tests
+merely run long pass for caught); "no tests" (no selected test runs the
 function) counts against the score. A survivor is not always a missing test: some mutants
 change nothing a user can observe (an error message's wording, a value only tested for
 truth); the summary lists them all for a reader to judge.
@@ -65,6 +68,9 @@ _ASYNCPG_SCOPE = [
     "--deselect",
     "tests/test_asyncpg_faults.py::test_cancelled_during_begin_leaves_no_transaction_open",
 ]
+# Test mode (the pytest plugin's ``hookbus_db``): its scopes run on savepoints of the test's
+# transaction, a path of the scope (the stand-in) only these sub-sessions take.
+_TEST_MODE_SCOPE = [*_ASYNCPG_SCOPE, "tests/test_pytest_plugin.py"]
 _DISPATCH = [
     "tests/test_bus.py",
     "tests/test_control.py",
@@ -87,9 +93,12 @@ GUARDS: dict[str, list[str]] = {
     "hookbus/_shield.py": _SCOPE,
     "hookbus/_operations.py": _SCOPE,
     "hookbus/_backend.py": _SCOPE,
-    "adapters/hookbus_asyncpg/_transaction/_transaction.py": _ASYNCPG_SCOPE,
+    "adapters/hookbus_asyncpg/_transaction/_transaction.py": _TEST_MODE_SCOPE,
     "adapters/hookbus_asyncpg/_transaction/_backend.py": _ASYNCPG_SCOPE,
     "adapters/hookbus_asyncpg/_transaction/_outcome.py": _ASYNCPG_SCOPE,
+    "adapters/hookbus_asyncpg/_transaction/_lazy.py": _ASYNCPG_SCOPE,
+    "adapters/hookbus_asyncpg/_transaction/_savepoint_backend.py": _TEST_MODE_SCOPE,
+    "adapters/hookbus_asyncpg/_transaction/_rollback_mode.py": _TEST_MODE_SCOPE,
     "hookbus/_control.py": _DISPATCH,
     "hookbus/_index.py": _DISPATCH_WARNED,
     "hookbus/_selectors.py": _DISPATCH,
@@ -146,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         "appending fails with MemoryError at once instead of filling the machine's memory",
     )
     parser.add_argument(
+        "--timeout-constant",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds added to a mutant's estimated test time before mutmut's timeout "
+        "multiplier (15) applies (default 10; mutmut's own 1): mutmut times the tests' "
+        "call phase only, while their fixtures (pools, tables) take most of the time; with "
+        "1, a mutant whose tests merely run long on a loaded machine counts as timed out",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         help="the scratch copy (default: <tmp>/hookbus-mutate/<module>); replaced if present",
@@ -163,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     packages = lift_adapters(workdir)
     (workdir / "setup.cfg").write_text(
         config(
-            module.removeprefix("adapters/"), packages, tests, args.with_logging, module in FRESH
+            module.removeprefix("adapters/"),
+            packages,
+            tests,
+            args.with_logging,
+            args.timeout_constant,
+            module in FRESH,
         )
     )
     if module in FRESH:
@@ -227,7 +251,12 @@ def lift_adapters(workdir: Path) -> list[str]:
 
 
 def config(
-    module: str, packages: list[str], tests: list[str], with_logging: bool, fresh: bool = False
+    module: str,
+    packages: list[str],
+    tests: list[str],
+    with_logging: bool,
+    timeout_constant: float,
+    fresh: bool = False,
 ) -> str:
     def values(items: list[str]) -> str:
         return "".join(f"\n    {item}" for item in items)
@@ -238,6 +267,7 @@ def config(
         f"only_mutate ={values([module])}\n"
         f"pytest_add_cli_args_test_selection ={values(tests)}\n"
         f"also_copy ={values(ALSO_COPY + (['_mutate_fresh.py'] if fresh else []))}\n"
+        f"timeout_constant = {timeout_constant}\n"
         + ("" if with_logging else f"do_not_mutate_patterns ={values([LOGGING])}\n")
         + (f"pytest_add_cli_args ={values(['-p', '_mutate_fresh'])}\n" if fresh else "")
     )
