@@ -52,7 +52,11 @@ class OutboxCommand:
         add_dsn_option(relay)
         add_nats_options(relay)
         relay.add_argument("--stream", required=True, help="the stream the subjects go to")
-        relay.add_argument("--name", default="default", help="the relay's cursor and lock")
+        relay.add_argument(
+            "--name",
+            default="default",
+            help="the relay's cursor and lock (with --unordered: only its name in the logs)",
+        )
         relay.add_argument(
             "--unordered",
             action="store_true",
