@@ -12,9 +12,13 @@ counted. Cases, each beside the bare asyncpg code doing the same statements:
   ``tx.connection`` (and with the transaction id returned by the INSERT), per scope;
 * ``store``: ``store.insert`` one per transaction with three hooks, per insert (pool of 1);
 * ``many``: ``store.insert_many`` of 20,000 rows with no hook, per row, against the eids
-  and two bare COPYs.
+  and two bare COPYs;
+* ``alone``: the scope's own work, with no server at all: 2,000 scopes, one INSERT each,
+  on a pool and connection faked in memory (their calls return at once), against the same
+  calls made bare on the fake (acquire, BEGIN, the INSERT, COMMIT, release).
 
-    .venv/bin/python benchmarks/client_instructions.py [--part concurrent|store|many] [REF]
+    .venv/bin/python benchmarks/client_instructions.py [--part concurrent|store|many|alone] [REF]
+    .venv/bin/python benchmarks/client_instructions.py --profile   # ``alone`` under cProfile
 
 With ``REF`` (a git revision) its tree is counted too, imported in place of this one.
 """
@@ -43,7 +47,8 @@ SINGLE = 200  # store.insert, one per transaction
 MANY = 20_000  # rows of insert_many
 ONE = "INSERT INTO hookbus_bench VALUES ($1)"
 RETURNING = "INSERT INTO hookbus_bench VALUES ($1) RETURNING pg_current_xact_id()::text"
-PARTS = ("concurrent", "store", "many")
+PARTS = ("concurrent", "store", "many", "alone")
+ALONE = 2000
 
 Case = tuple[str, Callable[[], Awaitable[object]], int]
 
@@ -115,11 +120,103 @@ async def build(dsn: str, parts: list[str]) -> tuple[list[Case], Callable[[], Aw
             hooked, bare = named["  same, no hooks"]
             cases += [("insert_many: hookbus", hooked, MANY), ("insert_many: bare", bare, MANY)]
 
+    if "alone" in parts:
+        fake = _fake_pool()
+
+        async def alone_hooked() -> None:
+            for i in range(ALONE):
+                async with hookbus_asyncpg.transaction(fake) as tx:
+                    await tx.connection.execute(ONE, i)
+
+        async def alone_returning() -> None:
+            for i in range(ALONE):
+                async with hookbus_asyncpg.transaction(fake) as tx:
+                    tx.note_transaction_id(await tx.connection.fetchval(RETURNING, i))
+
+        async def alone_bare() -> None:
+            for i in range(ALONE):
+                conn = await fake.acquire()
+                try:
+                    await conn.execute("BEGIN")
+                    await conn.execute(ONE, i)
+                    await conn.execute("COMMIT")
+                finally:
+                    await fake.release(conn)
+
+        cases += [
+            ("alone: hookbus", alone_hooked, ALONE),
+            ("alone RETURNING xid: hookbus", alone_returning, ALONE),
+            ("alone: bare", alone_bare, ALONE),
+        ]
+
     async def close() -> None:
         for pool in pools:
             await pool.close()
 
     return cases, close
+
+
+def _fake_pool() -> Any:
+    """A pool whose connection answers every call at once (no server, no I/O)."""
+    import asyncpg
+
+    class Connection:
+        async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
+            return "COMMIT" if "COMMIT" in query else "INSERT 0 1"
+
+        async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> str:
+            return "1234"
+
+        def is_closed(self) -> bool:
+            return False
+
+        def is_in_transaction(self) -> bool:
+            return True
+
+        def get_server_pid(self) -> int:
+            return 1
+
+        def add_log_listener(self, callback: Any) -> None:
+            pass
+
+        def remove_log_listener(self, callback: Any) -> None:
+            pass
+
+    class Pool(asyncpg.Pool):  # type: ignore[misc]
+        def __init__(self) -> None:  # none of asyncpg's: nothing to connect to
+            self.connection = Connection()
+
+        async def acquire(self, **kwargs: Any) -> Connection:
+            return self.connection
+
+        async def release(self, connection: Any, **kwargs: Any) -> None:
+            return None
+
+    return Pool()
+
+
+def profile() -> None:
+    """The ``alone`` case of hookbus under cProfile: where the scope's own time goes."""
+    import cProfile
+    import pstats
+
+    loop = asyncio.new_event_loop()
+    cases, _ = loop.run_until_complete(build("", ["alone"]))
+    work = {name: fn for name, fn, _ in cases}["alone: hookbus"]
+    loop.run_until_complete(work())
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(5):
+        loop.run_until_complete(work())
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
+    rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])  # type: ignore[attr-defined]
+    print(f"own time per scope, {5 * ALONE} scopes, {total / (5 * ALONE) * 1e6:.1f} us in all")
+    print(f"{'share':>6} {'calls/scope':>11}  function")
+    for (path, line, name), (_, calls, own, *_rest) in rows[:15]:
+        where = f"{Path(path).name}:{line}({name})" if line else name
+        print(f"{own / total:>6.1%} {calls / (5 * ALONE):>11.2f}  {where}")
 
 
 def repeat(fn: Callable[[], Awaitable[object]], n: int) -> Callable[[], Awaitable[object]]:
@@ -191,8 +288,12 @@ def main() -> int:
     parser.add_argument("--part", choices=PARTS, action="append", help="(all)")
     parser.add_argument("--dsn", help="the PostgreSQL server (default: HOOKBUS_DSN's rule)")
     parser.add_argument("--child", metavar="DSN", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help="the alone case under cProfile")
     args = parser.parse_args()
     parts = args.part or list(PARTS)
+    if args.profile:
+        profile()
+        return 0
     if args.child:
         child(args.child, parts)
         return 0
