@@ -307,20 +307,6 @@ class Transaction:
             else:
                 self._schedule_refused()
 
-    def _schedule_open(self) -> None:
-        ledger = self._ledger
-        self.add = ledger.add
-        self.accumulate = ledger.accumulate
-        self.mark_added = ledger.mark_added
-        self.mark_deleted = ledger.mark_deleted
-
-    def _schedule_held(self) -> None:
-        # While a savepoint is open: the ledger's calls behind a check of the caller's task.
-        self.add = self._held_add
-        self.accumulate = self._held_accumulate
-        self.mark_added = self._held_mark_added
-        self.mark_deleted = self._held_mark_deleted
-
     def _schedule_refused(self) -> None:
         self.add = self._refuse_add
         self.accumulate = self._refuse_accumulate
@@ -359,11 +345,20 @@ class Transaction:
     def _hold_savepoint(self, mark: Mark) -> Held:
         """Make ``mark`` the innermost savepoint open, in this task's context; return what to
         give ``_unhold_savepoint`` when it ends. The caller checked ``_not_holder`` first."""
-        held = (self._held, _savepoint_seen.get())
-        holding = self._held = (mark, _current_task())
+        outer = self._held
+        held = (outer, _savepoint_seen.get())
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # not on asyncio (trio, through anyio)
+            task = None
+        holding = self._held = (mark, task)
         _savepoint_seen.set(holding)
-        if held[0] is None and self._state in OPEN:
-            self._schedule_held()
+        if outer is None and self._state in OPEN:
+            # The ledger's calls behind a check of the caller's task, while this one is open.
+            self.add = self._held_add
+            self.accumulate = self._held_accumulate
+            self.mark_added = self._held_mark_added
+            self.mark_deleted = self._held_mark_deleted
         return held
 
     def _unhold_savepoint(self, mark: Mark, held: Held) -> None:
@@ -375,7 +370,11 @@ class Transaction:
         self._held = outer
         _savepoint_seen.set(seen)
         if outer is None and self._state in OPEN:
-            self._schedule_open()
+            ledger = self._ledger
+            self.add = ledger.add
+            self.accumulate = ledger.accumulate
+            self.mark_added = ledger.mark_added
+            self.mark_deleted = ledger.mark_deleted
 
     def _not_holder(self, action: str) -> TransactionStateError | None:
         """The refusal of ``action`` if a savepoint is open that this task is not inside."""
@@ -713,14 +712,6 @@ class Transaction:
         fatal = fatal or fatal_in_rollback
         if fatal is not None:
             raise fatal
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    """The running asyncio task; None elsewhere (trio, through anyio)."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
 
 
 def _named(task: asyncio.Task[Any] | None) -> str:
