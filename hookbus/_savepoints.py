@@ -15,15 +15,23 @@ block sent no statement ends with no statement either (``SavepointScope.defer_sa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from types import TracebackType
-from typing import Final, Protocol, final
+from typing import Any, Final, Protocol, TypeAlias, final
 
 from ._backend import Backend
 from ._exceptions import TransactionStateError
 from ._ledger import Ledger, Mark
 from ._shield import callbacks, uncancellable
 from ._states import OPEN, TransactionState
+
+# An open savepoint and the task that entered it: what its scope holds while it is open, and
+# what the contexts of that task and of the tasks it starts meanwhile see (a context variable).
+Holding: TypeAlias = "tuple[Mark, asyncio.Task[Any] | None]"
+# What a savepoint gives back to its scope when it ends (``Transaction._hold_savepoint``): the
+# savepoint open before it and the one its context saw.
+Held: TypeAlias = "tuple[Holding | None, Holding | None]"
 
 __all__ = ["Savepoint", "SavepointScope"]
 
@@ -49,6 +57,19 @@ class SavepointScope(Protocol):
 
     async def begin(self) -> None: ...
 
+    def _not_holder(self, action: str) -> TransactionStateError | None:
+        """The refusal of ``action`` if another task holds a savepoint of the scope open."""
+        ...
+
+    def _hold_savepoint(self, mark: Mark) -> Held:
+        """Make ``mark`` the innermost savepoint open; return what ``_unhold_savepoint``
+        takes when it ends."""
+        ...
+
+    def _unhold_savepoint(self, mark: Mark, held: Held) -> None:
+        """The savepoint of ``mark`` ended."""
+        ...
+
 
 @final
 class Savepoint:
@@ -62,9 +83,14 @@ class Savepoint:
     statement has its answer: a released savepoint stays released, a rolled back one rolled
     back, and the scope can go on and commit. Entered before the scope's first statement,
     it waits for BEGIN: a block that sends no statement sends nothing.
+
+    While it is open, the scope takes work only from the task that entered it and the tasks
+    started inside it: another task's ``add``, ``accumulate``, ``mark_added``, ``doom``,
+    savepoint or first statement (BEGIN) is refused with ``TransactionStateError``, since
+    rolling the savepoint back would undo that work too.
     """
 
-    __slots__ = ("_backend", "_entered", "_ledger", "_mark", "_scope")
+    __slots__ = ("_backend", "_entered", "_held", "_ledger", "_mark", "_scope")
 
     def __init__(self, scope: SavepointScope, backend: Backend, ledger: Ledger) -> None:
         self._scope = scope
@@ -72,6 +98,8 @@ class Savepoint:
         self._ledger = ledger
         self._entered = False
         self._mark: Mark | None = None  # set once SAVEPOINT succeeded
+        # What the scope held before this savepoint (for _unhold_savepoint), once held.
+        self._held: Held | None = None
 
     async def __aenter__(self) -> Savepoint:
         state = self._scope.state
@@ -81,8 +109,12 @@ class Savepoint:
             )
         if self._entered:
             raise TransactionStateError("a savepoint is entered once")
+        refusal = self._scope._not_holder("set a savepoint")
+        if refusal is not None:
+            raise refusal
         self._entered = True
         mark = self._ledger.mark_savepoint()
+        self._held = self._scope._hold_savepoint(mark)
         if self._scope.defer_savepoint(mark):
             # The scope has not begun: SAVEPOINT goes with BEGIN, at the first statement;
             # a block that sends none sends nothing.
@@ -107,20 +139,29 @@ class Savepoint:
         mark = self._mark
         assert mark is not None
         if self._scope.state not in OPEN:
+            self._unhold(mark)
             return  # the whole scope rolled back meanwhile: nothing left to release or undo
         self._ledger.require_innermost(mark)  # before any statement is sent
-        if self._scope.forget_savepoint(mark):  # never set: nothing to send
-            if exc is None:
-                self._ledger.release(mark)
+        try:
+            if self._scope.forget_savepoint(mark):  # never set: nothing to send
+                if exc is None:
+                    self._ledger.release(mark)
+                else:
+                    fatal = await callbacks(self._ledger.undo_to(mark), "rollback")
+                    if fatal is not None:
+                        raise fatal
+            elif exc is None:
+                await uncancellable(self._release, mark)
             else:
-                fatal = await callbacks(self._ledger.undo_to(mark), "rollback")
-                if fatal is not None:
-                    raise fatal
-            return
-        if exc is None:
-            await uncancellable(self._release, mark)
-        else:
-            await uncancellable(self._rollback, mark)
+                await uncancellable(self._rollback, mark)
+        finally:
+            # Once what it undoes is undone: until then, other tasks' work stays refused.
+            self._unhold(mark)
+
+    def _unhold(self, mark: Mark) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._scope._unhold_savepoint(mark, held)
 
     async def _set(self, mark: Mark) -> None:
         await self._backend.savepoint(mark.name)
@@ -132,6 +173,7 @@ class Savepoint:
                 await self._backend.release(mark.name)
             except Exception:
                 logger.warning("RELEASE SAVEPOINT %s failed", mark.name, exc_info=True)
+        self._unhold(mark)
         self._ledger.release(mark)
 
     async def _release(self, mark: Mark) -> None:

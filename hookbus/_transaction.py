@@ -57,7 +57,7 @@ from ._backend import Backend, CommitOutcome, MemoryBackend
 from ._exceptions import CommitOutcomeUnknownError, TransactionAbortedError, TransactionStateError
 from ._ledger import Ledger, Mark
 from ._operations import Operation
-from ._savepoints import Savepoint
+from ._savepoints import Held, Holding, Savepoint
 from ._shield import callbacks, on_asyncio, scope_cancelled, settled, uncancellable
 from ._states import MOVES, OPEN, TransactionState
 
@@ -80,6 +80,11 @@ _S = TransactionState
 _SCHEDULING: Final = ("add", "accumulate", "mark_added", "mark_deleted")
 
 _current: ContextVar[Transaction | None] = ContextVar("hookbus.transaction", default=None)
+
+# The innermost savepoint this context entered (a task started inside a savepoint inherits
+# it): while a scope has a savepoint open, only a context that sees that savepoint here may
+# change the scope, whose savepoint would otherwise undo, unsaid, another task's work.
+_savepoint_seen: ContextVar[Holding | None] = ContextVar("hookbus.savepoint", default=None)
 
 
 class _Accumulate(Protocol):
@@ -204,6 +209,7 @@ class Transaction:
         "_beginning": None,
         "_begins_lazily": None,
         "_deferred": None,
+        "_held": None,
         "_ledger": None,
         "_state": None,
         "_token": None,
@@ -235,6 +241,8 @@ class Transaction:
         # The savepoints entered before BEGIN, outermost first: their SAVEPOINTs are sent
         # right after it (``begin``), or never, if no statement comes.
         self._deferred: list[Mark] = []
+        # The innermost savepoint open and the task that entered it (None: none is open).
+        self._held: Holding | None = None
         self._token: Token[Transaction | None] | None = None
         self._ledger = Ledger()
         self.data: dict[str, Any] = {}
@@ -289,6 +297,7 @@ class Transaction:
         if opens is not (old in OPEN):
             # Open: the scheduling calls go straight to the ledger. Closed: to the scope's
             # refusals. The state decides; these follow it, here only.
+            # (A scope opens once, entering: no savepoint is open then.)
             if opens:
                 ledger = self._ledger
                 self.add = ledger.add
@@ -331,6 +340,85 @@ class Transaction:
     def _refuse_mark_deleted(self, eid: Hashable) -> None:
         raise self._refused(f"mark {eid!r} deleted")
 
+    # -- while a savepoint is open: only the task inside it changes the scope ----------------
+
+    def _hold_savepoint(self, mark: Mark) -> Held:
+        """Make ``mark`` the innermost savepoint open, in this task's context; return what to
+        give ``_unhold_savepoint`` when it ends. The caller checked ``_not_holder`` first."""
+        outer = self._held
+        held = (outer, _savepoint_seen.get())
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # not on asyncio (trio, through anyio)
+            task = None
+        holding = self._held = (mark, task)
+        _savepoint_seen.set(holding)
+        if outer is None and self._state in OPEN:
+            # The ledger's calls behind a check of the caller's task, while this one is open.
+            self.add = self._held_add
+            self.accumulate = self._held_accumulate
+            self.mark_added = self._held_mark_added
+            self.mark_deleted = self._held_mark_deleted
+        return held
+
+    def _unhold_savepoint(self, mark: Mark, held: Held) -> None:
+        """The savepoint of ``mark`` ended: its enclosing one (or none) is innermost again."""
+        holding = self._held
+        if holding is None or holding[0] is not mark:
+            return
+        outer, seen = held
+        self._held = outer
+        _savepoint_seen.set(seen)
+        if outer is None and self._state in OPEN:
+            ledger = self._ledger
+            self.add = ledger.add
+            self.accumulate = ledger.accumulate
+            self.mark_added = ledger.mark_added
+            self.mark_deleted = ledger.mark_deleted
+
+    def _not_holder(self, action: str) -> TransactionStateError | None:
+        """The refusal of ``action`` if a savepoint is open that this task is not inside."""
+        held = self._held
+        if held is None or _savepoint_seen.get() is held:
+            return None
+        mark, task = held
+        return TransactionStateError(
+            f"cannot {action}: savepoint {mark.name} of this scope is open in another task "
+            f"({_named(task)}), and rolling it back would undo this too; do it in that "
+            "task (or in a task it starts inside the savepoint), or once the savepoint has ended"
+        )
+
+    def _held_add(self, op: Operation) -> None:
+        if _savepoint_seen.get() is not self._held:
+            raise self._refused_to_other(f"schedule {op!r}")
+        self._ledger.add(op)
+
+    def _held_accumulate(
+        self,
+        key: Hashable,
+        value: Any,
+        factory: Callable[[], Operation],
+        container: Callable[[], Any] = set,
+    ) -> None:
+        if _savepoint_seen.get() is not self._held:
+            raise self._refused_to_other(f"accumulate into {key!r}")
+        self._ledger.accumulate(key, value, factory, container)
+
+    def _held_mark_added(self, eid: Hashable) -> None:
+        if _savepoint_seen.get() is not self._held:
+            raise self._refused_to_other(f"mark {eid!r} added")
+        self._ledger.mark_added(eid)
+
+    def _held_mark_deleted(self, eid: Hashable) -> None:
+        if _savepoint_seen.get() is not self._held:
+            raise self._refused_to_other(f"mark {eid!r} deleted")
+        self._ledger.mark_deleted(eid)
+
+    def _refused_to_other(self, action: str) -> TransactionStateError:
+        refusal = self._not_holder(action)
+        assert refusal is not None
+        return refusal
+
     # -- scheduling (plain calls: nothing here blocks) ---------------------------------------
 
     def accumulate_many(
@@ -348,6 +436,8 @@ class Transaction:
         """
         if self._state not in OPEN:
             raise self._refused(f"accumulate into {key!r}")
+        if self._held is not None and (refusal := self._not_holder(f"accumulate into {key!r}")):
+            raise refusal
         self._ledger.accumulate_many(key, values, factory, container)
 
     def unmark_deleted(self, eid: Hashable) -> None:
@@ -356,6 +446,8 @@ class Transaction:
         marks it again."""
         if self._state not in OPEN:
             raise self._refused(f"unmark {eid!r} deleted")
+        if self._held is not None and (refusal := self._not_holder(f"unmark {eid!r} deleted")):
+            raise refusal
         self._ledger.unmark_deleted(eid)
 
     def added(self, eid: Hashable) -> bool:
@@ -379,6 +471,8 @@ class Transaction:
             raise TypeError(f"tx.doom() takes an exception, not {error!r}")
         if self._state not in OPEN:
             raise self._refused(f"doom it with {error!r}")
+        if self._held is not None and (refusal := self._not_holder(f"doom it with {error!r}")):
+            raise refusal
         self._ledger.doom(error)
 
     @property
@@ -403,6 +497,8 @@ class Transaction:
             return
         if self._state not in OPEN:
             raise self._refused("begin the transaction")
+        if self._held is not None and (refusal := self._not_holder("begin the transaction")):
+            raise refusal  # its SAVEPOINTs wait for BEGIN: this statement would run inside
         waiting = self._beginning
         if waiting is not None:  # another task of this scope is sending BEGIN: wait for it
             done = anyio.Event()
@@ -617,6 +713,10 @@ class Transaction:
         fatal = fatal or fatal_in_rollback
         if fatal is not None:
             raise fatal
+
+
+def _named(task: asyncio.Task[Any] | None) -> str:
+    return "a task" if task is None else f"task {task.get_name()!r}"
 
 
 def _own_error(exc: BaseException, op: Operation | None) -> BaseException:

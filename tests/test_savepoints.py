@@ -3,7 +3,8 @@
 Issue 14's guards: an outer savepoint that cannot end after an inner one rolled back; what
 the inner one undid, undone a second time by the outer one (a list value popped twice, a
 lifted doom lifted again); a failed or cancelled SAVEPOINT inside another leaving the nesting
-wrong; ``async with tx.savepoint() as sp`` giving something else than the savepoint.
+wrong; ``async with tx.savepoint() as sp`` giving something else than the savepoint; another
+task's work silently undone by a savepoint it did not enter (refused while one is open).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import pytest_asyncio
 from _postgres import assert_pool_hands_out_everything
 from _recording import Recorded
-from _scopes import SCHEMA, Scopes, open_scopes, statements
+from _scopes import SCHEMA, Scopes, connection, open_scopes, statements
 
 import hookbus
 from hookbus import CommitOutcome, MemoryBackend, TransactionState
@@ -246,3 +247,132 @@ async def test_entering_a_savepoint_gives_the_savepoint(scopes: Scopes) -> None:
             inner = tx.savepoint()
             async with inner as entered_inner:
                 assert entered_inner is inner
+
+
+# -- two tasks sharing one scope while a savepoint is open --------------------------------------
+
+# What another task is refused while a savepoint is open: everything its rollback would undo.
+ANOTHER_TASK = r"savepoint hookbus_sp_\d+ of this scope is open in another task \(task 'owner'\)"
+
+
+def changes(tx: hookbus.Transaction, log: list[str], seen: list[Any]) -> dict[str, Any]:
+    """Each way of changing a scope without a statement, as a call of no argument."""
+    collect = functools.partial(Collect, seen)
+    return {
+        "add": lambda: tx.add(Recorded(log, "other")),
+        "accumulate": lambda: tx.accumulate("key", "other", collect),
+        "accumulate_many": lambda: tx.accumulate_many("key", ["other"], collect),
+        "mark_added": lambda: tx.mark_added("other"),
+        "mark_deleted": lambda: tx.mark_deleted("other"),
+        "unmark_deleted": lambda: tx.unmark_deleted("other"),
+        "doom": lambda: tx.doom(Boom("other")),
+    }
+
+
+async def first_statement(scopes: Scopes, tx: hookbus.Transaction) -> None:
+    """The scope's first statement, which begins it (memory: ``tx.begin()``)."""
+    if scopes.name == "memory":
+        await tx.begin()
+    else:
+        await connection(tx).execute("INSERT INTO items VALUES (2)")
+
+
+async def test_another_task_is_refused_what_an_open_savepoint_would_undo(
+    scopes: Scopes,
+) -> None:
+    log: list[str] = []
+    seen: list[Any] = []
+    entered, refused = asyncio.Event(), asyncio.Event()
+
+    async def other(tx: hookbus.Transaction) -> None:
+        """A task started before the savepoint, sharing the scope."""
+        await entered.wait()
+        try:
+            for name, change in changes(tx, log, seen).items():
+                with pytest.raises(hookbus.TransactionStateError, match=ANOTHER_TASK) as refused_:
+                    change()
+                assert str(refused_.value).startswith("cannot "), name
+                assert "rolling it back would undo this too" in str(refused_.value), name
+            with pytest.raises(hookbus.TransactionStateError, match="cannot set a savepoint: "):
+                async with tx.savepoint():
+                    pass
+            # The scope has not begun: the savepoint's SAVEPOINT waits for BEGIN, and this
+            # statement, which would send both, would run inside it.
+            with pytest.raises(hookbus.TransactionStateError, match="cannot begin the transa"):
+                await first_statement(scopes, tx)
+            assert not tx.begun
+        finally:
+            refused.set()  # the owner goes on whatever happened here
+
+    async def owner(tx: hookbus.Transaction) -> None:
+        with pytest.raises(Boom, match="mine"):
+            async with tx.savepoint():
+                tx.add(Recorded(log, "mine"))
+                entered.set()
+                await refused.wait()
+                await scopes.write(tx, 1)
+                raise Boom("mine")
+
+    async def after(tx: hookbus.Transaction) -> None:
+        tx.add(Recorded(log, "after"))
+        tx.accumulate("key", "after", functools.partial(Collect, seen))
+        tx.mark_added("after")
+        await scopes.write(tx, 3)
+
+    async with scopes.transaction() as tx:
+        other_task = asyncio.create_task(other(tx), name="other")
+        await asyncio.create_task(owner(tx), name="owner")
+        await other_task
+        assert log == ["mine.rollback"]  # the other task's work was refused, not undone
+        assert tx.doomed is None and not tx.added("other") and not tx.deleted("other")
+        # Once the savepoint has ended, the other task changes the scope again.
+        await asyncio.create_task(after(tx), name="other")
+        assert tx.added("after")
+    assert tx.state is TransactionState.COMMITTED
+    assert log == ["mine.rollback", "after.precommit", "after.postcommit"]
+    assert seen == [["after"]]
+    assert await scopes.rows() in (None, [3])
+
+
+async def test_a_task_started_inside_a_savepoint_works_in_it(scopes: Scopes) -> None:
+    log: list[str] = []
+    inner_open, parent_refused = asyncio.Event(), asyncio.Event()
+
+    async def child(tx: hookbus.Transaction) -> None:
+        """Started inside the savepoint: its work is the savepoint's, undone with it."""
+        try:
+            tx.add(Recorded(log, "child"))
+            tx.mark_added("child")
+            await scopes.write(tx, 2)
+            async with tx.savepoint():  # the child's own savepoint, inside the parent's
+                tx.add(Recorded(log, "child-inner"))
+                inner_open.set()
+                await parent_refused.wait()
+        finally:
+            inner_open.set()  # the parent goes on whatever happened here
+
+    async def owner(tx: hookbus.Transaction) -> None:
+        with pytest.raises(Boom):
+            async with tx.savepoint():
+                await scopes.write(tx, 1)
+                task = asyncio.create_task(child(tx), name="child")
+                await inner_open.wait()
+                try:
+                    # The child's savepoint is innermost now: its rollback would undo this.
+                    with pytest.raises(hookbus.TransactionStateError, match=r"\(task 'chi"):
+                        tx.add(Recorded(log, "owner-while-child-inner"))
+                finally:
+                    parent_refused.set()
+                    await task
+                tx.add(Recorded(log, "owner"))  # the child's savepoint ended
+                raise Boom
+
+    async with scopes.transaction() as tx:
+        await scopes.write(tx, 0)
+        await asyncio.create_task(owner(tx), name="owner")
+        assert not tx.added("child")
+    assert tx.state is TransactionState.COMMITTED
+    assert log == ["child.rollback", "child-inner.rollback", "owner.rollback"]
+    assert await scopes.rows() in (None, [0])
+    if scopes.name == "memory":
+        assert_well_nested(statements(tx))
