@@ -104,13 +104,13 @@ async def publish(js: Any, subject: str, count: int) -> None:
         )
 
 
-def with_consumer(bus: hookbus.Bus, pool: asyncpg.Pool, js: Any, stream: str, name: str) -> Any:
+def with_consumer(bus: hookbus.Bus, pool: asyncpg.Pool, nc: Any, stream: str, name: str) -> Any:
     """``Consumer.run()`` (the next fetch in flight while a batch is applied), until ``count``
     messages are applied; a consumer started (bound) before the clock starts."""
 
     async def prepare() -> Callable[[int], Awaitable[float]]:
         consumer = Consumer(
-            bus, pool, js, name=name, stream=stream, subject=f"{stream}.{name}", batch=BATCH
+            bus, pool, nc, name=name, stream=stream, subject=f"{stream}.{name}", batch=BATCH
         )
         await consumer.start()
 
@@ -169,10 +169,10 @@ async def measure(dsn: str, args: argparse.Namespace) -> None:
             plain, accumulated = make_bus(False), make_bus(True)
             Prepare = Callable[[], Awaitable[Callable[[int], Awaitable[float]]]]
             cases: dict[str, tuple[int, Prepare]] = {
-                "batch": (args.messages, with_consumer(plain, pool, js, stream, "batch")),
+                "batch": (args.messages, with_consumer(plain, pool, nc, stream, "batch")),
                 "batch, accumulated": (
                     args.messages,
-                    with_consumer(accumulated, pool, js, stream, "accumulated"),
+                    with_consumer(accumulated, pool, nc, stream, "accumulated"),
                 ),
                 "per message": (
                     max(500, args.messages // 10),

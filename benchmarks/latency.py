@@ -200,7 +200,7 @@ def _consumer_process(dsn: str, url: str, stream: str, stop: Any, out: Any) -> N
         nc = await nats.connect(url)
         async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
             consumer = Consumer(
-                consumer_bus(), pool, nc.jetstream(), name="latency", stream=stream,
+                consumer_bus(), pool, nc, name="latency", stream=stream,
                 batch=500, fetch_timeout=0.5,
             )  # fmt: skip
             await consumer.start()
