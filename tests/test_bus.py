@@ -8,6 +8,7 @@ import inspect
 import sys
 import tracemalloc
 import warnings
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import anyio
@@ -1059,3 +1060,28 @@ def test_listing_shows_each_hooks_static_keys_and_whether_a_check_is_left() -> N
         ("after_add_relation", "boss,knows", named),
         ("ping", "10,2", numbered),
     ]
+
+
+class _CheckedWhereBitSet(hookbus.Selector):
+    """Hook ``bit``'s selector on ``_Keyed`` events: names keys 0 to 1023 and leaves a
+    check (always true) for the keys with that bit set, none for the others."""
+
+    def __init__(self, bit: int) -> None:
+        self.bit = bit
+
+    def specialize(self, spec: hookbus.EventSpec, key: Hashable) -> bool | Callable[[Any], bool]:
+        return (lambda payload: True) if isinstance(key, int) and key >> self.bit & 1 else True
+
+    def keys(self, spec: hookbus.EventSpec) -> frozenset[Hashable] | None:
+        return frozenset(range(1024))
+
+
+async def test_more_entry_shapes_than_the_compiled_ones_kept_all_dispatch() -> None:
+    bus = Bus()
+    bus.declare("keyed", _Keyed)
+    ran: list[int] = []
+    for bit in range(10):
+        bus.register(lambda e: ran.append(e.key), "keyed", select=_CheckedWhereBitSet(bit))
+    for key in range(600):  # 600 shapes: which of the 10 hooks have a check
+        await bus.emit("keyed", _Keyed(key))
+    assert ran == [key for key in range(600) for _ in range(10)]
