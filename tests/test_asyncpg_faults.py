@@ -146,6 +146,37 @@ async def test_a_connection_lost_after_commit_is_logged_not_raised(
     assert caplog.text.count("could not be reset and returned to its pool") == 3
 
 
+@pytest.mark.parametrize(
+    ("on", "find_outcome"), [("pool", True), ("connection", True), ("pool", False)]
+)
+async def test_a_connection_lost_before_commit_is_sent_is_a_rollback(
+    db: asyncpg.Pool, dsn: str, on: str, find_outcome: bool
+) -> None:
+    # The server ends the session during precommit, and the client has seen it: COMMIT is
+    # never sent, so nothing was committed (not an unknown outcome, even where the outcome
+    # of a lost COMMIT is never asked).
+    log: list[str] = []
+
+    async def end_the_session(tx: hookbus_asyncpg.AsyncpgTransaction) -> None:
+        closed = asyncio.Event()
+        tx.connection.add_termination_listener(lambda _: closed.set())
+        pid = tx.connection.get_server_pid()
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await closed.wait()
+
+    given = await asyncpg.connect(dsn)
+    try:
+        with pytest.raises(asyncpg.InterfaceError, match="lost before COMMIT was sent"):
+            source = db if on == "pool" else given
+            async with hookbus_asyncpg.transaction(source, find_outcome=find_outcome) as tx:
+                await tx.connection.execute("INSERT INTO items VALUES (1)")
+                tx.add(Call(log, "precommit", lambda tx=tx: end_the_session(tx)))
+    finally:
+        await given.close()
+    assert log == ["precommit", "rollback"]
+    assert await ids(db) == []
+
+
 # -- plpgsql not granted (defect 3) ----------------------------------------------------------
 
 
