@@ -207,6 +207,24 @@ async def test_commits_where_plpgsql_is_not_granted(plain_pool: asyncpg.Pool) ->
     assert log == [f"{n}.{phase}" for n in "123" for phase in ("precommit", "postcommit")]
 
 
+async def test_a_swallowed_error_aborts_where_plpgsql_is_not_granted(
+    plain_pool: asyncpg.Pool,
+) -> None:
+    log: list[str] = []
+    async with plain_pool.acquire() as conn:
+        async with hookbus_asyncpg.transaction(conn) as tx:  # finds the DO block refused
+            await conn.execute("INSERT INTO items VALUES (1)")
+        with pytest.raises(TransactionAbortedError, match="answered COMMIT with ROLLBACK"):
+            async with hookbus_asyncpg.transaction(conn) as tx:  # asks the id first
+                await conn.execute("INSERT INTO items VALUES (2)")
+                tx.add(Recorded(log, "a"))
+                with contextlib.suppress(asyncpg.DivisionByZeroError):
+                    await conn.execute("SELECT 1/0")
+        assert not conn.is_in_transaction()
+    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
+    assert await ids(plain_pool) == [1]
+
+
 async def test_a_lost_commit_is_found_where_plpgsql_is_not_granted(
     db: asyncpg.Pool, plain_pool: asyncpg.Pool
 ) -> None:
