@@ -16,6 +16,7 @@ import random
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import hookbus_asyncpg
@@ -365,6 +366,78 @@ async def test_cancelled_during_begin_leaves_no_transaction_open(
         " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
     )
     assert await db.fetchval(idle) == 0
+
+
+class Holding:
+    """A TCP relay to PostgreSQL: once ``hold`` is set, what the server sends on the first
+    connection is held back (``held`` is then set) until ``release()``."""
+
+    def __init__(self, dsn: str) -> None:
+        parts = urlsplit(dsn)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.hold = False
+        self.held = asyncio.Event()
+        self._released = asyncio.Event()
+        self._first = True
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first, self._first = self._first, False
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer, holds=False),
+                self._pipe(up_reader, writer, holds=first),
+                return_exceptions=True,
+            )
+        finally:
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+    async def _pipe(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, holds: bool
+    ) -> None:
+        try:
+            while data := await source.read(65536):
+                if holds and self.hold:
+                    self.held.set()
+                    await self._released.wait()
+                sink.write(data)
+                await sink.drain()
+        finally:
+            sink.close()
+
+
+async def test_cancelled_while_begin_is_answered_leaves_no_transaction_open(dsn: str) -> None:
+    # The server has run BEGIN, its answer is on the way, and the scope is cancelled: the
+    # connection must end outside any transaction (what the random test above looks for).
+    relay = Holding(dsn)
+    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    conn = await asyncpg.connect(dsn, host=host, port=port)
+    entered = False
+
+    async def scope() -> None:
+        nonlocal entered
+        async with hookbus_asyncpg.transaction(conn):
+            entered = True
+
+    try:
+        relay.hold = True
+        task = asyncio.create_task(scope())
+        await relay.held.wait()  # BEGIN ran on the server; its answer is held
+        task.cancel()
+        relay.release()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not entered
+        assert await conn.fetchval("SELECT 1") == 1  # the state is read from this answer
+        assert not conn.is_in_transaction()
+    finally:
+        await conn.close()
+        server.close()
 
 
 # -- SQL in a savepoint name (defect 7) ------------------------------------------------------
