@@ -410,9 +410,13 @@ class Holding:
             sink.close()
 
 
-async def test_cancelled_while_begin_is_answered_leaves_no_transaction_open(dsn: str) -> None:
-    # The server has run BEGIN, its answer is on the way, and the scope is cancelled: the
-    # connection must end outside any transaction (what the random test above looks for).
+@pytest.mark.parametrize("cancellations", [1, 2])
+async def test_cancelled_while_begin_is_answered_leaves_no_transaction_open(
+    dsn: str, cancellations: int
+) -> None:
+    # The server has run BEGIN, its answer is on the way, and the scope is cancelled (then
+    # again while it rolls back): the connection must end outside any transaction (what the
+    # random test above looks for).
     relay = Holding(dsn)
     server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
     host, port = server.sockets[0].getsockname()[:2]
@@ -429,6 +433,9 @@ async def test_cancelled_while_begin_is_answered_leaves_no_transaction_open(dsn:
         task = asyncio.create_task(scope())
         await relay.held.wait()  # BEGIN ran on the server; its answer is held
         task.cancel()
+        if cancellations == 2:  # again, once the scope sends ROLLBACK (waiting for BEGIN's end)
+            await asyncio.sleep(0)
+            task.cancel()
         relay.release()
         with pytest.raises(asyncio.CancelledError):
             await task
