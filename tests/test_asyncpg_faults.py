@@ -370,11 +370,13 @@ async def test_cancelled_during_begin_leaves_no_transaction_open(
 
 class Holding:
     """A TCP relay to PostgreSQL: once ``hold`` is set, what the server sends on the first
-    connection is held back (``held`` is then set) until ``release()``."""
+    connection (or what the client sends, ``to_server``) is held back (``held`` is then set)
+    until ``release()``."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, to_server: bool = False) -> None:
         parts = urlsplit(dsn)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self._to_server = to_server
         self.hold = False
         self.held = asyncio.Event()
         self._released = asyncio.Event()
@@ -388,8 +390,8 @@ class Holding:
         up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         try:
             await asyncio.gather(
-                self._pipe(reader, up_writer, holds=False),
-                self._pipe(up_reader, writer, holds=first),
+                self._pipe(reader, up_writer, holds=first and self._to_server),
+                self._pipe(up_reader, writer, holds=first and not self._to_server),
                 return_exceptions=True,
             )
         finally:
@@ -445,6 +447,41 @@ async def test_cancelled_while_begin_is_answered_leaves_no_transaction_open(
     finally:
         await conn.close()
         server.close()
+
+
+async def test_the_server_ending_the_session_before_commit_ran_is_a_rollback(
+    db: asyncpg.Pool, dsn: str
+) -> None:
+    # COMMIT (with the notice that carries the id, sent before it) is held on its way; the
+    # server ends the session meanwhile and says so (FATAL 57P01): COMMIT never ran.
+    relay = Holding(dsn, to_server=True)
+    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    conn = await asyncpg.connect(dsn, host=host, port=port)
+    pid = conn.get_server_pid()
+    log: list[str] = []
+
+    async def hold_what_follows() -> None:
+        relay.hold = True
+
+    async def scope() -> None:
+        async with hookbus_asyncpg.transaction(conn) as tx:
+            await conn.execute("INSERT INTO items VALUES (1)")
+            tx.add(Recorded(log, "a"))
+            tx.add(Call([], "precommit", hold_what_follows))
+
+    try:
+        task = asyncio.create_task(scope())
+        await relay.held.wait()  # the COMMIT statement is held
+        assert await db.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+        with pytest.raises(TransactionAbortedError, match="ended the session before COMMIT"):
+            await task
+    finally:
+        relay.release()
+        await conn.close()
+        server.close()
+    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
+    assert await ids(db) == []
 
 
 # -- SQL in a savepoint name (defect 7) ------------------------------------------------------
