@@ -65,13 +65,17 @@ async def test_options_reach_begin(db: asyncpg.Pool) -> None:
         hookbus_asyncpg.transaction(db, isolation="chaos")  # type: ignore[arg-type]
 
 
-async def test_a_given_connection_is_used_and_kept(conn: asyncpg.Connection) -> None:
+async def test_a_given_connection_is_used_and_kept(
+    conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
     await conn.execute(SCHEMA)
-    async with hookbus_asyncpg.transaction(conn) as tx:
-        assert tx.connection is conn
-        await conn.execute("INSERT INTO items VALUES (5)")
+    with caplog.at_level(logging.WARNING, logger="hookbus"):
+        async with hookbus_asyncpg.transaction(conn) as tx:
+            assert tx.connection is conn
+            await conn.execute("INSERT INTO items VALUES (5)")
     assert await conn.fetchval("SELECT count(*) FROM items WHERE id = 5") == 1
     assert not conn.is_closed()
+    assert caplog.records == []  # nothing to give back, and nothing tried
 
 
 # -- body -----------------------------------------------------------------------------------
