@@ -200,10 +200,14 @@ async def plain_pool(db: asyncpg.Pool, dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 async def test_commits_where_plpgsql_is_not_granted(plain_pool: asyncpg.Pool) -> None:
     log: list[str] = []
-    for n in range(1, 4):  # the first commit finds the DO block refused, the next know it
-        async with hookbus_asyncpg.transaction(plain_pool) as tx:
-            await tx.connection.execute("INSERT INTO items VALUES ($1)", n)
-            tx.add(Recorded(log, str(n)))
+    sent: list[str] = []
+    async with plain_pool.acquire() as conn:
+        conn.add_query_logger(lambda query: sent.append(query.query))
+        for n in range(1, 4):  # the first commit finds the DO block refused, the next know it
+            async with hookbus_asyncpg.transaction(conn) as tx:
+                await conn.execute("INSERT INTO items VALUES ($1)", n)
+                tx.add(Recorded(log, str(n)))
+    assert len([query for query in sent if "DO $$" in query]) == 1
     assert await ids(plain_pool) == [1, 2, 3]
     assert log == [f"{n}.{phase}" for n in "123" for phase in ("precommit", "postcommit")]
 
