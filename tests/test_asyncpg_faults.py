@@ -453,6 +453,35 @@ async def test_cancelled_while_begin_is_answered_leaves_no_transaction_open(
         server.close()
 
 
+async def test_a_connection_lost_during_begin_raises_the_loss(dsn: str, db: asyncpg.Pool) -> None:
+    # BEGIN is held on its way while the server ends the session: the scope is not entered,
+    # and its caller sees the loss itself (the ROLLBACK tried after a failed BEGIN fails too).
+    relay = Holding(dsn, to_server=True)
+    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    conn = await asyncpg.connect(dsn, host=host, port=port)
+    pid = conn.get_server_pid()
+    entered = False
+
+    async def scope() -> None:
+        nonlocal entered
+        async with hookbus_asyncpg.transaction(conn):
+            entered = True
+
+    try:
+        relay.hold = True
+        task = asyncio.create_task(scope())
+        await relay.held.wait()  # BEGIN is held
+        assert await db.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+        with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError)):
+            await task
+        assert not entered
+    finally:
+        relay.release()
+        await conn.close()
+        server.close()
+
+
 async def test_the_server_ending_the_session_before_commit_ran_is_a_rollback(
     db: asyncpg.Pool, dsn: str
 ) -> None:
