@@ -416,6 +416,29 @@ class Holding:
             sink.close()
 
 
+@contextlib.asynccontextmanager
+async def relayed(
+    dsn: str, *, to_server: bool = False
+) -> AsyncIterator[tuple[Holding, asyncpg.Connection]]:
+    """A connection through a ``Holding`` relay (``to_server``: the relay holds what the
+    client sends), and the relay."""
+    relay = Holding(dsn, to_server=to_server)
+    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    conn = await asyncpg.connect(dsn, host=host, port=port)
+    try:
+        yield relay, conn
+    finally:
+        relay.release()
+        await conn.close()
+        server.close()
+
+
+async def _enter_once(conn: asyncpg.Connection, entered: list[bool]) -> None:
+    async with hookbus_asyncpg.transaction(conn):
+        entered.append(True)
+
+
 @pytest.mark.parametrize("cancellations", [1, 2])
 async def test_cancelled_while_begin_is_answered_leaves_no_transaction_open(
     dsn: str, cancellations: int
@@ -423,20 +446,10 @@ async def test_cancelled_while_begin_is_answered_leaves_no_transaction_open(
     # The server has run BEGIN, its answer is on the way, and the scope is cancelled (then
     # again while it rolls back): the connection must end outside any transaction (what the
     # random test above looks for).
-    relay = Holding(dsn)
-    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
-    host, port = server.sockets[0].getsockname()[:2]
-    conn = await asyncpg.connect(dsn, host=host, port=port)
-    entered = False
-
-    async def scope() -> None:
-        nonlocal entered
-        async with hookbus_asyncpg.transaction(conn):
-            entered = True
-
-    try:
+    entered: list[bool] = []
+    async with relayed(dsn) as (relay, conn):
         relay.hold = True
-        task = asyncio.create_task(scope())
+        task = asyncio.create_task(_enter_once(conn, entered))
         await relay.held.wait()  # BEGIN ran on the server; its answer is held
         task.cancel()
         if cancellations == 2:  # again, once the scope sends ROLLBACK (waiting for BEGIN's end)
@@ -448,38 +461,20 @@ async def test_cancelled_while_begin_is_answered_leaves_no_transaction_open(
         assert not entered
         assert await conn.fetchval("SELECT 1") == 1  # the state is read from this answer
         assert not conn.is_in_transaction()
-    finally:
-        await conn.close()
-        server.close()
 
 
 async def test_a_connection_lost_during_begin_raises_the_loss(dsn: str, db: asyncpg.Pool) -> None:
     # BEGIN is held on its way while the server ends the session: the scope is not entered,
     # and its caller sees the loss itself (the ROLLBACK tried after a failed BEGIN fails too).
-    relay = Holding(dsn, to_server=True)
-    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
-    host, port = server.sockets[0].getsockname()[:2]
-    conn = await asyncpg.connect(dsn, host=host, port=port)
-    pid = conn.get_server_pid()
-    entered = False
-
-    async def scope() -> None:
-        nonlocal entered
-        async with hookbus_asyncpg.transaction(conn):
-            entered = True
-
-    try:
+    entered: list[bool] = []
+    async with relayed(dsn, to_server=True) as (relay, conn):
         relay.hold = True
-        task = asyncio.create_task(scope())
+        task = asyncio.create_task(_enter_once(conn, entered))
         await relay.held.wait()  # BEGIN is held
-        assert await db.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+        assert await db.fetchval("SELECT pg_terminate_backend($1, 5000)", conn.get_server_pid())
         with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError)):
             await task
         assert not entered
-    finally:
-        relay.release()
-        await conn.close()
-        server.close()
 
 
 async def test_the_server_ending_the_session_before_commit_ran_is_a_rollback(
@@ -487,32 +482,23 @@ async def test_the_server_ending_the_session_before_commit_ran_is_a_rollback(
 ) -> None:
     # COMMIT (with the notice that carries the id, sent before it) is held on its way; the
     # server ends the session meanwhile and says so (FATAL 57P01): COMMIT never ran.
-    relay = Holding(dsn, to_server=True)
-    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
-    host, port = server.sockets[0].getsockname()[:2]
-    conn = await asyncpg.connect(dsn, host=host, port=port)
-    pid = conn.get_server_pid()
     log: list[str] = []
+    async with relayed(dsn, to_server=True) as (relay, conn):
 
-    async def hold_what_follows() -> None:
-        relay.hold = True
+        async def hold_what_follows() -> None:
+            relay.hold = True
 
-    async def scope() -> None:
-        async with hookbus_asyncpg.transaction(conn) as tx:
-            await conn.execute("INSERT INTO items VALUES (1)")
-            tx.add(Recorded(log, "a"))
-            tx.add(Call([], "precommit", hold_what_follows))
+        async def scope() -> None:
+            async with hookbus_asyncpg.transaction(conn) as tx:
+                await conn.execute("INSERT INTO items VALUES (1)")
+                tx.add(Recorded(log, "a"))
+                tx.add(Call([], "precommit", hold_what_follows))
 
-    try:
         task = asyncio.create_task(scope())
         await relay.held.wait()  # the COMMIT statement is held
-        assert await db.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+        assert await db.fetchval("SELECT pg_terminate_backend($1, 5000)", conn.get_server_pid())
         with pytest.raises(TransactionAbortedError, match="ended the session before COMMIT"):
             await task
-    finally:
-        relay.release()
-        await conn.close()
-        server.close()
     assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
     assert await ids(db) == []
 
