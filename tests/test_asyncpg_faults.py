@@ -16,6 +16,7 @@ import random
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import hookbus_asyncpg
@@ -146,6 +147,37 @@ async def test_a_connection_lost_after_commit_is_logged_not_raised(
     assert caplog.text.count("could not be reset and returned to its pool") == 3
 
 
+@pytest.mark.parametrize(
+    ("on", "find_outcome"), [("pool", True), ("connection", True), ("pool", False)]
+)
+async def test_a_connection_lost_before_commit_is_sent_is_a_rollback(
+    db: asyncpg.Pool, dsn: str, on: str, find_outcome: bool
+) -> None:
+    # The server ends the session during precommit, and the client has seen it: COMMIT is
+    # never sent, so nothing was committed (not an unknown outcome, even where the outcome
+    # of a lost COMMIT is never asked).
+    log: list[str] = []
+
+    async def end_the_session(tx: hookbus_asyncpg.AsyncpgTransaction) -> None:
+        closed = asyncio.Event()
+        tx.connection.add_termination_listener(lambda _: closed.set())
+        pid = tx.connection.get_server_pid()
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await closed.wait()
+
+    given = await asyncpg.connect(dsn)
+    try:
+        with pytest.raises(asyncpg.InterfaceError, match="lost before COMMIT was sent"):
+            source = db if on == "pool" else given
+            async with hookbus_asyncpg.transaction(source, find_outcome=find_outcome) as tx:
+                await tx.connection.execute("INSERT INTO items VALUES (1)")
+                tx.add(Call(log, "precommit", lambda tx=tx: end_the_session(tx)))
+    finally:
+        await given.close()
+    assert log == ["precommit", "rollback"]
+    assert await ids(db) == []
+
+
 # -- plpgsql not granted (defect 3) ----------------------------------------------------------
 
 
@@ -168,12 +200,34 @@ async def plain_pool(db: asyncpg.Pool, dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 async def test_commits_where_plpgsql_is_not_granted(plain_pool: asyncpg.Pool) -> None:
     log: list[str] = []
-    for n in range(1, 4):  # the first commit finds the DO block refused, the next know it
-        async with hookbus_asyncpg.transaction(plain_pool) as tx:
-            await tx.connection.execute("INSERT INTO items VALUES ($1)", n)
-            tx.add(Recorded(log, str(n)))
+    sent: list[str] = []
+    async with plain_pool.acquire() as conn:
+        conn.add_query_logger(lambda query: sent.append(query.query))
+        for n in range(1, 4):  # the first commit finds the DO block refused, the next know it
+            async with hookbus_asyncpg.transaction(conn) as tx:
+                await conn.execute("INSERT INTO items VALUES ($1)", n)
+                tx.add(Recorded(log, str(n)))
+    assert len([query for query in sent if "DO $$" in query]) == 1
     assert await ids(plain_pool) == [1, 2, 3]
     assert log == [f"{n}.{phase}" for n in "123" for phase in ("precommit", "postcommit")]
+
+
+async def test_a_swallowed_error_aborts_where_plpgsql_is_not_granted(
+    plain_pool: asyncpg.Pool,
+) -> None:
+    log: list[str] = []
+    async with plain_pool.acquire() as conn:
+        async with hookbus_asyncpg.transaction(conn) as tx:  # finds the DO block refused
+            await conn.execute("INSERT INTO items VALUES (1)")
+        with pytest.raises(TransactionAbortedError, match="answered COMMIT with ROLLBACK"):
+            async with hookbus_asyncpg.transaction(conn) as tx:  # asks the id first
+                await conn.execute("INSERT INTO items VALUES (2)")
+                tx.add(Recorded(log, "a"))
+                with contextlib.suppress(asyncpg.DivisionByZeroError):
+                    await conn.execute("SELECT 1/0")
+        assert not conn.is_in_transaction()
+    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
+    assert await ids(plain_pool) == [1]
 
 
 async def test_a_lost_commit_is_found_where_plpgsql_is_not_granted(
@@ -316,6 +370,137 @@ async def test_cancelled_during_begin_leaves_no_transaction_open(
         " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
     )
     assert await db.fetchval(idle) == 0
+
+
+class Holding:
+    """A TCP relay to PostgreSQL: once ``hold`` is set, what the server sends on the first
+    connection (or what the client sends, ``to_server``) is held back (``held`` is then set)
+    until ``release()``."""
+
+    def __init__(self, dsn: str, *, to_server: bool = False) -> None:
+        parts = urlsplit(dsn)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self._to_server = to_server
+        self.hold = False
+        self.held = asyncio.Event()
+        self._released = asyncio.Event()
+        self._first = True
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first, self._first = self._first, False
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer, holds=first and self._to_server),
+                self._pipe(up_reader, writer, holds=first and not self._to_server),
+                return_exceptions=True,
+            )
+        finally:
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+    async def _pipe(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, holds: bool
+    ) -> None:
+        try:
+            while data := await source.read(65536):
+                if holds and self.hold:
+                    self.held.set()
+                    await self._released.wait()
+                sink.write(data)
+                await sink.drain()
+        finally:
+            sink.close()
+
+
+@contextlib.asynccontextmanager
+async def relayed(
+    dsn: str, *, to_server: bool = False
+) -> AsyncIterator[tuple[Holding, asyncpg.Connection]]:
+    """A connection through a ``Holding`` relay (``to_server``: the relay holds what the
+    client sends), and the relay."""
+    relay = Holding(dsn, to_server=to_server)
+    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    conn = await asyncpg.connect(dsn, host=host, port=port)
+    try:
+        yield relay, conn
+    finally:
+        relay.release()
+        await conn.close()
+        server.close()
+
+
+async def _enter_once(conn: asyncpg.Connection, entered: list[bool]) -> None:
+    async with hookbus_asyncpg.transaction(conn):
+        entered.append(True)
+
+
+@pytest.mark.parametrize("cancellations", [1, 2])
+async def test_cancelled_while_begin_is_answered_leaves_no_transaction_open(
+    dsn: str, cancellations: int
+) -> None:
+    # The server has run BEGIN, its answer is on the way, and the scope is cancelled (then
+    # again while it rolls back): the connection must end outside any transaction (what the
+    # random test above looks for).
+    entered: list[bool] = []
+    async with relayed(dsn) as (relay, conn):
+        relay.hold = True
+        task = asyncio.create_task(_enter_once(conn, entered))
+        await relay.held.wait()  # BEGIN ran on the server; its answer is held
+        task.cancel()
+        if cancellations == 2:  # again, once the scope sends ROLLBACK (waiting for BEGIN's end)
+            await asyncio.sleep(0)
+            task.cancel()
+        relay.release()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not entered
+        assert await conn.fetchval("SELECT 1") == 1  # the state is read from this answer
+        assert not conn.is_in_transaction()
+
+
+async def test_a_connection_lost_during_begin_raises_the_loss(dsn: str, db: asyncpg.Pool) -> None:
+    # BEGIN is held on its way while the server ends the session: the scope is not entered,
+    # and its caller sees the loss itself (the ROLLBACK tried after a failed BEGIN fails too).
+    entered: list[bool] = []
+    async with relayed(dsn, to_server=True) as (relay, conn):
+        relay.hold = True
+        task = asyncio.create_task(_enter_once(conn, entered))
+        await relay.held.wait()  # BEGIN is held
+        assert await db.fetchval("SELECT pg_terminate_backend($1, 5000)", conn.get_server_pid())
+        with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError)):
+            await task
+        assert not entered
+
+
+async def test_the_server_ending_the_session_before_commit_ran_is_a_rollback(
+    db: asyncpg.Pool, dsn: str
+) -> None:
+    # COMMIT (with the notice that carries the id, sent before it) is held on its way; the
+    # server ends the session meanwhile and says so (FATAL 57P01): COMMIT never ran.
+    log: list[str] = []
+    async with relayed(dsn, to_server=True) as (relay, conn):
+
+        async def hold_what_follows() -> None:
+            relay.hold = True
+
+        async def scope() -> None:
+            async with hookbus_asyncpg.transaction(conn) as tx:
+                await conn.execute("INSERT INTO items VALUES (1)")
+                tx.add(Recorded(log, "a"))
+                tx.add(Call([], "precommit", hold_what_follows))
+
+        task = asyncio.create_task(scope())
+        await relay.held.wait()  # the COMMIT statement is held
+        assert await db.fetchval("SELECT pg_terminate_backend($1, 5000)", conn.get_server_pid())
+        with pytest.raises(TransactionAbortedError, match="ended the session before COMMIT"):
+            await task
+    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
+    assert await ids(db) == []
 
 
 # -- SQL in a savepoint name (defect 7) ------------------------------------------------------

@@ -383,9 +383,12 @@ async def test_an_unknown_commit_outcome_leaves_the_scope_failed_asyncpg(
         tx = await started.get()
         await wait_until_blocked_on_lock(holder, connection(tx).get_server_pid())
         connection(tx).terminate()  # COMMIT in flight, its answer lost
-        with pytest.raises(CommitOutcomeUnknownError, match="opened with find_outcome=False"):
+        with pytest.raises(
+            CommitOutcomeUnknownError, match="opened with find_outcome=False"
+        ) as raised:
             await task
         await holder.execute("SELECT pg_advisory_unlock($1)", LOCK)
+    assert raised.value.__cause__ is not None  # the loss itself
     assert tx.state is TransactionState.FAILED
     assert log == ["a.precommit"]
     await _assert_refuses_work(tx)

@@ -65,19 +65,25 @@ async def test_options_reach_begin(db: asyncpg.Pool) -> None:
         hookbus_asyncpg.transaction(db, isolation="chaos")  # type: ignore[arg-type]
 
 
-async def test_a_given_connection_is_used_and_kept(conn: asyncpg.Connection) -> None:
+async def test_a_given_connection_is_used_and_kept(
+    conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
     await conn.execute(SCHEMA)
-    async with hookbus_asyncpg.transaction(conn) as tx:
-        assert tx.connection is conn
-        await conn.execute("INSERT INTO items VALUES (5)")
+    with caplog.at_level(logging.WARNING, logger="hookbus"):
+        async with hookbus_asyncpg.transaction(conn) as tx:
+            assert tx.connection is conn
+            await conn.execute("INSERT INTO items VALUES (5)")
     assert await conn.fetchval("SELECT count(*) FROM items WHERE id = 5") == 1
     assert not conn.is_closed()
+    assert caplog.records == []  # nothing to give back, and nothing tried
 
 
 # -- body -----------------------------------------------------------------------------------
 
 
-async def test_backend_terminated_in_the_body_runs_the_rollback_path(db: asyncpg.Pool) -> None:
+async def test_backend_terminated_in_the_body_runs_the_rollback_path(
+    db: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
     log: list[str] = []
     # asyncpg reports the loss as the server's FATAL, a closed connection, a released proxy
     # (the pool took the dead connection back) or, when the FATAL lands while the next
@@ -88,13 +94,14 @@ async def test_backend_terminated_in_the_body_runs_the_rollback_path(db: asyncpg
         asyncpg.InterfaceError,
         asyncpg.InternalClientError,
     )
-    with pytest.raises(lost):
+    with pytest.raises(lost), caplog.at_level(logging.WARNING, logger="hookbus"):
         async with hookbus_asyncpg.transaction(db) as tx:
             await tx.connection.execute("INSERT INTO items VALUES (1)")
             tx.add(Recorded(log, "a"))
             pid = await backend_pid(tx.connection)
             assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
             await tx.connection.execute("INSERT INTO items VALUES (2)")
+    assert "ROLLBACK failed" not in caplog.text  # a lost connection needs none: no warning
     assert log == ["a.rollback"]
     assert await ids(db) == []
 
