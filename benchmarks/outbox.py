@@ -271,6 +271,8 @@ async def row_cost(dsn: str, rounds: int, batch: int) -> None:
     bus = _bus()
     outbox = hookbus_asyncpg.Outbox(bus, subject_prefix="bench")
     item = payload(1)
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as installing:
+        await _install(installing, bus)  # the relays' part may not have run (--only cost)
     async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
         await pool.execute("CREATE TABLE IF NOT EXISTS bench_rows (n int)")
 
