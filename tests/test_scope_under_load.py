@@ -320,6 +320,30 @@ async def test_a_store_insert_carries_the_id_and_commit_is_plain(
     assert not [s for s in sent if "hookbus xid" in s]
 
 
+async def test_an_outbox_publish_carries_the_id_and_commit_is_plain(
+    counted: tuple[asyncpg.Pool, list[str], list[int]], dsn: str
+) -> None:
+    import msgspec
+
+    class Shipped(msgspec.Struct):
+        order: int
+
+    bus = hookbus.Bus()
+    bus.declare("shipped", Shipped)
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as installing:
+        plugins = hookbus.PluginSet(bus, [hookbus_asyncpg.outbox_plugin()])
+        await hookbus_asyncpg.PluginManager(installing, plugins).install()
+    pool, sent, _ = counted
+    outbox = hookbus_asyncpg.Outbox(bus)
+    sent.clear()
+    async with hookbus_asyncpg.transaction(pool) as tx:
+        await tx.connection.execute("INSERT INTO items VALUES (1)")
+        await outbox.publish(tx, "shipped", Shipped(1))
+    assert "COMMIT" in sent  # the outbox row told the scope its id: a plain COMMIT
+    assert not [s for s in sent if "hookbus xid" in s]
+    assert await pool.fetchval("SELECT count(*) FROM hookbus_outbox") == 1
+
+
 async def test_a_lost_commit_after_a_store_insert_is_found(small_pool: asyncpg.Pool) -> None:
     store = Store(hookbus.Bus(), GATED)
     await store.create_tables(small_pool)

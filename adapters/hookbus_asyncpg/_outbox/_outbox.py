@@ -43,13 +43,13 @@ __all__ = ["Outbox", "check_subject"]
 _OPEN: Final = (TransactionState.ACTIVE, TransactionState.PRECOMMITTING)
 _INSERT: Final = (
     "INSERT INTO hookbus_outbox (subject, event, payload, headers, ordering_key) "
-    "VALUES ($1, $2, $3, $4::text::jsonb, $5) RETURNING msg_id"
+    "VALUES ($1, $2, $3, $4::text::jsonb, $5) RETURNING msg_id, xid::text"
 )
 # The NOTIFY in the same statement: one round trip; PostgreSQL sends it at COMMIT only.
 _INSERT_NOTIFY: Final = (
     "WITH row AS (INSERT INTO hookbus_outbox (subject, event, payload, headers, ordering_key) "
-    "VALUES ($1, $2, $3, $4::text::jsonb, $5) RETURNING msg_id) "
-    f"SELECT msg_id FROM row, pg_notify('{NOTIFY_CHANNEL}', '')"
+    "VALUES ($1, $2, $3, $4::text::jsonb, $5) RETURNING msg_id, xid) "
+    f"SELECT msg_id, xid::text FROM row, pg_notify('{NOTIFY_CHANNEL}', '')"
 )
 _headers_encoder: Final = msgspec.json.Encoder()
 
@@ -168,5 +168,9 @@ class Outbox:
         headers = "{}"
         if self._headers is not None:
             headers = _headers_encoder.encode(dict(self._headers())).decode()
-        msg_id: str = await tx.connection.fetchval(self._insert, target, name, data, headers, key)
+        (row,) = await tx.connection.fetch(self._insert, target, name, data, headers, key)
+        # the row's transaction id is the scope's: it commits with a plain COMMIT, and a lost
+        # COMMIT's outcome is still found (as after the store's inserts)
+        tx.note_transaction_id(row[1])
+        msg_id: str = row[0]
         return msg_id
