@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import anyio
 import asyncpg
 import hookbus_asyncpg
 import pytest
@@ -418,19 +419,27 @@ class Holding:
 
 @contextlib.asynccontextmanager
 async def relayed(
-    dsn: str, *, to_server: bool = False
-) -> AsyncIterator[tuple[Holding, asyncpg.Connection]]:
+    dsn: str, *, to_server: bool = False, pool_of_one: bool = False
+) -> AsyncIterator[tuple[Holding, Any]]:
     """A connection through a ``Holding`` relay (``to_server``: the relay holds what the
-    client sends), and the relay."""
+    client sends), and the relay; with ``pool_of_one``, a pool of one connection instead
+    (its first connection is the one the relay holds; terminated at the end, never closed,
+    lest a connection it never got back hang the test)."""
     relay = Holding(dsn, to_server=to_server)
     server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
     host, port = server.sockets[0].getsockname()[:2]
-    conn = await asyncpg.connect(dsn, host=host, port=port)
+    if pool_of_one:
+        source: Any = await asyncpg.create_pool(dsn, host=host, port=port, min_size=1, max_size=1)
+    else:
+        source = await asyncpg.connect(dsn, host=host, port=port)
     try:
-        yield relay, conn
+        yield relay, source
     finally:
         relay.release()
-        await conn.close()
+        if pool_of_one:
+            source.terminate()
+        else:
+            await source.close()
         server.close()
 
 
@@ -475,6 +484,127 @@ async def test_a_connection_lost_during_begin_raises_the_loss(dsn: str, db: asyn
         with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError)):
             await task
         assert not entered
+
+
+_LOST = (asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError)
+
+
+async def test_a_begin_lost_on_a_pool_gives_the_connection_back_and_the_next_statement_begins(
+    dsn: str, db: asyncpg.Pool
+) -> None:
+    # The pool has one connection; its BEGIN is held on its way while the server ends the
+    # session. The statement that began raises the loss, the connection goes back to the pool,
+    # and the scope's next statement takes one (the pool's only one) and begins afresh.
+    async with relayed(dsn, to_server=True, pool_of_one=True) as (relay, pool):
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+
+        async def scope() -> None:
+            with anyio.fail_after(10):  # a connection never given back fails, never hangs
+                async with hookbus_asyncpg.transaction(pool) as tx:
+                    with pytest.raises(_LOST):
+                        await tx.connection.execute("INSERT INTO items VALUES (1)")
+                    await tx.connection.execute("INSERT INTO items VALUES (2)")
+
+        relay.hold = True
+        task = asyncio.create_task(scope())
+        with anyio.fail_after(10):
+            await relay.held.wait()  # BEGIN is held
+        assert await db.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+        await task
+    assert await ids(db) == [2]
+
+
+async def test_a_begin_cancelled_on_a_pool_gives_the_connection_back(
+    dsn: str, db: asyncpg.Pool
+) -> None:
+    async with relayed(dsn, pool_of_one=True) as (relay, pool):
+
+        async def scope() -> None:
+            async with hookbus_asyncpg.transaction(pool) as tx:
+                await tx.connection.execute("INSERT INTO items VALUES (1)")
+
+        relay.hold = True
+        task = asyncio.create_task(scope())
+        with anyio.fail_after(10):
+            await relay.held.wait()  # BEGIN ran on the server; its answer is held
+        task.cancel()
+        relay.release()
+        with anyio.fail_after(10), pytest.raises(asyncio.CancelledError):
+            await task
+        with anyio.fail_after(10):  # the pool's only connection is back: not a hang
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT 1") == 1
+                assert not conn.is_in_transaction()
+    assert await ids(db) == []
+
+
+class _CancelAt(logging.Handler):
+    """Cancels ``task`` when hookbus logs a record that starts with ``message``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.message = message
+        self.task: asyncio.Task[None] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.task is not None and record.getMessage().startswith(self.message):
+            self.task.cancel()
+
+
+async def test_a_cancellation_after_begin_failed_is_not_dropped(
+    db: asyncpg.Pool, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    # BEGIN fails with an error (the server ended the session); the task is cancelled while
+    # the scope makes sure no transaction is left open (the failed ROLLBACK's log record marks
+    # that moment): the task ends cancelled, not with BEGIN's error.
+    assert await db.fetchval("SELECT pg_terminate_backend($1, 5000)", conn.get_server_pid())
+    entered: list[bool] = []
+    cancel = _CancelAt("ROLLBACK after a failed BEGIN failed")
+    caplog.set_level(logging.DEBUG, logger="hookbus")
+    logging.getLogger("hookbus").addHandler(cancel)
+    try:
+        task = cancel.task = asyncio.create_task(_enter_once(conn, entered))
+        with anyio.fail_after(10), pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        logging.getLogger("hookbus").removeHandler(cancel)
+    assert task.cancelled() and not entered
+
+
+async def test_commit_leaves_no_log_listener_on_a_connection_given(
+    db: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    # COMMIT listens for the notice that carries the transaction's id, then stops: a
+    # connection of the application's own keeps only its own listeners. (asyncpg shows its
+    # listeners nowhere public: its _log_listeners set is read.)
+    async with hookbus_asyncpg.transaction(conn):
+        await conn.execute("INSERT INTO items VALUES (1)")
+    assert not conn._log_listeners
+    assert await ids(db) == [1]
+
+
+async def test_a_scope_on_a_pool_gives_its_connection_back_before_postcommit(
+    dsn: str, db: asyncpg.Pool
+) -> None:
+    # With COMMIT's outcome known, the connection is back in its pool before postcommit
+    # runs: there, the pool's only connection can be taken.
+    seen: list[int] = []
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+
+    async def take_the_connection() -> None:
+        with anyio.fail_after(10):  # a connection never given back fails, never hangs
+            async with pool.acquire() as conn:
+                seen.append(await conn.fetchval("SELECT 1"))
+
+    try:
+        async with hookbus_asyncpg.transaction(pool) as tx:
+            await tx.connection.execute("INSERT INTO items VALUES (1)")
+            tx.add(Call([], "postcommit", take_the_connection))
+    finally:
+        pool.terminate()  # (closing would wait for a connection never given back)
+    assert seen == [1]
+    assert await ids(db) == [1]
 
 
 async def test_the_server_ending_the_session_before_commit_ran_is_a_rollback(
