@@ -47,7 +47,7 @@ INSERT INTO hookbus_stage AS s (plugin, version, stage, position, kind, status, 
 VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp(), $8)
 ON CONFLICT (plugin, version, stage) DO UPDATE SET
     status = EXCLUDED.status, duration = s.duration + EXCLUDED.duration,
-    updated_at = clock_timestamp(), finished_at = clock_timestamp(), error = EXCLUDED.error
+    updated_at = EXCLUDED.finished_at, finished_at = EXCLUDED.finished_at, error = EXCLUDED.error
 """
 # One round trip records a batch: its row, and the stage's cursor and counters.
 _BATCH_DONE: Final = """
