@@ -102,11 +102,13 @@ _SAVE: Final = (
     "UPDATE hookbus_outbox_cursor SET xid = $2::text::xid8, id = $3, "
     "published = published + $4, updated_at = clock_timestamp() WHERE relay = $1"
 )
+# ``o.xid``, not ``xid``: ORDER BY a bare name takes the output column first, here the text
+# ``xid::text`` (which sorts '100' before '99' and lets the cursor pass unsent rows).
 _BATCH: Final = """\
-SELECT id, xid::text, subject, event, msg_id, payload, headers::text
-FROM hookbus_outbox
-WHERE (xid, id) > ($1::text::xid8, $2) AND xid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY xid, id
+SELECT o.id, o.xid::text, o.subject, o.event, o.msg_id, o.payload, o.headers::text
+FROM hookbus_outbox o
+WHERE (o.xid, o.id) > ($1::text::xid8, $2) AND o.xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY o.xid, o.id
 LIMIT $3"""
 _NEXT_XID: Final = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric::bigint"
 # Committed rows past the cursor at or above xmin: visible (so committed), yet not readable.
