@@ -1,10 +1,28 @@
 """What the relay asks PostgreSQL: its cursor, the next batch, what holds it back, the clean-up.
 
-The cursor is ``(xid, id)``: rows are read in ``(xid, id)`` order and only below
-``pg_snapshot_xmin(pg_current_snapshot())``, the oldest transaction still running. Below it
-every writer has ended, so no row can appear there later: a transaction that commits after
-one with a higher id is read in its turn instead of being skipped (an ``id`` cursor skips
-it). xids are compared as ``xid8`` (64 bits, never wrapping); they travel as text.
+The cursor is ``(xid, id)``: rows are read in ``(xid, id)`` order and only below the gate,
+the oldest transaction still running that may write to this database. Below it every
+writer of the outbox has ended, so no row can appear there later: a transaction that
+commits after one with a higher id is read in its turn instead of being skipped (an ``id``
+cursor skips it). xids are compared as ``xid8`` (64 bits, never wrapping); they travel as
+text.
+
+The gate (``_GATE``), from the statement's snapshot S (``pg_current_snapshot()``, taken
+before the statement runs): the lowest xid of ``pg_snapshot_xip(S)`` (the top-level
+transactions in progress at S) that is not positively known to belong to a backend of
+another database, else ``pg_snapshot_xmax(S)``. A backend is bound to one database for its
+life and its transaction writes only there, so a transaction of another database never
+inserts into this outbox: the relay need not wait for it. Known means: the transaction's
+xid is a ``pg_stat_activity.backend_xid`` (visible to every role, like ``datid``) of a row
+whose ``datid`` is another database's. That view is read after S (the statement runs alone
+in its transaction: the status it reads is taken at its first read, after S), so a backend
+listed with an xid of S held that xid, and its slot, since before S; a backend that has
+moved on to another xid, a prepared transaction (never listed), a subtransaction's xid
+(never in ``xip``), a process of no database (``datid`` NULL): none is excluded, and the
+relay waits for it as it waits for its own database's. Every xid below the gate is then
+either ended at S (its rows, if committed, are visible to S: the statement reads them) or
+another database's. The 32-bit ``backend_xid`` is compared with ``xid(x)``: two xids of S
+and of the read, equal in their low 32 bits, would be 2^32 transactions apart.
 """
 
 from __future__ import annotations
@@ -50,9 +68,9 @@ ID, XID, SUBJECT, EVENT, MSG_ID, PAYLOAD, HEADERS = range(7)
 
 @final
 class Holdback(msgspec.Struct, frozen=True):
-    """What keeps committed rows from the relay: the oldest transaction still running
-    (``pid`` and its age; ``pid`` is ``None`` for a prepared transaction, named by ``gid``)
-    and how many committed rows wait behind it."""
+    """What keeps committed rows from the relay: the oldest transaction still running that
+    may write to this database (``pid`` and its age; ``pid`` is ``None`` for a prepared
+    transaction, named by ``gid``) and how many committed rows wait behind it."""
 
     rows: int
     pid: int | None
@@ -69,7 +87,8 @@ class Holdback(msgspec.Struct, frozen=True):
         who = f"prepared transaction {self.gid!r}" if self.pid is None else f"pid {self.pid}"
         extra = f" ({self.state}, {self.application_name or 'no application_name'})"
         return (
-            f"{self.rows} committed row(s) wait behind the oldest open transaction: {who}"
+            f"{self.rows} committed row(s) wait behind the oldest open transaction of this "
+            f"database: {who}"
             f"{extra if self.pid is not None else ''}, open for {self.age}"
         )
 
@@ -81,7 +100,7 @@ class OutboxStatus(msgspec.Struct, frozen=True):
     relay: str
     cursor: Cursor
     published: int  # rows this relay name has published, ever
-    pending: int  # rows past the cursor, committed or not yet visible below xmin
+    pending: int  # rows past the cursor, committed or not yet below the gate
     oldest_pending: datetime | None  # created_at of the oldest row past the cursor
     lag: timedelta | None  # now - oldest_pending
     rows: int  # rows in the outbox, sent ones kept for the retention included
@@ -102,27 +121,44 @@ _SAVE: Final = (
     "UPDATE hookbus_outbox_cursor SET xid = $2::text::xid8, id = $3, "
     "published = published + $4, updated_at = clock_timestamp() WHERE relay = $1"
 )
+# The gate, a scalar subquery (see the module's docstring); ``ORDER BY x LIMIT 1``, not
+# ``min(x)``: PostgreSQL 13 and 14 have no ``min(xid8)``.
+_GATE: Final = """(
+SELECT coalesce(
+    (SELECT x FROM pg_snapshot_xip(snap.s) x
+     WHERE x::xid NOT IN (
+         SELECT backend_xid FROM pg_stat_activity
+         WHERE backend_xid IS NOT NULL
+           AND datid <> (SELECT oid FROM pg_database WHERE datname = current_database()))
+     ORDER BY x LIMIT 1),
+    pg_snapshot_xmax(snap.s))
+FROM pg_current_snapshot() AS snap(s))"""
 # ``o.xid``, not ``xid``: ORDER BY a bare name takes the output column first, here the text
 # ``xid::text`` (which sorts '100' before '99' and lets the cursor pass unsent rows).
-_BATCH: Final = """\
+_BATCH: Final = f"""\
 SELECT o.id, o.xid::text, o.subject, o.event, o.msg_id, o.payload, o.headers::text
 FROM hookbus_outbox o
-WHERE (o.xid, o.id) > ($1::text::xid8, $2) AND o.xid < pg_snapshot_xmin(pg_current_snapshot())
+WHERE (o.xid, o.id) > ($1::text::xid8, $2) AND o.xid < {_GATE}
 ORDER BY o.xid, o.id
 LIMIT $3"""
 _NEXT_XID: Final = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric::bigint"
-# Committed rows past the cursor at or above xmin: visible (so committed), yet not readable.
-_HELD: Final = """\
-SELECT count(*) FROM hookbus_outbox
-WHERE (xid, id) > ($1::text::xid8, $2) AND xid >= pg_snapshot_xmin(pg_current_snapshot())"""
-_OLDEST: Final = """\
-SELECT pid, now() - xact_start, state, application_name, left(query, 200), NULL::text
-FROM pg_stat_activity
-WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
-UNION ALL
-SELECT NULL, now() - prepared, 'prepared', NULL, NULL, gid FROM pg_prepared_xacts
-ORDER BY 2 DESC NULLS LAST
-LIMIT 1"""
+# Committed rows past the cursor at or above the gate (visible, so committed, yet not
+# readable), and the transaction at the gate: a backend's (this database's, or one whose
+# database is unknown) or a prepared transaction; none when it ended after the snapshot.
+_HOLDBACK: Final = f"""\
+WITH gate AS MATERIALIZED (
+    SELECT {_GATE} AS xid, pg_snapshot_xmax(pg_current_snapshot()) AS xmax)
+SELECT (SELECT count(*) FROM hookbus_outbox o
+        WHERE (o.xid, o.id) > ($1::text::xid8, $2) AND o.xid >= gate.xid),
+       h.pid, h.age, h.state, h.application_name, h.query, h.gid
+FROM gate LEFT JOIN LATERAL (
+    SELECT pid, now() - xact_start AS age, state, application_name,
+           left(query, 200) AS query, NULL::text AS gid
+    FROM pg_stat_activity WHERE backend_xid = gate.xid::xid
+    UNION ALL
+    SELECT NULL, now() - prepared, 'prepared', NULL, NULL, gid
+    FROM pg_prepared_xacts WHERE transaction = gate.xid::xid
+    LIMIT 1) h ON gate.xid < gate.xmax"""
 # Published: marked sent by an unordered relay, or passed by every ordered relay's cursor.
 # SKIP LOCKED: unordered relays clean up side by side, each deleting other rows.
 _CLEANUP: Final = """\
@@ -175,13 +211,10 @@ async def next_xid(conn: Any) -> int:
 
 async def holdback(conn: Any, cursor: Cursor) -> Holdback | None:
     """What holds committed rows back from the relay, or ``None`` when nothing does."""
-    held: int = await conn.fetchval(_HELD, str(cursor.xid), cursor.id)
+    held, *holder = await conn.fetchrow(_HOLDBACK, str(cursor.xid), cursor.id)
     if not held:
         return None
-    oldest = await conn.fetchrow(_OLDEST)
-    if oldest is None:
-        return Holdback(held, None, None, None, None, None)
-    return Holdback(held, *oldest)
+    return Holdback(held, *holder)
 
 
 async def cleanup(conn: Any, retention: timedelta, limit: int = 10_000) -> int:
