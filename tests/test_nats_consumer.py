@@ -633,3 +633,28 @@ async def test_what_arrives_while_a_batch_is_applied_joins_the_batch_fetched_mea
     c.stop()
     await running
     assert c.statistics().batches == 2  # [1], then [2, 3, 4]
+
+
+async def test_a_consumer_waiting_for_messages_holds_no_transaction(
+    pool: asyncpg.Pool, stream: Stream, projection: str
+) -> None:
+    """Fetches (and the top-up) come before BEGIN, acknowledgements after COMMIT: a consumer
+    waiting on NATS holds no transaction, so it never holds an ordered relay's gate on its
+    database while it waits."""
+    c = consumer(order_bus(projection), pool, stream, fetch_timeout=1.0)
+    await c.start()
+    await publish(stream.js, stream.subject(1), "order_placed", OrderPlaced(1, 10))
+    running = asyncio.create_task(c.run())
+    for _ in range(1000):  # until applied (nothing to await): then it waits on its fetch
+        if await counts(pool, projection) == {1: 1}:
+            break
+        await asyncio.sleep(0.01)
+    assert await settled(stream.js, stream.name, c.name) == (0, 0)
+    open_here = await pool.fetch(
+        "SELECT pid, state, backend_xid FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND (state LIKE 'idle in transaction%' OR backend_xid IS NOT NULL)"
+    )
+    c.stop()
+    await running
+    assert open_here == []
