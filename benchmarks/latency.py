@@ -395,6 +395,12 @@ async def _measure(
     )
     print(f"lost: {lost}, applied twice: {twice}")
     heard = _notify_times(committed, pids, notified)
+    writers = set(pids.values())
+    notifies = sum(len(times) for pid, times in notified.items() if pid in writers)
+    print(
+        f"NOTIFYs heard from the writers' backends: {notifies:,} of {len(committed):,} commits"
+        " (the NOTIFY stage pairs each backend's k-th NOTIFY with its k-th commit)"
+    )
     done = dict(consumed)
     print("from the writer's COMMIT to (ms):        p50     p90     p99     max")
     for label, stage in (
