@@ -87,8 +87,8 @@ class Holdback(msgspec.Struct, frozen=True):
         who = f"prepared transaction {self.gid!r}" if self.pid is None else f"pid {self.pid}"
         extra = f" ({self.state}, {self.application_name or 'no application_name'})"
         return (
-            f"{self.rows} committed row(s) wait behind the oldest open transaction of this "
-            f"database: {who}"
+            f"{self.rows} committed row(s) wait behind the oldest open transaction that may "
+            f"write to this database: {who}"
             f"{extra if self.pid is not None else ''}, open for {self.age}"
         )
 
