@@ -102,11 +102,13 @@ _SAVE: Final = (
     "UPDATE hookbus_outbox_cursor SET xid = $2::text::xid8, id = $3, "
     "published = published + $4, updated_at = clock_timestamp() WHERE relay = $1"
 )
+# Ordered by the table's columns: a bare ``xid`` in ORDER BY names the output column
+# ``xid::text`` (text order: '1000' before '999', rows skipped), and no index serves it.
 _BATCH: Final = """\
 SELECT id, xid::text, subject, event, msg_id, payload, headers::text
 FROM hookbus_outbox
 WHERE (xid, id) > ($1::text::xid8, $2) AND xid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY xid, id
+ORDER BY hookbus_outbox.xid, hookbus_outbox.id
 LIMIT $3"""
 _NEXT_XID: Final = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric::bigint"
 # Committed rows past the cursor at or above xmin: visible (so committed), yet not readable.
