@@ -10,8 +10,12 @@ and the unordered mode's empty poll before and after VACUUM.
    relay --unordered`` processes (a core each) and, in the same rounds, by a hand-written
    loop: the same rows, already in memory, sent with
    ``publish_async`` 1,000 in flight with the same headers, each batch's acknowledgements
-   awaited. The order rotates every round; the figures are the medians of the per-round
-   ratios side / loop (target >= 0.9 for the ordered relay) and events per second.
+   awaited; and the same loop with the relays' own mechanism instead of ``publish_async``
+   (``inbox loop``: one inbox per batch, the answers counted by the subscription's
+   callback). The loops' rows are read once before the rounds: the relays' reads and
+   cursor saves are timed, the loops have none. The order rotates every round; the figures
+   are the medians of the per-round ratios side / loop (target >= 0.9 for the ordered
+   relay) and events per second, and relay / inbox loop (the relay's own cost).
 2. The outbox row's cost: a one-row transaction (``hookbus_asyncpg.transaction``, one
    INSERT) paired with the same transaction that also calls ``Outbox.publish`` (target
    <= 5% more).
@@ -222,6 +226,40 @@ async def _loop_once(rows: list[Any], js: JetStreamContext) -> float:
     return time.perf_counter() - start
 
 
+class _Answers:
+    """Counts a batch's answers; ``done`` at the last."""
+
+    def __init__(self, expected: int) -> None:
+        self.left = expected
+        self.done = asyncio.get_running_loop().create_future()
+
+    async def take(self, msg: Any) -> None:
+        self.left -= 1
+        if not self.left:
+            self.done.set_result(None)
+
+
+async def _inbox_loop_once(rows: list[Any], js: JetStreamContext) -> float:
+    """The loop without ``publish_async``: each batch answered on one inbox of its own, the
+    answers counted by a subscription's callback, as the relays do."""
+    nc = js._nc  # nats-py keeps the context's connection private
+    start = time.perf_counter()
+    for first in range(0, len(rows), 1000):
+        batch = rows[first : first + 1000]
+        answers, inbox = _Answers(len(batch)), nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=answers.take)
+        for row in batch:
+            headers = {
+                "Nats-Msg-Id": row["msg_id"],
+                "Hookbus-Event": row["event"],
+                "Hookbus-Wire": "1",
+            }
+            await nc.publish(row["subject"], row["payload"], inbox, headers)
+        await answers.done
+        await sub.unsubscribe()
+    return time.perf_counter() - start
+
+
 async def relay_vs_loop(dsn: str, url: str, events: int, rounds: int) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
@@ -233,7 +271,7 @@ async def relay_vs_loop(dsn: str, url: str, events: int, rounds: int) -> None:
         rows = await pool.fetch(
             "SELECT subject, event, msg_id, payload FROM hookbus_outbox ORDER BY xid, id"
         )
-        names = ("relay", "unordered x1", "unordered x2", "2 processes", "loop")
+        names = ("relay", "unordered x1", "unordered x2", "2 processes", "inbox loop", "loop")
         took: dict[str, list[float]] = {name: [] for name in names}
         for r in range(rounds + 1):  # the first round warms every side up and is not counted
             sides = names[r % len(names) :] + names[: r % len(names)]
@@ -242,6 +280,8 @@ async def relay_vs_loop(dsn: str, url: str, events: int, rounds: int) -> None:
                 try:
                     if side == "loop":
                         elapsed = await _loop_once(rows, js)
+                    elif side == "inbox loop":
+                        elapsed = await _inbox_loop_once(rows, js)
                     else:
                         await _reset(pool, side)
                         if side == "relay":
@@ -265,6 +305,11 @@ async def relay_vs_loop(dsn: str, url: str, events: int, rounds: int) -> None:
             f"(median of {rounds}); / loop: {statistics.median(ratios):.3f} "
             f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
         )
+    ratios = [i / r for i, r in zip(took["inbox loop"], took["relay"], strict=True)]
+    print(
+        f"relay / inbox loop: {statistics.median(ratios):.3f} "
+        f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
+    )
 
 
 async def row_cost(dsn: str, rounds: int, batch: int) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import asyncpg
 import hookbus_asyncpg
+import msgspec
 import nats
 import pytest
 import pytest_asyncio
@@ -22,6 +23,7 @@ from hookbus_asyncpg import Outbox
 from hookbus_nats import Relay, RelayState, UnorderedRelay
 from hookbus_nats.testing import server_binary
 from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy
 
 from hookbus import Bus
 
@@ -184,3 +186,37 @@ async def test_a_failed_batch_leaves_no_future_unretrieved(
         assert unretrieved == []
     finally:
         loop.set_exception_handler(previous)
+
+
+@pytest.mark.parametrize("kind", [Relay, UnorderedRelay])
+async def test_a_message_jetstream_refuses_fails_its_batch_at_once_until_it_is_stored(
+    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, kind: type[Relay]
+) -> None:
+    # A full stream that discards new messages stores two of the batch of three and refuses
+    # the third: the batch fails with JetStream's answer (not after ack_timeout), nothing
+    # counts as published, and once the stream has room the batch is sent again whole, the
+    # two stored already dropped as duplicates.
+    stream = await make_stream(jetstream, max_msgs=2, discard=DiscardPolicy.NEW)
+    try:
+        outbox = Outbox(bus, subject_prefix=stream.prefix)
+        relay = kind(
+            dsn, jetstream, stream=stream.name, poll_interval=0.05, ack_timeout=60, max_backoff=0.1
+        )
+        task = asyncio.create_task(relay.run())
+        try:
+            await publish(outbox_pool, outbox, 1, 2, 3)
+            await until(lambda: relay.stats().retries >= 2, "the batch is refused, and again")
+            assert "maximum messages exceeded" in (relay.stats().error or "")
+            assert relay.stats().published == 0
+            config = (await jetstream.stream_info(stream.name)).config
+            config.max_msgs = -1
+            await jetstream.update_stream(config)
+            await until(lambda: relay.stats().published == 3, "delivered once there is room")
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 15)
+        assert relay.stats().duplicates == 2
+        stored = [msgspec.json.decode(m.data)["order"] for m in await stream.messages()]
+        assert stored == [1, 2, 3]
+    finally:
+        await jetstream.delete_stream(stream.name)

@@ -9,9 +9,10 @@ One relay per outbox is active: it holds the fenced lock ``hookbus.outbox.<name>
 save of its cursor is fenced, so a relay that lost its lock cannot move the cursor, and it
 stops before its next publish; another relay started with the same name waits as a standby
 and takes over. A batch is the next ``batch_size`` committed rows after the ``(xid, id)``
-cursor, below the gate (its database's oldest open transaction); all of it is published with many
-acknowledgements in flight (``publish_async``), and the cursor moves, in a transaction that
-also checks the lock's token, only once every message of the batch is acknowledged. Each
+cursor, below the gate (its database's oldest open transaction); all of it is published with
+every acknowledgement in flight (answered on one inbox for the batch), and the cursor moves, in
+a transaction that also checks the lock's token, only once every message of the batch is
+acknowledged. Each
 message carries the row's ``msg_id`` as ``Nats-Msg-Id``: a batch re-sent (after a NATS
 failure, or by a relay restarted before it saved its cursor) is dropped by JetStream as a
 duplicate while within the stream's duplicate window, which must cover ``retry_horizon``.

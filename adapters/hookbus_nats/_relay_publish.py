@@ -10,6 +10,7 @@ stream whose window is shorter than their ``retry_horizon``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -17,15 +18,18 @@ from typing import Any, Final
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from hookbus_asyncpg import WIRE_VERSION
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import Header
 
 from ._relay_errors import DuplicateWindowError
 from ._relay_sql import Row
 from ._relay_state import RelayState
 from ._startup import when_ready
 
-__all__ = ["NATS_FAILURES", "Publishing", "Stopped", "check_options", "settle"]
+__all__ = ["NATS_FAILURES", "Publishing", "Stopped", "check_options"]
 
 logger: Final = logging.getLogger("hookbus.outbox")
 # What NATS answers when it is slow, gone or refusing (a full stream): worth sending again.
@@ -38,7 +42,7 @@ def check_options(batch_size: int, **positive: float) -> None:
     """Refuse a relay's options at construction: ``batch_size`` within nats-py's in-flight
     limit, each of ``positive`` above zero."""
     if not 1 <= batch_size <= 4000:
-        raise ValueError("batch_size is between 1 and 4000 (nats-py's in-flight limit)")
+        raise ValueError("batch_size is between 1 and 4000 (the messages in flight at once)")
     for label, value in positive.items():
         if not value > 0:
             raise ValueError(f"{label} must be positive, not {value!r}")
@@ -138,36 +142,88 @@ class Publishing:
 
     async def _send(self, rows: list[Row]) -> int:
         """Publish ``rows`` with every acknowledgement in flight; the number of duplicates.
-        Raises if any is not acknowledged within ``ack_timeout``."""
-        publish, wire = self._js.publish_async, WIRE_VERSION  # locals: the hot loop
-        futures: list[asyncio.Future[Any]] = []
+        Raises if any is not acknowledged within ``ack_timeout``, or if JetStream refused any.
+
+        JetStream answers each message on the reply subject it names: here one inbox for the
+        attempt, its answers counted as they come (``_Acks``), rather than ``publish_async``'s
+        future, callbacks and reply subject per message (most of the relay's time went there).
+        """
+        nc = self._js._nc  # nats-py keeps the context's connection private
+        publish, wire = nc.publish, WIRE_VERSION  # locals: the hot loop
+        inbox = nc.new_inbox()
+        acks = _Acks(len(rows))
+        # subscribed before the first publish (the SUB goes out ahead of the messages);
+        # unsubscribed once the attempt is over: a late answer to it goes nowhere
+        sub = await nc.subscribe(inbox, cb=acks.take)
         try:
             for _, _, subject, event, msg_id, payload, extra in rows:
                 headers = {"Nats-Msg-Id": msg_id, "Hookbus-Event": event, "Hookbus-Wire": wire}
                 if extra != "{}":  # the row's own (traceparent), never over the envelope's
                     headers = _decode_headers(extra) | headers
-                futures.append(await publish(subject, payload, headers=headers))
-            _, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
-        except BaseException:
-            settle(futures)
-            raise
-        failure = settle(futures)
-        if pending:
-            raise TimeoutError(
-                f"{len(pending)} of {len(rows)} messages not acknowledged in {self.ack_timeout:g} s"
+                await publish(subject, payload, inbox, headers)
+            try:
+                await asyncio.wait_for(acks.done, self.ack_timeout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{len(rows) - acks.received} of {len(rows)} messages not acknowledged in "
+                    f"{self.ack_timeout:g} s"
+                ) from None
+        finally:
+            with contextlib.suppress(*NATS_FAILURES):  # a closed connection took it already
+                await sub.unsubscribe()
+        if acks.failure is not None:
+            raise acks.failure
+        return acks.duplicates
+
+
+class _Ack(msgspec.Struct):
+    """What JetStream answers a message: stored (perhaps as a ``duplicate``), or an error."""
+
+    duplicate: bool = False
+    error: dict[str, Any] | None = None
+
+
+_decode_ack: Final = msgspec.json.Decoder(_Ack).decode
+
+
+class _Acks:
+    """The answers to one attempt at a batch: ``done`` once ``expected`` have come; the
+    duplicates among them, and the first refusal (``failure``)."""
+
+    __slots__ = ("done", "duplicates", "expected", "failure", "received")
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.received = self.duplicates = 0
+        self.failure: nats.errors.Error | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def take(self, msg: Msg) -> None:
+        """Count one answer (the subscription's callback)."""
+        if msg.headers and Header.STATUS in msg.headers:  # no stream took it (503), or worse
+            status = msg.headers[Header.STATUS]
+            self._refused(
+                nats.js.errors.NoStreamResponseError()
+                if status == "503"
+                else nats.errors.Error(f"JetStream answered status {status}")
             )
-        if failure is not None:
-            raise failure
-        return sum(1 for future in futures if future.result().duplicate)
+        else:
+            try:
+                ack = _decode_ack(msg.data)
+            except msgspec.DecodeError:
+                self._refused(nats.errors.Error(f"an unreadable acknowledgement: {msg.data!r}"))
+            else:
+                if ack.error is not None:
+                    try:
+                        nats.js.errors.APIError.from_error(ack.error)  # raises its kind
+                    except nats.js.errors.APIError as exc:
+                        self._refused(exc)
+                else:
+                    self.duplicates += ack.duplicate
+        self.received += 1
+        if self.received == self.expected and not self.done.done():
+            self.done.set_result(None)
 
-
-def settle(futures: list[asyncio.Future[Any]]) -> BaseException | None:
-    """Cancel the futures still pending and retrieve the exception of those that failed (so
-    none is logged as "never retrieved" after a failed batch); the first such exception."""
-    first: BaseException | None = None
-    for future in futures:
-        if not future.done():
-            future.cancel()
-        elif not future.cancelled() and (exc := future.exception()) is not None:
-            first = first or exc
-    return first
+    def _refused(self, exc: nats.errors.Error) -> None:
+        if self.failure is None:
+            self.failure = exc
