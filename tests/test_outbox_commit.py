@@ -203,6 +203,33 @@ async def test_a_row_refused_for_privilege_is_not_taken_for_a_refused_do_block(
     assert await orders(db) == [2]
 
 
+async def test_the_rows_are_written_once_where_plpgsql_is_not_granted(
+    db: asyncpg.Pool, dsn: str, bus: Bus
+) -> None:
+    # The first COMMIT finds the DO block refused after the rows ran (they stay, and COMMIT
+    # follows the id's round trip); the next sends the rows before asking the id.
+    role = f"hookbus_plain_{secrets.token_hex(4)}"
+    await db.execute(f"CREATE ROLE {role} LOGIN; GRANT ALL ON items, hookbus_outbox TO {role}")
+    await db.execute("REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC")
+    outbox = Outbox(bus)
+    sent: list[str] = []
+    try:
+        async with (
+            asyncpg.create_pool(dsn, user=role, min_size=1, max_size=1) as plain,
+            plain.acquire() as conn,
+        ):
+            conn.add_query_logger(lambda query: sent.append(query.query))
+            for n in (1, 2):
+                async with hookbus_asyncpg.transaction(conn) as tx:
+                    await conn.execute("INSERT INTO items VALUES ($1)", n)
+                    await outbox.publish(tx, "order_placed", OrderPlaced(n))
+    finally:
+        await db.execute("GRANT USAGE ON LANGUAGE plpgsql TO PUBLIC")
+        await db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    assert len([query for query in sent if "DO $$" in query]) == 1
+    assert await ids(db) == [1, 2] and await orders(db) == [1, 2]
+
+
 async def test_a_swallowed_error_before_the_rows_answers_rollback(
     db: asyncpg.Pool, bus: Bus
 ) -> None:

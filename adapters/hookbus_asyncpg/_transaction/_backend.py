@@ -137,7 +137,7 @@ class AsyncpgBackend:
         if self.xid is not None:
             return await self._commit(conn, f"{first}COMMIT", self.xid)
         if _NO_DO_BLOCK and conn.get_server_pid() in _NO_DO_BLOCK:
-            return await self._commit_asking_xid(conn)
+            return await self._commit_asking_xid(conn, first)
         notice = XidNotice()
         conn.add_log_listener(notice)
         try:
@@ -160,7 +160,7 @@ class AsyncpgBackend:
                 await self._refused_before_commit(conn)
                 raise exc from None
             _remember_no_do_block(conn.get_server_pid())
-            return await self._commit_asking_xid(conn)
+            return await self._commit_asking_xid(conn, "")  # the statements before it ran
         except Exception as exc:
             if _not_lost_in_commit(conn, exc):
                 await self._refused_before_commit(conn)
@@ -180,10 +180,12 @@ class AsyncpgBackend:
                 conn.remove_log_listener(notice)
         return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
 
-    async def _commit_asking_xid(self, conn: Connection) -> CommitOutcome:
+    async def _commit_asking_xid(self, conn: Connection, first: str) -> CommitOutcome:
+        """Ask the id with a round trip, then COMMIT; ``first``, the statements sent with
+        COMMIT that have not run yet, are sent before it (they may be what writes first)."""
         try:
-            if self.with_commit:  # a round trip of their own here (where DO is refused)
-                await conn.execute(self.with_commit)
+            if first:
+                await conn.execute(first)
             xid: str | None = await conn.fetchval(ASK_XID)
         except asyncpg.InFailedSQLTransactionError:
             return await self._commit(conn, "COMMIT", NOT_RECEIVED)  # answered ROLLBACK
