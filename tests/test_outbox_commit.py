@@ -252,14 +252,21 @@ async def test_a_swallowed_error_before_the_rows_answers_rollback(
 
 
 async def _gated_publish(
-    db: asyncpg.Pool, outbox: Outbox, log: list[str]
+    db: asyncpg.Pool, outbox: Outbox, log: list[str], xid_known: bool = False
 ) -> tuple[asyncio.Task[None], hookbus_asyncpg.AsyncpgTransaction, int]:
-    """A scope whose one write is an outbox row, its COMMIT held by the outbox's deferred
-    trigger on the lock the caller holds: its task, its transaction, its server pid."""
+    """A scope whose one write is an outbox row (or, ``xid_known``, that first inserts an
+    item and tells the scope its id), its COMMIT held by the outbox's deferred trigger on the
+    lock the caller holds: its task, its transaction, its server pid."""
     started: asyncio.Queue[tuple[hookbus_asyncpg.AsyncpgTransaction, int]] = asyncio.Queue()
 
     async def scope() -> None:
         async with hookbus_asyncpg.transaction(db) as tx:
+            if xid_known:
+                tx.note_transaction_id(
+                    await tx.connection.fetchval(
+                        "INSERT INTO items VALUES (1) RETURNING pg_current_xact_id()::text"
+                    )
+                )
             await outbox.publish(tx, "order_placed", OrderPlaced(1))
             tx.add(Recorded(log, "a"))
             started.put_nowait((tx, await tx.connection.fetchval("SELECT pg_backend_pid()")))
@@ -270,18 +277,22 @@ async def _gated_publish(
     return task, tx, pid
 
 
-async def test_a_lost_commit_after_publish_is_found_committed(db: asyncpg.Pool, bus: Bus) -> None:
+@pytest.mark.parametrize("xid_known", [False, True])
+async def test_a_lost_commit_after_publish_is_found_committed(
+    db: asyncpg.Pool, bus: Bus, xid_known: bool
+) -> None:
     # The transaction's one write is the row sent with COMMIT: the id's notice, sent after
-    # it, carries the id the outcome is asked with.
+    # it, carries the id the outcome is asked with (or the id was told: a plain COMMIT).
     await db.execute(gate_at_commit("hookbus_outbox", LOCK))
     log: list[str] = []
     async with holding_lock(db, LOCK) as release:
-        task, tx, _ = await _gated_publish(db, Outbox(bus), log)
+        task, tx, _ = await _gated_publish(db, Outbox(bus), log, xid_known)
         tx.connection.terminate()  # the client side drops; the server carries on and commits
         await release()
         await task
     assert log == ["a.precommit", "a.postcommit"]
     assert await orders(db) == [1]
+    assert await ids(db) == ([1] if xid_known else [])
 
 
 async def test_a_lost_commit_after_publish_is_found_rolled_back(db: asyncpg.Pool, bus: Bus) -> None:
