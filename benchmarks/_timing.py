@@ -129,3 +129,27 @@ async def run_pairs(
             gc.collect()
     finally:
         gc.enable()
+
+
+async def interleaved(
+    sides: dict[str, Callable[[], Awaitable[object]]], rounds: int, batch: int, warm_up: int = 20
+) -> dict[str, list[float]]:
+    """The mean seconds of ``await side()`` in each round, per side: for heavy calls (a
+    transaction) that are timed one by one, one call of each side in turn, the order rotating
+    every round, so that a change of the machine's load falls on all sides alike."""
+    names = list(sides)
+    for side in sides.values():  # prepared statements, caches
+        for _ in range(warm_up):
+            await side()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        spent = dict.fromkeys(names, 0)
+        for _ in range(batch):
+            for name in order:
+                start = perf_counter_ns()
+                await sides[name]()
+                spent[name] += perf_counter_ns() - start
+        for name in names:
+            times[name].append(spent[name] / batch / 1e9)
+    return times

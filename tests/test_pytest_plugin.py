@@ -261,6 +261,53 @@ def test_scopes_in_test_mode_nest_roll_back_and_check_deferred_constraints(
     result.assert_outcomes(passed=5)
 
 
+def test_outbox_rows_in_test_mode_go_with_the_release(project: pytest.Pytester) -> None:
+    _ini(project, "auto")
+    project.makepyfile(
+        test_outbox_mode=_module(
+            """
+            import asyncpg
+            import hookbus
+            import hookbus_asyncpg
+            import msgspec
+            from hookbus_asyncpg._outbox._outbox_table import OUTBOX_DDL, OUTBOX_DDL_1_1
+
+            class Placed(msgspec.Struct):
+                order: int
+
+            async def test_rows_go_with_the_release(hookbus_db):
+                conn = hookbus_db.connection
+                await conn.execute(OUTBOX_DDL)
+                await conn.execute(OUTBOX_DDL_1_1)
+                await conn.execute(
+                    "ALTER TABLE hookbus_outbox ADD CHECK (subject <> 'shop.refused')"
+                )
+                bus = hookbus.Bus()
+                bus.declare("placed", Placed)
+                outbox = hookbus_asyncpg.Outbox(bus, subject_prefix="shop")
+                async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
+                    await outbox.publish(tx, "placed", Placed(1))
+                    with pytest.raises(RuntimeError):
+                        async with tx.savepoint():
+                            await outbox.publish(tx, "placed", Placed(2))
+                            raise RuntimeError
+                    await outbox.publish(tx, "placed", Placed(3))
+                with pytest.raises(asyncpg.CheckViolationError):
+                    async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
+                        tx.add(app.Remember("refused"))
+                        await outbox.publish(tx, "placed", Placed(4))
+                        await outbox.publish(tx, "placed", Placed(5), subject="shop.refused")
+                assert app.log == ["refused.precommit", "refused.rollback"]
+                rows = await conn.fetch("SELECT payload FROM hookbus_outbox ORDER BY id")
+                assert [msgspec.json.decode(r["payload"])["order"] for r in rows] == [1, 3]
+            """,
+            "auto",
+        )
+    )
+    result = project.runpytest()
+    result.assert_outcomes(passed=1)
+
+
 def test_a_session_wide_pool_with_session_loop_scope(project: pytest.Pytester, dsn: str) -> None:
     _ini(project, "strict", loop_scope="session")
     project.makeconftest(SESSION_POOL_CONFTEST)

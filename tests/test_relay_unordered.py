@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 from _nats import Stream, make_stream
 from _outbox import OrderPlaced, install_outbox, shop_bus
+from _postgres import holding_lock, wait_until_blocked_on_lock
 from hookbus_asyncpg import Outbox
 from hookbus_asyncpg._outbox._outbox_table import OUTBOX_DDL
 from hookbus_nats import (
@@ -86,26 +87,44 @@ async def unsent(pool: asyncpg.Pool) -> int:
     return count
 
 
+GATE = 4346  # the advisory lock the gated row's deferred trigger waits for at COMMIT
+GATED_ROW = f"""
+CREATE OR REPLACE FUNCTION gate_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({GATE});
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER gate_row AFTER INSERT ON hookbus_outbox DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.ordering_key = 'gated') EXECUTE FUNCTION gate_row();
+"""
+
+
 async def test_committed_events_are_all_delivered_whatever_their_commit_order(
     outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
     outbox: Outbox,
 ) -> None:  # fmt: skip
     """The lower id commits last and a rolled-back transaction publishes nothing."""
-    first = hookbus_asyncpg.transaction(outbox_pool, independent=True)
-    second = hookbus_asyncpg.transaction(outbox_pool, independent=True)
-    tx1 = await first.__aenter__()
-    tx2 = await second.__aenter__()
+    await outbox_pool.execute(GATED_ROW)
+    started: asyncio.Queue[int] = asyncio.Queue()
+
+    async def first() -> None:
+        # its row takes the lower id in COMMIT's message; COMMIT then waits on the gate
+        async with hookbus_asyncpg.transaction(outbox_pool, independent=True) as tx:
+            await outbox.publish(tx, "order_placed", OrderPlaced(1), key="gated")
+            started.put_nowait(await tx.connection.fetchval("SELECT pg_backend_pid()"))
+
     relay = make_unordered(dsn, jetstream, stream)
-    async with running(relay):
-        await outbox.publish(tx1, "order_placed", OrderPlaced(1))  # the lower id
-        await outbox.publish(tx2, "order_placed", OrderPlaced(2))
-        await second.__aexit__(None, None, None)
+    async with running(relay), holding_lock(outbox_pool, GATE) as release:
+        task = asyncio.create_task(first())
+        await wait_until_blocked_on_lock(outbox_pool, await started.get())
+        await publish(outbox_pool, outbox, stream, 2)
         assert orders_of(await received(jetstream, stream, 1)) == [2]
         with pytest.raises(RuntimeError):
             async with hookbus_asyncpg.transaction(outbox_pool) as tx:
                 await outbox.publish(tx, "order_placed", OrderPlaced(3))
                 raise RuntimeError("rolled back")
-        await first.__aexit__(None, None, None)
+        await release()
+        await task
         await publish(outbox_pool, outbox, stream, 4)
         messages = await received(jetstream, stream, 3)
         await until_sent(outbox_pool)

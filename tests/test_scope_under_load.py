@@ -320,7 +320,7 @@ async def test_a_store_insert_carries_the_id_and_commit_is_plain(
     assert not [s for s in sent if "hookbus xid" in s]
 
 
-async def test_an_outbox_publish_carries_the_id_and_commit_is_plain(
+async def test_an_outbox_publish_sends_its_row_with_commit(
     counted: tuple[asyncpg.Pool, list[str], list[int]], dsn: str
 ) -> None:
     import msgspec
@@ -339,8 +339,14 @@ async def test_an_outbox_publish_carries_the_id_and_commit_is_plain(
     async with hookbus_asyncpg.transaction(pool) as tx:
         await tx.connection.execute("INSERT INTO items VALUES (1)")
         await outbox.publish(tx, "shipped", Shipped(1))
-    assert "COMMIT" in sent  # the outbox row told the scope its id: a plain COMMIT
-    assert not [s for s in sent if "hookbus xid" in s]
+    with_row, sent[:] = sent[:], []
+    async with hookbus_asyncpg.transaction(pool) as tx:
+        await tx.connection.execute("INSERT INTO items VALUES (2)")
+    # no round trip of its own: the row goes in COMMIT's message, before the id's notice
+    assert len(with_row) == len(sent)
+    (commit,) = [query for query in with_row if query.endswith("COMMIT")]
+    assert commit.startswith("INSERT INTO hookbus_outbox")
+    assert commit.index("NOTIFY hookbus_outbox") < commit.index("hookbus xid")
     assert await pool.fetchval("SELECT count(*) FROM hookbus_outbox") == 1
 
 

@@ -288,6 +288,13 @@ class Relay(Publishing):
                     if saving is not None:
                         await saving  # the cursor is durable before the relay idles
                         saving = None
+                    if self._held is None:
+                        # rows held back at the read may have been freed before the look,
+                        # which then saw none held (their NOTIFY has come and gone): read
+                        # again before a full pause
+                        rows = await self._read(pool, cursor)
+                        if rows:
+                            continue
                     self._move(RelayState.WAITING)
                     # rows held back behind xmin were committed: their NOTIFY has come and
                     # gone, so look again soon (and then less often) rather than at the poll

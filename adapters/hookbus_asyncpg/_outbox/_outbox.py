@@ -5,19 +5,24 @@
 ...     await tx.connection.execute("INSERT INTO orders ...")
 ...     await outbox.publish(tx, "order_placed", OrderPlaced(order=42), key="order-42")
 
-``publish`` writes one ``hookbus_outbox`` row on the scope's connection, so the event exists
-if and only if the transaction commits (a savepoint rolled back takes it away too). The row
-carries the payload encoded with msgspec (see ``_outbox_wire``), the subject, the ordering
-key, the headers (``traceparent`` when a ``headers`` callable such as
-``hookbus_otel.trace_headers`` is given) and the writer's ``pg_current_xact_id()``; its
-``msg_id`` is a random UUID PostgreSQL draws for the row. Nothing here imports NATS: a relay
-(``hookbus_nats.Relay``) publishes the rows once they are committed.
+``publish`` checks and encodes the event at the call and keeps its ``hookbus_outbox`` row
+in the scope (``tx.accumulate``: a savepoint rolled back takes it away); the scope sends the
+rows of all its publishes, in call order, as one INSERT in COMMIT's own message
+(``tx.send_with_commit``): no round trip of their own, and the event exists if and only if
+the transaction commits. The row carries the payload encoded with msgspec (see
+``_outbox_wire``), the subject, the ordering key, the headers (``traceparent`` when a
+``headers`` callable such as ``hookbus_otel.trace_headers`` is given) and the writer's
+``pg_current_xact_id()``; its ``msg_id`` is a random UUID (version 4) drawn at the call.
+Nothing here imports NATS: a relay (``hookbus_nats.Relay``) publishes the rows once they are
+committed.
 """
 
 from __future__ import annotations
 
 import difflib
+import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Final, NoReturn, final
 
 import msgspec
@@ -25,6 +30,7 @@ import msgspec
 from hookbus import (
     Bus,
     EventSpec,
+    LateOperation,
     LoadEvent,
     QueryEvent,
     ServerEvent,
@@ -42,16 +48,55 @@ __all__ = ["Outbox", "check_subject"]
 
 _OPEN: Final = (TransactionState.ACTIVE, TransactionState.PRECOMMITTING)
 _INSERT: Final = (
-    "INSERT INTO hookbus_outbox (subject, event, payload, headers, ordering_key) "
-    "VALUES ($1, $2, $3, $4::text::jsonb, $5) RETURNING msg_id, xid::text"
+    "INSERT INTO hookbus_outbox (msg_id, subject, event, payload, headers, ordering_key) VALUES "
 )
-# The NOTIFY in the same statement: one round trip; PostgreSQL sends it at COMMIT only.
-_INSERT_NOTIFY: Final = (
-    "WITH row AS (INSERT INTO hookbus_outbox (subject, event, payload, headers, ordering_key) "
-    "VALUES ($1, $2, $3, $4::text::jsonb, $5) RETURNING msg_id, xid) "
-    f"SELECT msg_id, xid::text FROM row, pg_notify('{NOTIFY_CHANNEL}', '')"
-)
+# PostgreSQL sends a NOTIFY at COMMIT only (never for a rollback).
+_NOTIFY: Final = f"NOTIFY {NOTIFY_CHANNEL};"
 _headers_encoder: Final = msgspec.json.Encoder()
+
+
+def _text(value: str, what: str) -> str:
+    """``value`` as a SQL string literal, whatever ``standard_conforming_strings`` is (an
+    escape string: backslashes and quotes doubled); ``ValueError`` for what PostgreSQL's
+    text refuses (a NUL character, a lone surrogate), at the call."""
+    if "\x00" in value:
+        raise ValueError(f"{what} {value!r} holds a NUL character, which PostgreSQL refuses")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{what} {value!r} is not valid UTF-8 text: {exc}") from None
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+@final
+class _Rows(LateOperation):
+    """The outbox rows of one scope, accumulated by ``publish`` in call order (a savepoint
+    rolled back takes its rows out); at precommit, after the other operations (which may
+    publish too), handed to the scope as one INSERT sent in COMMIT's own message."""
+
+    __slots__ = ("_notify", "_tx")
+
+    def __init__(self, tx: AsyncpgTransaction, notify: bool) -> None:
+        super().__init__()
+        self._tx, self._notify = tx, notify
+
+    async def precommit(self) -> None:
+        rows: list[str] = self.values
+        if rows:
+            notify = _NOTIFY if self._notify else ""
+            self._tx.send_with_commit(f"{_INSERT}{', '.join(rows)};{notify}")
+
+
+@dataclass(frozen=True, slots=True)
+class _RowsOf:
+    """The factory of a scope's ``_Rows``: equal for one scope (what ``accumulate`` asks)."""
+
+    tx: AsyncpgTransaction
+    notify: bool
+
+    def __call__(self) -> _Rows:
+        return _Rows(self.tx, self.notify)
 
 
 def check_subject(subject: str) -> str:
@@ -90,7 +135,7 @@ class Outbox:
     turning it off only delays delivery by up to their poll interval.
     """
 
-    __slots__ = ("_allowed", "_bus", "_headers", "_insert", "_specs", "subject_prefix")
+    __slots__ = ("_allowed", "_bus", "_headers", "_notify", "_specs", "subject_prefix")
 
     def __init__(
         self,
@@ -106,7 +151,7 @@ class Outbox:
         self._bus: Final = bus
         self.subject_prefix: Final = check_subject(subject_prefix)
         self._headers: Final = headers
-        self._insert: Final = _INSERT_NOTIFY if notify else _INSERT
+        self._notify: Final = bool(notify)
         self._specs: dict[str, EventSpec] = {}
         self._allowed: Final = None if events is None else frozenset(events)
         for name in self._allowed or ():
@@ -145,14 +190,19 @@ class Outbox:
         key: str | None = None,
         subject: str | None = None,
     ) -> str:
-        """Write the event ``name`` with ``payload`` to the outbox in ``tx``; return its
+        """Mark the event ``name`` with ``payload`` for publication in ``tx``; return its
         message id.
 
-        Refused at the call, before anything is written: an undeclared name
+        Refused at the call, before anything is kept: an undeclared name
         (``UnknownEventError`` with the closest names), a payload that is not the struct
-        declared for it (``TypeError``), a subject that is not one (``ValueError``), a scope
-        that is not open (``TransactionStateError``). ``key`` is the ordering key (kept in
-        the row for consumers that order by key); ``subject`` overrides the default one.
+        declared for it (``TypeError``), a subject that is not one or text PostgreSQL refuses
+        (a NUL character: ``ValueError``), a scope that is not open or is read-only
+        (``TransactionStateError``). ``key`` is the ordering key (kept in the row for
+        consumers that order by key); ``subject`` overrides the default one.
+
+        The row is sent with the scope's COMMIT, in the same message: a savepoint rolled back
+        takes it away, and what only the server can refuse (the table missing, a privilege)
+        is raised at the end of the scope, which then rolls back.
         """
         spec = self._spec(name)
         data = encode_payload(spec, payload)
@@ -165,12 +215,23 @@ class Outbox:
             raise TransactionStateError(
                 f"publish() needs an open scope; this one is {tx.state.name.lower()}"
             )
-        headers = "{}"
+        if tx.options.readonly:
+            raise TransactionStateError("publish() needs a scope that writes; this one is readonly")
+        headers = "'{}'"
         if self._headers is not None:
-            headers = _headers_encoder.encode(dict(self._headers())).decode()
-        (row,) = await tx.connection.fetch(self._insert, target, name, data, headers, key)
-        # the row's transaction id is the scope's: it commits with a plain COMMIT, and a lost
-        # COMMIT's outcome is still found (as after the store's inserts)
-        tx.note_transaction_id(row[1])
-        msg_id: str = row[0]
+            given = dict(self._headers())
+            for item in (*given, *given.values()):
+                if isinstance(item, str) and "\x00" in item:
+                    raise ValueError(f"header {item!r} holds a NUL character, which jsonb refuses")
+            headers = _text(_headers_encoder.encode(given).decode(), "the headers")
+        msg_id = str(uuid.uuid4())
+        row = (
+            f"('{msg_id}', {_text(target, 'subject')}, {_text(name, 'event name')}, "
+            f"E'\\\\x{data.hex()}'::bytea, {headers}::jsonb, "
+            f"{'NULL' if key is None else _text(key, 'ordering key')})"
+        )
+        if not tx.begun:
+            await tx.begin()  # the rows go with COMMIT: the transaction must have begun
+        rows = _RowsOf(tx, self._notify)
+        tx.accumulate(rows, row, rows, list)
         return msg_id

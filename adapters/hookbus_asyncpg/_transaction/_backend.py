@@ -47,7 +47,7 @@ class AsyncpgBackend:
     role may not run a DO block (plpgsql not granted), the id is asked with a round trip.
     """
 
-    __slots__ = ("_home", "_options", "_pool", "connection", "lazy", "xid")
+    __slots__ = ("_home", "_options", "_pool", "connection", "lazy", "with_commit", "xid")
 
     def __init__(
         self,
@@ -73,6 +73,8 @@ class AsyncpgBackend:
         self.lazy = connection is None
         #: The transaction's id, once a write told it (``know_xid``): COMMIT then carries none.
         self.xid: str | None = None
+        #: Statements sent in COMMIT's own message, before it (``send_with_commit``).
+        self.with_commit = ""
 
     @property
     def options(self) -> TransactionOptions:
@@ -108,41 +110,60 @@ class AsyncpgBackend:
         returned it: the COMMIT then sends nothing to carry it (a plain COMMIT)."""
         self.xid = xid
 
+    def send_with_commit(self, statements: str) -> None:
+        """Send ``statements`` (SQL ending with ``;``, literals only) in COMMIT's own message,
+        before COMMIT (and before the notice that carries the transaction's id).
+
+        If one of them fails, COMMIT does not run: the transaction is rolled back (ROLLBACK
+        is sent) and their error is what ``commit`` raises.
+        """
+        self.with_commit += statements
+
     async def commit(self) -> CommitOutcome:
         """Send COMMIT and read its answer; find the outcome out if the connection drops.
 
         The transaction's id, needed to ask the outcome of a COMMIT whose connection was
         lost, comes from the scope's first write where the store wrote it (``know_xid``);
-        otherwise it is carried by a NOTICE sent in the COMMIT's own round trip.
+        otherwise it is carried by a NOTICE sent in the COMMIT's own round trip, after the
+        statements sent with COMMIT (``send_with_commit``), which may be what writes first.
         """
         conn = self.connection
         if not _is_usable(conn):
             # Lost before COMMIT was sent (the loss was seen meanwhile): the server rolls back.
             raise asyncpg.InterfaceError("the connection was lost before COMMIT was sent")
+        first = self.with_commit
         if not self._options.find_outcome:
-            return await self._commit(conn, "COMMIT", NOT_RECEIVED)
+            return await self._commit(conn, f"{first}COMMIT", NOT_RECEIVED)
         if self.xid is not None:
-            return await self._commit(conn, "COMMIT", self.xid)
+            return await self._commit(conn, f"{first}COMMIT", self.xid)
         if _NO_DO_BLOCK and conn.get_server_pid() in _NO_DO_BLOCK:
-            return await self._commit_asking_xid(conn)
+            return await self._commit_asking_xid(conn, first)
         notice = XidNotice()
         conn.add_log_listener(notice)
         try:
-            status = await conn.execute(notice.statement)
+            status = await conn.execute(first + notice.statement)
         except asyncpg.InFailedSQLTransactionError:
-            # A SQL error was swallowed inside the scope: SAVEPOINT was refused and COMMIT
-            # never ran. COMMIT now ends the transaction, which PostgreSQL answers ROLLBACK.
+            # A SQL error was swallowed inside the scope: the first statement was refused and
+            # COMMIT never ran. COMMIT now ends the transaction, answered ROLLBACK.
             return await self._commit(conn, "COMMIT", NOT_RECEIVED)
-        except (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedObjectError):
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedObjectError) as exc:
             if not (_is_usable(conn) and conn.is_in_transaction()):
                 raise  # COMMIT itself failed (a deferred trigger's error): rolled back
             # The DO block was refused (plpgsql not granted): the savepoint kept the
-            # transaction; undo the refused part, and ask the id with a round trip.
+            # transaction; undo the refused part, and ask the id with a round trip. (Unless
+            # a statement sent with COMMIT was refused, before the savepoint was set.)
+            try:
+                await conn.execute(
+                    "ROLLBACK TO SAVEPOINT hookbus_xid; RELEASE SAVEPOINT hookbus_xid"
+                )
+            except asyncpg.InvalidSavepointSpecificationError:
+                await self._refused_before_commit(conn)
+                raise exc from None
             _remember_no_do_block(conn.get_server_pid())
-            await conn.execute("ROLLBACK TO SAVEPOINT hookbus_xid; RELEASE SAVEPOINT hookbus_xid")
-            return await self._commit_asking_xid(conn)
+            return await self._commit_asking_xid(conn, "")  # the statements before it ran
         except Exception as exc:
             if _not_lost_in_commit(conn, exc):
+                await self._refused_before_commit(conn)
                 raise  # refused (by the server, which has rolled back), or never sent
             if notice.xid is NOT_RECEIVED and _ended_by_the_server(exc):
                 # The server itself said it ended the session (pg_terminate_backend, a
@@ -159,11 +180,19 @@ class AsyncpgBackend:
                 conn.remove_log_listener(notice)
         return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
 
-    async def _commit_asking_xid(self, conn: Connection) -> CommitOutcome:
+    async def _commit_asking_xid(self, conn: Connection, first: str) -> CommitOutcome:
+        """Ask the id with a round trip, then COMMIT; ``first``, the statements sent with
+        COMMIT that have not run yet, are sent before it (they may be what writes first)."""
         try:
+            if first:
+                await conn.execute(first)
             xid: str | None = await conn.fetchval(ASK_XID)
         except asyncpg.InFailedSQLTransactionError:
             return await self._commit(conn, "COMMIT", NOT_RECEIVED)  # answered ROLLBACK
+        except Exception as exc:
+            if _not_lost_in_commit(conn, exc):
+                await self._refused_before_commit(conn)
+            raise
         # (A connection lost here is lost before COMMIT: the error says the server rolled back.)
         return await self._commit(conn, "COMMIT", xid)
 
@@ -172,9 +201,24 @@ class AsyncpgBackend:
             status = await conn.execute(statement)
         except Exception as exc:
             if _not_lost_in_commit(conn, exc):
+                if isinstance(exc, asyncpg.InFailedSQLTransactionError) and statement != "COMMIT":
+                    # A statement sent with COMMIT was refused: an error was swallowed inside
+                    # the scope. COMMIT now ends the transaction, answered ROLLBACK.
+                    return await self._commit(conn, "COMMIT", NOT_RECEIVED)
+                await self._refused_before_commit(conn)
                 raise  # refused (by the server, which has rolled back), or never sent
             return await find_outcome(xid, exc, self._options, self._pool)
         return CommitOutcome.COMMITTED if status == "COMMIT" else CommitOutcome.ABORTED
+
+    async def _refused_before_commit(self, conn: Connection) -> None:
+        """After an error raised before COMMIT ran (a statement sent with it was refused, so
+        the rest of the message was skipped): ROLLBACK the transaction left open. A refused
+        COMMIT has ended it already; the error raised is the refusal either way."""
+        if self.with_commit and _is_usable(conn) and conn.is_in_transaction():
+            try:
+                await conn.execute("ROLLBACK")
+            except Exception:
+                logger.warning("ROLLBACK failed; the server ends the transaction", exc_info=True)
 
     @property
     def holds_pooled(self) -> bool:

@@ -43,7 +43,7 @@ class SavepointBackend:
     ``TransactionStateError`` saying so.
     """
 
-    __slots__ = ("_name", "_open", "_statements", "connection", "options")
+    __slots__ = ("_name", "_open", "_statements", "connection", "options", "with_commit")
 
     def __init__(
         self,
@@ -58,6 +58,13 @@ class SavepointBackend:
         self._open = open_scopes
         # SAVEPOINT, RELEASE and ROLLBACK TO, and the check of their names, said once.
         self._statements = AsyncpgBackend(connection)
+        #: Statements sent in the RELEASE's message, before it (``send_with_commit``).
+        self.with_commit = ""
+
+    def send_with_commit(self, statements: str) -> None:
+        """Send ``statements`` in the message that stands for COMMIT, before it; if one of
+        them fails, the savepoint is rolled back and their error is what ``commit`` raises."""
+        self.with_commit += statements
 
     def know_xid(self, xid: str) -> None:
         """A write's transaction id: of no use here (the test's transaction never commits)."""
@@ -82,7 +89,9 @@ class SavepointBackend:
         """Check the deferred constraints and release the savepoint."""
         self._end()
         try:
-            await self.connection.execute(f'{_CHECK}RELEASE SAVEPOINT "{self._name}"')
+            await self.connection.execute(
+                f'{self.with_commit}{_CHECK}RELEASE SAVEPOINT "{self._name}"'
+            )
         except asyncpg.InFailedSQLTransactionError:
             await self._statements.rollback_to(self._name)
             return CommitOutcome.ABORTED

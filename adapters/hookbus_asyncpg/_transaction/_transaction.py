@@ -91,6 +91,18 @@ class AsyncpgTransaction(Transaction):
         """
         self._pg.know_xid(xid)
 
+    def send_with_commit(self, statements: str) -> None:
+        """Send ``statements`` (complete SQL statements, each ending with ``;``, literals
+        only: no parameters) in COMMIT's own message, just before COMMIT: no round trip of
+        their own. ``Outbox.publish`` sends its rows so.
+
+        They run after every precommit. If one fails, COMMIT does not run: the transaction
+        rolls back (the rollback path: ``revertprecommit``, ``rollback``) and their error is
+        raised at the end of the scope. The transaction's id still travels with COMMIT (a
+        lost COMMIT's outcome is found), after them.
+        """
+        self._pg.send_with_commit(statements)
+
     def _runs_on(self, source: object) -> bool:
         """Tell whether ``source`` is this scope's connection (or its lazy stand-in)."""
         return source is not None and (source is self._pg.connection or source is self._lazy)
