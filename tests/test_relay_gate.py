@@ -76,7 +76,8 @@ async def test_a_transaction_of_another_database_never_holds_the_relay_back(
     ended = False
     try:
         await here.connection.execute("SET application_name = 'this-database'")
-        await outbox.publish(here, "order_placed", OrderPlaced(2))  # the lower xid
+        await outbox.publish(here, "order_placed", OrderPlaced(2))  # written at its COMMIT
+        await here.connection.fetchval("SELECT pg_current_xact_id()")  # the lower xid
         # committed beside the open scope (a plain scope here would be a savepoint of it)
         async with hookbus_asyncpg.transaction(outbox_pool, independent=True) as tx:
             await outbox.publish(tx, "order_placed", OrderPlaced(1))
