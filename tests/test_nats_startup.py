@@ -12,17 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
-import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,6 +24,7 @@ import pytest
 import pytest_asyncio
 from _nats import Stream, make_stream
 from _nats_consumer_fleet import consume_command, hookbus_command, worker_env
+from _nats_server import Server, connect, nats_fixture  # noqa: F401 (the fixture nats)
 from _outbox import install_outbox, shop_bus
 from hookbus_asyncpg import Outbox
 from hookbus_nats import (
@@ -41,60 +35,8 @@ from hookbus_nats import (
     RelayState,
     create_inbox,
 )
-from hookbus_nats.testing import server_binary
 from nats.errors import NoRespondersError
-from test_relay_faults import connect, publish, until
-
-
-class Server:
-    """A ``nats-server`` of the test's own on a fixed port, started and killed by its pid."""
-
-    def __init__(self) -> None:
-        self.port, self.monitor = free_port(), free_port()
-        self.storage = tempfile.mkdtemp(prefix="hookbus-nats-start-")
-        self.log = Path(self.storage) / "server.log"
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, *, jetstream: bool) -> None:
-        """Start it, and return once it says it is ready (or fail if it exits first: a
-        client's first connection would otherwise try for ever)."""
-        self.kill()
-        command = [server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
-        command += ["-m", str(self.monitor)]
-        if jetstream:
-            command += ["-js", "-sd", self.storage]
-        seen = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while b"Server is ready" not in self.log.read_bytes()[seen:]:
-            said = self.log.read_bytes()[seen:].decode(errors="replace")
-            if self.process.poll() is not None:
-                raise AssertionError(f"nats-server exited at start: {said}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nats-server not ready after 30 s: {said}")
-            time.sleep(0.02)  # a process offers nothing to await
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-
-def free_port() -> int:
-    """A port free now, below the kernel's ephemeral ports (32768 and up): the server is
-    restarted on it, and an ephemeral port may meanwhile become another connection's."""
-    for _ in range(500):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port in 20000-32000")
+from test_relay_faults import publish, until
 
 
 async def subscriptions(server: Server, nc: Any) -> list[str]:
@@ -117,16 +59,6 @@ async def ready_for_requests(nc: Any) -> None:
 async def inbox(pool: asyncpg.Pool) -> None:
     """The consumers' inbox table, in the module's database (its plugin installed by hand)."""
     await create_inbox(pool)
-
-
-@pytest.fixture
-def nats() -> Iterator[Server]:
-    made = Server()
-    try:
-        yield made
-    finally:
-        made.kill()
-        shutil.rmtree(made.storage, ignore_errors=True)
 
 
 async def a_stream_then_no_jetstream(nats: Server) -> Stream:

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 
 import asyncpg
 import hookbus_asyncpg
-import nats
 import pytest
 import pytest_asyncio
 from _nats import Stream, make_stream
+from _nats_server import Server, connect, nats_fixture  # noqa: F401 (the fixture nats)
 from _outbox import OrderPlaced, install_outbox, shop_bus
 from hookbus_asyncpg import Outbox
 from hookbus_nats import Relay, RelayState, UnorderedRelay
-from hookbus_nats.testing import server_binary
 from nats.js import JetStreamContext
 
 from hookbus import Bus
@@ -90,40 +85,13 @@ async def test_a_killed_listening_connection_is_noticed_and_opened_again(
         await asyncio.wait_for(task, 15)
 
 
-def start_server(port: int, storage: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", storage],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-async def connect(url: str) -> nats.NATS:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            return await nats.connect(
-                url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, connect_timeout=1
-            )
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)  # a process offers nothing to await
-
-
 @pytest.mark.parametrize("kind", [Relay, UnorderedRelay])
 async def test_while_nats_is_gone_the_relay_backs_off_then_delivers_each_event_once(
-    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, kind: type[Relay | UnorderedRelay]
+    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, kind: type[Relay | UnorderedRelay], nats: Server
 ) -> None:
-    storage = tempfile.mkdtemp(prefix="hookbus-nats-fault-")
-    with socket.socket() as probe:  # a free port, kept for the server's restart
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"nats://127.0.0.1:{port}"
-    server = start_server(port, storage)
-    nc = None
+    nats.start(jetstream=True)
+    nc = await connect(nats.url)
     try:
-        nc = await connect(url)
         js = nc.jetstream()
         stream = await make_stream(js)
         outbox = Outbox(bus, subject_prefix=stream.prefix)
@@ -134,8 +102,7 @@ async def test_while_nats_is_gone_the_relay_backs_off_then_delivers_each_event_o
         try:
             await publish(outbox_pool, outbox, 1)
             await until(lambda: relay.stats().published == 1, "the first event published")
-            server.kill()
-            server.wait()
+            nats.kill()
             await publish(outbox_pool, outbox, 2, 3)
             await until(lambda: relay.stats().retries >= 2, "the relay backs off")
             down = time.monotonic()
@@ -144,7 +111,7 @@ async def test_while_nats_is_gone_the_relay_backs_off_then_delivers_each_event_o
             assert relay.stats().retries - retries <= 2 / 0.4 + 1  # no busy loop
             assert relay.stats().published == 1
             assert relay.stats().state in (RelayState.RELAYING, RelayState.BACKING_OFF)
-            server = start_server(port, storage)
+            nats.start(jetstream=True)  # on the same port, with the same storage
             await until(lambda: relay.stats().published == 3, "delivered once NATS is back")
             assert time.monotonic() - down > 2
         finally:
@@ -153,11 +120,7 @@ async def test_while_nats_is_gone_the_relay_backs_off_then_delivers_each_event_o
         info = await js.stream_info(stream.name)
         assert info.state.messages == 3  # re-sends during the outage dropped as duplicates
     finally:
-        if nc is not None:
-            await nc.close()
-        server.kill()
-        server.wait()
-        shutil.rmtree(storage, ignore_errors=True)
+        await nc.close()
 
 
 async def test_a_failed_batch_leaves_no_future_unretrieved(
