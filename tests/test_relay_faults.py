@@ -1,11 +1,17 @@
-"""The relay when its surroundings fail: the listening connection killed, NATS gone."""
+"""The relay when its surroundings fail: the listening connection killed, NATS gone.
+
+The module runs on a PostgreSQL of its own (embedded): the relay reads rows only below the
+xmin of the whole server, so on a shared server another client's open transaction holds the
+relay back for as long as that client keeps it (69 s seen on a loaded machine), and a test
+that waits for a NOTIFY to wake the relay would wait on that client.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import asyncpg
 import hookbus_asyncpg
@@ -15,10 +21,21 @@ from _nats import Stream, make_stream
 from _nats_server import Server, connect, nats_fixture  # noqa: F401 (the fixture nats)
 from _outbox import OrderPlaced, install_outbox, shop_bus
 from hookbus_asyncpg import Outbox
+from hookbus_asyncpg.testing import ServerChoice
 from hookbus_nats import Relay, RelayState, UnorderedRelay
+from hookbus_nats import _relay as relay_module
+from hookbus_nats import _relay_sql as relay_sql
+from hookbus_nats._relay_sql import Cursor
 from nats.js import JetStreamContext
 
 from hookbus import Bus
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """An embedded PostgreSQL for the module, in place of the session's (see above)."""
+    with ServerChoice(None, "the module's own").start() as dsn:
+        yield dsn
 
 
 @pytest.fixture
@@ -49,9 +66,11 @@ async def until(check: Callable[[], bool], what: str, seconds: float = 60) -> No
 
 
 async def listener_pid(pool: asyncpg.Pool) -> int | None:
+    """The relay's listening connection: its last statement is the LISTEN, or the probe that
+    follows every 10 s (``SELECT 1``; the relay's pool never sends it)."""
     pid: int | None = await pool.fetchval(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND query LIKE 'LISTEN%'"
+        "AND (query LIKE 'LISTEN%' OR query = 'SELECT 1')"
     )
     return pid
 
@@ -80,6 +99,41 @@ async def test_a_killed_listening_connection_is_noticed_and_opened_again(
             await asyncio.sleep(0.05)
         await publish(outbox_pool, outbox, 2)
         await until(lambda: relay.stats().published == 2, "woken by the new connection")
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def test_rows_whose_holder_ends_between_the_read_and_the_look_are_read_at_once(
+    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, stream: Stream,
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Woken by the NOTIFY, the relay reads nothing (an open transaction holds the row back
+    # behind xmin); the holder ends before the relay's look, which then finds nothing held.
+    # Polling every 5 minutes: only the look's count of readable rows gets the row read.
+    holder = conn
+    await holder.execute("BEGIN")
+    await holder.fetchval("SELECT pg_current_xact_id()")  # an xid: it holds back xmin
+    real_look = relay_sql.look
+    ended: list[int] = []
+
+    async def holder_ends_first(conn: asyncpg.Connection, cursor: Cursor) -> tuple[object, int]:
+        held, readable = await real_look(conn, cursor)
+        if held is not None and not ended:  # the row was read behind the holder
+            await holder.execute("COMMIT")
+            ended.append(readable)
+            held, readable = await real_look(conn, cursor)
+        return held, readable
+
+    monkeypatch.setattr(relay_module, "look", holder_ends_first)
+    outbox = Outbox(bus, subject_prefix=stream.prefix)
+    relay = Relay(dsn, jetstream, stream=stream.name, poll_interval=300)
+    task = asyncio.create_task(relay.run())
+    try:
+        await until(lambda: relay.stats().listening, "the relay listens")
+        await publish(outbox_pool, outbox, 1)
+        await until(lambda: relay.stats().published == 1, "the row read once its holder ended")
+        assert ended == [0]  # the look that found it held: nothing readable yet
     finally:
         relay.stop()
         await asyncio.wait_for(task, 15)

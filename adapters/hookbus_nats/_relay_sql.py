@@ -24,6 +24,7 @@ __all__ = [
     "cursor_of",
     "holdback",
     "load_cursor",
+    "look",
     "mark_sent",
     "next_xid",
     "read_batch",
@@ -109,10 +110,12 @@ WHERE (xid, id) > ($1::text::xid8, $2) AND xid < pg_snapshot_xmin(pg_current_sna
 ORDER BY xid, id
 LIMIT $3"""
 _NEXT_XID: Final = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric::bigint"
-# Committed rows past the cursor at or above xmin: visible (so committed), yet not readable.
+# Committed rows past the cursor at or above xmin: visible (so committed), yet not readable;
+# and those below it, readable now (a holder that ended since the relay's last read).
 _HELD: Final = """\
-SELECT count(*) FROM hookbus_outbox
-WHERE (xid, id) > ($1::text::xid8, $2) AND xid >= pg_snapshot_xmin(pg_current_snapshot())"""
+SELECT count(*) FILTER (WHERE xid >= horizon), count(*) FILTER (WHERE xid < horizon)
+FROM hookbus_outbox, pg_snapshot_xmin(pg_current_snapshot()) AS horizon
+WHERE (xid, id) > ($1::text::xid8, $2)"""
 _OLDEST: Final = """\
 SELECT pid, now() - xact_start, state, application_name, left(query, 200), NULL::text
 FROM pg_stat_activity
@@ -173,13 +176,20 @@ async def next_xid(conn: Any) -> int:
 
 async def holdback(conn: Any, cursor: Cursor) -> Holdback | None:
     """What holds committed rows back from the relay, or ``None`` when nothing does."""
-    held: int = await conn.fetchval(_HELD, str(cursor.xid), cursor.id)
+    held, _ = await look(conn, cursor)
+    return held
+
+
+async def look(conn: Any, cursor: Cursor) -> tuple[Holdback | None, int]:
+    """What holds committed rows back (as ``holdback``), and how many rows past ``cursor`` are
+    readable now: a read that found none may have been made just before their holder ended."""
+    held, readable = await conn.fetchrow(_HELD, str(cursor.xid), cursor.id)
     if not held:
-        return None
+        return None, readable
     oldest = await conn.fetchrow(_OLDEST)
     if oldest is None:
-        return Holdback(held, None, None, None, None, None)
-    return Holdback(held, *oldest)
+        return Holdback(held, None, None, None, None, None), readable
+    return Holdback(held, *oldest), readable
 
 
 async def cleanup(conn: Any, retention: timedelta, limit: int = 10_000) -> int:
