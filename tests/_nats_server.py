@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -36,12 +37,17 @@ class Server:
         self.url = f"nats://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, jetstream: bool) -> None:
-        """Start it, and return once it says it is ready (or fail if it exits first: a
-        client's first connection would otherwise try for a minute)."""
+    def start(self, *, jetstream: bool, config: str | None = None) -> None:
+        """Start it (with the configuration file text ``config``, if given), and return once
+        it says it is ready (or fail if it exits first: a client's first connection would
+        otherwise try for a minute)."""
         self.kill()
         command = [server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
         command += ["-m", str(self.monitor)]
+        if config is not None:
+            path = Path(self.storage) / "server.conf"
+            path.write_text(config)
+            command += ["-c", str(path)]
         if jetstream:
             command += ["-js", "-sd", self.storage]
         seen = self.log.stat().st_size if self.log.exists() else 0
@@ -89,12 +95,17 @@ def free_port() -> int:
     raise AssertionError("no free port in 20000-32000")
 
 
-async def connect(url: str) -> nats.NATS:
+async def connect(url: str, **options: Any) -> nats.NATS:
     """A client of a server that is ready (``Server.start`` returned): its first connection is
-    tried twice, then fails the test; once connected it reconnects ``RECONNECTS`` times."""
+    tried twice, then fails the test; once connected it reconnects ``RECONNECTS`` times.
+    ``options`` go to ``nats.connect``."""
     try:
         nc = await nats.connect(
-            url, max_reconnect_attempts=1, reconnect_time_wait=RECONNECT_WAIT, connect_timeout=5
+            url,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=RECONNECT_WAIT,
+            connect_timeout=5,
+            **options,
         )
     except Exception as exc:
         raise AssertionError(f"no NATS server answers at {url}: {exc!r}") from exc

@@ -29,19 +29,21 @@ from _outbox import install_outbox, shop_bus
 from hookbus_asyncpg import Outbox
 from hookbus_nats import (
     Consumer,
+    ConsumerError,
     ConsumerState,
     JetStreamNotReadyError,
     Relay,
     RelayState,
     create_inbox,
 )
+from hookbus_nats._consumer_advisory import flushed
 from nats.errors import NoRespondersError
 from test_relay_faults import publish, until
 
 
 async def subscriptions(server: Server, nc: Any) -> list[str]:
     """The subjects ``server`` holds subscribed for ``nc``'s connection, sorted."""
-    await nc.flush()  # the server has read every SUB and UNSUB sent so far
+    await flushed(nc)  # the server has read every SUB and UNSUB sent so far
     url = f"http://127.0.0.1:{server.monitor}/connz?subs=1&cid={nc.client_id}"
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
     [connection] = json.loads(body)["connections"]
@@ -333,3 +335,75 @@ async def test_a_consumer_that_ran_and_stopped_leaves_no_subscription_behind(
         assert await subscriptions(nats, nc) == before
     finally:
         await nc.close()
+
+
+# A user who may do everything but subscribe to JetStream's advisories.
+NO_ADVISORIES = """
+authorization {
+  users = [
+    {user: worker, password: secret, permissions: {
+      publish: {allow: [">"]},
+      subscribe: {allow: [">"], deny: ["$JS.EVENT.ADVISORY.>"]}
+    }}
+  ]
+}
+"""
+
+
+async def test_a_consumer_refused_the_advisory_fails_to_start_with_nothing_bound(
+    nats: Server, pool: asyncpg.Pool
+) -> None:
+    # The server refuses the SUB after the pull subscription is bound; nats-py's subscribe
+    # returns before the refusal comes, which goes to the connection's error callback.
+    nats.start(jetstream=True, config=NO_ADVISORIES)
+    reported: list[Exception] = []
+
+    async def error_cb(exc: Exception) -> None:
+        reported.append(exc)
+
+    nc = await connect(nats.url.replace("//", "//worker:secret@"), error_cb=error_cb)
+    try:
+        stream = (await make_stream(nc.jetstream())).name
+        before = await subscriptions(nats, nc)
+        consumer = Consumer(shop_bus(), pool, nc, name="refused", stream=stream,
+                            dead_letter_stream=f"{stream}_DEAD",
+                            dead_letter_prefix=f"{stream.lower()}dead")  # fmt: skip
+        advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.refused"
+        said = re.escape(f"consumer 'refused': the NATS server refused the subscription to "
+                         f"{advisory} (nats: permissions violation")  # fmt: skip
+        with pytest.raises(ConsumerError, match=said):
+            await asyncio.wait_for(consumer.start(), 60)
+        assert consumer.state is ConsumerState.FAILED
+        assert nc.is_connected  # the caller's connection, as it was
+        assert await subscriptions(nats, nc) == before  # the pull subscription unsubscribed
+        assert [str(exc) for exc in reported] == [
+            f'nats: permissions violation for subscription to "{advisory.lower()}"'
+        ]
+    finally:
+        await nc.close()
+
+
+async def test_the_consume_command_refused_the_advisory_exits_with_one_line(
+    nats: Server, dsn: str
+) -> None:
+    nats.start(jetstream=True, config=NO_ADVISORIES)
+    url = nats.url.replace("//", "//worker:secret@")
+    nc = await connect(url)
+    try:
+        stream = (await make_stream(nc.jetstream())).name
+    finally:
+        await nc.close()
+
+    class Named:
+        name, dead_stream, dead_prefix = stream, f"{stream}_DEAD", f"{stream.lower()}dead"
+
+    command = consume_command("_nats_consumer_app:bus", url, Named(), "refused")
+    env = worker_env(dsn, HOOKBUS_TEST_PROJECTION="unused")
+    done = await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    [said] = [line for line in done.stderr.splitlines() if "refused the subscription" in line]
+    assert "consume: consumer 'refused': the NATS server refused the subscription" in said
+    assert "secret" not in done.stderr
