@@ -34,6 +34,7 @@ logger: Final = logging.getLogger("hookbus")
 _SECRET: Final = os.urandom(8).hex()
 _NONCES: Final = itertools.count()
 
+# No pg_catalog. prefix: it is searched first unless a search_path deliberately lists it later.
 #: The transaction's id, asked with a round trip (where the DO block is refused).
 ASK_XID: Final = "SELECT pg_current_xact_id_if_assigned()::text"
 _XACT_STATUS: Final = "SELECT pg_xact_status($1::text::xid8)"
