@@ -58,10 +58,11 @@ Xid: TypeAlias = "str | _NotReceived | None"
 class XidNotice:
     """A log listener that catches the first NOTICE carrying this COMMIT's nonce.
 
-    ``xid`` is the transaction's id, ``None`` if it had none (it wrote nothing), or
-    ``NOT_RECEIVED``. ``statement`` sends the notice, then COMMIT. Its nonce is the process's
-    secret and a count: no two COMMITs of the process share it. The DO block runs inside a
-    savepoint, so that where it is refused the transaction survives and can still commit.
+    ``xid`` is the transaction's id, ``None`` if it had none yet (it wrote no row; a NOTIFY
+    takes its id during COMMIT), or ``NOT_RECEIVED``. ``statement`` sends the notice, then
+    COMMIT. Its nonce is the process's secret and a count: no two COMMITs of the process
+    share it. The DO block runs inside a savepoint, so that where it is refused the
+    transaction survives and can still commit.
     """
 
     __slots__ = ("_prefix", "statement", "xid")
@@ -111,7 +112,9 @@ async def find_outcome(
     if xid is None:
         raise CommitOutcomeUnknownError(
             "the connection was lost during COMMIT of a transaction that had no transaction "
-            "id (it wrote nothing); its outcome is unknown; neither postcommit nor rollback ran"
+            "id before COMMIT (it wrote no row; a NOTIFY it sent takes its id during COMMIT and "
+            "is delivered only if it committed); its outcome is unknown; neither postcommit "
+            "nor rollback ran"
         ) from lost
     assert isinstance(xid, str)
     if pool is None:
