@@ -128,7 +128,7 @@ async def test_cancelled_in_the_body_rolls_back_and_propagates(db: asyncpg.Pool)
     assert await ids(db) == []
 
 
-@pytest.mark.parametrize("limit", ["fail_after", "move_on_after"])
+@pytest.mark.parametrize("limit", ["fail_after", "move_on_after", "asyncio.timeout"])
 async def test_a_timeout_around_the_scope_does_not_cut_its_rollback_operations_short(
     db: asyncpg.Pool, limit: str
 ) -> None:
@@ -147,12 +147,18 @@ async def test_a_timeout_around_the_scope_does_not_cut_its_rollback_operations_s
                 )
                 await conn.execute("SELECT pg_advisory_unlock($1)", LOCK)
 
+    async def in_scope() -> None:
+        async with hookbus_asyncpg.transaction(db) as tx:
+            tx.add(WaitsInRollback())
+            await tx.connection.execute("INSERT INTO items VALUES (1)")
+            await asyncio.Event().wait()  # the deadline passes here
+
     async def scope() -> bool:
+        if limit == "asyncio.timeout":
+            async with asyncio.timeout(0.05):
+                await in_scope()
         with getattr(anyio, limit)(0.05) as deadline:
-            async with hookbus_asyncpg.transaction(db) as tx:
-                tx.add(WaitsInRollback())
-                await tx.connection.execute("INSERT INTO items VALUES (1)")
-                await asyncio.Event().wait()  # the deadline passes here
+            await in_scope()
         return deadline.cancelled_caught
 
     async with holding_lock(db, LOCK):
@@ -164,7 +170,7 @@ async def test_a_timeout_around_the_scope_does_not_cut_its_rollback_operations_s
         assert came and not task.done(), f"the rollback operation never waited: {log}"
         await wait_until_blocked_on_lock(db, waiting.result())  # the deadline is long past
         assert not task.done()
-    if limit == "fail_after":
+    if limit != "move_on_after":
         with pytest.raises(TimeoutError):
             await task
     else:
