@@ -155,7 +155,9 @@ async def _add_stream(js: object, within: float = 60.0, **config: object) -> Non
 async def cluster_stream_fixture(cluster: NatsCluster) -> AsyncIterator[Stream]:
     """A stream and a dead-letter stream, each with three replicas, deleted after."""
     tag = secrets.token_hex(4)
-    nc = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    # A finite budget (300 rounds 0.2 s apart: a minute with no server up), not -1: a cluster
+    # gone for good fails the test rather than holding it for ever.
+    nc = await nats.connect(cluster.urls, max_reconnect_attempts=300, reconnect_time_wait=0.2)
     js = nc.jetstream(timeout=10)
     made = Stream(nc, js, f"T_{tag}", f"t{tag}", f"T_{tag}_DEAD", f"t{tag}dead")
     await _add_stream(js, name=made.name, subjects=[f"{made.prefix}.>"], max_age=3600,

@@ -25,6 +25,8 @@ import pytest
 import pytest_asyncio
 from _postgres import gate_at_commit, holding_lock, ids, start_gated_commit
 from _recording import Recorded
+from hookbus_asyncpg._transaction._options import TransactionOptions
+from hookbus_asyncpg._transaction._outcome import XidNotice, find_outcome
 
 import hookbus
 from hookbus import CommitOutcomeUnknownError, TransactionAbortedError, TransactionStateError
@@ -288,6 +290,30 @@ async def test_a_notice_from_a_trigger_cannot_pass_for_the_transaction_id(
             await task
     assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
     assert await ids(db, "spoofed") == []
+
+
+async def test_a_scope_that_only_notified_is_not_told_it_wrote_nothing(db: asyncpg.Pool) -> None:
+    # A NOTIFY takes its transaction id during COMMIT: the notice sent just before COMMIT
+    # says the transaction has none, yet that COMMIT is what delivers the notification.
+    heard = asyncio.Event()
+
+    def hear(*_: object) -> None:
+        heard.set()
+
+    async with db.acquire() as listener, db.acquire() as conn:
+        await listener.add_listener("hookbus_only_notified", hear)
+        notice = XidNotice()
+        conn.add_log_listener(notice)
+        await conn.execute("BEGIN; NOTIFY hookbus_only_notified")
+        await conn.execute(notice.statement)  # the scope's COMMIT, the notice first
+        await asyncio.wait_for(heard.wait(), 30)
+        conn.remove_log_listener(notice)
+        await listener.remove_listener("hookbus_only_notified", hear)
+    assert notice.xid is None
+    with pytest.raises(CommitOutcomeUnknownError) as lost:
+        await find_outcome(notice.xid, OSError("lost"), TransactionOptions(), db)
+    assert "wrote nothing" not in str(lost.value)
+    assert "a NOTIFY it sent takes its id during COMMIT" in str(lost.value)
 
 
 async def test_a_lost_transaction_id_is_not_told_as_no_write(db: asyncpg.Pool) -> None:

@@ -12,17 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
-import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,75 +24,26 @@ import pytest
 import pytest_asyncio
 from _nats import Stream, make_stream
 from _nats_consumer_fleet import consume_command, hookbus_command, worker_env
+from _nats_server import Server, connect, nats_fixture  # noqa: F401 (the fixture nats)
 from _outbox import install_outbox, shop_bus
 from hookbus_asyncpg import Outbox
 from hookbus_nats import (
     Consumer,
+    ConsumerError,
     ConsumerState,
     JetStreamNotReadyError,
     Relay,
     RelayState,
     create_inbox,
 )
-from hookbus_nats.testing import server_binary
+from hookbus_nats._consumer_advisory import flushed
 from nats.errors import NoRespondersError
-from test_relay_faults import connect, publish, until
-
-
-class Server:
-    """A ``nats-server`` of the test's own on a fixed port, started and killed by its pid."""
-
-    def __init__(self) -> None:
-        self.port, self.monitor = free_port(), free_port()
-        self.storage = tempfile.mkdtemp(prefix="hookbus-nats-start-")
-        self.log = Path(self.storage) / "server.log"
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, *, jetstream: bool) -> None:
-        """Start it, and return once it says it is ready (or fail if it exits first: a
-        client's first connection would otherwise try for ever)."""
-        self.kill()
-        command = [server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
-        command += ["-m", str(self.monitor)]
-        if jetstream:
-            command += ["-js", "-sd", self.storage]
-        seen = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while b"Server is ready" not in self.log.read_bytes()[seen:]:
-            said = self.log.read_bytes()[seen:].decode(errors="replace")
-            if self.process.poll() is not None:
-                raise AssertionError(f"nats-server exited at start: {said}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nats-server not ready after 30 s: {said}")
-            time.sleep(0.02)  # a process offers nothing to await
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-
-def free_port() -> int:
-    """A port free now, below the kernel's ephemeral ports (32768 and up): the server is
-    restarted on it, and an ephemeral port may meanwhile become another connection's."""
-    for _ in range(500):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port in 20000-32000")
+from test_relay_faults import publish, until
 
 
 async def subscriptions(server: Server, nc: Any) -> list[str]:
     """The subjects ``server`` holds subscribed for ``nc``'s connection, sorted."""
-    await nc.flush()  # the server has read every SUB and UNSUB sent so far
+    await flushed(nc)  # the server has read every SUB and UNSUB sent so far
     url = f"http://127.0.0.1:{server.monitor}/connz?subs=1&cid={nc.client_id}"
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
     [connection] = json.loads(body)["connections"]
@@ -117,16 +61,6 @@ async def ready_for_requests(nc: Any) -> None:
 async def inbox(pool: asyncpg.Pool) -> None:
     """The consumers' inbox table, in the module's database (its plugin installed by hand)."""
     await create_inbox(pool)
-
-
-@pytest.fixture
-def nats() -> Iterator[Server]:
-    made = Server()
-    try:
-        yield made
-    finally:
-        made.kill()
-        shutil.rmtree(made.storage, ignore_errors=True)
 
 
 async def a_stream_then_no_jetstream(nats: Server) -> Stream:
@@ -401,3 +335,75 @@ async def test_a_consumer_that_ran_and_stopped_leaves_no_subscription_behind(
         assert await subscriptions(nats, nc) == before
     finally:
         await nc.close()
+
+
+# A user who may do everything but subscribe to JetStream's advisories.
+NO_ADVISORIES = """
+authorization {
+  users = [
+    {user: worker, password: secret, permissions: {
+      publish: {allow: [">"]},
+      subscribe: {allow: [">"], deny: ["$JS.EVENT.ADVISORY.>"]}
+    }}
+  ]
+}
+"""
+
+
+async def test_a_consumer_refused_the_advisory_fails_to_start_with_nothing_bound(
+    nats: Server, pool: asyncpg.Pool
+) -> None:
+    # The server refuses the SUB after the pull subscription is bound; nats-py's subscribe
+    # returns before the refusal comes, which goes to the connection's error callback.
+    nats.start(jetstream=True, config=NO_ADVISORIES)
+    reported: list[Exception] = []
+
+    async def error_cb(exc: Exception) -> None:
+        reported.append(exc)
+
+    nc = await connect(nats.url.replace("//", "//worker:secret@"), error_cb=error_cb)
+    try:
+        stream = (await make_stream(nc.jetstream())).name
+        before = await subscriptions(nats, nc)
+        consumer = Consumer(shop_bus(), pool, nc, name="refused", stream=stream,
+                            dead_letter_stream=f"{stream}_DEAD",
+                            dead_letter_prefix=f"{stream.lower()}dead")  # fmt: skip
+        advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.refused"
+        said = re.escape(f"consumer 'refused': the NATS server refused the subscription to "
+                         f"{advisory} (nats: permissions violation")  # fmt: skip
+        with pytest.raises(ConsumerError, match=said):
+            await asyncio.wait_for(consumer.start(), 60)
+        assert consumer.state is ConsumerState.FAILED
+        assert nc.is_connected  # the caller's connection, as it was
+        assert await subscriptions(nats, nc) == before  # the pull subscription unsubscribed
+        assert [str(exc) for exc in reported] == [
+            f'nats: permissions violation for subscription to "{advisory.lower()}"'
+        ]
+    finally:
+        await nc.close()
+
+
+async def test_the_consume_command_refused_the_advisory_exits_with_one_line(
+    nats: Server, dsn: str
+) -> None:
+    nats.start(jetstream=True, config=NO_ADVISORIES)
+    url = nats.url.replace("//", "//worker:secret@")
+    nc = await connect(url)
+    try:
+        stream = (await make_stream(nc.jetstream())).name
+    finally:
+        await nc.close()
+
+    class Named:
+        name, dead_stream, dead_prefix = stream, f"{stream}_DEAD", f"{stream.lower()}dead"
+
+    command = consume_command("_nats_consumer_app:bus", url, Named(), "refused")
+    env = worker_env(dsn, HOOKBUS_TEST_PROJECTION="unused")
+    done = await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    [said] = [line for line in done.stderr.splitlines() if "refused the subscription" in line]
+    assert "consume: consumer 'refused': the NATS server refused the subscription" in said
+    assert "secret" not in done.stderr

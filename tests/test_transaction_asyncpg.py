@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
 import asyncpg
 import hookbus_asyncpg
 import pytest
@@ -124,6 +125,57 @@ async def test_cancelled_in_the_body_rolls_back_and_propagates(db: asyncpg.Pool)
         with pytest.raises(asyncio.CancelledError):
             await task
     assert log == ["a.rollback"]
+    assert await ids(db) == []
+
+
+@pytest.mark.parametrize("limit", ["fail_after", "move_on_after", "asyncio.timeout"])
+async def test_a_timeout_around_the_scope_does_not_cut_its_rollback_operations_short(
+    db: asyncpg.Pool, limit: str
+) -> None:
+    # The deadline passes in the block; the rollback operation then waits on PostgreSQL (a
+    # lock the test holds) while anyio, on asyncio, cancels the task again at every turn of
+    # the loop: the operation runs to its end, and only then does the timeout take effect.
+    log: list[str] = []
+    pids: asyncio.Queue[int] = asyncio.Queue()
+
+    class WaitsInRollback(hookbus.Operation):
+        async def rollback(self) -> None:
+            async with db.acquire() as conn:
+                pids.put_nowait(await backend_pid(conn))
+                log.append(
+                    await conn.fetchval("SELECT 'waited'::text FROM pg_advisory_lock($1)", LOCK)
+                )
+                await conn.execute("SELECT pg_advisory_unlock($1)", LOCK)
+
+    async def in_scope() -> None:
+        async with hookbus_asyncpg.transaction(db) as tx:
+            tx.add(WaitsInRollback())
+            await tx.connection.execute("INSERT INTO items VALUES (1)")
+            await asyncio.Event().wait()  # the deadline passes here
+
+    async def scope() -> bool:
+        if limit == "asyncio.timeout":
+            async with asyncio.timeout(0.05):
+                await in_scope()
+        with getattr(anyio, limit)(0.05) as deadline:
+            await in_scope()
+        return deadline.cancelled_caught
+
+    async with holding_lock(db, LOCK):
+        task = asyncio.create_task(scope())
+        waiting = asyncio.ensure_future(pids.get())
+        await asyncio.wait({task, waiting}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        came = waiting.done()
+        waiting.cancel()  # if it never came
+        assert came and not task.done(), f"the rollback operation never waited: {log}"
+        await wait_until_blocked_on_lock(db, waiting.result())  # the deadline is long past
+        assert not task.done()
+    if limit != "move_on_after":
+        with pytest.raises(TimeoutError):
+            await task
+    else:
+        assert await task  # move_on_after: the cancellation was caught at the deadline
+    assert log == ["waited"]
     assert await ids(db) == []
 
 

@@ -179,6 +179,7 @@ class ConsumeCommand:
 
 
 async def _until_signalled(consumer: Consumer, every: float) -> int:
+    from ._consumer_state import ConsumerError
     from ._startup import JetStreamNotReadyError
 
     loop = asyncio.get_running_loop()
@@ -188,7 +189,7 @@ async def _until_signalled(consumer: Consumer, every: float) -> int:
     try:
         try:
             await consumer.start()
-        except JetStreamNotReadyError as exc:
+        except (JetStreamNotReadyError, ConsumerError) as exc:  # one line, no traceback
             raise CommandError(str(exc), ExitStatus.FAILURE) from None
         from ._consumer_state import ConsumerState
 

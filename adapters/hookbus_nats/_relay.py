@@ -40,8 +40,8 @@ from ._relay_sql import (
     Row,
     cleanup,
     cursor_of,
-    holdback,
     load_cursor,
+    look,
     next_xid,
     read_batch,
     save_cursor,
@@ -279,22 +279,21 @@ class Relay(Publishing):
                     rows = await self._read(pool, cursor)
                 # nothing to send (woken by a NOTIFY or the poll): what holds rows back?
                 # a part batch: the same, at most every _LOOK_EVERY
+                readable = 0
                 if not rows or (
                     len(rows) < self.batch_size and time.monotonic() - looked >= _LOOK_EVERY
                 ):
                     looked = time.monotonic()
-                    await self._look(pool, cursor, idle=not rows)
+                    readable = await self._look(pool, cursor, idle=not rows)
+                if not rows and readable:
+                    # their holder ended between the read and the look, and their NOTIFY
+                    # came before the read: read them now, not at the next poll
+                    rows = await self._read(pool, cursor)
+                    continue
                 if not rows:
                     if saving is not None:
                         await saving  # the cursor is durable before the relay idles
                         saving = None
-                    if self._held is None:
-                        # rows held back at the read may have been freed before the look,
-                        # which then saw none held (their NOTIFY has come and gone): read
-                        # again before a full pause
-                        rows = await self._read(pool, cursor)
-                        if rows:
-                            continue
                     self._move(RelayState.WAITING)
                     # rows held back behind xmin were committed: their NOTIFY has come and
                     # gone, so look again soon (and then less often) rather than at the poll
@@ -338,14 +337,17 @@ class Relay(Publishing):
         self._cursor = cursor
         self._batches += 1
 
-    async def _look(self, pool: asyncpg.Pool, cursor: Cursor, *, idle: bool) -> None:
-        """What holds the relay back; when idle, the clean-up that is due."""
+    async def _look(self, pool: asyncpg.Pool, cursor: Cursor, *, idle: bool) -> int:
+        """What holds the relay back; when idle, the clean-up that is due. Returns how many
+        rows past ``cursor`` are readable now."""
         async with pool.acquire() as conn:
-            self._watch(await holdback(conn, cursor))
+            held, readable = await look(conn, cursor)
+            self._watch(held)
             now = time.monotonic()
             if idle and self.retention is not None and now - self._cleaned >= self.cleanup_interval:
                 self._cleaned = now
                 await self._clean(conn)
+        return readable
 
     def _watch(self, held: Holdback | None) -> None:
         was, self._held = self._held, held

@@ -42,6 +42,7 @@ __all__ = [
     "cursor_of",
     "holdback",
     "load_cursor",
+    "look",
     "mark_sent",
     "next_xid",
     "read_batch",
@@ -143,15 +144,19 @@ ORDER BY o.xid, o.id
 LIMIT $3"""
 _NEXT_XID: Final = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric::bigint"
 # Committed rows past the cursor at or above the gate (visible, so committed, yet not
-# readable), and the transaction at the gate: a backend's (this database's, or one whose
+# readable) and those below it, readable now (a holder that ended since the relay's last
+# read); and the transaction at the gate: a backend's (this database's, or one whose
 # database is unknown) or a prepared transaction; none when it ended after the snapshot.
 _HOLDBACK: Final = f"""\
 WITH gate AS MATERIALIZED (
     SELECT {_GATE} AS xid, pg_snapshot_xmax(pg_current_snapshot()) AS xmax)
-SELECT (SELECT count(*) FROM hookbus_outbox o
-        WHERE (o.xid, o.id) > ($1::text::xid8, $2) AND o.xid >= gate.xid),
+SELECT held.held, held.readable,
        h.pid, h.age, h.state, h.application_name, h.query, h.gid
-FROM gate LEFT JOIN LATERAL (
+FROM gate CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE o.xid >= gate.xid) AS held,
+           count(*) FILTER (WHERE o.xid < gate.xid) AS readable
+    FROM hookbus_outbox o WHERE (o.xid, o.id) > ($1::text::xid8, $2)) held
+LEFT JOIN LATERAL (
     SELECT pid, now() - xact_start AS age, state, application_name,
            left(query, 200) AS query, NULL::text AS gid
     FROM pg_stat_activity WHERE backend_xid = gate.xid::xid
@@ -211,10 +216,17 @@ async def next_xid(conn: Any) -> int:
 
 async def holdback(conn: Any, cursor: Cursor) -> Holdback | None:
     """What holds committed rows back from the relay, or ``None`` when nothing does."""
-    held, *holder = await conn.fetchrow(_HOLDBACK, str(cursor.xid), cursor.id)
+    held, _ = await look(conn, cursor)
+    return held
+
+
+async def look(conn: Any, cursor: Cursor) -> tuple[Holdback | None, int]:
+    """What holds committed rows back (as ``holdback``), and how many rows past ``cursor`` are
+    readable now: a read that found none may have been made just before their holder ended."""
+    held, readable, *holder = await conn.fetchrow(_HOLDBACK, str(cursor.xid), cursor.id)
     if not held:
-        return None
-    return Holdback(held, *holder)
+        return None, readable
+    return Holdback(held, *holder), readable
 
 
 async def cleanup(conn: Any, retention: timedelta, limit: int = 10_000) -> int:

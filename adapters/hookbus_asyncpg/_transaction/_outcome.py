@@ -34,6 +34,7 @@ logger: Final = logging.getLogger("hookbus")
 _SECRET: Final = os.urandom(8).hex()
 _NONCES: Final = itertools.count()
 
+# No pg_catalog. prefix: it is searched first unless a search_path deliberately lists it later.
 #: The transaction's id, asked with a round trip (where the DO block is refused).
 ASK_XID: Final = "SELECT pg_current_xact_id_if_assigned()::text"
 _XACT_STATUS: Final = "SELECT pg_xact_status($1::text::xid8)"
@@ -57,10 +58,11 @@ Xid: TypeAlias = "str | _NotReceived | None"
 class XidNotice:
     """A log listener that catches the first NOTICE carrying this COMMIT's nonce.
 
-    ``xid`` is the transaction's id, ``None`` if it had none (it wrote nothing), or
-    ``NOT_RECEIVED``. ``statement`` sends the notice, then COMMIT. Its nonce is the process's
-    secret and a count: no two COMMITs of the process share it. The DO block runs inside a
-    savepoint, so that where it is refused the transaction survives and can still commit.
+    ``xid`` is the transaction's id, ``None`` if it had none yet (it wrote no row; a NOTIFY
+    takes its id during COMMIT), or ``NOT_RECEIVED``. ``statement`` sends the notice, then
+    COMMIT. Its nonce is the process's secret and a count: no two COMMITs of the process
+    share it. The DO block runs inside a savepoint, so that where it is refused the
+    transaction survives and can still commit.
     """
 
     __slots__ = ("_prefix", "statement", "xid")
@@ -110,7 +112,9 @@ async def find_outcome(
     if xid is None:
         raise CommitOutcomeUnknownError(
             "the connection was lost during COMMIT of a transaction that had no transaction "
-            "id (it wrote nothing); its outcome is unknown; neither postcommit nor rollback ran"
+            "id before COMMIT (it wrote no row; a NOTIFY it sent takes its id during COMMIT and "
+            "is delivered only if it committed); its outcome is unknown; neither postcommit "
+            "nor rollback ran"
         ) from lost
     assert isinstance(xid, str)
     if pool is None:
