@@ -843,6 +843,12 @@ async def test_bad_options_fail_where_transaction_is_called(
         ({"find_outcome": False}, {"find_outcome": 0}, TypeError),
         ({"independent": True}, {"independent": 1}, TypeError),
         ({"outcome_timeout": 1.0}, {"outcome_timeout": True}, ValueError),
+        # Equal to a default (checked before any call) or to an int timeout given before.
+        ({}, {"readonly": 0}, TypeError),
+        ({}, {"deferrable": 0}, TypeError),
+        ({}, {"find_outcome": 1}, TypeError),
+        ({}, {"independent": 0}, TypeError),
+        ({"outcome_timeout": 1}, {"outcome_timeout": True}, ValueError),
     ],
 )
 async def test_a_bad_option_equal_to_a_good_one_is_still_refused(
