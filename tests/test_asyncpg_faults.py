@@ -893,6 +893,23 @@ def test_options_are_one_immutable_object() -> None:
         hookbus_asyncpg.transaction("postgresql://")  # type: ignore[arg-type]
 
 
+@pytest_asyncio.fixture
+async def hookbus_pool(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """Test mode (the plugin's ``hookbus_db``) on this module's database."""
+    return pool
+
+
+async def test_a_scope_in_test_mode_keeps_its_options(hookbus_db: Any) -> None:
+    # Its savepoint cannot apply them, but the scope has them, and a nested scope that would
+    # change them is refused as outside test mode.
+    pool = hookbus_db.pool
+    async with hookbus_asyncpg.transaction(pool, isolation="serializable", readonly=True) as tx:
+        assert (tx.options.isolation, tx.options.readonly) == ("serializable", True)
+        with pytest.raises(ValueError, match=r"deferrable=True.*independent=True"):
+            async with hookbus_asyncpg.transaction(pool, deferrable=True):
+                pass
+
+
 async def test_options_reach_begin_and_the_scope(db: asyncpg.Pool) -> None:
     async with hookbus_asyncpg.transaction(db, isolation="repeatable_read", readonly=True) as tx:
         assert tx.options.readonly is True
