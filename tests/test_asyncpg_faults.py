@@ -27,7 +27,12 @@ from _postgres import gate_at_commit, holding_lock, ids, start_gated_commit
 from _recording import Recorded
 
 import hookbus
-from hookbus import CommitOutcomeUnknownError, TransactionAbortedError, TransactionStateError
+from hookbus import (
+    CommitOutcomeUnknownError,
+    TransactionAbortedError,
+    TransactionState,
+    TransactionStateError,
+)
 
 LOCK = 4343  # the advisory lock the gated table's deferred trigger waits for at COMMIT
 
@@ -605,6 +610,44 @@ async def test_a_scope_on_a_pool_gives_its_connection_back_before_postcommit(
         pool.terminate()  # (closing would wait for a connection never given back)
     assert seen == [1]
     assert await ids(db) == [1]
+
+
+class HeldAfterBegin(asyncpg.Connection):  # type: ignore[misc]
+    """A connection whose BEGIN, once the server has answered it, waits for ``held`` (set
+    ``reached`` first): a scope's block can end while another of its tasks is beginning it."""
+
+    reached: ClassVar[asyncio.Event | None] = None
+    held: ClassVar[asyncio.Event | None] = None
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109 (asyncpg's)
+        status: str = await super().execute(query, *args, timeout=timeout)
+        if query == "BEGIN" and self.reached is not None and self.held is not None:
+            self.reached.set()
+            await self.held.wait()
+        return status
+
+
+async def test_a_scope_ended_while_its_task_is_beginning_it_gives_the_connection_back(
+    dsn: str,
+) -> None:
+    # The block ends while a task it started is taking the connection and sending BEGIN
+    # (the scope has not begun: it commits nothing). The scope gives that connection back
+    # itself; the task's statement, run after the scope is over, cannot keep it.
+    reached, held = asyncio.Event(), asyncio.Event()
+    HeldAfterBegin.reached, HeldAfterBegin.held = reached, held
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, connection_class=HeldAfterBegin)
+    try:
+        async with hookbus_asyncpg.transaction(pool) as tx:
+            late = asyncio.create_task(tx.connection.execute("SELECT 1"))
+            await reached.wait()
+        assert tx.state is TransactionState.COMMITTED and not tx.begun
+        held.set()
+        with pytest.raises(asyncpg.InterfaceError, match="released back to the pool"):
+            await late
+        await assert_pool_serves(pool)  # its one connection, out of any transaction
+    finally:
+        HeldAfterBegin.reached = HeldAfterBegin.held = None
+        pool.terminate()
 
 
 async def test_the_server_ending_the_session_before_commit_ran_is_a_rollback(
