@@ -953,6 +953,24 @@ async def test_a_scope_in_test_mode_keeps_its_options(hookbus_db: Any) -> None:
                 pass
 
 
+async def test_in_test_mode_a_nested_scope_that_ends_well_keeps_its_work(
+    db: asyncpg.Pool, hookbus_db: Any
+) -> None:
+    # The nested scope's savepoint (one inside the scope's own) is released: its row and its
+    # operation stay with the outer scope, whose "COMMIT" (a RELEASE) runs them.
+    log: list[str] = []
+    async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
+        await tx.connection.execute("INSERT INTO items VALUES (1)")
+        async with hookbus_asyncpg.transaction(hookbus_db.pool) as inner:
+            assert inner is tx
+            await inner.connection.execute("INSERT INTO items VALUES (2)")
+            inner.add(Recorded(log, "inner"))
+        assert log == []
+    assert log == ["inner.precommit", "inner.postcommit"]
+    assert await ids(hookbus_db.connection) == [1, 2]
+    assert await ids(db) == []  # the test's transaction: nothing committed
+
+
 async def test_options_reach_begin_and_the_scope(db: asyncpg.Pool) -> None:
     async with hookbus_asyncpg.transaction(db, isolation="repeatable_read", readonly=True) as tx:
         assert tx.options.readonly is True
