@@ -971,6 +971,16 @@ async def test_in_test_mode_a_nested_scope_that_ends_well_keeps_its_work(
     assert await ids(db) == []  # the test's transaction: nothing committed
 
 
+async def test_in_test_mode_a_postcommit_error_is_recorded_for_the_test(hookbus_db: Any) -> None:
+    log: list[str] = []
+    async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
+        tx.add(Recorded(log, "p", fail="postcommit"))
+    assert log == ["p.precommit", "p.postcommit"]  # logged, not raised, as in production
+    [error] = hookbus_db.take_postcommit_errors()  # taken: it does not fail this test
+    assert str(error) == "p failed in postcommit"
+    assert hookbus_db.postcommit_errors == []
+
+
 async def test_options_reach_begin_and_the_scope(db: asyncpg.Pool) -> None:
     async with hookbus_asyncpg.transaction(db, isolation="repeatable_read", readonly=True) as tx:
         assert tx.options.readonly is True
