@@ -953,11 +953,12 @@ async def test_a_scope_in_test_mode_keeps_its_options(hookbus_db: Any) -> None:
                 pass
 
 
-async def test_in_test_mode_a_nested_scope_that_ends_well_keeps_its_work(
+async def test_in_test_mode_a_nested_scope_keeps_its_work_or_rolls_it_back(
     db: asyncpg.Pool, hookbus_db: Any
 ) -> None:
-    # The nested scope's savepoint (one inside the scope's own) is released: its row and its
-    # operation stay with the outer scope, whose "COMMIT" (a RELEASE) runs them.
+    # A nested scope's savepoint (one inside the scope's own) is released: its row and its
+    # operation stay with the outer scope, whose "COMMIT" (a RELEASE) runs them; one whose
+    # block raises is rolled back to.
     log: list[str] = []
     async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
         await tx.connection.execute("INSERT INTO items VALUES (1)")
@@ -966,7 +967,13 @@ async def test_in_test_mode_a_nested_scope_that_ends_well_keeps_its_work(
             await inner.connection.execute("INSERT INTO items VALUES (2)")
             inner.add(Recorded(log, "inner"))
         assert log == []
-    assert log == ["inner.precommit", "inner.postcommit"]
+        with pytest.raises(RuntimeError, match="undone"):  # one that fails is rolled back
+            async with hookbus_asyncpg.transaction(hookbus_db.pool) as undone:
+                await undone.connection.execute("INSERT INTO items VALUES (3)")
+                undone.add(Recorded(log, "undone"))
+                raise RuntimeError("undone")
+        assert log == ["undone.rollback"]
+    assert log == ["undone.rollback", "inner.precommit", "inner.postcommit"]
     assert await ids(hookbus_db.connection) == [1, 2]
     assert await ids(db) == []  # the test's transaction: nothing committed
 
