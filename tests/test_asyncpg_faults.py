@@ -29,7 +29,12 @@ from hookbus_asyncpg._transaction._options import TransactionOptions
 from hookbus_asyncpg._transaction._outcome import XidNotice, find_outcome
 
 import hookbus
-from hookbus import CommitOutcomeUnknownError, TransactionAbortedError, TransactionStateError
+from hookbus import (
+    CommitOutcomeUnknownError,
+    TransactionAbortedError,
+    TransactionState,
+    TransactionStateError,
+)
 
 LOCK = 4343  # the advisory lock the gated table's deferred trigger waits for at COMMIT
 
@@ -633,6 +638,44 @@ async def test_a_scope_on_a_pool_gives_its_connection_back_before_postcommit(
     assert await ids(db) == [1]
 
 
+class HeldAfterBegin(asyncpg.Connection):  # type: ignore[misc]
+    """A connection whose BEGIN, once the server has answered it, waits for ``held`` (set
+    ``reached`` first): a scope's block can end while another of its tasks is beginning it."""
+
+    reached: ClassVar[asyncio.Event | None] = None
+    held: ClassVar[asyncio.Event | None] = None
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109 (asyncpg's)
+        status: str = await super().execute(query, *args, timeout=timeout)
+        if query == "BEGIN" and self.reached is not None and self.held is not None:
+            self.reached.set()
+            await self.held.wait()
+        return status
+
+
+async def test_a_scope_ended_while_its_task_is_beginning_it_gives_the_connection_back(
+    dsn: str,
+) -> None:
+    # The block ends while a task it started is taking the connection and sending BEGIN
+    # (the scope has not begun: it commits nothing). The scope gives that connection back
+    # itself; the task's statement, run after the scope is over, cannot keep it.
+    reached, held = asyncio.Event(), asyncio.Event()
+    HeldAfterBegin.reached, HeldAfterBegin.held = reached, held
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, connection_class=HeldAfterBegin)
+    try:
+        async with hookbus_asyncpg.transaction(pool) as tx:
+            late = asyncio.create_task(tx.connection.execute("SELECT 1"))
+            await reached.wait()
+        assert tx.state is TransactionState.COMMITTED and not tx.begun
+        held.set()
+        with pytest.raises(asyncpg.InterfaceError, match="released back to the pool"):
+            await late
+        await assert_pool_serves(pool)  # its one connection, out of any transaction
+    finally:
+        HeldAfterBegin.reached = HeldAfterBegin.held = None
+        pool.terminate()
+
+
 async def test_the_server_ending_the_session_before_commit_ran_is_a_rollback(
     db: asyncpg.Pool, dsn: str
 ) -> None:
@@ -869,6 +912,12 @@ async def test_bad_options_fail_where_transaction_is_called(
         ({"find_outcome": False}, {"find_outcome": 0}, TypeError),
         ({"independent": True}, {"independent": 1}, TypeError),
         ({"outcome_timeout": 1.0}, {"outcome_timeout": True}, ValueError),
+        # Equal to a default (checked before any call) or to an int timeout given before.
+        ({}, {"readonly": 0}, TypeError),
+        ({}, {"deferrable": 0}, TypeError),
+        ({}, {"find_outcome": 1}, TypeError),
+        ({}, {"independent": 0}, TypeError),
+        ({"outcome_timeout": 1}, {"outcome_timeout": True}, ValueError),
     ],
 )
 async def test_a_bad_option_equal_to_a_good_one_is_still_refused(
@@ -911,6 +960,58 @@ def test_options_are_one_immutable_object() -> None:
         options.readonly = False  # type: ignore[misc]
     with pytest.raises(TypeError, match="asyncpg pool or connection"):
         hookbus_asyncpg.transaction("postgresql://")  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture
+async def hookbus_pool(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """Test mode (the plugin's ``hookbus_db``) on this module's database."""
+    return pool
+
+
+async def test_a_scope_in_test_mode_keeps_its_options(hookbus_db: Any) -> None:
+    # Its savepoint cannot apply them, but the scope has them, and a nested scope that would
+    # change them is refused as outside test mode.
+    pool = hookbus_db.pool
+    async with hookbus_asyncpg.transaction(pool, isolation="serializable", readonly=True) as tx:
+        assert (tx.options.isolation, tx.options.readonly) == ("serializable", True)
+        with pytest.raises(ValueError, match=r"deferrable=True.*independent=True"):
+            async with hookbus_asyncpg.transaction(pool, deferrable=True):
+                pass
+
+
+async def test_in_test_mode_a_nested_scope_keeps_its_work_or_rolls_it_back(
+    db: asyncpg.Pool, hookbus_db: Any
+) -> None:
+    # A nested scope's savepoint (one inside the scope's own) is released: its row and its
+    # operation stay with the outer scope, whose "COMMIT" (a RELEASE) runs them; one whose
+    # block raises is rolled back to.
+    log: list[str] = []
+    async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
+        await tx.connection.execute("INSERT INTO items VALUES (1)")
+        async with hookbus_asyncpg.transaction(hookbus_db.pool) as inner:
+            assert inner is tx
+            await inner.connection.execute("INSERT INTO items VALUES (2)")
+            inner.add(Recorded(log, "inner"))
+        assert log == []
+        with pytest.raises(RuntimeError, match="undone"):  # one that fails is rolled back
+            async with hookbus_asyncpg.transaction(hookbus_db.pool) as undone:
+                await undone.connection.execute("INSERT INTO items VALUES (3)")
+                undone.add(Recorded(log, "undone"))
+                raise RuntimeError("undone")
+        assert log == ["undone.rollback"]
+    assert log == ["undone.rollback", "inner.precommit", "inner.postcommit"]
+    assert await ids(hookbus_db.connection) == [1, 2]
+    assert await ids(db) == []  # the test's transaction: nothing committed
+
+
+async def test_in_test_mode_a_postcommit_error_is_recorded_for_the_test(hookbus_db: Any) -> None:
+    log: list[str] = []
+    async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
+        tx.add(Recorded(log, "p", fail="postcommit"))
+    assert log == ["p.precommit", "p.postcommit"]  # logged, not raised, as in production
+    [error] = hookbus_db.take_postcommit_errors()  # taken: it does not fail this test
+    assert str(error) == "p failed in postcommit"
+    assert hookbus_db.postcommit_errors == []
 
 
 async def test_options_reach_begin_and_the_scope(db: asyncpg.Pool) -> None:

@@ -657,6 +657,7 @@ def test_scopes_of_concurrent_tasks_that_overlap_are_refused_with_a_reason(
         test_overlap=_module(
             """
             import asyncio
+            import re
             import hookbus
             import hookbus_asyncpg
 
@@ -681,6 +682,9 @@ def test_scopes_of_concurrent_tasks_that_overlap_are_refused_with_a_reason(
                 results = await asyncio.gather(first(), second(), return_exceptions=True)
                 assert isinstance(results[0], hookbus.TransactionStateError)
                 assert "scopes of concurrent tasks must not overlap" in str(results[0])
+                # it names the savepoint still open, inside the one that ended
+                inner, outer = re.search(r"\\((\\w+) inside (\\w+)\\)", str(results[0])).groups()
+                assert inner != outer
                 assert results[1] is None
                 assert app.log == ["second.precommit", "second.postcommit"]
             """,
