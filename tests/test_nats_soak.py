@@ -56,7 +56,7 @@ from hookbus_nats import create_inbox, inbox_plugin, list_dead_letters
 from hookbus import Bus, PluginSet
 
 EVENTS = int(os.environ.get("HOOKBUS_NATS_SOAK_EVENTS", "3000"))
-KILLS = int(os.environ.get("HOOKBUS_NATS_SOAK_KILLS", "3"))  # of each kind of worker
+KILLS = int(os.environ.get("HOOKBUS_NATS_SOAK_KILLS", "2"))  # of each kind of worker
 AIMED = int(os.environ.get("HOOKBUS_NATS_SOAK_AIMED", str(KILLS)))  # at a fault point, each kind
 CONSUMERS = RELAYS = 2
 CLUSTER = os.environ.get("HOOKBUS_NATS_SOAK_CLUSTER") == "1"
