@@ -31,3 +31,18 @@ async def install_outbox(pool: asyncpg.Pool, bus: Bus) -> None:
     )
     manager = hookbus_asyncpg.PluginManager(pool, PluginSet(bus, [hookbus_asyncpg.outbox_plugin()]))
     assert await manager.install() == ["hookbus_outbox"]
+
+
+# Rows keyed "gated" hold their transaction's COMMIT (a deferred trigger waits for the
+# advisory lock GATE) after their INSERT took its id in COMMIT's message: the way to make a
+# lower id commit last, now that an outbox row takes its id at COMMIT.
+GATE = 4346  # the advisory lock the gated row's deferred trigger waits for at COMMIT
+GATED_ROW = f"""
+CREATE OR REPLACE FUNCTION gate_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({GATE});
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER gate_row AFTER INSERT ON hookbus_outbox DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.ordering_key = 'gated') EXECUTE FUNCTION gate_row();
+"""

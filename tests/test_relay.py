@@ -20,7 +20,8 @@ import msgspec
 import pytest
 import pytest_asyncio
 from _nats import Stream, make_stream
-from _outbox import OrderPlaced, install_outbox, shop_bus
+from _outbox import GATE, GATED_ROW, OrderPlaced, install_outbox, shop_bus
+from _postgres import holding_lock, wait_until_blocked_on_lock
 from hookbus_asyncpg import LockLostError, Outbox
 from hookbus_nats import (
     CursorAheadError,
@@ -148,20 +149,40 @@ async def test_transactions_committed_out_of_id_order_are_all_delivered(
     """The case an ``id`` cursor loses even behind the xmin gate: the transaction with the
     lower xid writes the higher id and commits first, so its row is published while the
     lower id is still invisible; an ``id`` cursor has passed that id when it commits."""
-    first = hookbus_asyncpg.transaction(outbox_pool, independent=True)
-    second = hookbus_asyncpg.transaction(outbox_pool, independent=True)
-    tx1 = await first.__aenter__()
-    tx2 = await second.__aenter__()
+    await outbox_pool.execute(GATED_ROW)
+    xids: asyncio.Queue[None] = asyncio.Queue()
+    second_may_end = asyncio.Event()
+    blocked: asyncio.Queue[int] = asyncio.Queue()
+
+    async def second() -> None:
+        # the higher xid; its row takes the lower id in COMMIT's message, then COMMIT waits
+        async with hookbus_asyncpg.transaction(outbox_pool, independent=True) as tx:
+            await xids.get()
+            await tx.connection.fetchval("SELECT pg_current_xact_id()")
+            await outbox.publish(tx, "order_placed", OrderPlaced(2), key="gated")
+            blocked.put_nowait(await tx.connection.fetchval("SELECT pg_backend_pid()"))
+            await second_may_end.wait()
+
     relay = make_relay(dsn, jetstream, stream)
-    async with running(relay):
-        await tx1.connection.fetchval("SELECT pg_current_xact_id()")  # the lower xid
-        await tx2.connection.fetchval("SELECT pg_current_xact_id()")
-        await outbox.publish(tx2, "order_placed", OrderPlaced(2))  # the lower id
-        await outbox.publish(tx1, "order_placed", OrderPlaced(1))  # the higher id
-        await first.__aexit__(None, None, None)
-        assert orders_of(await received(jetstream, stream, 1)) == [1]
-        await until(lambda: relay.stats().published == 1, "the first row's batch is done")
-        await second.__aexit__(None, None, None)
+    async with running(relay), holding_lock(outbox_pool, GATE) as release:
+        task = asyncio.create_task(second())
+        try:
+            async with hookbus_asyncpg.transaction(outbox_pool, independent=True) as tx1:
+                await tx1.connection.fetchval("SELECT pg_current_xact_id()")  # the lower xid
+                xids.put_nowait(None)
+                pid = await blocked.get()
+                second_may_end.set()
+                await wait_until_blocked_on_lock(outbox_pool, pid)  # its row has the lower id
+                await outbox.publish(tx1, "order_placed", OrderPlaced(1))  # the higher id
+            assert orders_of(await received(jetstream, stream, 1)) == [1]
+            await until(lambda: relay.stats().published == 1, "the first row's batch is done")
+            await release()
+            await task
+        finally:
+            if not task.done():  # a failure above: end the held scope, or the pool waits
+                await release()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await publish(outbox_pool, outbox, stream, 3)
         messages = await received(jetstream, stream, 3)
     assert orders_of(messages) == [1, 2, 3]

@@ -19,7 +19,7 @@ import hookbus_asyncpg
 import pytest
 import pytest_asyncio
 from _nats import Stream, make_stream
-from _outbox import OrderPlaced, install_outbox, shop_bus
+from _outbox import GATE, GATED_ROW, OrderPlaced, install_outbox, shop_bus
 from _postgres import holding_lock, wait_until_blocked_on_lock
 from hookbus_asyncpg import Outbox
 from hookbus_asyncpg._outbox._outbox_table import OUTBOX_DDL
@@ -85,18 +85,6 @@ async def running(*relays: UnorderedRelay | Relay) -> AsyncIterator[list[asyncio
 async def unsent(pool: asyncpg.Pool) -> int:
     count: int = await pool.fetchval("SELECT count(*) FROM hookbus_outbox WHERE sent_at IS NULL")
     return count
-
-
-GATE = 4346  # the advisory lock the gated row's deferred trigger waits for at COMMIT
-GATED_ROW = f"""
-CREATE OR REPLACE FUNCTION gate_row() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock({GATE});
-    RETURN NULL;
-END $$;
-CREATE CONSTRAINT TRIGGER gate_row AFTER INSERT ON hookbus_outbox DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW WHEN (NEW.ordering_key = 'gated') EXECUTE FUNCTION gate_row();
-"""
 
 
 async def test_committed_events_are_all_delivered_whatever_their_commit_order(
