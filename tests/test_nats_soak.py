@@ -86,13 +86,26 @@ class NatsSource:
         self.stream = stream
 
     async def emit(self, orders: range) -> None:
-        await asyncio.gather(
-            *(
-                publish(self.stream.js, self.stream.subject(order % 16), "order_placed",
-                        OrderPlaced(order, 1), msg_id=f"order-{order}")
-                for order in orders
-            )
-        )  # fmt: skip
+        await asyncio.gather(*(self._publish(order) for order in orders))
+
+    async def _publish(self, order: int) -> None:
+        """Publish as a relay does, again with the same message id while the stream cannot
+        answer (on the cluster, its leader is being elected again after a server's kill;
+        JetStream drops a copy that was stored): 30 s at most."""
+        from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeoutError
+        from nats.js.errors import NoStreamResponseError
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await publish(self.stream.js, self.stream.subject(order % 16), "order_placed",
+                              OrderPlaced(order, 1), msg_id=f"order-{order}")  # fmt: skip
+                return
+            except (NoRespondersError, NoStreamResponseError, NatsTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)  # a leader election: nothing to await
 
 
 class OutboxSource:
