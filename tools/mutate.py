@@ -64,6 +64,7 @@ _ASYNCPG_SCOPE = [
     "tests/test_outcome.py",
     "tests/test_asyncpg_faults.py",
     "tests/test_asyncpg_lazy.py",  # tx.connection before the first statement (_lazy.py)
+    "tests/test_outbox_commit.py",  # statements sent with COMMIT (send_with_commit)
     # Random timeouts sized for full speed: under mutmut's slower trampolines none lands
     # where the test needs some to.
     "--deselect",
