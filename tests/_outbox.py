@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncpg
 import hookbus_asyncpg
 import msgspec
+import pytest
+import pytest_asyncio
 
 from hookbus import Bus, PluginSet
 
@@ -46,3 +48,18 @@ END $$;
 CREATE CONSTRAINT TRIGGER gate_row AFTER INSERT ON hookbus_outbox DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW WHEN (NEW.ordering_key = 'gated') EXECUTE FUNCTION gate_row();
 """
+
+
+# The fixtures the relay tests share, registered in a module by importing them:
+# ``from _outbox import bus_fixture, outbox_pool_fixture
+@pytest.fixture(name="bus")
+def bus_fixture() -> Bus:
+    """``shop_bus()``."""
+    return shop_bus()
+
+
+@pytest_asyncio.fixture(name="outbox_pool")
+async def outbox_pool_fixture(pool: asyncpg.Pool, bus: Bus) -> asyncpg.Pool:
+    """The module's pool, the outbox installed afresh."""
+    await install_outbox(pool, bus)
+    return pool

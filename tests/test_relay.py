@@ -18,9 +18,8 @@ import asyncpg
 import hookbus_asyncpg
 import msgspec
 import pytest
-import pytest_asyncio
 from _nats import Stream, make_stream
-from _outbox import GATE, GATED_ROW, OrderPlaced, install_outbox, shop_bus
+from _outbox import GATE, GATED_ROW, OrderPlaced, bus_fixture, outbox_pool_fixture  # noqa: F401 (fixtures)
 from _postgres import holding_lock, wait_until_blocked_on_lock
 from hookbus_asyncpg import LockLostError, Outbox
 from hookbus_nats import (
@@ -36,17 +35,6 @@ from nats.js import JetStreamContext
 from hookbus import Bus
 
 PROCESS = Path(__file__).with_name("_relay_process.py")
-
-
-@pytest.fixture
-def bus() -> Bus:
-    return shop_bus()
-
-
-@pytest_asyncio.fixture
-async def outbox_pool(pool: asyncpg.Pool, bus: Bus) -> asyncpg.Pool:
-    await install_outbox(pool, bus)
-    return pool
 
 
 def make_relay(dsn: str, js: JetStreamContext, stream: Stream, **options: Any) -> Relay:

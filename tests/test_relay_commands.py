@@ -12,27 +12,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import hookbus_asyncpg
-import pytest
-import pytest_asyncio
 from _nats import Stream
-from _outbox import OrderPlaced, install_outbox, shop_bus
+from _outbox import OrderPlaced, bus_fixture, outbox_pool_fixture  # noqa: F401 (fixtures)
 from hookbus_asyncpg import Outbox
 from nats.js import JetStreamContext
 
 from hookbus import Bus
 
 SECRET = "s3cret-never-shown"
-
-
-@pytest.fixture
-def bus() -> Bus:
-    return shop_bus()
-
-
-@pytest_asyncio.fixture
-async def outbox_pool(pool: asyncpg.Pool, bus: Bus) -> asyncpg.Pool:
-    await install_outbox(pool, bus)
-    return pool
 
 
 def with_password(dsn: str) -> str:

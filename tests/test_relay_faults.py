@@ -17,10 +17,9 @@ import asyncpg
 import hookbus_asyncpg
 import msgspec
 import pytest
-import pytest_asyncio
 from _nats import Stream, make_stream
 from _nats_server import Server, connect, nats_fixture  # noqa: F401 (the fixture nats)
-from _outbox import OrderPlaced, install_outbox, shop_bus
+from _outbox import OrderPlaced, bus_fixture, outbox_pool_fixture  # noqa: F401 (fixtures)
 from hookbus_asyncpg import Outbox
 from hookbus_asyncpg.testing import ServerChoice
 from hookbus_nats import Relay, RelayState, UnorderedRelay
@@ -38,17 +37,6 @@ def server() -> Iterator[str]:
     """An embedded PostgreSQL for the module, in place of the session's (see above)."""
     with ServerChoice(None, "the module's own").start() as dsn:
         yield dsn
-
-
-@pytest.fixture
-def bus() -> Bus:
-    return shop_bus()
-
-
-@pytest_asyncio.fixture
-async def outbox_pool(pool: asyncpg.Pool, bus: Bus) -> asyncpg.Pool:
-    await install_outbox(pool, bus)
-    return pool
 
 
 async def publish(pool: asyncpg.Pool, outbox: Outbox, *orders: int) -> None:

@@ -12,7 +12,7 @@ import hookbus_asyncpg
 import pytest
 import pytest_asyncio
 from _nats import Stream
-from _outbox import OrderPlaced, install_outbox, shop_bus
+from _outbox import OrderPlaced, bus_fixture, outbox_pool_fixture  # noqa: F401 (fixtures)
 from hookbus_asyncpg import Outbox
 from hookbus_asyncpg.testing import create_database, drop_database
 from hookbus_nats._relay_sql import Cursor, holdback, read_batch
@@ -20,17 +20,6 @@ from nats.js import JetStreamContext
 from test_relay import make_relay, orders_of, publish, received, running, stored, until
 
 from hookbus import Bus
-
-
-@pytest.fixture
-def bus() -> Bus:
-    return shop_bus()
-
-
-@pytest_asyncio.fixture
-async def outbox_pool(pool: asyncpg.Pool, bus: Bus) -> asyncpg.Pool:
-    await install_outbox(pool, bus)
-    return pool
 
 
 @pytest.fixture

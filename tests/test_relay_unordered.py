@@ -17,9 +17,8 @@ from typing import Any
 import asyncpg
 import hookbus_asyncpg
 import pytest
-import pytest_asyncio
 from _nats import Stream, make_stream
-from _outbox import GATE, GATED_ROW, OrderPlaced, install_outbox, shop_bus
+from _outbox import GATE, GATED_ROW, OrderPlaced, bus_fixture, install_outbox, outbox_pool_fixture  # noqa: F401 (fixtures)
 from _postgres import holding_lock, wait_until_blocked_on_lock
 from hookbus_asyncpg import Outbox
 from hookbus_asyncpg._outbox._outbox_table import OUTBOX_DDL
@@ -43,17 +42,6 @@ from test_relay import (
 )
 
 from hookbus import Bus, Plugin, PluginSet, StageContext
-
-
-@pytest.fixture
-def bus() -> Bus:
-    return shop_bus()
-
-
-@pytest_asyncio.fixture
-async def outbox_pool(pool: asyncpg.Pool, bus: Bus) -> asyncpg.Pool:
-    await install_outbox(pool, bus)
-    return pool
 
 
 @pytest.fixture
