@@ -95,25 +95,6 @@ async def test_a_transaction_of_another_database_never_holds_the_relay_back(
             await scope.__aexit__(AssertionError, failed, None)
 
 
-async def test_rows_are_read_in_xid_order_across_a_power_of_ten(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox,
-) -> None:  # fmt: skip
-    """xids 98, 99, 100, 101, two rows a batch: ordered as text, the first batch would be
-    100 and 101, and the cursor would pass 98 and 99 before they are sent."""
-    for order in (1, 2, 3, 4):
-        await publish(outbox_pool, outbox, stream, order)
-    await outbox_pool.execute(
-        "UPDATE hookbus_outbox SET xid = (98 + id - (SELECT min(id) FROM hookbus_outbox))"
-        "::text::xid8"
-    )
-    relay = make_relay(dsn, jetstream, stream, batch_size=2)
-    async with running(relay):
-        await until(lambda: relay.stats().published == 4, "every row is published")
-    assert orders_of(await received(jetstream, stream, 4)) == [1, 2, 3, 4]
-    assert await stored(jetstream, stream) == 4
-
-
 @pytest_asyncio.fixture
 async def plain_role(outbox_pool: asyncpg.Pool) -> AsyncIterator[str]:
     """An ordinary role (no pg_read_all_stats) that may read the outbox."""
