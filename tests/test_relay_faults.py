@@ -1,17 +1,17 @@
 """The relay when its surroundings fail: the listening connection killed, NATS gone.
 
 The module runs on a PostgreSQL of its own (embedded): the relay reads rows only below the
-xmin of the whole server, so on a shared server another client's open transaction holds the
-relay back for as long as that client keeps it (69 s seen on a loaded machine), and a test
-that waits for a NOTIFY to wake the relay would wait on that client.
+oldest open transaction that may write to its database (before, of the whole server), and
+the tests that wait for a NOTIFY to wake the relay wait on no other client's transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
 import hookbus_asyncpg
@@ -65,15 +65,27 @@ async def listener_pid(pool: asyncpg.Pool) -> int | None:
     return pid
 
 
-async def test_a_killed_listening_connection_is_noticed_and_opened_again(
-    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, stream: Stream
-) -> None:
-    outbox = Outbox(bus, subject_prefix=stream.prefix)
-    # polling every 5 minutes: within the test, only a NOTIFY can wake the relay
+@contextlib.asynccontextmanager
+async def woken_only_by_notify(
+    dsn: str, jetstream: JetStreamContext, stream: Stream
+) -> AsyncIterator[Relay]:
+    """A relay running and listening, polling every 5 minutes: within a test, only a NOTIFY
+    (or the look that follows a read) makes it read; stopped on exit."""
     relay = Relay(dsn, jetstream, stream=stream.name, poll_interval=300)
     task = asyncio.create_task(relay.run())
     try:
         await until(lambda: relay.stats().listening, "the relay listens")
+        yield relay
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def test_a_killed_listening_connection_is_noticed_and_opened_again(
+    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, stream: Stream
+) -> None:
+    outbox = Outbox(bus, subject_prefix=stream.prefix)
+    async with woken_only_by_notify(dsn, jetstream, stream) as relay:
         await publish(outbox_pool, outbox, 1)
         await until(lambda: relay.stats().published == 1, "woken by the NOTIFY")
         first = await listener_pid(outbox_pool)
@@ -89,9 +101,6 @@ async def test_a_killed_listening_connection_is_noticed_and_opened_again(
             await asyncio.sleep(0.05)
         await publish(outbox_pool, outbox, 2)
         await until(lambda: relay.stats().published == 2, "woken by the new connection")
-    finally:
-        relay.stop()
-        await asyncio.wait_for(task, 15)
 
 
 async def test_rows_whose_holder_ends_between_the_read_and_the_look_are_read_at_once(
@@ -117,16 +126,10 @@ async def test_rows_whose_holder_ends_between_the_read_and_the_look_are_read_at_
 
     monkeypatch.setattr(relay_module, "look", holder_ends_first)
     outbox = Outbox(bus, subject_prefix=stream.prefix)
-    relay = Relay(dsn, jetstream, stream=stream.name, poll_interval=300)
-    task = asyncio.create_task(relay.run())
-    try:
-        await until(lambda: relay.stats().listening, "the relay listens")
+    async with woken_only_by_notify(dsn, jetstream, stream) as relay:
         await publish(outbox_pool, outbox, 1)
         await until(lambda: relay.stats().published == 1, "the row read once its holder ended")
         assert ended == [0]  # the look that found it held: nothing readable yet
-    finally:
-        relay.stop()
-        await asyncio.wait_for(task, 15)
 
 
 @pytest.mark.parametrize("kind", [Relay, UnorderedRelay])
