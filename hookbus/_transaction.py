@@ -511,6 +511,11 @@ class Transaction:
         waiting = self._beginning = []
         try:
             await self._backend.begin()
+            if self._state not in OPEN:
+                # The scope ended while BEGIN was on its way (a task it started sent the
+                # statement): the scope gave back what the backend took; this task's
+                # statement does not run in a transaction no one will commit.
+                raise self._refused("begin the transaction")
             self._begun = True
             if self._deferred:
                 await uncancellable(self._set_deferred)

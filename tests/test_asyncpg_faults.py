@@ -658,7 +658,7 @@ async def test_a_scope_ended_while_its_task_is_beginning_it_gives_the_connection
 ) -> None:
     # The block ends while a task it started is taking the connection and sending BEGIN
     # (the scope has not begun: it commits nothing). The scope gives that connection back
-    # itself; the task's statement, run after the scope is over, cannot keep it.
+    # itself; the task's statement, run after the scope is over, is refused, never run.
     reached, held = asyncio.Event(), asyncio.Event()
     HeldAfterBegin.reached, HeldAfterBegin.held = reached, held
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, connection_class=HeldAfterBegin)
@@ -668,8 +668,9 @@ async def test_a_scope_ended_while_its_task_is_beginning_it_gives_the_connection
             await reached.wait()
         assert tx.state is TransactionState.COMMITTED and not tx.begun
         held.set()
-        with pytest.raises(asyncpg.InterfaceError, match="released back to the pool"):
+        with pytest.raises(TransactionStateError, match=r"cannot begin.* scope is committed"):
             await late
+        assert not tx.begun
         await assert_pool_serves(pool)  # its one connection, out of any transaction
     finally:
         HeldAfterBegin.reached = HeldAfterBegin.held = None

@@ -119,3 +119,32 @@ async def test_what_cannot_wait_for_the_connection_is_refused_and_sends_nothing(
         await conn.execute("SELECT 1")
         assert conn.get_server_pid() == tx.connection.get_server_pid()
         assert conn.is_in_transaction()
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "asked-late"])
+@pytest.mark.parametrize("name", [*STATEMENTS, "copy_records_to_table", "get_server_pid"])
+async def test_a_task_outliving_its_scope_is_refused_its_connection(
+    db: asyncpg.Pool, name: str, kept: bool
+) -> None:
+    calls: dict[str, Call] = {n: call for n, (call, _, _) in STATEMENTS.items()}
+    calls["copy_records_to_table"] = lambda c: c.copy_records_to_table("items", records=[(2,)])
+
+    async def use(c: Any) -> None:
+        if name == "get_server_pid":  # not a coroutine: refused at the call
+            c.get_server_pid()
+        else:
+            await calls[name](c)
+
+    # The scope gave its connection back when its transaction ended: a statement sent later
+    # through tx.connection (kept from inside the scope, or asked for afterwards) is refused
+    # as a scope-state error, not run on a connection another scope may hold now.
+    async with hookbus_asyncpg.transaction(db) as tx:
+        conn = tx.connection
+        await conn.execute("INSERT INTO items VALUES (1)")
+    assert tx.state is hookbus.TransactionState.COMMITTED
+    late = conn if kept else tx.connection
+    with pytest.raises(hookbus.TransactionStateError, match=r"pool\.acquire\(\)"):
+        await use(late)
+    with pytest.raises(hookbus.TransactionStateError, match="committed"):
+        await tx.connect()
+    assert await ids(db) == [1]

@@ -217,6 +217,33 @@ async def test_anyio_cancel_scope_while_commit_in_flight_commits_then_propagates
     assert log == ["a.precommit", "a.postcommit"]
 
 
+class GatedBegin(GatedBackend):
+    """A backend that begins lazily, whose BEGIN waits for ``gate``."""
+
+    lazy = True
+
+    async def begin(self) -> None:
+        await self._wait("begin")
+        await self.memory.begin()
+
+
+async def test_a_begin_that_ends_after_its_scope_is_refused() -> None:
+    # A task the block started is sending BEGIN when the block ends: the scope, not begun,
+    # commits nothing; the task's statement is refused, and the scope never counts as begun.
+    log: list[str] = []
+    backend = GatedBegin("begin")
+    async with hookbus.transaction(backend) as tx:
+        tx.add(Recorded(log, "a"))
+        late = asyncio.create_task(tx.begin())
+        await backend.waiting.wait()
+    assert tx.state is TransactionState.COMMITTED and not tx.begun
+    backend.gate.set()
+    with pytest.raises(TransactionStateError, match=r"cannot begin.* scope is committed"):
+        await late
+    assert not tx.begun
+    assert log == ["a.precommit", "a.postcommit"]
+
+
 @pytest.mark.parametrize("gated", ["savepoint", "release", "rollback_to"])
 async def test_a_timeout_during_a_savepoint_statement_waits_for_its_answer(gated: str) -> None:
     log: list[str] = []

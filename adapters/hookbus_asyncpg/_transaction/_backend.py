@@ -229,12 +229,15 @@ class AsyncpgBackend:
     async def close(self) -> None:
         """Give the connection back to the pool it came from (once; a no-op without a pool).
 
-        The scope calls it once the outcome is known, before postcommit runs. A failure is
-        logged, never raised (the pool replaces a connection it could not reset).
+        The scope calls it once the outcome is known, before postcommit runs; ``connection``
+        is then None (the pool's connection is no longer the scope's). A failure is logged,
+        never raised (the pool replaces a connection it could not reset).
         """
         pool, self._home = self._home, None
-        if pool is not None and self.connection is not None:
-            await give_back(pool, self.connection)
+        conn = self.connection
+        if pool is not None and conn is not None:
+            self.connection = None
+            await give_back(pool, conn)
 
     async def rollback(self) -> None:
         """Send ROLLBACK, unless the connection is gone (the server then rolled back)."""

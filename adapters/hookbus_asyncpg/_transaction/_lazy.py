@@ -22,7 +22,7 @@ from hookbus import TransactionStateError
 if TYPE_CHECKING:
     from ._transaction import AsyncpgTransaction
 
-__all__ = ["LazyConnection"]
+__all__ = ["LazyConnection", "gone"]
 
 # asyncpg's coroutine methods that take no connection of their own accord.
 _NOT_BEGINNING: Final = frozenset({"close", "reset"})
@@ -47,7 +47,10 @@ class LazyConnection:
         """The statement that begins the scope: take the connection, then run it there."""
         tx = self._tx
         await tx.begin()  # tx.connect(), inlined: one coroutine less around the first statement
-        return await getattr(tx.backend_connection, name)(*args, **kwargs)
+        conn = tx.backend_connection
+        if conn is None:
+            raise gone(tx, f"tx.connection.{name}")
+        return await getattr(conn, name)(*args, **kwargs)
 
     # The statement methods, written out: they are the common first use of a scope. Once the
     # scope has begun they hand back the connection's own call (no coroutine of their own):
@@ -56,40 +59,40 @@ class LazyConnection:
     def execute(self, query: str, *args: Any, timeout: float | None = None) -> Awaitable[str]:
         """``Connection.execute``, after the scope has begun."""
         tx = self._tx
-        if tx.begun:
-            conn: Any = tx.backend_connection
+        conn: Any = tx.backend_connection
+        if conn is not None:
             return conn.execute(query, *args, timeout=timeout)  # type: ignore[no-any-return]
         return self._first("execute", (query, *args), {"timeout": timeout})
 
     def fetch(self, query: str, *args: Any, **kwargs: Any) -> Awaitable[list[Any]]:
         """``Connection.fetch``, after the scope has begun."""
         tx = self._tx
-        if tx.begun:
-            conn: Any = tx.backend_connection
+        conn: Any = tx.backend_connection
+        if conn is not None:
             return conn.fetch(query, *args, **kwargs)  # type: ignore[no-any-return]
         return self._first("fetch", (query, *args), kwargs)
 
     def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         """``Connection.fetchrow``, after the scope has begun."""
         tx = self._tx
-        if tx.begun:
-            conn: Any = tx.backend_connection
+        conn: Any = tx.backend_connection
+        if conn is not None:
             return conn.fetchrow(query, *args, **kwargs)  # type: ignore[no-any-return]
         return self._first("fetchrow", (query, *args), kwargs)
 
     def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         """``Connection.fetchval``, after the scope has begun."""
         tx = self._tx
-        if tx.begun:
-            conn: Any = tx.backend_connection
+        conn: Any = tx.backend_connection
+        if conn is not None:
             return conn.fetchval(query, *args, **kwargs)  # type: ignore[no-any-return]
         return self._first("fetchval", (query, *args), kwargs)
 
     def executemany(self, command: str, args: Any, **kwargs: Any) -> Awaitable[None]:
         """``Connection.executemany``, after the scope has begun."""
         tx = self._tx
-        if tx.begun:
-            conn: Any = tx.backend_connection
+        conn: Any = tx.backend_connection
+        if conn is not None:
             return conn.executemany(command, args, **kwargs)  # type: ignore[no-any-return]
         return self._first("executemany", (command, args), kwargs)
 
@@ -98,6 +101,9 @@ class LazyConnection:
         if backend_connection is not None:
             return getattr(backend_connection, name)
         attribute = getattr(asyncpg.Connection, name)  # AttributeError for what is not there
+        tx = self._tx
+        if tx.begun:
+            raise gone(tx, f"tx.connection.{name}")
         if inspect.iscoroutinefunction(attribute) and name not in _NOT_BEGINNING:
             return _beginning(self, name)
         raise TransactionStateError(
@@ -105,6 +111,17 @@ class LazyConnection:
             "yet (it takes its connection at its first statement): use "
             "`conn = await tx.connect()`, which begins it and returns the connection"
         )
+
+
+def gone(tx: AsyncpgTransaction, what: str) -> TransactionStateError:
+    """The refusal of a statement sent through ``tx.connection`` once the scope has given its
+    connection back (a task that outlived its scope, a postcommit)."""
+    return TransactionStateError(
+        f"cannot use {what}: the transaction scope is {tx.state.value}, and "
+        "its connection went back to the pool when its transaction ended (before "
+        "postcommit): use a connection of your own (`async with pool.acquire() as conn:`) "
+        "or a new scope"
+    )
 
 
 def _beginning(lazy: LazyConnection, name: str) -> Callable[..., Awaitable[Any]]:

@@ -23,7 +23,7 @@ import asyncpg.pool
 from hookbus import Savepoint, Transaction, TransactionState, TransactionStateError
 
 from ._backend import AsyncpgBackend, Connection
-from ._lazy import LazyConnection
+from ._lazy import LazyConnection, gone
 from ._options import DEFAULT, Isolation, TransactionOptions
 from ._savepoint_backend import SavepointBackend
 
@@ -79,7 +79,10 @@ class AsyncpgTransaction(Transaction):
         connection it runs on."""
         if not self._begun:
             await self.begin()
-        return self._pg.connection
+        conn = self._pg.connection
+        if conn is None:
+            raise gone(self, "await tx.connect()")
+        return conn
 
     def note_transaction_id(self, xid: str) -> None:
         """Tell the scope its transaction's id, read from a write of its own
