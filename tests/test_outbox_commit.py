@@ -230,6 +230,43 @@ async def test_the_rows_are_written_once_where_plpgsql_is_not_granted(
     assert await ids(db) == [1, 2] and await orders(db) == [1, 2]
 
 
+async def test_a_row_refused_where_plpgsql_is_not_granted_rolls_back(
+    db: asyncpg.Pool, dsn: str, bus: Bus
+) -> None:
+    # Where the id is asked with a round trip (the DO block refused once), the rows go
+    # before it: one refused there rolls the transaction back (ROLLBACK sent, the connection
+    # left outside any transaction) and its error is raised, nothing else written.
+    role = f"hookbus_plain_{secrets.token_hex(4)}"
+    await db.execute(f"CREATE ROLE {role} LOGIN; GRANT ALL ON items, hookbus_outbox TO {role}")
+    await db.execute("REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC")
+    await db.execute(REFUSE)
+    outbox = Outbox(bus, subject_prefix="shop")
+    log: list[str] = []
+    sent: list[str] = []
+    try:
+        async with (
+            asyncpg.create_pool(dsn, user=role, min_size=1, max_size=1) as plain,
+            plain.acquire() as conn,
+        ):
+            conn.add_query_logger(lambda query: sent.append(query.query))
+            async with hookbus_asyncpg.transaction(conn) as tx:  # finds the DO block refused
+                await outbox.publish(tx, "order_placed", OrderPlaced(1))
+            with pytest.raises(asyncpg.CheckViolationError, match="refused"):
+                async with hookbus_asyncpg.transaction(conn) as tx:
+                    await conn.execute("INSERT INTO items VALUES (2)")
+                    tx.add(Recorded(log, "a"))
+                    await outbox.publish(tx, "order_placed", OrderPlaced(2))
+                    await outbox.publish(tx, "order_placed", OrderPlaced(3), subject="shop.refused")
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM items") == 0
+    finally:
+        await db.execute("GRANT USAGE ON LANGUAGE plpgsql TO PUBLIC")
+        await db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    assert len([query for query in sent if "DO $$" in query]) == 1
+    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
+    assert await ids(db) == [] and await orders(db) == [1]
+
+
 async def test_a_swallowed_error_before_the_rows_answers_rollback(
     db: asyncpg.Pool, bus: Bus
 ) -> None:
