@@ -23,7 +23,13 @@ import asyncpg
 import hookbus_asyncpg
 import pytest
 import pytest_asyncio
-from _postgres import gate_at_commit, holding_lock, ids, start_gated_commit
+from _postgres import (
+    gate_at_commit,
+    holding_lock,
+    ids,
+    start_gated_commit,
+    wait_until_blocked_on_lock,
+)
 from _recording import Recorded
 from hookbus_asyncpg._transaction._options import TransactionOptions
 from hookbus_asyncpg._transaction._outcome import XidNotice, find_outcome
@@ -183,6 +189,51 @@ async def test_a_connection_lost_before_commit_is_sent_is_a_rollback(
     finally:
         await given.close()
     assert log == ["precommit", "rollback"]
+    assert await ids(db) == []
+
+
+# -- COMMIT due while a task the block started still runs a statement ------------------------
+
+
+@pytest.mark.parametrize("xid", ["notice", "known", "not-sought"])
+@pytest.mark.parametrize("on", ["pool", "connection"])
+async def test_commit_due_while_another_statement_runs_rolls_back_and_says_why(
+    db: asyncpg.Pool, dsn: str, on: str, xid: str
+) -> None:
+    # asyncpg refuses to send COMMIT while a statement the block left running is in progress
+    # on the scope's connection: nothing was sent (not a lost COMMIT whose outcome is sought).
+    # That statement belongs to the transaction: the connection is closed so that PostgreSQL
+    # rolls it all back, and the error says why.
+    log: list[str] = []
+    given = await asyncpg.connect(dsn)
+    source: Any = db if on == "pool" else given
+    try:
+        async with holding_lock(db, LOCK) as release:
+            with pytest.raises(TransactionStateError, match=r"COMMIT was not sent: .*in progress"):
+                async with hookbus_asyncpg.transaction(
+                    source, find_outcome=xid != "not-sought"
+                ) as tx:
+                    conn = await tx.connect()
+                    written = await conn.fetchval(
+                        "INSERT INTO items VALUES (1) RETURNING pg_current_xact_id()::text"
+                    )
+                    if xid == "known":
+                        tx.note_transaction_id(written)
+                    tx.add(Recorded(log, "a"))
+                    late = asyncio.create_task(
+                        conn.execute(
+                            "INSERT INTO items SELECT 2 FROM pg_advisory_xact_lock($1)", LOCK
+                        )
+                    )
+                    await wait_until_blocked_on_lock(db, conn.get_server_pid())
+            await release()
+        with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+            await late
+        if on == "connection":
+            assert given.is_closed()
+    finally:
+        await given.close()
+    assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
     assert await ids(db) == []
 
 

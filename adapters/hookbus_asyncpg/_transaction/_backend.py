@@ -12,7 +12,7 @@ from typing import Any, Final, TypeAlias, final
 import asyncpg
 import asyncpg.pool
 
-from hookbus import CommitOutcome, TransactionAbortedError
+from hookbus import CommitOutcome, TransactionAbortedError, TransactionStateError
 
 from ._options import DEFAULT, TransactionOptions
 from ._outcome import ASK_XID, NOT_RECEIVED, Xid, XidNotice, find_outcome, is_connection_loss
@@ -131,6 +131,14 @@ class AsyncpgBackend:
         if not _is_usable(conn):
             # Lost before COMMIT was sent (the loss was seen meanwhile): the server rolls back.
             raise asyncpg.InterfaceError("the connection was lost before COMMIT was sent")
+        try:
+            return await self._send_commit(conn)
+        except asyncpg.InterfaceError as exc:
+            if not _is_usable(conn):
+                raise  # lost before anything was sent: the server rolls back
+            raise _busy(conn, exc) from exc
+
+    async def _send_commit(self, conn: Connection) -> CommitOutcome:
         first = self.with_commit
         if not self._options.find_outcome:
             return await self._commit(conn, f"{first}COMMIT", NOT_RECEIVED)
@@ -333,10 +341,27 @@ def _is_usable(conn: Connection) -> bool:
 def _not_lost_in_commit(conn: Connection, exc: BaseException) -> bool:
     """Tell a COMMIT refused or never sent from one whose connection was lost on the way."""
     # asyncpg refuses to send on a connection whose session the server has just ended
-    # ("cannot switch to state"): nothing was sent.
+    # ("cannot switch to state"), or on one still running another statement ("another
+    # operation is in progress", an InterfaceError while the connection is usable): nothing
+    # was sent.
     if isinstance(exc, asyncpg.InternalClientError):
         return True
-    return _is_usable(conn) and not is_connection_loss(exc)
+    if not _is_usable(conn):
+        return False
+    return isinstance(exc, asyncpg.InterfaceError) or not is_connection_loss(exc)
+
+
+def _busy(conn: Connection, exc: asyncpg.InterfaceError) -> TransactionStateError:
+    """COMMIT could not be sent: another statement still runs on the scope's connection (a
+    task the block started outlived it). That statement belongs to the transaction, which
+    must not commit half of it: the connection is closed, so PostgreSQL rolls back."""
+    conn.terminate()
+    return TransactionStateError(
+        f"COMMIT was not sent: {exc} on the scope's connection (a task the block started "
+        "still runs a statement of this transaction? await it inside the block); the "
+        "connection was closed, so PostgreSQL rolled the transaction back, and the rollback "
+        "operations ran"
+    )
 
 
 def _ended_by_the_server(exc: BaseException) -> bool:
