@@ -203,15 +203,15 @@ async def test_a_row_refused_for_privilege_is_not_taken_for_a_refused_do_block(
     assert await orders(db) == [2]
 
 
-async def test_the_rows_are_written_once_where_plpgsql_is_not_granted(
-    db: asyncpg.Pool, dsn: str, bus: Bus
-) -> None:
-    # The first COMMIT finds the DO block refused after the rows ran (they stay, and COMMIT
-    # follows the id's round trip); the next sends the rows before asking the id.
+@contextlib.asynccontextmanager
+async def without_plpgsql(
+    db: asyncpg.Pool, dsn: str
+) -> AsyncIterator[tuple[asyncpg.Connection, list[str]]]:
+    """A connection of a role that may write ``items`` and the outbox, on a database where
+    plpgsql is not granted, and the statements sent on it."""
     role = f"hookbus_plain_{secrets.token_hex(4)}"
     await db.execute(f"CREATE ROLE {role} LOGIN; GRANT ALL ON items, hookbus_outbox TO {role}")
     await db.execute("REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC")
-    outbox = Outbox(bus)
     sent: list[str] = []
     try:
         async with (
@@ -219,13 +219,23 @@ async def test_the_rows_are_written_once_where_plpgsql_is_not_granted(
             plain.acquire() as conn,
         ):
             conn.add_query_logger(lambda query: sent.append(query.query))
-            for n in (1, 2):
-                async with hookbus_asyncpg.transaction(conn) as tx:
-                    await conn.execute("INSERT INTO items VALUES ($1)", n)
-                    await outbox.publish(tx, "order_placed", OrderPlaced(n))
+            yield conn, sent
     finally:
         await db.execute("GRANT USAGE ON LANGUAGE plpgsql TO PUBLIC")
         await db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+async def test_the_rows_are_written_once_where_plpgsql_is_not_granted(
+    db: asyncpg.Pool, dsn: str, bus: Bus
+) -> None:
+    # The first COMMIT finds the DO block refused after the rows ran (they stay, and COMMIT
+    # follows the id's round trip); the next sends the rows before asking the id.
+    outbox = Outbox(bus)
+    async with without_plpgsql(db, dsn) as (conn, sent):
+        for n in (1, 2):
+            async with hookbus_asyncpg.transaction(conn) as tx:
+                await conn.execute("INSERT INTO items VALUES ($1)", n)
+                await outbox.publish(tx, "order_placed", OrderPlaced(n))
     assert len([query for query in sent if "DO $$" in query]) == 1
     assert await ids(db) == [1, 2] and await orders(db) == [1, 2]
 
@@ -236,32 +246,20 @@ async def test_a_row_refused_where_plpgsql_is_not_granted_rolls_back(
     # Where the id is asked with a round trip (the DO block refused once), the rows go
     # before it: one refused there rolls the transaction back (ROLLBACK sent, the connection
     # left outside any transaction) and its error is raised, nothing else written.
-    role = f"hookbus_plain_{secrets.token_hex(4)}"
-    await db.execute(f"CREATE ROLE {role} LOGIN; GRANT ALL ON items, hookbus_outbox TO {role}")
-    await db.execute("REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC")
     await db.execute(REFUSE)
     outbox = Outbox(bus, subject_prefix="shop")
     log: list[str] = []
-    sent: list[str] = []
-    try:
-        async with (
-            asyncpg.create_pool(dsn, user=role, min_size=1, max_size=1) as plain,
-            plain.acquire() as conn,
-        ):
-            conn.add_query_logger(lambda query: sent.append(query.query))
-            async with hookbus_asyncpg.transaction(conn) as tx:  # finds the DO block refused
-                await outbox.publish(tx, "order_placed", OrderPlaced(1))
-            with pytest.raises(asyncpg.CheckViolationError, match="refused"):
-                async with hookbus_asyncpg.transaction(conn) as tx:
-                    await conn.execute("INSERT INTO items VALUES (2)")
-                    tx.add(Recorded(log, "a"))
-                    await outbox.publish(tx, "order_placed", OrderPlaced(2))
-                    await outbox.publish(tx, "order_placed", OrderPlaced(3), subject="shop.refused")
-            assert not conn.is_in_transaction()
-            assert await conn.fetchval("SELECT count(*) FROM items") == 0
-    finally:
-        await db.execute("GRANT USAGE ON LANGUAGE plpgsql TO PUBLIC")
-        await db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    async with without_plpgsql(db, dsn) as (conn, sent):
+        async with hookbus_asyncpg.transaction(conn) as tx:  # finds the DO block refused
+            await outbox.publish(tx, "order_placed", OrderPlaced(1))
+        with pytest.raises(asyncpg.CheckViolationError, match="refused"):
+            async with hookbus_asyncpg.transaction(conn) as tx:
+                await conn.execute("INSERT INTO items VALUES (2)")
+                tx.add(Recorded(log, "a"))
+                await outbox.publish(tx, "order_placed", OrderPlaced(2))
+                await outbox.publish(tx, "order_placed", OrderPlaced(3), subject="shop.refused")
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SELECT count(*) FROM items") == 0
     assert len([query for query in sent if "DO $$" in query]) == 1
     assert log == ["a.precommit", "a.revertprecommit", "a.rollback"]
     assert await ids(db) == [] and await orders(db) == [1]
