@@ -18,14 +18,15 @@ costs its tests, not an interpreter start). This script gives it what this repos
 The ``logger.`` calls are left alone unless ``--with-logging``: their wording is not what the
 tests guard, and their string mutants bury the survivors that matter.
 
-Score: (killed + timed out) / all mutants. A timeout is a mutant that made its tests hang
-(an endless loop), which no user would miss (its bound: the tests' estimated time plus
-``--timeout-constant``, times 15; mutmut's estimate counts the tests' call phase only, not
-their fixtures, so the constant is sized for a loaded machine, lest a mutant whose tests
-merely run long pass for caught); "no tests" (no selected test runs the
-function) counts against the score. A survivor is not always a missing test: some mutants
-change nothing a user can observe (an error message's wording, a value only tested for
-truth); the summary lists them all for a reader to judge.
+Score: (killed + timed out) / all mutants run (``--only PATTERN`` runs those whose names
+match, e.g. the mutants of the functions a change touched). A timeout is a mutant that made
+its tests hang (an endless loop), which no user would miss (its bound: the tests' estimated
+time plus ``--timeout-constant``, times 15; mutmut's estimate counts the tests' call phase
+only, not their fixtures, so the constant is sized for a loaded machine, lest a mutant whose
+tests merely run long pass for caught); "no tests" (no selected test runs the function)
+counts against the score. A survivor is not always a missing test: some mutants change
+nothing a user can observe (an error message's wording, a value only tested for truth); the
+summary lists them all for a reader to judge.
 
 Not part of CI: a run takes minutes (``_ledger.py``, 300 mutants: about 4 minutes on two
 shared cores).
@@ -167,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         "1, a mutant whose tests merely run long on a loaded machine counts as timed out",
     )
     parser.add_argument(
+        "--only",
+        action="append",
+        metavar="PATTERN",
+        help="run only the mutants whose names match (fnmatch, as `mutmut results` names "
+        "them, e.g. '*ǁconnect__mutmut_*'; repeatable): a rerun of what changed",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         help="the scratch copy (default: <tmp>/hookbus-mutate/<module>); replaced if present",
@@ -199,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, "-m", "mutmut", "run"]
     if args.max_children:
         command += ["--max-children", str(args.max_children)]
+    command += args.only or []
     with log.open("w") as out:
         run = subprocess.run(
             command,
@@ -288,12 +297,19 @@ def mutmut(workdir: Path, *args: str) -> str:
 def summarize(workdir: Path) -> int:
     mutmut(workdir, "export-cicd-stats")
     stats = json.loads((workdir / "mutants" / "mutmut-cicd-stats.json").read_text())
-    total = stats["total"]
+    # Mutants left unrun (--only, or a run stopped) are out of the score; "no tests" ones
+    # count against it.
+    outcomes = ("killed", "timeout", "survived", "no_tests", "suspicious", "segfault")
+    total = sum(stats[key] for key in outcomes)
     caught = stats["killed"] + stats["timeout"]
     counts = ", ".join(f"{key} {value}" for key, value in stats.items() if value)
     score = caught / total if total else 1.0
     print(f"mutate: {counts}")
-    print(f"mutate: score {score:.1%} ({caught} of {total} caught: killed or timed out)")
+    unrun = stats["total"] - total - stats["skipped"]
+    print(
+        f"mutate: score {score:.1%} ({caught} of {total} caught: killed or timed out"
+        + (f"; {unrun} not run)" if unrun else ")")
+    )
     missed = [
         line.strip().rsplit(": ", 1)[0]
         for line in mutmut(workdir, "results").splitlines()
