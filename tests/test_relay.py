@@ -240,7 +240,9 @@ async def test_a_relay_that_loses_its_lock_stops_before_publishing(
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
         assert holder is not None
-        await outbox_pool.execute("SELECT pg_terminate_backend($1)", holder)
+        # waited for until the backend has exited (its socket closed): the relay's loop,
+        # shared with this test, sees the lock's connection end before the row's NOTIFY
+        assert await outbox_pool.fetchval("SELECT pg_terminate_backend($1, 5000)", holder)
         await publish(outbox_pool, outbox, stream, 1)
         with pytest.raises(LockLostError):
             await asyncio.wait_for(task, 10)
