@@ -1,6 +1,11 @@
 """The relay on the real PostgreSQL and NATS JetStream: what is committed is published, once,
 in commit order; what holds it back is reported; it refuses to run where it would lose or
-duplicate."""
+duplicate.
+
+The module's relays run on a database of its own (conftest's ``dsn``, made for the module),
+and a relay waits only for the open transactions of its own database (test_relay_gate): a
+session idle in a transaction of another suite sharing the server holds none of them back.
+"""
 
 from __future__ import annotations
 
@@ -64,8 +69,8 @@ async def publish(pool: asyncpg.Pool, outbox: Outbox, stream: Stream, *orders: i
 
 
 async def received(js: JetStreamContext, stream: Stream, count: int) -> list[Any]:
-    """The first ``count`` messages of the stream, waited for (60 s at most: on a shared
-    server, another client's open transaction holds the relay back meanwhile)."""
+    """The first ``count`` messages of the stream, waited for (60 s at most: a slow machine,
+    or a prepared transaction on the server, which the relay waits for whatever its database)."""
     sub = await js.pull_subscribe(f"{stream.prefix}.>", stream=stream.name)
     got: list[Any] = []
     deadline = time.monotonic() + 60
@@ -212,7 +217,7 @@ async def test_a_session_idle_in_a_transaction_is_reported_as_what_holds_the_rel
     async with running(relay):
         pid = idle.get_server_pid()
 
-        def reported() -> bool:  # once older transactions of other clients have ended
+        def reported() -> bool:  # once the relay has looked since the session began
             held = relay.stats().held_back
             return held is not None and held.pid == pid
 
