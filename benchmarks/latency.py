@@ -211,7 +211,7 @@ def _relay_process(dsn: str, url: str, stream: str, stop: Any, out: Any) -> None
     async def main() -> None:
         notified, read, acked = _instrument_relay()
         nc = await nats.connect(url)
-        relay = Relay(dsn, nc.jetstream(), stream=stream, poll_interval=0.05, retention=None)
+        relay = Relay(dsn, nc, stream=stream, poll_interval=0.05, retention=None)
         task = asyncio.create_task(relay.run())
         worst: dict[str, tuple[float, str]] = {}
         out.put("ready")

@@ -56,6 +56,7 @@ import nats
 from hookbus_asyncpg.testing import run_with_database
 from hookbus_nats import Relay, RelayState, UnorderedRelay
 from hookbus_nats.testing import server_binary, started_server
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
@@ -117,8 +118,8 @@ async def _stream(js: JetStreamContext, prefix: str) -> str:
     return name
 
 
-async def _relay_once(dsn: str, js: JetStreamContext, stream: str, events: int) -> float:
-    relay = Relay(dsn, js, stream=stream, poll_interval=0.01, retention=None)
+async def _relay_once(dsn: str, nc: Client, stream: str, events: int) -> float:
+    relay = Relay(dsn, nc, stream=stream, poll_interval=0.01, retention=None)
     task = asyncio.create_task(relay.run())
     # the clock starts at the first batch: neither the relay's start-up (its pool, the stream
     # check, the lock) nor a wait behind another client's open transaction (the xmin gate
@@ -138,11 +139,9 @@ async def _relay_once(dsn: str, js: JetStreamContext, stream: str, events: int) 
     return elapsed
 
 
-async def _unordered_once(
-    dsn: str, js: JetStreamContext, stream: str, events: int, relays: int
-) -> float:
+async def _unordered_once(dsn: str, nc: Client, stream: str, events: int, relays: int) -> float:
     running = [
-        UnorderedRelay(dsn, js, stream=stream, poll_interval=0.01, retention=None)
+        UnorderedRelay(dsn, nc, stream=stream, poll_interval=0.01, retention=None)
         for _ in range(relays)
     ]
     tasks = [asyncio.create_task(relay.run()) for relay in running]
@@ -247,10 +246,9 @@ class _Answers:
             self.done.set_result(None)
 
 
-async def _inbox_loop_once(rows: list[Any], js: JetStreamContext) -> float:
+async def _inbox_loop_once(rows: list[Any], nc: Client) -> float:
     """The loop without ``publish_async``: each batch answered on one inbox of its own, the
     answers counted by a subscription's callback, as the relays do."""
-    nc = js._nc  # nats-py keeps the context's connection private
     start = time.perf_counter()
     for first in range(0, len(rows), 1000):
         batch = rows[first : first + 1000]
@@ -289,16 +287,16 @@ async def relay_vs_loop(dsn: str, url: str, events: int, rounds: int) -> None:
                     if side == "loop":
                         elapsed = await _loop_once(rows, js)
                     elif side == "inbox loop":
-                        elapsed = await _inbox_loop_once(rows, js)
+                        elapsed = await _inbox_loop_once(rows, nc)
                     else:
                         await _reset(pool, side)
                         if side == "relay":
-                            elapsed = await _relay_once(dsn, js, stream, events)
+                            elapsed = await _relay_once(dsn, nc, stream, events)
                         elif side == "2 processes":
                             elapsed = await _unordered_processes(pool, dsn, url, stream, 2)
                         else:
                             relays = int(side[-1])
-                            elapsed = await _unordered_once(dsn, js, stream, events, relays)
+                            elapsed = await _unordered_once(dsn, nc, stream, events, relays)
                 finally:
                     await js.delete_stream(stream)
                 if r:

@@ -136,7 +136,7 @@ async def main(dsn: str, nats_url: str) -> None:
             "--stream", STREAM, "--name", "totals", "--server", nats_url,
             cwd=HERE, env={**os.environ, "HOOKBUS_DSN": dsn}, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        relay = Relay(dsn, js, stream=STREAM)
+        relay = Relay(dsn, nc, stream=STREAM)
         relaying = asyncio.create_task(relay.run())
         try:
             started = time.monotonic()

@@ -43,7 +43,7 @@ async def main(dsn: str, url: str, stream: str, point: str, mode: str = "ordered
         relay_module.save_cursor = save  # type: ignore[assignment]
         unordered_module.mark_sent = save  # type: ignore[assignment]
     nc = await nats.connect(url)
-    relay = kind(dsn, nc.jetstream(), stream=stream, poll_interval=0.05)
+    relay = kind(dsn, nc, stream=stream, poll_interval=0.05)
     print("started", flush=True)
     await relay.run()
 

@@ -86,8 +86,7 @@ async def test_a_relay_and_a_consumer_started_before_jetstream_answers_start_onc
     await publish(pool, Outbox(bus, subject_prefix=made.prefix), 1)
     nc = await connect(nats.url)
     try:
-        js = nc.jetstream()
-        relay = Relay(dsn, js, stream=stream, start_wait=120)
+        relay = Relay(dsn, nc, stream=stream, start_wait=120)
         consumer = Consumer(bus, pool, nc, name="startup", stream=stream, start_wait=120)
         relaying = asyncio.create_task(relay.run())
         starting = asyncio.create_task(consumer.start())
@@ -118,8 +117,7 @@ async def test_past_its_start_wait_a_worker_fails_with_the_error_that_says_why(
     stream = (await a_stream_then_no_jetstream(nats)).name
     nc = await connect(nats.url)
     try:
-        js = nc.jetstream()
-        relay = Relay(dsn, js, stream=stream, start_wait=0.5)
+        relay = Relay(dsn, nc, stream=stream, start_wait=0.5)
         said = re.escape(f"no JetStream leader for stream {stream!r} after 0.5 s")
         with pytest.raises(JetStreamNotReadyError, match=said):
             await asyncio.wait_for(relay.run(), 30)
@@ -181,7 +179,7 @@ async def test_stop_ends_a_workers_wait_for_jetstream_at_once_with_nothing_left_
         js = nc.jetstream(timeout=600)  # the question alone outlasts the test
         running: Relay | Consumer
         if worker == "relay":
-            running = Relay(dsn, js, stream=stream, start_wait=600)
+            running = Relay(dsn, nc, js=js, stream=stream, start_wait=600)
         else:
             running = Consumer(shop_bus(), pool, nc, js=js, name="stopped", stream=stream,
                                start_wait=600)  # fmt: skip

@@ -1,6 +1,11 @@
 """The relay on the real PostgreSQL and NATS JetStream: what is committed is published, once,
 in commit order; what holds it back is reported; it refuses to run where it would lose or
-duplicate."""
+duplicate.
+
+The module's relays run on a database of its own (conftest's ``dsn``, made for the module),
+and a relay waits only for the open transactions of its own database (test_relay_gate): a
+session idle in a transaction of another suite sharing the server holds none of them back.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,9 @@ from hookbus_nats import (
     Relay,
     RelayState,
     RelayStateError,
+    UnorderedRelay,
 )
+from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
@@ -37,12 +44,12 @@ from hookbus import Bus
 PROCESS = Path(__file__).with_name("_relay_process.py")
 
 
-def make_relay(dsn: str, js: JetStreamContext, stream: Stream, **options: Any) -> Relay:
-    return Relay(dsn, js, stream=stream.name, poll_interval=0.05, **options)
+def make_relay(dsn: str, nc: Client, stream: Stream, **options: Any) -> Relay:
+    return Relay(dsn, nc, stream=stream.name, poll_interval=0.05, **options)
 
 
 @asynccontextmanager
-async def running(relay: Relay) -> AsyncIterator[asyncio.Task[None]]:
+async def running(relay: Relay | UnorderedRelay) -> AsyncIterator[asyncio.Task[None]]:
     """``relay`` running in a task; stopped (its batch finished) at the end."""
     task = asyncio.create_task(relay.run())
     try:
@@ -62,8 +69,8 @@ async def publish(pool: asyncpg.Pool, outbox: Outbox, stream: Stream, *orders: i
 
 
 async def received(js: JetStreamContext, stream: Stream, count: int) -> list[Any]:
-    """The first ``count`` messages of the stream, waited for (60 s at most: on a shared
-    server, another client's open transaction holds the relay back meanwhile)."""
+    """The first ``count`` messages of the stream, waited for (60 s at most: a slow machine,
+    or a prepared transaction on the server, which the relay waits for whatever its database)."""
     sub = await js.pull_subscribe(f"{stream.prefix}.>", stream=stream.name)
     got: list[Any] = []
     deadline = time.monotonic() + 60
@@ -105,8 +112,8 @@ TRACE = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01
 
 
 async def test_committed_events_are_published_and_rolled_back_ones_never(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox,
 ) -> None:  # fmt: skip
     await publish(outbox_pool, outbox, stream, 1)
     with pytest.raises(RuntimeError):
@@ -114,7 +121,7 @@ async def test_committed_events_are_published_and_rolled_back_ones_never(
             await outbox.publish(tx, "order_placed", OrderPlaced(2))
             raise RuntimeError("rolled back")
     await publish(outbox_pool, outbox, stream, 3, 4)
-    relay = make_relay(dsn, jetstream, stream)
+    relay = make_relay(dsn, nats_client, stream)
     async with running(relay):
         messages = await received(jetstream, stream, 3)
     assert relay.state is RelayState.STOPPED
@@ -131,8 +138,8 @@ async def test_committed_events_are_published_and_rolled_back_ones_never(
 
 
 async def test_transactions_committed_out_of_id_order_are_all_delivered(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox,
 ) -> None:  # fmt: skip
     """The case an ``id`` cursor loses even behind the xmin gate: the transaction with the
     lower xid writes the higher id and commits first, so its row is published while the
@@ -151,7 +158,7 @@ async def test_transactions_committed_out_of_id_order_are_all_delivered(
             blocked.put_nowait(await tx.connection.fetchval("SELECT pg_backend_pid()"))
             await second_may_end.wait()
 
-    relay = make_relay(dsn, jetstream, stream)
+    relay = make_relay(dsn, nats_client, stream)
     async with running(relay), holding_lock(outbox_pool, GATE) as release:
         task = asyncio.create_task(second())
         try:
@@ -178,8 +185,8 @@ async def test_transactions_committed_out_of_id_order_are_all_delivered(
 
 
 async def test_rows_are_read_in_numeric_xid_order_across_a_power_of_ten(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox,
 ) -> None:  # fmt: skip
     """xids travel as text, but the batch is ordered by the xid itself: as text, '10' sorts
     before '9', so a batch would take the rows of xid 10 first, move the cursor past them,
@@ -190,7 +197,7 @@ async def test_rows_are_read_in_numeric_xid_order_across_a_power_of_ten(
         "UPDATE hookbus_outbox SET xid = (CASE WHEN id = (SELECT min(id) FROM hookbus_outbox) "
         "THEN '9' ELSE '10' END)::xid8"
     )
-    relay = make_relay(dsn, jetstream, stream, batch_size=2)
+    relay = make_relay(dsn, nats_client, stream, batch_size=2)
     async with running(relay):
         await until(lambda: relay.stats().batches == 2, "two batches relayed")
         messages = await received(jetstream, stream, 3)
@@ -198,19 +205,19 @@ async def test_rows_are_read_in_numeric_xid_order_across_a_power_of_ten(
 
 
 async def test_a_session_idle_in_a_transaction_is_reported_as_what_holds_the_relay(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox, conn: asyncpg.Connection,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox, conn: asyncpg.Connection,
 ) -> None:  # fmt: skip
     idle = conn
     await idle.execute("SET application_name = 'idle-report'")
     await idle.execute("BEGIN")
     await idle.fetchval("SELECT pg_current_xact_id()")  # an xid: it holds back xmin
     await publish(outbox_pool, outbox, stream, 1)
-    relay = make_relay(dsn, jetstream, stream)
+    relay = make_relay(dsn, nats_client, stream)
     async with running(relay):
         pid = idle.get_server_pid()
 
-        def reported() -> bool:  # once older transactions of other clients have ended
+        def reported() -> bool:  # once the relay has looked since the session began
             held = relay.stats().held_back
             return held is not None and held.pid == pid
 
@@ -227,10 +234,10 @@ async def test_a_session_idle_in_a_transaction_is_reported_as_what_holds_the_rel
 
 
 async def test_a_relay_that_loses_its_lock_stops_before_publishing(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox,
 ) -> None:  # fmt: skip
-    relay = make_relay(dsn, jetstream, stream)
+    relay = make_relay(dsn, nats_client, stream)
     async with running(relay) as task:
         await until(lambda: relay.state is RelayState.WAITING, "the relay waits for rows")
         holder = await outbox_pool.fetchval(
@@ -238,23 +245,25 @@ async def test_a_relay_that_loses_its_lock_stops_before_publishing(
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
         assert holder is not None
-        await outbox_pool.execute("SELECT pg_terminate_backend($1)", holder)
+        # waited for until the backend has exited (its socket closed): the relay's loop,
+        # shared with this test, sees the lock's connection end before the row's NOTIFY
+        assert await outbox_pool.fetchval("SELECT pg_terminate_backend($1, 5000)", holder)
         await publish(outbox_pool, outbox, stream, 1)
         with pytest.raises(LockLostError):
             await asyncio.wait_for(task, 10)
     assert relay.state is RelayState.FAILED
     assert await stored(jetstream, stream) == 0
     # a standby (here: the next relay of the same name) takes over and publishes it
-    async with running(make_relay(dsn, jetstream, stream)):
+    async with running(make_relay(dsn, nats_client, stream)):
         assert orders_of(await received(jetstream, stream, 1)) == [1]
 
 
 async def test_a_standby_takes_over_when_the_active_relay_stops(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox,
 ) -> None:  # fmt: skip
-    active = make_relay(dsn, jetstream, stream)
-    standby = make_relay(dsn, jetstream, stream, standby_check=0.2)
+    active = make_relay(dsn, nats_client, stream)
+    standby = make_relay(dsn, nats_client, stream, standby_check=0.2)
     async with running(active):
         await until(lambda: active.state is RelayState.WAITING, "the first relay is active")
         async with running(standby):
@@ -272,11 +281,15 @@ async def test_a_standby_takes_over_when_the_active_relay_stops(
 
 
 async def test_a_stream_forgetting_ids_too_soon_is_refused(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, outbox: Outbox
+    outbox_pool: asyncpg.Pool,
+    dsn: str,
+    jetstream: JetStreamContext,
+    nats_client: Client,
+    outbox: Outbox,
 ) -> None:
     short = await make_stream(jetstream, duplicate_window=5.0)
     try:
-        relay = Relay(dsn, jetstream, stream=short.name, retry_horizon=60.0)
+        relay = Relay(dsn, nats_client, stream=short.name, retry_horizon=60.0)
         with pytest.raises(DuplicateWindowError, match="5 s, less than"):
             await relay.run()
         assert relay.state is RelayState.FAILED
@@ -285,8 +298,8 @@ async def test_a_stream_forgetting_ids_too_soon_is_refused(
 
 
 async def test_a_cursor_ahead_of_the_server_is_refused_until_reset(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox,
 ) -> None:  # fmt: skip
     await publish(outbox_pool, outbox, stream, 1)
     # as after a restore from a dump: the cursor is past every xid this server will give
@@ -294,12 +307,12 @@ async def test_a_cursor_ahead_of_the_server_is_refused_until_reset(
         "INSERT INTO hookbus_outbox_cursor (relay, xid) VALUES ('default', "
         "(pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text::xid8)"
     )
-    relay = make_relay(dsn, jetstream, stream)
+    relay = make_relay(dsn, nats_client, stream)
     with pytest.raises(CursorAheadError, match="hookbus outbox reset"):
         await relay.run()
     result = _hookbus(dsn, "outbox", "reset", "--yes")
     assert result.returncode == 0, result.stderr
-    async with running(make_relay(dsn, jetstream, stream)):
+    async with running(make_relay(dsn, nats_client, stream)):
         assert orders_of(await received(jetstream, stream, 1)) == [1]
 
 
@@ -334,8 +347,8 @@ async def _killed_at(process: subprocess.Popen[str], word: str) -> None:
 
 @pytest.mark.parametrize("point", ["read", "acked"])
 async def test_a_relay_killed_mid_batch_is_replaced_and_each_event_stored_once(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox, nats_url: str, point: str,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox, nats_url: str, point: str,
 ) -> None:  # fmt: skip
     """``read``: killed after COMMIT, before publishing: the next relay publishes. ``acked``:
     killed after JetStream acknowledged the batch, before the cursor was saved: the next
@@ -345,7 +358,7 @@ async def test_a_relay_killed_mid_batch_is_replaced_and_each_event_stored_once(
     assert await stored(jetstream, stream) == (3 if point == "acked" else 0)
     cursor = await outbox_pool.fetchval("SELECT id FROM hookbus_outbox_cursor")
     assert cursor == 0  # the killed relay never saved it
-    relay = make_relay(dsn, jetstream, stream)
+    relay = make_relay(dsn, nats_client, stream)
     async with running(relay):
         await until(lambda: relay.stats().published == 3, "the batch is sent again")
     assert relay.stats().duplicates == (3 if point == "acked" else 0)
@@ -354,11 +367,42 @@ async def test_a_relay_killed_mid_batch_is_replaced_and_each_event_stored_once(
 
 
 async def test_a_relay_runs_once(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream
+    outbox_pool: asyncpg.Pool, dsn: str, nats_client: Client, stream: Stream
 ) -> None:
-    relay = make_relay(dsn, jetstream, stream)
+    relay = make_relay(dsn, nats_client, stream)
     async with running(relay):
         await until(lambda: relay.state is RelayState.WAITING, "the relay waits for rows")
     assert relay.state is RelayState.STOPPED
     with pytest.raises(RelayStateError, match="from stopped to starting"):
         await relay.run()
+
+
+@pytest.mark.parametrize("kind", [Relay, UnorderedRelay])
+async def test_a_relay_given_a_jetstream_context_still_relays_but_says_it_is_deprecated(
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
+    outbox: Outbox, kind: type[Relay | UnorderedRelay],
+) -> None:  # fmt: skip
+    """The form of earlier releases, ``Relay(dsn, js, ...)``, works for one more release; the
+    warning names what to write instead, at the line that built the relay."""
+    name = kind.__name__
+    with pytest.warns(DeprecationWarning, match=rf"{name}\(dsn, nc, \.\.\.\)") as warned:
+        relay = kind(dsn, jetstream, stream=stream.name, poll_interval=0.05)
+    assert [w.filename for w in warned] == [__file__]
+    await publish(outbox_pool, outbox, stream, 1, 2)
+    async with running(relay):
+        assert orders_of(await received(jetstream, stream, 2)) == [1, 2]
+
+
+@pytest.mark.parametrize("kind", [Relay, UnorderedRelay])
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("nats://127.0.0.1:4222", r"second argument is a nats\.aio\.client\.Client .*not str"),
+        (None, r"needs the NATS connection: \w+\(dsn, nc, \.\.\.\)"),
+    ],
+)
+def test_a_relay_without_a_nats_connection_is_refused_at_construction(
+    kind: type[Relay | UnorderedRelay], given: Any, said: str
+) -> None:
+    with pytest.raises(TypeError, match=said):
+        kind("postgresql://", given, stream="S")

@@ -26,6 +26,7 @@ from hookbus_nats import Relay, RelayState, UnorderedRelay
 from hookbus_nats import _relay as relay_module
 from hookbus_nats import _relay_sql as relay_sql
 from hookbus_nats._relay_sql import Cursor
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy
 
@@ -66,12 +67,10 @@ async def listener_pid(pool: asyncpg.Pool) -> int | None:
 
 
 @contextlib.asynccontextmanager
-async def woken_only_by_notify(
-    dsn: str, jetstream: JetStreamContext, stream: Stream
-) -> AsyncIterator[Relay]:
+async def woken_only_by_notify(dsn: str, nc: Client, stream: Stream) -> AsyncIterator[Relay]:
     """A relay running and listening, polling every 5 minutes: within a test, only a NOTIFY
     (or the look that follows a read) makes it read; stopped on exit."""
-    relay = Relay(dsn, jetstream, stream=stream.name, poll_interval=300)
+    relay = Relay(dsn, nc, stream=stream.name, poll_interval=300)
     task = asyncio.create_task(relay.run())
     try:
         await until(lambda: relay.stats().listening, "the relay listens")
@@ -82,10 +81,10 @@ async def woken_only_by_notify(
 
 
 async def test_a_killed_listening_connection_is_noticed_and_opened_again(
-    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, stream: Stream
+    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, nats_client: Client, stream: Stream
 ) -> None:
     outbox = Outbox(bus, subject_prefix=stream.prefix)
-    async with woken_only_by_notify(dsn, jetstream, stream) as relay:
+    async with woken_only_by_notify(dsn, nats_client, stream) as relay:
         await publish(outbox_pool, outbox, 1)
         await until(lambda: relay.stats().published == 1, "woken by the NOTIFY")
         first = await listener_pid(outbox_pool)
@@ -104,7 +103,7 @@ async def test_a_killed_listening_connection_is_noticed_and_opened_again(
 
 
 async def test_rows_whose_holder_ends_between_the_read_and_the_look_are_read_at_once(
-    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, stream: Stream,
+    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, nats_client: Client, stream: Stream,
     conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     # Woken by the NOTIFY, the relay reads nothing (an open transaction holds the row back
@@ -126,7 +125,7 @@ async def test_rows_whose_holder_ends_between_the_read_and_the_look_are_read_at_
 
     monkeypatch.setattr(relay_module, "look", holder_ends_first)
     outbox = Outbox(bus, subject_prefix=stream.prefix)
-    async with woken_only_by_notify(dsn, jetstream, stream) as relay:
+    async with woken_only_by_notify(dsn, nats_client, stream) as relay:
         await publish(outbox_pool, outbox, 1)
         await until(lambda: relay.stats().published == 1, "the row read once its holder ended")
         assert ended == [0]  # the look that found it held: nothing readable yet
@@ -143,7 +142,7 @@ async def test_while_nats_is_gone_the_relay_backs_off_then_delivers_each_event_o
         stream = await make_stream(js)
         outbox = Outbox(bus, subject_prefix=stream.prefix)
         relay = kind(
-            dsn, js, stream=stream.name, poll_interval=0.05, ack_timeout=0.5, max_backoff=0.4
+            dsn, nc, stream=stream.name, poll_interval=0.05, ack_timeout=0.5, max_backoff=0.4
         )
         task = asyncio.create_task(relay.run())
         try:
@@ -171,7 +170,7 @@ async def test_while_nats_is_gone_the_relay_backs_off_then_delivers_each_event_o
 
 
 async def test_a_failed_batch_leaves_no_future_unretrieved(
-    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, stream: Stream
+    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, nats_client: Client, stream: Stream
 ) -> None:
     # Subjects no stream takes: every publish fails at once with NoStreamResponseError, as
     # during a leader election; the batch is sent again, and again.
@@ -181,7 +180,7 @@ async def test_a_failed_batch_leaves_no_future_unretrieved(
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _, context: unretrieved.append(context["message"]))
     try:
-        relay = Relay(dsn, jetstream, stream=stream.name, poll_interval=0.05, max_backoff=0.1)
+        relay = Relay(dsn, nats_client, stream=stream.name, poll_interval=0.05, max_backoff=0.1)
         task = asyncio.create_task(relay.run())
         try:
             await publish(outbox_pool, outbox, *range(1, 21))
@@ -198,8 +197,9 @@ async def test_a_failed_batch_leaves_no_future_unretrieved(
 
 @pytest.mark.parametrize("kind", [Relay, UnorderedRelay])
 async def test_a_message_jetstream_refuses_fails_its_batch_at_once_until_it_is_stored(
-    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, kind: type[Relay]
-) -> None:
+    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext,
+    nats_client: Client, kind: type[Relay],
+) -> None:  # fmt: skip
     # A full stream that discards new messages stores two of the batch of three and refuses
     # the third: the batch fails with JetStream's answer (not after ack_timeout), nothing
     # counts as published, and once the stream has room the batch is sent again whole, the
@@ -208,8 +208,9 @@ async def test_a_message_jetstream_refuses_fails_its_batch_at_once_until_it_is_s
     try:
         outbox = Outbox(bus, subject_prefix=stream.prefix)
         relay = kind(
-            dsn, jetstream, stream=stream.name, poll_interval=0.05, ack_timeout=60, max_backoff=0.1
-        )
+            dsn, nats_client, stream=stream.name, poll_interval=0.05, ack_timeout=60,
+            max_backoff=0.1,
+        )  # fmt: skip
         task = asyncio.create_task(relay.run())
         try:
             await publish(outbox_pool, outbox, 1, 2, 3)

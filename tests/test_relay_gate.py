@@ -16,6 +16,7 @@ from _outbox import OrderPlaced, bus_fixture, outbox_pool_fixture  # noqa: F401 
 from hookbus_asyncpg import Outbox
 from hookbus_asyncpg.testing import create_database, drop_database
 from hookbus_nats._relay_sql import Cursor, holdback, read_batch
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from test_relay import make_relay, orders_of, publish, received, running, stored, until
 
@@ -54,8 +55,8 @@ async def still_open(pool: asyncpg.Pool, conn: asyncpg.Connection) -> bool:
 
 
 async def test_a_transaction_of_another_database_never_holds_the_relay_back(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox, elsewhere: asyncpg.Connection,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox, elsewhere: asyncpg.Connection,
 ) -> None:  # fmt: skip
     """The other database's transaction is the oldest of the server and stays open all
     along; a transaction of this database, open with a row of its own, holds the relay and
@@ -71,7 +72,7 @@ async def test_a_transaction_of_another_database_never_holds_the_relay_back(
         async with hookbus_asyncpg.transaction(outbox_pool, independent=True) as tx:
             await outbox.publish(tx, "order_placed", OrderPlaced(1))
         pid = here.connection.get_server_pid()
-        relay = make_relay(dsn, jetstream, stream)
+        relay = make_relay(dsn, nats_client, stream)
         async with running(relay):
 
             def reported() -> bool:

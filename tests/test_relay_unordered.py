@@ -29,6 +29,7 @@ from hookbus_nats import (
     RelayState,
     UnorderedRelay,
 )
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from test_relay import (
     PROCESS,
@@ -49,10 +50,8 @@ def outbox(bus: Bus, stream: Stream) -> Outbox:
     return Outbox(bus, subject_prefix=stream.prefix, headers=lambda: dict(TRACE))
 
 
-def make_unordered(
-    dsn: str, js: JetStreamContext, stream: Stream, **options: Any
-) -> UnorderedRelay:
-    return UnorderedRelay(dsn, js, stream=stream.name, poll_interval=0.05, **options)
+def make_unordered(dsn: str, nc: Client, stream: Stream, **options: Any) -> UnorderedRelay:
+    return UnorderedRelay(dsn, nc, stream=stream.name, poll_interval=0.05, **options)
 
 
 @asynccontextmanager
@@ -76,8 +75,8 @@ async def unsent(pool: asyncpg.Pool) -> int:
 
 
 async def test_committed_events_are_all_delivered_whatever_their_commit_order(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox,
 ) -> None:  # fmt: skip
     """The lower id commits last and a rolled-back transaction publishes nothing."""
     await outbox_pool.execute(GATED_ROW)
@@ -89,7 +88,7 @@ async def test_committed_events_are_all_delivered_whatever_their_commit_order(
             await outbox.publish(tx, "order_placed", OrderPlaced(1), key="gated")
             started.put_nowait(await tx.connection.fetchval("SELECT pg_backend_pid()"))
 
-    relay = make_unordered(dsn, jetstream, stream)
+    relay = make_unordered(dsn, nats_client, stream)
     async with running(relay), holding_lock(outbox_pool, GATE) as release:
         task = asyncio.create_task(first())
         await wait_until_blocked_on_lock(outbox_pool, await started.get())
@@ -117,10 +116,10 @@ async def test_committed_events_are_all_delivered_whatever_their_commit_order(
 
 
 async def test_three_relays_deliver_every_event_each_stored_once(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox,
 ) -> None:  # fmt: skip
-    relays = [make_unordered(dsn, jetstream, stream, batch_size=7) for _ in range(3)]
+    relays = [make_unordered(dsn, nats_client, stream, batch_size=7) for _ in range(3)]
     orders = list(range(1, 301))
     async with running(*relays):
         for start in range(0, len(orders), 10):
@@ -137,14 +136,14 @@ async def test_three_relays_deliver_every_event_each_stored_once(
 
 
 async def test_a_session_idle_in_a_transaction_does_not_hold_the_relay_back(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox, conn: asyncpg.Connection,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox, conn: asyncpg.Connection,
 ) -> None:  # fmt: skip
     await conn.execute("BEGIN")
     await conn.fetchval("SELECT pg_current_xact_id()")  # an xid: it holds back xmin
     try:
         await publish(outbox_pool, outbox, stream, 1)
-        async with running(make_unordered(dsn, jetstream, stream)):
+        async with running(make_unordered(dsn, nats_client, stream)):
             assert orders_of(await received(jetstream, stream, 1)) == [1]
     finally:
         await conn.execute("ROLLBACK")
@@ -168,15 +167,15 @@ async def _wait_for(process: subprocess.Popen[str], word: str) -> None:
 
 @pytest.mark.parametrize("point", ["read", "acked"])
 async def test_a_relay_killed_before_its_commit_leaves_its_rows_to_another(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox, nats_url: str, point: str,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox, nats_url: str, point: str,
 ) -> None:  # fmt: skip
     """While the process holds its batch (locked, unsent), another relay publishes the rows
     committed since, skipping the locked ones; once it is killed, the other relay sends its
     rows: ``acked``, they were published already, and JetStream drops them as duplicates."""
     await publish(outbox_pool, outbox, stream, 1, 2, 3)
     process = _start_process(dsn, nats_url, stream, point)
-    relay = make_unordered(dsn, jetstream, stream)
+    relay = make_unordered(dsn, nats_client, stream)
     try:
         await _wait_for(process, point)
         async with running(relay):
@@ -199,14 +198,14 @@ async def test_a_relay_killed_before_its_commit_leaves_its_rows_to_another(
 
 
 async def test_ordered_and_unordered_relays_never_mix(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox,
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, outbox: Outbox,
 ) -> None:  # fmt: skip
     await publish(outbox_pool, outbox, stream, 1)
-    unordered = make_unordered(dsn, jetstream, stream)
+    unordered = make_unordered(dsn, nats_client, stream)
     async with running(unordered):
         assert orders_of(await received(jetstream, stream, 1)) == [1]
-        ordered = Relay(dsn, jetstream, stream=stream.name, poll_interval=0.05)
+        ordered = Relay(dsn, nats_client, stream=stream.name, poll_interval=0.05)
         with pytest.raises(RelayModeError, match=r"relayed unordered.*--unordered.*mode ordered"):
             await asyncio.wait_for(ordered.run(), 30)  # (a relay that ran: a timeout)
         assert ordered.state is RelayState.FAILED
@@ -218,21 +217,21 @@ async def test_ordered_and_unordered_relays_never_mix(
     assert switched.returncode == 0, switched.stderr
     assert "1 row(s) deleted as sent" in switched.stdout
     await publish(outbox_pool, outbox, stream, 2)
-    ordered = Relay(dsn, jetstream, stream=stream.name, poll_interval=0.05)
+    ordered = Relay(dsn, nats_client, stream=stream.name, poll_interval=0.05)
     async with running(ordered):
         await until(lambda: ordered.stats().published == 1, "only the unsent row is sent")
         busy = await asyncio.to_thread(_hookbus, dsn, "outbox", "mode", "unordered", "--yes")
         assert busy.returncode == 5 and "an ordered relay is running" in busy.stderr
     assert sorted(orders_of(await received(jetstream, stream, 2))) == [1, 2]
     with pytest.raises(RelayModeError, match=r"relayed ordered.*without --unordered"):
-        await asyncio.wait_for(make_unordered(dsn, jetstream, stream).run(), 30)
+        await asyncio.wait_for(make_unordered(dsn, nats_client, stream).run(), 30)
     refused = _hookbus(dsn, "outbox", "relay", "--unordered", "--stream", stream.name)
     assert refused.returncode == 4
     assert "relayed ordered" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     switched = _hookbus(dsn, "outbox", "mode", "unordered", "--yes")
     assert "1 row(s) marked sent" in switched.stdout, switched.stderr  # the first went
     await publish(outbox_pool, outbox, stream, 3)
-    again = make_unordered(dsn, jetstream, stream)
+    again = make_unordered(dsn, nats_client, stream)
     async with running(again):
         await until(lambda: again.stats().published == 1, "only the new row is sent")
     assert await stored(jetstream, stream) == 3
@@ -287,11 +286,11 @@ async def until_sent(pool: asyncpg.Pool, left: int = 0) -> None:
 
 
 async def test_a_stream_forgetting_ids_too_soon_is_refused(
-    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext
+    outbox_pool: asyncpg.Pool, dsn: str, jetstream: JetStreamContext, nats_client: Client
 ) -> None:
     short = await make_stream(jetstream, duplicate_window=5.0)
     try:
-        relay = UnorderedRelay(dsn, jetstream, stream=short.name, retry_horizon=60.0)
+        relay = UnorderedRelay(dsn, nats_client, stream=short.name, retry_horizon=60.0)
         with pytest.raises(DuplicateWindowError, match="5 s, less than"):
             await relay.run()
         assert relay.state is RelayState.FAILED
@@ -312,8 +311,8 @@ async def _create_1_0(ctx: StageContext) -> None:
 
 @pytest.mark.parametrize("ran", ["ordered", "nothing"])
 async def test_an_outbox_made_at_1_0_is_upgraded_by_the_migration(
-    pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, stream: Stream,
-    ran: str,
+    pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, nats_client: Client,
+    stream: Stream, ran: str,
 ) -> None:  # fmt: skip
     """The outbox as version 1.0 made it (before the unordered mode), upgraded as ``hookbus
     migrate`` does: an outbox whose ordered relay has run is recorded as ordered."""
@@ -329,14 +328,14 @@ async def test_an_outbox_made_at_1_0_is_upgraded_by_the_migration(
     if ran == "ordered":
         await pool.execute("INSERT INTO hookbus_outbox_cursor (relay) VALUES ('default')")
     with pytest.raises(RelayModeError, match="hookbus migrate"):
-        await asyncio.wait_for(make_unordered(dsn, jetstream, stream).run(), 30)
+        await asyncio.wait_for(make_unordered(dsn, nats_client, stream).run(), 30)
     manager = hookbus_asyncpg.PluginManager(pool, PluginSet(bus, [hookbus_asyncpg.outbox_plugin()]))
     assert await manager.upgrade() == ["hookbus_outbox"]
     assert await unsent(pool) == 1
     assert await pool.fetchval("SELECT to_regclass('hookbus_outbox_unsent')") is not None
     mode = await pool.fetchval("SELECT mode FROM hookbus_outbox_mode")
     assert mode == ("ordered" if ran == "ordered" else None)
-    relay = make_unordered(dsn, jetstream, stream)
+    relay = make_unordered(dsn, nats_client, stream)
     if ran == "ordered":
         with pytest.raises(RelayModeError, match="relayed ordered"):
             await asyncio.wait_for(relay.run(), 30)
@@ -347,8 +346,8 @@ async def test_an_outbox_made_at_1_0_is_upgraded_by_the_migration(
 
 
 async def test_uninstall_is_refused_while_a_row_is_unsent(
-    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, jetstream: JetStreamContext, stream: Stream,
-    outbox: Outbox,
+    outbox_pool: asyncpg.Pool, dsn: str, bus: Bus, nats_client: Client,
+    stream: Stream, outbox: Outbox,
 ) -> None:  # fmt: skip
     manager = hookbus_asyncpg.PluginManager(
         outbox_pool, PluginSet(bus, [hookbus_asyncpg.outbox_plugin()])
@@ -356,7 +355,7 @@ async def test_uninstall_is_refused_while_a_row_is_unsent(
     await publish(outbox_pool, outbox, stream, 1)
     with pytest.raises(Exception, match="1 unpublished event"):
         await manager.uninstall("hookbus_outbox")
-    relay = make_unordered(dsn, jetstream, stream)
+    relay = make_unordered(dsn, nats_client, stream)
     async with running(relay):
         await until(lambda: relay.stats().published == 1, "sent")
     await until_sent(outbox_pool)

@@ -1,7 +1,7 @@
 """hookbus over NATS JetStream: committed outbox rows published by a relay, and consumers
 that apply each one once.
 
->>> relay = hookbus_nats.Relay(dsn, nc.jetstream(), stream="SHOP")  # doctest: +SKIP
+>>> relay = hookbus_nats.Relay(dsn, nc, stream="SHOP")  # doctest: +SKIP
 >>> await relay.run()  # doctest: +SKIP
 >>> consumer = hookbus_nats.Consumer(bus, pool, nc, name="totals", stream="SHOP")  # doctest: +SKIP
 >>> await consumer.run()  # doctest: +SKIP

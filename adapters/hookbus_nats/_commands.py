@@ -162,7 +162,7 @@ async def _relay(args: argparse.Namespace, dsn: str) -> int:
     kind = UnorderedRelay if args.unordered else Relay
     relay: Relay | UnorderedRelay = kind(
         dsn,
-        nc.jetstream(),
+        nc,
         stream=args.stream,
         name=args.name,
         batch_size=args.batch_size,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import warnings
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, final
@@ -30,6 +29,7 @@ import hookbus_asyncpg
 
 from hookbus import Bus, EntityEvent, LoadEvent, QueryEvent, RelationEvent
 
+from ._connection import connection_of
 from ._consumer_advisory import watch_max_deliveries
 from ._consumer_decode import Decoded, EventDecoder, Undecodable
 from ._consumer_failures import Failures
@@ -151,7 +151,7 @@ class Consumer:
             raise ValueError("batch, max_deliver, ack_wait and fetch_timeout must be positive")
         if not backoff or any(delay < 0 for delay in backoff):
             raise ValueError(f"backoff is one or more delays >= 0, not {backoff!r}")
-        nc, js = _connection_of(nc, js)
+        nc, js = connection_of(nc, js, worker="Consumer", leading="bus, pool", position="third")
         self.name: Final = name
         self._bus = bus
         self._pool = pool
@@ -481,31 +481,6 @@ class Consumer:
             await asyncio.sleep(self._ack_wait / 3)
             for msg in msgs:
                 await msg.in_progress()
-
-
-def _connection_of(nc: Any, js: Any) -> tuple[Any, Any]:
-    """The connection and the JetStream context a consumer works with, or ``TypeError``."""
-    from nats.aio.client import Client
-    from nats.js import JetStreamContext
-
-    if isinstance(nc, Client):
-        return nc, nc.jetstream() if js is None else js
-    if nc is None and js is None:
-        raise TypeError("Consumer needs the NATS connection: Consumer(bus, pool, nc, ...)")
-    deprecated = js if nc is None else nc
-    if not isinstance(deprecated, JetStreamContext) or (nc is not None and js is not None):
-        raise TypeError(
-            "Consumer's third argument is a nats.aio.client.Client (the connection), "
-            f"not {type(nc).__name__}"
-        )
-    warnings.warn(
-        "Consumer(bus, pool, js, ...) with a JetStreamContext is deprecated: pass the "
-        "connection, Consumer(bus, pool, nc, ...) (and js=... for a context of your own)",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    # The advisory is core NATS: nats-py keeps the context's connection private.
-    return deprecated._nc, deprecated
 
 
 def _retention(name: str, config: Any, asked: timedelta | None) -> timedelta | None:

@@ -1,8 +1,8 @@
 """``Relay``: committed outbox rows to NATS JetStream, in commit order, each batch acknowledged
 before the cursor moves.
 
->>> js = (await nats.connect(url)).jetstream()  # doctest: +SKIP
->>> relay = Relay(dsn, js, stream="SHOP")  # doctest: +SKIP
+>>> nc = await nats.connect(url)  # doctest: +SKIP
+>>> relay = Relay(dsn, nc, stream="SHOP")  # doctest: +SKIP
 >>> await relay.run()  # until relay.stop(); raises what stopped it otherwise  # doctest: +SKIP
 
 One relay per outbox is active: it holds the fenced lock ``hookbus.outbox.<name>`` and every
@@ -29,8 +29,10 @@ from typing import Any, Final, final
 import asyncpg
 import msgspec
 from hookbus_asyncpg import FencedLock, LockLostError, LockTimeoutError
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from ._connection import connection_of
 from ._relay_errors import CursorAheadError
 from ._relay_mode import claim_mode
 from ._relay_publish import Publishing, Stopped, check_options
@@ -78,8 +80,12 @@ class RelayStats(msgspec.Struct, frozen=True):
 
 @final
 class Relay(Publishing):
-    """Publishes the rows of ``hookbus_outbox`` on the database ``dsn`` through ``js``.
+    """Publishes the rows of ``hookbus_outbox`` on the database ``dsn`` through ``nc``.
 
+    ``nc`` is the NATS connection (a ``nats.aio.client.Client``): the relay publishes on it
+    and asks JetStream about the stream through ``js`` (by default ``nc.jetstream()``; pass
+    your own for a domain, a prefix or a timeout). A ``JetStreamContext`` in place of ``nc``
+    still works for one release, with a ``DeprecationWarning``.
     ``stream`` is the stream the outbox's subjects go to: its duplicate window must be at
     least ``retry_horizon`` seconds (else ``DuplicateWindowError`` at the start). ``name``
     names the cursor and the lock (one active relay per name). ``poll_interval`` bounds the
@@ -111,8 +117,9 @@ class Relay(Publishing):
     def __init__(
         self,
         dsn: str,
-        js: JetStreamContext,
+        nc: Client | JetStreamContext | None = None,
         *,
+        js: JetStreamContext | None = None,
         stream: str,
         name: str = "default",
         batch_size: int = 1000,
@@ -136,7 +143,7 @@ class Relay(Publishing):
             start_wait=start_wait,
         )
         self._dsn: Final = dsn
-        self._js = js
+        self._nc, self._js = connection_of(nc, js, worker="Relay", leading="dsn", position="second")
         self.stream = stream
         self.name: Final = name
         self.batch_size: Final = batch_size

@@ -20,6 +20,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from hookbus_asyncpg import WIRE_VERSION
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import Header
@@ -59,6 +60,7 @@ class Publishing:
         "_duplicates",
         "_error",
         "_js",
+        "_nc",
         "_published",
         "_retries",
         "_stop",
@@ -70,6 +72,7 @@ class Publishing:
         "stream",
     )
 
+    _nc: Client
     _js: JetStreamContext
     _stop: asyncio.Event
     _error: str | None
@@ -148,7 +151,7 @@ class Publishing:
         attempt, its answers counted as they come (``_Acks``), rather than ``publish_async``'s
         future, callbacks and reply subject per message (most of the relay's time went there).
         """
-        nc = self._js._nc  # nats-py keeps the context's connection private
+        nc = self._nc
         publish, wire = nc.publish, WIRE_VERSION  # locals: the hot loop
         inbox = nc.new_inbox()
         acks = _Acks(len(rows))

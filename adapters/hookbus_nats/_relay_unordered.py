@@ -1,7 +1,7 @@
 """``UnorderedRelay``: committed outbox rows to NATS JetStream with several relays side by
 side, in no order, for throughput.
 
->>> relay = UnorderedRelay(dsn, js, stream="SHOP")  # doctest: +SKIP
+>>> relay = UnorderedRelay(dsn, nc, stream="SHOP")  # doctest: +SKIP
 >>> await relay.run()  # until relay.stop(); raises what stopped it otherwise  # doctest: +SKIP
 
 Each batch is one transaction: the first ``batch_size`` unsent rows no other relay holds are
@@ -25,8 +25,10 @@ from typing import Final, final
 
 import asyncpg
 import msgspec
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from ._connection import connection_of
 from ._relay_mode import claim_mode, hold_unordered
 from ._relay_publish import Publishing, Stopped, check_options
 from ._relay_sql import claim_batch, cleanup, mark_sent
@@ -58,10 +60,13 @@ def _always() -> None:
 
 @final
 class UnorderedRelay(Publishing):
-    """Publishes the rows of ``hookbus_outbox`` on the database ``dsn`` through ``js``, side
+    """Publishes the rows of ``hookbus_outbox`` on the database ``dsn`` through ``nc``, side
     by side with other unordered relays, in no order.
 
-    The options are the ordered ``Relay``'s: ``stream``'s duplicate window must be at least
+    The arguments are the ordered ``Relay``'s: ``nc`` the NATS connection (a
+    ``nats.aio.client.Client``; a ``JetStreamContext`` in its place still works for one
+    release, with a ``DeprecationWarning``), ``js`` a JetStream context of your own (by
+    default ``nc.jetstream()``); ``stream``'s duplicate window must be at least
     ``retry_horizon`` seconds (else ``DuplicateWindowError`` at the start); ``name`` names
     the relay in logs; ``poll_interval`` bounds the wait when no NOTIFY comes;
     ``ack_timeout`` the wait for a batch's acknowledgements; failed batches are sent again
@@ -86,8 +91,9 @@ class UnorderedRelay(Publishing):
     def __init__(
         self,
         dsn: str,
-        js: JetStreamContext,
+        nc: Client | JetStreamContext | None = None,
         *,
+        js: JetStreamContext | None = None,
         stream: str,
         name: str = "unordered",
         batch_size: int = 1000,
@@ -108,7 +114,9 @@ class UnorderedRelay(Publishing):
             start_wait=start_wait,
         )
         self._dsn = dsn
-        self._js = js
+        self._nc, self._js = connection_of(
+            nc, js, worker="UnorderedRelay", leading="dsn", position="second"
+        )
         self.stream = stream
         self.name = name
         self.batch_size = batch_size
