@@ -86,6 +86,26 @@ async def test_the_rows_go_with_commit_in_call_order(db: asyncpg.Pool, bus: Bus)
     assert last.index("INSERT INTO hookbus_outbox") < last.index("DO $$") < last.index("COMMIT")
 
 
+@pytest.mark.parametrize("on", ["pool", "connection"])
+async def test_each_call_to_send_with_commit_is_sent_in_call_order(
+    db: asyncpg.Pool, dsn: str, on: str
+) -> None:
+    given = await asyncpg.connect(dsn)
+    try:
+        async with hookbus_asyncpg.transaction(db if on == "pool" else given) as tx:
+            if on == "pool":  # a scope that never began sends no COMMIT: refused at the call
+                with pytest.raises(TransactionStateError, match=r"await tx\.begin\(\)"):
+                    tx.send_with_commit("INSERT INTO items VALUES (0);")
+                await tx.begin()
+            tx.send_with_commit("INSERT INTO items VALUES (1);")
+            tx.send_with_commit("INSERT INTO items VALUES (2); INSERT INTO items VALUES (3);")
+        with pytest.raises(TransactionStateError, match="scope is committed"):
+            tx.send_with_commit("INSERT INTO items VALUES (4);")
+    finally:
+        await given.close()
+    assert await ids(db) == [1, 2, 3]
+
+
 async def test_text_of_any_kind_arrives_whole_and_nul_is_refused_at_the_call(
     db: asyncpg.Pool, bus: Bus
 ) -> None:

@@ -300,12 +300,20 @@ def test_outbox_rows_in_test_mode_go_with_the_release(project: pytest.Pytester) 
                 assert app.log == ["refused.precommit", "refused.rollback"]
                 rows = await conn.fetch("SELECT payload FROM hookbus_outbox ORDER BY id")
                 assert [msgspec.json.decode(r["payload"])["order"] for r in rows] == [1, 3]
+
+            async def test_each_call_sends_its_statements_with_the_release(hookbus_db):
+                await hookbus_db.connection.execute("CREATE TABLE sent (n int)")
+                async with hookbus_asyncpg.transaction(hookbus_db.pool) as tx:
+                    tx.send_with_commit("INSERT INTO sent VALUES (1);")
+                    tx.send_with_commit("INSERT INTO sent VALUES (2);")
+                rows = await hookbus_db.connection.fetch("SELECT n FROM sent")
+                assert [r["n"] for r in rows] == [1, 2]
             """,
             "auto",
         )
     )
     result = project.runpytest()
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
 
 
 def test_a_session_wide_pool_with_session_loop_scope(project: pytest.Pytester, dsn: str) -> None:

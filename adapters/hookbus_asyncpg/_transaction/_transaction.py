@@ -103,7 +103,18 @@ class AsyncpgTransaction(Transaction):
         rolls back (the rollback path: ``revertprecommit``, ``rollback``) and their error is
         raised at the end of the scope. The transaction's id still travels with COMMIT (a
         lost COMMIT's outcome is found), after them.
+
+        Refused (``TransactionStateError``) unless the scope is open and has begun: a scope
+        that never began sends no COMMIT (``await tx.begin()`` first, as
+        ``Outbox.publish`` does).
         """
+        if self._state not in _JOINABLE:
+            raise self._refused("send statements with COMMIT")
+        if not self._begun:
+            raise TransactionStateError(
+                "cannot send statements with COMMIT before the scope has begun: a scope that "
+                "never began sends no COMMIT; `await tx.begin()` first"
+            )
         self._pg.send_with_commit(statements)
 
     def _runs_on(self, source: object) -> bool:
