@@ -66,6 +66,26 @@ async def test_options_reach_begin(db: asyncpg.Pool) -> None:
         hookbus_asyncpg.transaction(db, isolation="chaos")  # type: ignore[arg-type]
 
 
+async def test_a_backend_is_refused_what_it_cannot_run_on(db: asyncpg.Pool) -> None:
+    with pytest.raises(TypeError, match="needs a connection or a pool to take one from"):
+        hookbus_asyncpg.AsyncpgBackend(None)
+    async with db.acquire() as conn:
+        with pytest.raises(TypeError, match="options must be a TransactionOptions, not 'x'"):
+            hookbus_asyncpg.AsyncpgBackend(conn, "x")  # type: ignore[arg-type]
+
+
+async def test_a_backend_on_a_connection_given_with_its_pool_leaves_the_connection_to_its_owner(
+    db: asyncpg.Pool,
+) -> None:
+    # The pool is where a lost COMMIT's outcome is asked; the connection stays the caller's:
+    # the scope never gives it back to the pool (the caller's own release does).
+    async with db.acquire() as conn:
+        async with hookbus.transaction(hookbus_asyncpg.AsyncpgBackend(conn, pool=db)):
+            await conn.execute("INSERT INTO items VALUES (1)")
+        assert await conn.fetchval("SELECT count(*) FROM items") == 1
+    assert await ids(db) == [1]
+
+
 async def test_a_given_connection_is_used_and_kept(
     conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
