@@ -143,7 +143,13 @@ async def test_a_task_outliving_its_scope_is_refused_its_connection(
         await conn.execute("INSERT INTO items VALUES (1)")
     assert tx.state is hookbus.TransactionState.COMMITTED
     late = conn if kept else tx.connection
-    with pytest.raises(hookbus.TransactionStateError, match=r"pool\.acquire\(\)"):
+    refusal = (
+        rf"^cannot use tx\.connection\.{name}: the transaction scope is committed, and its "
+        r"connection went back to the pool when its transaction ended \(before postcommit\): "
+        r"use a connection of your own \(`async with pool\.acquire\(\) as conn:`\) or a new "
+        r"scope$"
+    )
+    with pytest.raises(hookbus.TransactionStateError, match=refusal):
         await use(late)
     with pytest.raises(
         hookbus.TransactionStateError, match=r"^cannot use await tx\.connect\(\): .* committed"

@@ -94,12 +94,19 @@ async def test_each_call_to_send_with_commit_is_sent_in_call_order(
     try:
         async with hookbus_asyncpg.transaction(db if on == "pool" else given) as tx:
             if on == "pool":  # a scope that never began sends no COMMIT: refused at the call
-                with pytest.raises(TransactionStateError, match=r"await tx\.begin\(\)"):
+                with pytest.raises(
+                    TransactionStateError,
+                    match=r"^cannot send statements with COMMIT before the scope has begun: a "
+                    r"scope that never began sends no COMMIT; `await tx\.begin\(\)` first$",
+                ):
                     tx.send_with_commit("INSERT INTO items VALUES (0);")
                 await tx.begin()
             tx.send_with_commit("INSERT INTO items VALUES (1);")
             tx.send_with_commit("INSERT INTO items VALUES (2); INSERT INTO items VALUES (3);")
-        with pytest.raises(TransactionStateError, match="scope is committed"):
+        with pytest.raises(
+            TransactionStateError,
+            match=r"^cannot send statements with COMMIT: the transaction scope is committed$",
+        ):
             tx.send_with_commit("INSERT INTO items VALUES (4);")
     finally:
         await given.close()
