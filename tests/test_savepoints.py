@@ -334,6 +334,41 @@ async def test_another_task_is_refused_what_an_open_savepoint_would_undo(
     assert await scopes.rows() in (None, [3])
 
 
+async def test_an_inner_savepoint_ending_leaves_the_outer_one_held(scopes: Scopes) -> None:
+    # Inside the savepoints, the owner's accumulation keeps the container it asked for;
+    # once the inner one has ended, the outer one still refuses another task.
+    log: list[str] = []
+    seen: list[Any] = []
+    inner_ended, refused = asyncio.Event(), asyncio.Event()
+
+    async def other(tx: hookbus.Transaction) -> None:
+        await inner_ended.wait()
+        try:
+            with pytest.raises(hookbus.TransactionStateError, match=ANOTHER_TASK):
+                tx.add(Recorded(log, "other"))
+        finally:
+            refused.set()
+
+    async def owner(tx: hookbus.Transaction) -> None:
+        async with tx.savepoint():
+            async with tx.savepoint():
+                collect = functools.partial(Collect, seen)
+                tx.accumulate("key", "twice", collect, list)
+                tx.accumulate("key", "twice", collect, list)
+            inner_ended.set()
+            await refused.wait()
+            await scopes.write(tx, 1)
+
+    async with scopes.transaction() as tx:
+        other_task = asyncio.create_task(other(tx), name="other")
+        await asyncio.create_task(owner(tx), name="owner")
+        await other_task
+    assert tx.state is TransactionState.COMMITTED
+    assert log == []
+    assert seen == [["twice", "twice"]]
+    assert await scopes.rows() in (None, [1])
+
+
 async def test_a_task_started_inside_a_savepoint_works_in_it(scopes: Scopes) -> None:
     log: list[str] = []
     inner_open, parent_refused = asyncio.Event(), asyncio.Event()

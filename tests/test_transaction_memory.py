@@ -45,7 +45,8 @@ async def test_a_scope_that_never_begins_sends_nothing_and_runs_its_operations()
     async with hookbus.transaction() as tx:
         tx.add(Recorded(log, "a"))
     assert tx.backend.statements == []  # type: ignore[attr-defined]
-    assert tx.state is TransactionState.COMMITTED and not tx.begun
+    assert tx.state is TransactionState.COMMITTED and tx.begun is False
+    assert repr(tx) == f"<Transaction committed at {id(tx):#x}>"
     assert log == ["a.precommit", "a.postcommit"]
 
     log.clear()
