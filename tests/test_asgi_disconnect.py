@@ -53,6 +53,18 @@ async def visits(pool: asyncpg.Pool, name: str) -> int:
     return n
 
 
+async def running(pool: asyncpg.Pool, pid: int, statement: str) -> bool:
+    """Whether the server runs ``statement`` on backend ``pid`` now."""
+    return bool(
+        await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active' "
+            "AND query = $2",
+            pid,
+            statement,
+        )
+    )
+
+
 async def visit(name: str) -> None:
     conn = current_transaction().connection  # type: ignore[attr-defined]
     await conn.execute("INSERT INTO visits VALUES ($1)", name)
@@ -121,17 +133,28 @@ async def test_a_statement_running_when_the_client_leaves_is_cancelled_and_rolle
     pool: asyncpg.Pool,
 ) -> None:
     await setup(pool)
-    name, started = unique("slow"), anyio.Event()
+    name, started, pids = unique("slow"), anyio.Event(), []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await visit(name)
-        started.set()
         conn = current_transaction().connection  # type: ignore[attr-defined]
+        pids.append(conn.get_server_pid())
+        started.set()
         await conn.execute("SELECT pg_sleep(60)")  # cancelled: asyncpg cancels it on the server
 
+    async def leave_once_it_runs() -> dict[str, Any]:
+        # A cancel the server gets before it reads the statement is dropped (the statement
+        # then runs its 60 s): the client leaves once the server runs it.
+        await started.wait()
+        for _ in range(1000):  # the server offers nothing to await
+            if await running(pool, pids[0], "SELECT pg_sleep(60)"):
+                return GONE
+            await anyio.sleep(0.01)
+        raise AssertionError("the statement never ran")
+
     middleware = TransactionMiddleware(app, lambda: hookbus_asyncpg.transaction(pool))
-    with anyio.fail_after(10):
-        assert await call(middleware, [BODY, leaves_once(started)]) == []
+    with anyio.fail_after(20):
+        assert await call(middleware, [BODY, leave_once_it_runs]) == []
     assert await visits(pool, name) == 0
     # the pool got its connection back, usable
     async with pool.acquire() as conn:

@@ -34,6 +34,7 @@ from ._consumer_advisory import watch_max_deliveries
 from ._consumer_decode import Decoded, EventDecoder, Undecodable
 from ._consumer_failures import Failures
 from ._consumer_state import ConsumerError, ConsumerState, ConsumerStatistics, Counters, Lifecycle
+from ._consumer_top_up import FALLBACK_WAIT, TopUp
 from ._dead_letters import (
     DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,
@@ -51,10 +52,6 @@ logger: Final = logging.getLogger("hookbus.nats")
 
 # Payload types of hookbus's own that carry the transaction they run in.
 _CARRY_TX: Final = (EntityEvent, RelationEvent, LoadEvent, QueryEvent)
-
-# The wait of the top-up fetch, when a batch fetched ahead waited for the previous one to be
-# applied (what arrived meanwhile joins it, in one transaction rather than the next).
-_TOP_UP: Final = 0.002
 
 # Errors of the database or the network rather than of a message: worth a pause of the loop
 # before the next fetch (the messages are retried after their delay either way).
@@ -118,6 +115,7 @@ class Consumer:
         "_stream",
         "_sub",
         "_subject",
+        "_top_up_inbox",
         "cleanup_every",
         "name",
     )
@@ -187,6 +185,7 @@ class Consumer:
         self._stop = asyncio.Event()
         self._sub: Any = None
         self._advisory: Any = None
+        self._top_up_inbox: TopUp | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -261,16 +260,20 @@ class Consumer:
         return True
 
     async def _subscribe(self) -> None:
-        """Bind the pull subscription and the advisory's, once, after the checks; if the
-        second fails, the first is unsubscribed (nothing half-bound)."""
+        """Bind the pull subscription, the advisory's and the top-up's inbox, once, after the
+        checks; if a later one fails, the earlier ones are unsubscribed (nothing half-bound)."""
         sub = await self._js.pull_subscribe_bind(durable=self.name, stream=self._stream)
         try:
             self._advisory = await watch_max_deliveries(
                 self._nc, self._stream, self.name, self._failures.undelivered
             )
+            self._top_up_inbox = await TopUp.bind(self._nc, sub)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            for bound in (sub, self._advisory):
+                if bound is not None:
+                    with contextlib.suppress(Exception):
+                        await bound.unsubscribe()
+            self._advisory = None
             raise
         self._sub = sub
 
@@ -339,6 +342,9 @@ class Consumer:
                 if sub is not None:
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
+            if self._top_up_inbox is not None:
+                with contextlib.suppress(Exception):
+                    await self._top_up_inbox.close()
         self._life.move(ConsumerState.STOPPED)
 
     async def poll(self) -> int:
@@ -377,10 +383,13 @@ class Consumer:
         return 0 < fetched < limit
 
     async def _top_up(self, fetched: int) -> list[Any]:
-        """What else is there, waiting ``_TOP_UP`` at most; nothing if NATS fails (the next
-        fetch meets the failure), so the batch in hand is applied all the same."""
+        """What else the server holds now, in one round trip (``_consumer_top_up``); nothing
+        if NATS fails (the next fetch meets the failure), so the batch in hand is applied all
+        the same."""
         try:
-            return await self._fetch(self._batch - fetched, wait=_TOP_UP)
+            if self._top_up_inbox is not None:
+                return await self._top_up_inbox.take(self._batch - fetched)
+            return await self._fetch(self._batch - fetched, wait=FALLBACK_WAIT)
         except Exception as exc:
             logger.debug("consumer %s: top-up fetch failed: %r", self.name, exc)
             return []
