@@ -302,11 +302,12 @@ async def test_a_later_start_up_call_without_answer_is_asked_again_and_binds_onc
         assert consumer.state is ConsumerState.STARTED
         target = dead if on == "dead" else stream
         assert js.calls.count((method, target)) == 2, js.calls  # unanswered once, then again
-        # Bound once: one pull subscription (an inbox) and the advisory's, nothing twice.
+        # Bound once: the pull subscription's inbox, the advisory's and the top-up's inbox,
+        # nothing twice.
         made = [s for s in await subscriptions(nats, nc) if s not in before]
         advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.later"
         assert sorted(made, key=lambda s: s != advisory)[0] == advisory, made
-        assert len(made) == 2, made
+        assert len(made) == 3, made
     finally:
         await nc.close()
 
@@ -324,7 +325,8 @@ async def test_a_consumer_that_ran_and_stopped_leaves_no_subscription_behind(
                             dead_letter_prefix=f"{stream.lower()}dead",
                             fetch_timeout=0.2)  # fmt: skip
         await consumer.start()
-        assert len(await subscriptions(nats, nc)) == len(before) + 2  # pull inbox, advisory
+        # the pull subscription's inbox, the advisory, the top-up's inbox
+        assert len(await subscriptions(nats, nc)) == len(before) + 3
         running = asyncio.create_task(consumer.run())
         await until(lambda: consumer.state is ConsumerState.RUNNING, "the consumer runs")
         consumer.stop()
