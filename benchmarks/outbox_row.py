@@ -16,7 +16,14 @@ medians of the per-round ratios to ``plain``:
 - ``with_commit_known``: the row's INSERT and NOTIFY, then a plain COMMIT (the id known);
 - ``function``: the row written by a plpgsql function (its plan cached by the session) that
   also sends the NOTIFY and raises the id's NOTICE, in COMMIT's message, with no carrier: a
-  way that needs a function of the outbox's own (not in the outbox's layout).
+  way that needs a function of the outbox's own (not in the outbox's layout);
+- ``trivial_known``: a second INSERT of one integer into the transaction's own table, in
+  COMMIT's message, then a plain COMMIT: what a second statement costs as such;
+- ``heap_known``: the outbox's row (the same literals) into a table of the same columns with
+  no index, no default and no NOTIFY, then a plain COMMIT: what the row's bytes cost.
+
+A second column of ratios is to ``plain_known``: the sides whose COMMIT is plain against the
+same transaction without the row, which isolates the row's own cost from the carrier's.
 
     python benchmarks/outbox_row.py [--rounds 40] [--batch 50] [--dsn DSN]
 """
@@ -83,6 +90,10 @@ async def measure(dsn: str, rounds: int, batch: int) -> None:
         await conn.execute(OUTBOX_DDL)
         await conn.execute(OUTBOX_DDL_1_1)
         await conn.execute("CREATE TABLE bench_rows (n int)")
+        await conn.execute(
+            "CREATE TABLE bench_heap (msg_id text, subject text, event text, payload bytea, "
+            "headers jsonb, ordering_key text)"
+        )
         await conn.execute(FUNCTION)
         conn.add_log_listener(lambda *_: None)
 
@@ -115,6 +126,16 @@ async def measure(dsn: str, rounds: int, batch: int) -> None:
             await begun()
             await conn.execute(insert() + "COMMIT")
 
+        async def trivial_known() -> None:
+            await begun()
+            await conn.execute("INSERT INTO bench_rows VALUES (2); COMMIT")
+
+        async def heap_known() -> None:
+            await begun()
+            await conn.execute(
+                insert(notify=False).replace("hookbus_outbox", "bench_heap") + "COMMIT"
+            )
+
         async def function() -> None:
             await begun()
             await conn.execute(f"SELECT bench_outbox_row{row()[:-1]}, E'hookbus xid 0 '); COMMIT")
@@ -129,16 +150,20 @@ async def measure(dsn: str, rounds: int, batch: int) -> None:
                 with_commit_no_notify,
                 with_commit_known,
                 function,
+                trivial_known,
+                heap_known,
             )
         }
         times = await interleaved(sides, rounds, batch)
     finally:
         await conn.close()
+    print(f"{'side':22} {'median':>9}  {'/plain':>7}  {'/plain_known':>12}")
     for name in times:
         ratios = [t / p for t, p in zip(times[name], times["plain"], strict=True)]
+        known = [t / p for t, p in zip(times[name], times["plain_known"], strict=True)]
         print(
             f"{name:22} {statistics.median(times[name]) * 1e3:.3f} ms  "
-            f"{statistics.median(ratios):.3f}x"
+            f"{statistics.median(ratios):.3f}x  {statistics.median(known):11.3f}x"
         )
 
 
