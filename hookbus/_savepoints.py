@@ -23,7 +23,7 @@ from typing import Any, Final, Protocol, TypeAlias, final
 from ._backend import Backend
 from ._exceptions import TransactionStateError
 from ._ledger import Ledger, Mark
-from ._shield import callbacks, uncancellable
+from ._shield import callbacks, in_own_task, uncancellable
 from ._states import OPEN, TransactionState
 
 # An open savepoint and the task that entered it: what its scope holds while it is open, and
@@ -187,7 +187,11 @@ class Savepoint:
         self._ledger.release(mark)
 
     async def _rollback(self, mark: Mark) -> None:
-        """ROLLBACK TO SAVEPOINT, undo the ledger to ``mark``, roll its operations back."""
+        """ROLLBACK TO SAVEPOINT, undo the ledger to ``mark``, roll its operations back (in a
+        task of its own: their timeouts fire there, see ``in_own_task``)."""
+        await in_own_task(self._roll_back, mark)
+
+    async def _roll_back(self, mark: Mark) -> None:
         try:
             await self._backend.rollback_to(mark.name)
         except Exception:

@@ -11,13 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Generator, Iterable
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, TypeVar, cast, final
 
 import anyio
 
 from ._operations import Operation
 
-__all__ = ["callbacks", "on_asyncio", "scope_cancelled", "settled", "uncancellable"]
+__all__ = [
+    "callbacks",
+    "in_own_task",
+    "on_asyncio",
+    "scope_cancelled",
+    "settled",
+    "uncancellable",
+]
 
 logger: Final = logging.getLogger("hookbus")
 
@@ -161,6 +168,35 @@ class _StandIn:
         error = asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)
         self._guard.cancelled = error
         return True
+
+
+async def in_own_task(func: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
+    """Await ``func(*args)`` run in a task of its own (on asyncio), for work run under
+    ``settled`` that runs the application's code or a driver's timeouts.
+
+    ``settled`` keeps every ``task.cancel()`` of the task it runs in, and a timeout inside the
+    work (``asyncio.timeout``, ``asyncio.wait_for`` from 3.12, an anyio cancel scope, asyncpg's
+    wait for a cancelled statement) cancels that very task: kept, it would never fire, and it
+    would be raised once the work is done, a cancellation no one asked of the caller. In a task
+    of its own, the work's timeouts cancel that task; the caller's cancellation is still kept
+    by ``settled`` (which waits on the task without cancelling it). A ``KeyboardInterrupt`` or
+    ``SystemExit`` of the work is raised here, in the caller's task, not out of the loop.
+    Outside asyncio (trio), anyio's shield already leaves the work's own cancel scopes alone.
+    """
+    if not on_asyncio():
+        return await func(*args)
+    task = asyncio.get_running_loop().create_task(_carried(func(*args)))
+    result, fatal = await task
+    if fatal is not None:
+        raise fatal
+    return cast(_T, result)  # no fatal: the work returned
+
+
+async def _carried(coro: Coroutine[Any, Any, _T]) -> tuple[_T | None, BaseException | None]:
+    try:
+        return await coro, None
+    except (KeyboardInterrupt, SystemExit) as exc:  # asyncio would raise them out of the loop
+        return None, exc
 
 
 def scope_cancelled() -> bool:

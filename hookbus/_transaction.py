@@ -58,7 +58,7 @@ from ._exceptions import CommitOutcomeUnknownError, TransactionAbortedError, Tra
 from ._ledger import Ledger, Mark
 from ._operations import Operation
 from ._savepoints import Held, Holding, Savepoint
-from ._shield import callbacks, on_asyncio, scope_cancelled, settled, uncancellable
+from ._shield import callbacks, in_own_task, on_asyncio, scope_cancelled, settled, uncancellable
 from ._states import MOVES, OPEN, TransactionState
 
 __all__ = [
@@ -703,6 +703,11 @@ class Transaction:
                 )
 
     async def _rollback_path(self, send_rollback: bool) -> None:
+        # Run shielded (settled): in a task of its own, so that the timeouts of the
+        # operations and of the backend's ROLLBACK fire there (``in_own_task``).
+        await in_own_task(self._roll_back, send_rollback)
+
+    async def _roll_back(self, send_rollback: bool) -> None:
         self._move(_S.ROLLING_BACK)
         fatal = await callbacks(reversed(self._ledger.ran()), "revertprecommit")
         if send_rollback and self._begun:

@@ -237,6 +237,59 @@ async def test_commit_due_while_another_statement_runs_rolls_back_and_says_why(
     assert await ids(db) == []
 
 
+# A statement that outlives the first cancel, as one does whose cancel request reached the
+# server before the statement did (PostgreSQL then drops the request): caught and slept again.
+DEAF = (
+    "DO $$BEGIN PERFORM pg_sleep(30); "
+    "EXCEPTION WHEN query_canceled THEN PERFORM pg_sleep(30); END$$"
+)
+
+
+@pytest.mark.parametrize("on", ["pool", "connection"])
+async def test_a_scope_cancelled_during_a_statement_the_cancel_did_not_stop_still_ends(
+    db: asyncpg.Pool, dsn: str, on: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The rollback waits for the statement to stop only so long: then the connection is
+    # closed, PostgreSQL rolls back when the statement ends, and the scope ends rolled back.
+    log: list[str] = []
+    given = await asyncpg.connect(dsn)
+    source: Any = db if on == "pool" else given
+    pids: list[int] = []
+
+    async def scope() -> None:
+        async with hookbus_asyncpg.transaction(source) as tx:
+            await tx.connection.execute("INSERT INTO items VALUES (1)")
+            tx.add(Recorded(log, "a"))
+            pids.append(tx.connection.get_server_pid())
+            await tx.connection.execute(DEAF)
+
+    try:
+        task = asyncio.create_task(scope())
+        for _ in range(1000):  # until the server runs it: nothing to await
+            if pids and await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query = $2 "
+                "AND state = 'active'",
+                pids[0],
+                DEAF,
+            ):
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=20)
+        assert done, "the scope still waits for the statement (60 s in all)"
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert log == ["a.rollback"]
+        assert "closed the connection" in caplog.text
+        if on == "connection":
+            assert given.is_closed()
+        assert await ids(db) == []  # the row is not committed, nor ever will be:
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", pids[0])
+        assert await ids(db) == []
+    finally:
+        await given.close()
+
+
 # -- plpgsql not granted (defect 3) ----------------------------------------------------------
 
 

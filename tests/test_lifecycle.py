@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 import asyncpg
 import hookbus_asyncpg
 import pytest
@@ -547,6 +548,58 @@ async def test_an_operation_raising_in_rollback_never_replaces_the_error(
             tx.add(Recorded(log, "b"))
             raise KeyError("the body's error")
     assert log == ["a.rollback", "b.rollback"]
+    assert caller_not_cancelled()
+    assert await backend.rows() == []
+
+
+class TimingOut(hookbus.Operation):
+    """An operation whose ``phase`` waits 5 s, unless its own timeout (``how``) ends it."""
+
+    def __init__(self, log: list[str], phase: str, how: str) -> None:
+        super().__init__()
+        self.log, self.phase, self.how = log, phase, how
+
+    async def _wait(self, phase: str) -> None:
+        if phase != self.phase:
+            return
+        try:
+            if self.how == "asyncio.timeout":
+                async with asyncio.timeout(0.05):
+                    await asyncio.sleep(5)
+            elif self.how == "asyncio.wait_for":
+                await asyncio.wait_for(asyncio.sleep(5), 0.05)
+            else:
+                with anyio.fail_after(0.05):
+                    await asyncio.sleep(5)
+        except TimeoutError:
+            self.log.append(f"{phase} timed out")
+        else:
+            self.log.append(f"{phase} waited its 5 s")
+
+    async def revertprecommit(self) -> None:
+        await self._wait("revertprecommit")
+
+    async def rollback(self) -> None:
+        await self._wait("rollback")
+
+
+@pytest.mark.parametrize("how", ["asyncio.timeout", "asyncio.wait_for", "anyio.fail_after"])
+@pytest.mark.parametrize("phase", ["revertprecommit", "rollback"])
+async def test_a_timeout_inside_a_rollback_phase_fires_there_and_cancels_no_one(
+    backend: Harness, phase: str, how: str
+) -> None:
+    # The phases run shielded from the caller's cancellation: the operation's own timeout
+    # still fires, in the operation, and no cancellation reaches the scope's caller.
+    log: list[str] = []
+    with pytest.raises(KeyError):
+        async with backend.transaction() as tx:
+            await backend.write(tx, 1)
+            tx.add(TimingOut(log, phase, how))
+            if phase == "revertprecommit":
+                tx.add(Recorded(log, "b", fail="precommit", exc=KeyError("b failed")))
+            else:
+                raise KeyError("the body's error")
+    assert f"{phase} timed out" in log
     assert caller_not_cancelled()
     assert await backend.rows() == []
 

@@ -34,6 +34,10 @@ _PLAIN_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _NO_DO_BLOCK: set[int] = set()
 _NO_DO_BLOCK_BOUND: Final = 4096
 
+#: Seconds ROLLBACK waits for a statement the scope's cancellation interrupted to stop, before
+#: the connection is closed instead (the server then rolls back when the statement ends).
+ROLLBACK_WAIT: Final = 5.0
+
 
 @final
 class AsyncpgBackend:
@@ -248,13 +252,31 @@ class AsyncpgBackend:
             await give_back(pool, conn)
 
     async def rollback(self) -> None:
-        """Send ROLLBACK, unless the connection is gone (the server then rolled back)."""
+        """Send ROLLBACK, unless the connection is gone (the server then rolled back).
+
+        A statement the block's cancellation interrupted must stop first: asyncpg waits for
+        the server to acknowledge the cancel. PostgreSQL drops a cancel request that reaches
+        it before the statement does, and the statement then runs to its end; so the wait is
+        bounded (``ROLLBACK_WAIT``): past it the connection is closed (asyncpg closes it),
+        and PostgreSQL rolls the transaction back when the statement ends.
+        """
+        conn = self.connection
         try:
-            await self.connection.execute("ROLLBACK")
+            await conn.execute("ROLLBACK", timeout=ROLLBACK_WAIT)
         except asyncpg.InterfaceError:
             # Closed, or a pooled proxy the pool took back when its connection dropped.
-            if _is_usable(self.connection):
+            if _is_usable(conn):
                 raise
+        except TimeoutError:
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()  # asyncpg closed it already, unless ROLLBACK itself was slow
+            logger.warning(
+                "a statement interrupted by the scope's end did not stop within %s s of its "
+                "cancel (PostgreSQL drops a cancel that arrives before the statement); hookbus "
+                "closed the connection: the server rolls the transaction back when the "
+                "statement ends",
+                ROLLBACK_WAIT,
+            )
 
     async def savepoint(self, name: str) -> None:
         """Send SAVEPOINT; ``name`` must be a plain identifier (``ValueError`` otherwise)."""
