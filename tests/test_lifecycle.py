@@ -604,6 +604,22 @@ async def test_a_timeout_inside_a_rollback_phase_fires_there_and_cancels_no_one(
     assert await backend.rows() == []
 
 
+@pytest.mark.parametrize("how", ["asyncio.timeout", "anyio.fail_after"])
+async def test_a_timeout_inside_a_savepoints_rollback_fires_there_and_the_scope_commits(
+    backend: Harness, how: str
+) -> None:
+    log: list[str] = []
+    async with backend.transaction() as tx:
+        await backend.write(tx, 1)  # begun: the savepoint is set, and rolled back
+        with contextlib.suppress(KeyError):
+            async with tx.savepoint():
+                tx.add(TimingOut(log, "rollback", how))
+                raise KeyError("the savepoint's block fails")
+    assert log == ["rollback timed out"]
+    assert caller_not_cancelled()
+    assert await backend.rows() == [1]
+
+
 @pytest.mark.parametrize("raised", list(RAISED))
 async def test_an_operation_raising_in_postcommit_fails_no_one(
     backend: Harness, raised: str
