@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Generator, Iterable
-from typing import Any, Final, TypeVar, cast, final
+from typing import Any, Final, TypeVar, final
 
 import anyio
 
@@ -170,7 +170,7 @@ class _StandIn:
         return True
 
 
-async def in_own_task(func: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
+async def in_own_task(func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
     """Await ``func(*args)`` run in a task of its own (on asyncio), for work run under
     ``settled`` that runs the application's code or a driver's timeouts.
 
@@ -184,19 +184,21 @@ async def in_own_task(func: Callable[..., Coroutine[Any, Any, _T]], *args: Any) 
     Outside asyncio (trio), anyio's shield already leaves the work's own cancel scopes alone.
     """
     if not on_asyncio():
-        return await func(*args)
-    task = asyncio.get_running_loop().create_task(_carried(func(*args)))
-    result, fatal = await task
+        await func(*args)
+        return
+    fatal = await asyncio.get_running_loop().create_task(_carried(func(*args)))
     if fatal is not None:
         raise fatal
-    return cast(_T, result)  # no fatal: the work returned
 
 
-async def _carried(coro: Coroutine[Any, Any, _T]) -> tuple[_T | None, BaseException | None]:
+async def _carried(coro: Coroutine[Any, Any, None]) -> BaseException | None:
+    """Run ``coro``; return its ``KeyboardInterrupt`` or ``SystemExit`` (asyncio would raise
+    them out of the loop), else None."""
     try:
-        return await coro, None
-    except (KeyboardInterrupt, SystemExit) as exc:  # asyncio would raise them out of the loop
-        return None, exc
+        await coro
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return exc
+    return None
 
 
 def scope_cancelled() -> bool:

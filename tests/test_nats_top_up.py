@@ -46,7 +46,7 @@ async def test_it_takes_what_the_server_holds_and_no_more_than_asked(
     assert [m.data for m in first + rest] == payloads
     for m in first + rest:
         await m.ack()
-    await top_up.close()
+    await top_up.unsubscribe()
 
 
 async def test_with_nothing_held_it_returns_at_the_servers_answer_not_at_its_bound(
@@ -57,7 +57,7 @@ async def test_with_nothing_held_it_returns_at_the_servers_answer_not_at_its_bou
     started = time.monotonic()
     assert await top_up.take(10, bound=30.0) == []
     assert time.monotonic() - started < 15.0  # the 404 came, not the bound
-    await top_up.close()
+    await top_up.unsubscribe()
 
 
 async def test_an_answer_past_its_bound_joins_the_next_top_up(stream: Stream, pull: Any) -> None:
@@ -72,7 +72,7 @@ async def test_an_answer_past_its_bound_joins_the_next_top_up(stream: Stream, pu
         if len(late) == 3:
             break
     assert [m.data for m in late] == payloads
-    await top_up.close()
+    await top_up.unsubscribe()
 
 
 async def test_without_the_next_message_subject_there_is_no_top_up(stream: Stream) -> None:

@@ -338,13 +338,11 @@ class Consumer:
                 fetching.cancel()
                 with contextlib.suppress(BaseException):
                     await fetching
-            for sub in (self._sub, self._advisory):  # the caller's connection as it was
+            # the caller's connection as it was
+            for sub in (self._sub, self._advisory, self._top_up_inbox):
                 if sub is not None:
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
-            if self._top_up_inbox is not None:
-                with contextlib.suppress(Exception):
-                    await self._top_up_inbox.close()
         self._life.move(ConsumerState.STOPPED)
 
     async def poll(self) -> int:

@@ -95,8 +95,9 @@ class TopUp:
                 msgs.append(msg)
         return msgs
 
-    async def close(self) -> None:
-        """Unsubscribe the inbox (what is left in it is redelivered after ``ack_wait``)."""
+    async def unsubscribe(self) -> None:
+        """Unsubscribe the inbox, as a subscription is (what is left in it is redelivered
+        after ``ack_wait``)."""
         if self._sub is not None:
             await self._sub.unsubscribe()
 
